@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian packages vmpod needs on the host: build tools for the addon and the
+# guest agent, QEMU, the networking tools used by tests and benchmarks, CNI plugins.
+# Idempotent; run as root.
+set -euo pipefail
+packages=(
+  build-essential cmake pkg-config libmnl-dev   # addon + static guest agent
+  iproute2                                      # ip/tc: tests cross-check every primitive
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,7 @@
+/**
+ * vmpod: run OCI containers inside lightweight virtual machines, for network function
+ * virtualization.
+ *
+ * @packageDocumentation
+ */
+export * from './errors.js';
