@@ -19,6 +19,19 @@ const ABI_VERSION = 1;
 /** The raw surface of the addon. */
 export interface NativeAddon {
   readonly abiVersion: number;
+
+  // mount.cc — mount(2)/umount2(2) on the libuv pool; rejects with an Error carrying code/errno/syscall.
+  mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): Promise<void>;
+  umount(target: string, flags: number): Promise<void>;
+  readonly mountConstants: Readonly<Record<
+    | 'MS_RDONLY' | 'MS_NOSUID' | 'MS_NODEV' | 'MS_NOEXEC' | 'MS_NOATIME' | 'MS_REMOUNT' | 'MS_BIND' | 'MS_REC'
+    | 'MS_PRIVATE' | 'MS_SLAVE' | 'MS_SHARED' | 'MS_UNBINDABLE' | 'MNT_FORCE' | 'MNT_DETACH' | 'UMOUNT_NOFOLLOW',
+    number
+  >>;
+
+  // sriov.cc — RTM_SETLINK IFLA_VFINFO_LIST on a PF (mac: 6 bytes; vlan 0-4095; qos 0-7).
+  sriovVfMessage(ifindex: number, vf: number, mac: Buffer | null, vlan: number | null, qos: number, seq: number): Buffer;
+  sriovSetVf(pf: string, vf: number, mac: Buffer | null, vlan: number | null, qos: number): Promise<void>;
 }
 
 /** Root of the installed package (the folder holding package.json). */
