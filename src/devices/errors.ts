@@ -1,0 +1,155 @@
+/**
+ * Errors of the host device layer (hugepages, PCI/VFIO/SR-IOV, KSM). Each names what is wrong
+ * and, where there is one, the fix. All extend {@link VmpodError}.
+ *
+ * @module
+ */
+import { SystemError, VmpodError, type VmpodErrorOptions } from '../errors.js';
+
+/** The host kernel lacks a feature the call needs (a driver, a sysfs interface). */
+export class FeatureUnavailableError extends VmpodError {
+  constructor(
+    /** What is missing, e.g. `vfio-pci driver`. */
+    readonly feature: string,
+    message: string,
+    options: VmpodErrorOptions = {},
+  ) {
+    super('ERR_VMPOD_FEATURE_UNAVAILABLE', message, options);
+  }
+}
+
+/** A hugepage size the host does not offer (no `hugepages-<size>kB` directory in sysfs). */
+export class UnsupportedHugepageSizeError extends VmpodError {
+  constructor(
+    /** The requested size in bytes. */
+    readonly sizeBytes: number,
+    /** The sizes the host offers, in bytes. */
+    readonly supported: readonly number[],
+    options: VmpodErrorOptions = {},
+  ) {
+    super(
+      'ERR_VMPOD_HUGEPAGE_SIZE_UNSUPPORTED',
+      `this host has no ${formatBytes(sizeBytes)} hugepages (supported: ${supported.map(formatBytes).join(', ') || 'none'})`,
+      options,
+    );
+  }
+}
+
+/**
+ * Fewer hugepages than asked could be obtained. `attempted` is false when the request was refused
+ * up front (it exceeds the memory of the node); otherwise the kernel gave `obtained` of
+ * `requested` pages and, when `rolledBack` is true, the pool was put back to `previous`.
+ */
+export class InsufficientHugepagesError extends VmpodError {
+  constructor(
+    readonly sizeBytes: number,
+    /** NUMA node, or undefined for the global pool. */
+    readonly node: number | undefined,
+    /** Pool size before the call. */
+    readonly previous: number,
+    /** Pool size asked for. */
+    readonly requested: number,
+    /** Pool size read back after the write (equals `previous` when not attempted). */
+    readonly obtained: number,
+    readonly attempted: boolean,
+    readonly rolledBack: boolean,
+    options: VmpodErrorOptions = {},
+  ) {
+    const where = node === undefined ? 'the host' : `NUMA node ${node}`;
+    const what = `${requested - previous} more ${formatBytes(sizeBytes)} hugepages on ${where} (pool ${previous} -> ${requested})`;
+    super(
+      'ERR_VMPOD_HUGEPAGES_INSUFFICIENT',
+      attempted
+        ? `asked for ${what}, the kernel gave ${obtained - previous}; ` +
+            (rolledBack ? `the pool was put back to ${previous}` : `the pool is left at ${obtained}`) +
+            ' (free memory is fragmented or short: reserve hugepages at boot, e.g. hugepages=N on the kernel command line)'
+        : `asked for ${what}, which exceeds the memory of ${where}; nothing was changed`,
+      options,
+    );
+  }
+}
+
+/** A device (or a member of its IOMMU group) is in use on the host and `force` was not given. */
+export class DeviceBusyError extends VmpodError {
+  constructor(
+    readonly address: string,
+    /** Why it is considered in use, e.g. `netdev ens1f1 is up`. */
+    readonly reasons: readonly string[],
+    options: VmpodErrorOptions = {},
+  ) {
+    super(
+      'ERR_VMPOD_DEVICE_BUSY',
+      `PCI device ${address} is in use on the host: ${reasons.join('; ')} (bring it down and remove its addresses, or pass force)`,
+      options,
+    );
+  }
+}
+
+/** The IOMMU group of a device cannot be handed to a VM as a whole. */
+export class IommuGroupNotViableError extends VmpodError {
+  constructor(
+    readonly address: string,
+    /** The IOMMU group number, or undefined when the device has none. */
+    readonly group: number | undefined,
+    readonly reason: string,
+    options: VmpodErrorOptions = {},
+  ) {
+    super(
+      'ERR_VMPOD_IOMMU_GROUP_NOT_VIABLE',
+      group === undefined
+        ? `PCI device ${address} has no IOMMU group: ${reason}`
+        : `IOMMU group ${group} of PCI device ${address} cannot be split: ${reason}`,
+      options,
+    );
+  }
+}
+
+/**
+ * Binding a device (group) to, or restoring it from, vfio-pci failed. `restored` tells whether every
+ * device was put back on its original driver; `failures` lists what could not be restored.
+ */
+export class DeviceBindError extends VmpodError {
+  constructor(
+    readonly address: string,
+    message: string,
+    readonly restored: boolean,
+    readonly failures: readonly string[] = [],
+    options: VmpodErrorOptions = {},
+  ) {
+    super('ERR_VMPOD_DEVICE_BIND', message, options);
+  }
+}
+
+/** Wraps a Node fs error (negative errno, `code`) into a {@link SystemError}. */
+export function systemErrorFrom(syscall: string, cause: unknown): SystemError {
+  const e = cause as NodeJS.ErrnoException;
+  const errnoName = typeof e?.code === 'string' ? e.code : 'EUNKNOWN';
+  const errno = typeof e?.errno === 'number' ? Math.abs(e.errno) : 0;
+  const message = e instanceof Error ? e.message.replace(/^[A-Z0-9]+: /u, '').replace(/, [a-z]+ '.*'$/u, '') : String(cause);
+  return new SystemError(syscall, errno, errnoName, message, { cause });
+}
+
+/** `2097152` -> `2 MiB`. */
+export function formatBytes(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && value % 1024 === 0 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${value} ${units[unit]}`;
+}
+
+/** A value written to sysfs did not read back as written (the kernel applied it partly or not at all). */
+export class SysfsReadbackError extends VmpodError {
+  constructor(
+    /** Absolute path of the attribute. */
+    readonly path: string,
+    readonly written: string,
+    readonly readBack: string,
+    options: VmpodErrorOptions = {},
+  ) {
+    super('ERR_VMPOD_SYSFS_READBACK', `wrote ${JSON.stringify(written)} to ${path} but read back ${JSON.stringify(readBack)}`, options);
+  }
+}

@@ -1,0 +1,398 @@
+/**
+ * Hugepages on the host: the pools per page size and NUMA node, reservations that are always read
+ * back (a write to `nr_hugepages` can succeed only in part with exit 0), and hugetlbfs mounts.
+ *
+ * A {@link HugepageReservation} grows a pool by `count` pages and puts it back on
+ * {@link HugepageReservation.release}; a partial allocation is either rolled back and reported as
+ * {@link InsufficientHugepagesError} (the default) or, with `allowPartial`, returned with
+ * `partial: true`. Nothing is hidden.
+ *
+ * Sysfs: `kernel/mm/hugepages/hugepages-<kB>kB/` (global pools) and
+ * `devices/system/node/node<N>/hugepages/hugepages-<kB>kB/` (per node), under an injectable root.
+ *
+ * @module
+ */
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { InvalidArgumentError, NotFoundError } from '../errors.js';
+import { absolutePath, integer } from '../validate.js';
+import { InsufficientHugepagesError, SysfsReadbackError, UnsupportedHugepageSizeError } from './errors.js';
+import { mount, unmount } from './mount.js';
+import { sysfsOf, type Sysfs, type SysfsOptions } from './sysfs.js';
+
+const KiB = 1024;
+const UNIT: Record<string, number> = { '': 1, k: KiB, m: KiB ** 2, g: KiB ** 3 };
+
+/**
+ * A hugepage size in bytes from a number of bytes or a string such as `2M`, `2MB`, `2MiB`,
+ * `2048kB` or `1G` (binary units, as the kernel's `hugepagesz=`).
+ */
+export function hugepageSize(value: unknown, field = 'size'): number {
+  let bytes = NaN;
+  if (typeof value === 'number') bytes = value;
+  else if (typeof value === 'string') {
+    const m = /^(\d{1,7})\s*([kKmMgG]?)(?:i?[bB])?$/u.exec(value.trim());
+    if (m) bytes = Number(m[1]) * (UNIT[(m[2] ?? '').toLowerCase()] ?? NaN);
+  }
+  if (!Number.isSafeInteger(bytes) || bytes < 4 * KiB || (bytes & (bytes - 1)) !== 0) {
+    throw new InvalidArgumentError(field, `${JSON.stringify(value)} is not a hugepage size (a power of two such as "2M" or "1G")`);
+  }
+  return bytes;
+}
+
+/** Counts of one page size on one NUMA node. */
+export interface HugepageNodeCounts {
+  node: number;
+  /** Persistent pool size (`nr_hugepages`). */
+  total: number;
+  free: number;
+  surplus: number;
+}
+
+/** A hugepage pool of one page size: `grep Huge /proc/meminfo`, per size and node. */
+export interface HugepagePool {
+  sizeBytes: number;
+  /** Persistent pool size (`nr_hugepages`). */
+  total: number;
+  free: number;
+  surplus: number;
+  /** Pages promised to mappings but not yet faulted in (`resv_hugepages`). */
+  reserved: number;
+  /** Surplus pages allowed on demand (`nr_overcommit_hugepages`). */
+  overcommit: number;
+  /** Per NUMA node; empty when the kernel has no NUMA sysfs. */
+  nodes: HugepageNodeCounts[];
+}
+
+const globalDir = (sizeBytes: number): string => `kernel/mm/hugepages/hugepages-${sizeBytes / KiB}kB`;
+const nodeDir = (node: number, sizeBytes: number): string =>
+  `devices/system/node/node${node}/hugepages/hugepages-${sizeBytes / KiB}kB`;
+
+async function numaNodes(sysfs: Sysfs): Promise<number[]> {
+  return (await sysfs.list('devices/system/node'))
+    .map((name) => /^node(\d+)$/u.exec(name)?.[1])
+    .filter((n): n is string => n !== undefined)
+    .map(Number)
+    .sort((a, b) => a - b);
+}
+
+async function readCount(sysfs: Sysfs, rel: string): Promise<number> {
+  const value = await sysfs.readInt(rel);
+  if (value === undefined) throw new NotFoundError('sysfs attribute', sysfs.path(rel));
+  return value;
+}
+
+/**
+ * The hugepage pools of the host, smallest page size first.
+ *
+ * Equivalent: `grep -r . /sys/kernel/mm/hugepages /sys/devices/system/node/node*\/hugepages`.
+ */
+export async function listHugepages(options: SysfsOptions = {}): Promise<HugepagePool[]> {
+  const sysfs = sysfsOf(options);
+  const sizes = (await sysfs.list('kernel/mm/hugepages'))
+    .map((name) => /^hugepages-(\d+)kB$/u.exec(name)?.[1])
+    .filter((kb): kb is string => kb !== undefined)
+    .map((kb) => Number(kb) * KiB)
+    .sort((a, b) => a - b);
+  const nodes = await numaNodes(sysfs);
+  return Promise.all(
+    sizes.map(async (sizeBytes): Promise<HugepagePool> => {
+      const dir = globalDir(sizeBytes);
+      const perNode = await Promise.all(
+        nodes.map(async (node) => {
+          const d = nodeDir(node, sizeBytes);
+          if (!(await sysfs.exists(d))) return undefined;
+          return {
+            node,
+            total: await readCount(sysfs, `${d}/nr_hugepages`),
+            free: await readCount(sysfs, `${d}/free_hugepages`),
+            surplus: await readCount(sysfs, `${d}/surplus_hugepages`),
+          };
+        }),
+      );
+      return {
+        sizeBytes,
+        total: await readCount(sysfs, `${dir}/nr_hugepages`),
+        free: await readCount(sysfs, `${dir}/free_hugepages`),
+        surplus: await readCount(sysfs, `${dir}/surplus_hugepages`),
+        reserved: (await sysfs.readInt(`${dir}/resv_hugepages`)) ?? 0,
+        overcommit: (await sysfs.readInt(`${dir}/nr_overcommit_hugepages`)) ?? 0,
+        nodes: perNode.filter((n): n is HugepageNodeCounts => n !== undefined),
+      };
+    }),
+  );
+}
+
+/** The pool of one page size; {@link UnsupportedHugepageSizeError} when the host has none of that size. */
+export async function hugepagePool(size: number | string, options: SysfsOptions = {}): Promise<HugepagePool> {
+  const sizeBytes = hugepageSize(size);
+  const pools = await listHugepages(options);
+  const pool = pools.find((p) => p.sizeBytes === sizeBytes);
+  if (!pool) throw new UnsupportedHugepageSizeError(sizeBytes, pools.map((p) => p.sizeBytes));
+  return pool;
+}
+
+/** Memory of a NUMA node (or of the host) from sysfs `meminfo`, in bytes. */
+async function memTotal(sysfs: Sysfs, node: number | undefined): Promise<number> {
+  const nodes = node === undefined ? await numaNodes(sysfs) : [node];
+  let total = 0;
+  for (const n of nodes) {
+    const text = await sysfs.readOptional(`devices/system/node/node${n}/meminfo`);
+    const kb = text === undefined ? undefined : /MemTotal:\s+(\d+) kB/u.exec(text)?.[1];
+    if (kb === undefined) return os.totalmem(); // no NUMA sysfs: the host's memory is the bound
+    total += Number(kb) * KiB;
+  }
+  return nodes.length > 0 ? total : os.totalmem();
+}
+
+/** What to reserve. */
+export interface HugepageRequest {
+  /** Page size: bytes or `2M`, `1G`, ... */
+  size: number | string;
+  /** Pages to add to the pool. */
+  count: number;
+  /** NUMA node; omitted: the global pool (the kernel spreads the pages over the nodes). */
+  node?: number | undefined;
+  /**
+   * Keep a partial allocation and return it with `partial: true` instead of rolling it back and
+   * throwing {@link InsufficientHugepagesError}.
+   */
+  allowPartial?: boolean | undefined;
+}
+
+/** The persistable part of a {@link HugepageReservation}: enough to release it after a restart. */
+export interface HugepageReservationRecord {
+  sizeBytes: number;
+  /** NUMA node, or null for the global pool. */
+  node: number | null;
+  /** Pool size before the reservation. */
+  previous: number;
+  /** Pool size read back after it. */
+  obtained: number;
+}
+
+/** Pages added to a hugepage pool; {@link release} puts the pool back. */
+export class HugepageReservation implements HugepageReservationRecord {
+  readonly sizeBytes: number;
+  readonly node: number | null;
+  readonly previous: number;
+  readonly obtained: number;
+  /** Pool size asked for (`previous + count`). */
+  readonly requested: number;
+  private released = false;
+
+  constructor(
+    record: HugepageReservationRecord,
+    requested: number,
+    private readonly sysfs: Sysfs,
+  ) {
+    this.sizeBytes = record.sizeBytes;
+    this.node = record.node;
+    this.previous = record.previous;
+    this.obtained = record.obtained;
+    this.requested = requested;
+  }
+
+  /** Pages this reservation added. */
+  get added(): number {
+    return this.obtained - this.previous;
+  }
+
+  /** Whether the kernel gave fewer pages than asked (only with `allowPartial`). */
+  get partial(): boolean {
+    return this.obtained < this.requested;
+  }
+
+  /** Puts the pool back (see {@link releaseHugepages}); idempotent. */
+  async release(): Promise<void> {
+    if (this.released) return;
+    await releaseHugepages(this.toJSON(), { sysfs: this.sysfs });
+    this.released = true;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.release();
+  }
+
+  toJSON(): HugepageReservationRecord {
+    return { sizeBytes: this.sizeBytes, node: this.node, previous: this.previous, obtained: this.obtained };
+  }
+}
+
+/**
+ * Adds `count` pages of `size` to the global pool or to one NUMA node's, then reads the pool size
+ * back. A request beyond the memory of the node (or host) is refused before any write; a partial
+ * allocation is rolled back and reported as {@link InsufficientHugepagesError} unless
+ * `allowPartial` is set. Either way the pool ends as it was.
+ *
+ * Equivalent: `echo $((prev + count)) > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages`
+ * (or `/sys/devices/system/node/nodeN/hugepages/...`) followed by `cat` of the same file.
+ */
+export async function reserveHugepages(request: HugepageRequest, options: SysfsOptions = {}): Promise<HugepageReservation> {
+  const sizeBytes = hugepageSize(request.size, 'size');
+  const count = integer(request.count, 'count', 1, 2 ** 31 - 1);
+  const node = request.node === undefined ? undefined : integer(request.node, 'node', 0, 1023);
+  const sysfs = sysfsOf(options);
+  const pools = await listHugepages({ sysfs });
+  const pool = pools.find((p) => p.sizeBytes === sizeBytes);
+  if (!pool) throw new UnsupportedHugepageSizeError(sizeBytes, pools.map((p) => p.sizeBytes));
+  if (node !== undefined && !pool.nodes.some((n) => n.node === node)) {
+    throw new NotFoundError('NUMA node', String(node));
+  }
+  const file = `${node === undefined ? globalDir(sizeBytes) : nodeDir(node, sizeBytes)}/nr_hugepages`;
+  const previous = await readCount(sysfs, file);
+  const requested = previous + count;
+
+  // Asking for more than the memory there is can only fail, after squeezing every cache on the
+  // host: refuse it up front. Pages of the other sizes already take their share.
+  const others = pools
+    .filter((p) => p !== pool)
+    .reduce((sum, p) => sum + p.sizeBytes * (node === undefined ? p.total : (p.nodes.find((n) => n.node === node)?.total ?? 0)), 0);
+  if (requested * sizeBytes + others > (await memTotal(sysfs, node))) {
+    throw new InsufficientHugepagesError(sizeBytes, node, previous, requested, previous, false, false);
+  }
+
+  let obtained: number;
+  try {
+    await sysfs.write(file, String(requested));
+  } catch (cause) {
+    // The kernel refused the write; make sure it left nothing half-done.
+    await restoreCount(sysfs, file, previous).catch(() => undefined);
+    throw cause;
+  }
+  obtained = await readCount(sysfs, file);
+  if (obtained < requested && !request.allowPartial) {
+    let rolledBack = obtained === previous;
+    let cause: unknown;
+    if (!rolledBack) {
+      try {
+        await restoreCount(sysfs, file, previous);
+        rolledBack = true;
+      } catch (e) {
+        cause = e;
+      }
+    }
+    throw new InsufficientHugepagesError(sizeBytes, node, previous, requested, obtained, true, rolledBack, cause === undefined ? {} : { cause });
+  }
+  obtained = Math.min(obtained, requested);
+  return new HugepageReservation({ sizeBytes, node: node ?? null, previous, obtained }, requested, sysfs);
+}
+
+/** Writes `value` and checks that it reads back. */
+async function restoreCount(sysfs: Sysfs, file: string, value: number): Promise<void> {
+  await sysfs.write(file, String(value));
+  const back = await readCount(sysfs, file);
+  if (back !== value) throw new SysfsReadbackError(sysfs.path(file), String(value), String(back));
+}
+
+/**
+ * Puts a pool back as it was before a reservation. When the pool still holds exactly what the
+ * reservation left, it is set back to `previous`; when someone else changed it meanwhile, only
+ * the pages this reservation added are removed, so their pages are left alone. Pages still mapped
+ * become surplus pages and return to the system when unmapped.
+ */
+export async function releaseHugepages(record: HugepageReservationRecord, options: SysfsOptions = {}): Promise<void> {
+  const sysfs = sysfsOf(options);
+  const sizeBytes = hugepageSize(record.sizeBytes, 'record.sizeBytes');
+  const file = `${record.node === null ? globalDir(sizeBytes) : nodeDir(record.node, sizeBytes)}/nr_hugepages`;
+  const current = await readCount(sysfs, file);
+  const target = current === record.obtained ? record.previous : Math.max(0, current - (record.obtained - record.previous));
+  if (target !== current) await restoreCount(sysfs, file, target);
+}
+
+/** A hugetlbfs mount. */
+export interface HugetlbfsOptions {
+  /** Page size of the mount (default 2 MiB); must be one the host offers. */
+  pageSize?: number | string | undefined;
+  /** Upper bound of the mount's size in bytes (`size=`), a multiple of the page size; default unbounded. */
+  sizeBytes?: number | undefined;
+  /** Mount point to use (an existing empty directory); default: a new private directory under `parent`. */
+  path?: string | undefined;
+  /** Where to create the private mount point (default `/run/vmpod/hugepages`). */
+  parent?: string | undefined;
+  /** Mode of the mount's root (default 0o700). */
+  mode?: number | undefined;
+  uid?: number | undefined;
+  gid?: number | undefined;
+}
+
+/** A mounted hugetlbfs; {@link unmount} removes it (and the mount point vmpod created). */
+export class HugetlbfsMount {
+  private mounted = true;
+
+  constructor(
+    /** Mount point. */
+    readonly path: string,
+    readonly pageSizeBytes: number,
+    readonly sizeBytes: number | undefined,
+    /** Whether vmpod created the mount point (and so removes it). */
+    readonly createdMountPoint: boolean,
+  ) {}
+
+  /**
+   * Unmounts (fails with EBUSY while files are mapped, unless `detach`), then removes the mount
+   * point if vmpod created it. Idempotent.
+   *
+   * Equivalent: `umount [-l] PATH && rmdir PATH`.
+   */
+  async unmount(options: { detach?: boolean } = {}): Promise<void> {
+    if (this.mounted) {
+      await unmount(this.path, { detach: options.detach ?? false });
+      this.mounted = false;
+    }
+    if (this.createdMountPoint) {
+      await fs.rmdir(this.path).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'ENOENT') throw e;
+      });
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.unmount();
+  }
+}
+
+/**
+ * Mounts a hugetlbfs of one page size on a private mount point (mode 0700, propagation private).
+ *
+ * Equivalent: `mount -t hugetlbfs -o pagesize=2M,size=64M,mode=0700 nodev DIR && mount --make-private DIR`.
+ */
+export async function mountHugetlbfs(options: HugetlbfsOptions = {}, sysfsOptions: SysfsOptions = {}): Promise<HugetlbfsMount> {
+  const pageSizeBytes = hugepageSize(options.pageSize ?? 2 * KiB * KiB, 'pageSize');
+  const sizeBytes = options.sizeBytes === undefined ? undefined : integer(options.sizeBytes, 'sizeBytes', pageSizeBytes, Number.MAX_SAFE_INTEGER);
+  if (sizeBytes !== undefined && sizeBytes % pageSizeBytes !== 0) {
+    throw new InvalidArgumentError('sizeBytes', `${sizeBytes} is not a multiple of the page size ${pageSizeBytes}`);
+  }
+  const mode = integer(options.mode ?? 0o700, 'mode', 0, 0o7777);
+  const uid = options.uid === undefined ? undefined : integer(options.uid, 'uid', 0, 2 ** 32 - 2);
+  const gid = options.gid === undefined ? undefined : integer(options.gid, 'gid', 0, 2 ** 32 - 2);
+  const given = options.path === undefined ? undefined : absolutePath(options.path, 'path');
+  const parent = absolutePath(options.parent ?? '/run/vmpod/hugepages', 'parent');
+  await hugepagePool(pageSizeBytes, sysfsOptions); // the size must exist
+
+  const data = [
+    `pagesize=${pageSizeBytes / KiB}K`,
+    ...(sizeBytes === undefined ? [] : [`size=${sizeBytes}`]),
+    `mode=${mode.toString(8).padStart(4, '0')}`,
+    ...(uid === undefined ? [] : [`uid=${uid}`]),
+    ...(gid === undefined ? [] : [`gid=${gid}`]),
+  ].join(',');
+
+  let target = given;
+  if (target === undefined) {
+    await fs.mkdir(parent, { recursive: true, mode: 0o700 });
+    target = await fs.mkdtemp(path.join(parent, 'hp-'));
+  }
+  let mounted = false;
+  try {
+    await mount(target, { source: 'hugetlbfs', fstype: 'hugetlbfs', flags: ['nosuid', 'nodev'], data });
+    mounted = true;
+    await mount(target, { flags: ['private'] });
+  } catch (error) {
+    if (mounted) await unmount(target).catch(() => undefined);
+    if (given === undefined) await fs.rmdir(target).catch(() => undefined);
+    throw error;
+  }
+  return new HugetlbfsMount(target, pageSizeBytes, sizeBytes, given === undefined);
+}
