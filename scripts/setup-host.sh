@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config libmnl-dev   # addon + static guest agent
   iproute2                                      # ip/tc: tests cross-check every primitive
+  containernetworking-plugins                   # CNI plugins in /usr/lib/cni (bridge, host-local, tuning, bandwidth...)
 )
 missing=()
 for p in "${packages[@]}"; do

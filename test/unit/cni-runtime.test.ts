@@ -151,6 +151,13 @@ describe('CniRuntime ADD/CHECK/DEL with fake plugins', () => {
 
     const other = new CniRuntime({ pluginDirs: [fake.dir], cacheDir: path.join(fake.dir, 'cache') });
     expect((await other.cachedAttachments('c2')).map((a) => [a.network, a.ifName, a.netns])).toEqual([['net1', 'eth1', NETNS]]);
+    // CHECK, too, takes what it is not given from the cache: the same parameters as ADD.
+    await other.check(network, { containerId: 'c2', ifName: 'eth1' });
+    const checks = await fake.calls();
+    expect(checks.map((c) => `${c.plugin}:${c.command}`)).toEqual(['iface:CHECK', 'chain:CHECK']);
+    expect(checks[1]!.env).toMatchObject({ CNI_NETNS: NETNS, CNI_ARGS: 'A=b' });
+    expect(checks[1]!.stdin['runtimeConfig']).toEqual({ mac: '02:bb:bb:bb:bb:bb' });
+    await fake.clearLog();
     await other.del('net1', { containerId: 'c2', ifName: 'eth1' });
     const calls = await fake.calls();
     expect(calls.map((c) => `${c.plugin}:${c.command}`)).toEqual(['chain:DEL', 'iface:DEL']);

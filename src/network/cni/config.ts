@@ -299,10 +299,11 @@ export class CniConfig {
     const disableCheck = readBool(obj, 'disableCheck', where);
     const disableGC = readBool(obj, 'disableGC', where);
     const onlyInlined = readBool(obj, 'loadOnlyInlinedPlugins', where);
-    const list = obj['plugins'];
-    if (list === undefined && onlyInlined) throw new CniConfigError('plugins', 'is missing while loadOnlyInlinedPlugins is true', where);
-    if (list !== undefined && !Array.isArray(list)) throw new CniConfigError('plugins', 'must be a list of plugin configurations', where);
-    const plugins = (list ?? []).map((p: unknown, i: number) => checkPlugin(p, `plugins[${i}]`, where));
+    const rawList = obj['plugins'];
+    if (rawList === undefined && onlyInlined) throw new CniConfigError('plugins', 'is missing while loadOnlyInlinedPlugins is true', where);
+    if (rawList !== undefined && !Array.isArray(rawList)) throw new CniConfigError('plugins', 'must be a list of plugin configurations', where);
+    const list: unknown[] = Array.isArray(rawList) ? rawList : [];
+    const plugins = list.map((p, i) => checkPlugin(p, `plugins[${i}]`, where));
     plugins.push(...more);
     if (plugins.length === 0) throw new CniConfigError('plugins', 'is empty: a network needs at least one plugin', where);
     const extra: JsonObject = {};

@@ -225,23 +225,26 @@ export class CniRuntime {
 
   /**
    * Checks that an attachment is still as ADD left it: runs each plugin's CHECK with the cached
-   * result as `prevResult`. Does nothing when the network sets `disableCheck`.
+   * result as `prevResult`. Does nothing when the network sets `disableCheck`. Parameters left
+   * out of `attachment` (`netns`, `args`, `capabilityArgs`) are those ADD used, from the cache.
    *
    * @throws {@link NotFoundError} when there is no cached result (never added, or deleted);
    * {@link CniVersionError} for configurations older than 0.4.0; plugin errors as for ADD.
    */
   async check(network: CniConfig, attachment: CniAttachment, options: CniCallOptions = {}): Promise<void> {
     const net = this.#network(network);
-    const att = validateAttachment(attachment, false);
+    const given = validateAttachment(attachment, true);
     const run = this.#run(options);
     if (!atLeast(net.cniVersion, '0.4.0')) throw new CniVersionError(`CHECK needs CNI 0.4.0 or later; network "${net.name}" runs ${net.cniVersion}`);
     if (net.disableCheck) return;
-    await this.#serialize(att.containerId, async () => {
-      await this.#checkNetns(att.netns as string);
-      const cached = await this.#cache.read(net.name, att.containerId, att.ifName);
+    await this.#serialize(given.containerId, async () => {
+      const cached = await this.#cache.read(net.name, given.containerId, given.ifName);
       if (cached?.rawResult === undefined) {
-        throw new NotFoundError('CNI attachment', `${net.name}/${att.containerId}/${att.ifName}`);
+        throw new NotFoundError('CNI attachment', `${net.name}/${given.containerId}/${given.ifName}`);
       }
+      const att = this.#complete(attachment, given, cached);
+      if (att.netns === undefined) throw new InvalidArgumentError('netns', 'is required: the path of the network namespace, e.g. /run/netns/NAME');
+      await this.#checkNetns(att.netns);
       const files = await this.#resolve(net, false);
       for (const [i, plugin] of net.plugins.entries()) {
         const stdin = this.#request(net, plugin, att, cached.rawResult);
@@ -273,13 +276,7 @@ export class CniRuntime {
       }
       const net = typeof network === 'string' ? cached?.config : network;
       if (net === undefined) return;
-      const full: ValidAttachment = {
-        containerId: att.containerId,
-        ifName: att.ifName,
-        netns: att.netns ?? cached?.netns,
-        args: attachment.args === undefined ? (cached?.args ?? []) : att.args,
-        capabilityArgs: attachment.capabilityArgs === undefined ? (cached?.capabilityArgs ?? {}) : att.capabilityArgs,
-      };
+      const full = this.#complete(attachment, att, cached);
       const files = await this.#resolve(net, false);
       const prev = atLeast(net.cniVersion, '0.4.0') ? cached?.rawResult : undefined;
       await this.#delChain(net, files, full, prev, run);
@@ -437,6 +434,17 @@ export class CniRuntime {
   }
 
   // ---------------------------------------------------------------------------------------
+
+  /** Fills what the caller left out of an attachment with what ADD used (from the cache). */
+  #complete(given: CniAttachment, valid: ValidAttachment, cached: CniCachedAttachment | undefined): ValidAttachment {
+    return {
+      containerId: valid.containerId,
+      ifName: valid.ifName,
+      netns: valid.netns ?? cached?.netns,
+      args: given.args === undefined ? (cached?.args ?? []) : valid.args,
+      capabilityArgs: given.capabilityArgs === undefined ? (cached?.capabilityArgs ?? {}) : valid.capabilityArgs,
+    };
+  }
 
   #network(network: unknown): CniConfig {
     if (!(network instanceof CniConfig)) {
