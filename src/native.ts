@@ -14,11 +14,25 @@ import path from 'node:path';
 import { AddonError } from './errors.js';
 
 /** Must equal `kAbiVersion` in native/addon/common.h. */
-const ABI_VERSION = 1;
+export const ABI_VERSION = 2;
 
 /** The raw surface of the addon. */
 export interface NativeAddon {
   readonly abiVersion: number;
+
+  // fdpass.cc — unix sockets for QMP/virtiofsd and SCM_RIGHTS; throw an Error carrying code/errno/syscall.
+  /** A connected, non-blocking, close-on-exec AF_UNIX stream socket (`connect(2)`). */
+  unixConnect(path: string): number;
+  /** A bound, listening, close-on-exec AF_UNIX stream socket, to hand to a server process. */
+  unixListen(path: string, backlog: number): number;
+  /** One `sendmsg(2)` of `data` with `fds` as SCM_RIGHTS (MSG_DONTWAIT); returns the bytes written. */
+  sendFds(socketFd: number, data: Buffer, fds: readonly number[]): number;
+
+  // flock.cc — non-blocking flock(2) on the main thread; callers retry with a backoff.
+  /** `flock(fd, LOCK_EX|LOCK_NB)` (or LOCK_SH): true when taken, false when someone else holds it. */
+  tryLock(fd: number, exclusive: boolean): boolean;
+  /** `flock(fd, LOCK_UN)`. */
+  unlock(fd: number): void;
 
   // mount.cc — mount(2)/umount2(2) on the libuv pool; rejects with an Error carrying code/errno/syscall.
   mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): Promise<void>;
