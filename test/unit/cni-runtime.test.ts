@@ -297,6 +297,9 @@ describe('CniRuntime failures', () => {
       [{ containerId: 'ok', ifName: 'eth0' }, /netns: is required/],
       [{ containerId: 'ok', netns: NETNS, ifName: 'eth0', args: { 'A;B': 'x' } }, /args\[0\]: key/],
       [{ containerId: 'ok', netns: NETNS, ifName: 'eth0', args: { A: 'x;B=y' } }, /args\.A: value/],
+      [{ containerId: 'ok', netns: NETNS, ifName: 'eth0', args: [['A', 'b', 'c']] }, /args\[0\]: must be a \[KEY, VALUE\] pair/],
+      [{ containerId: 'ok', netns: NETNS, ifName: 'eth0', args: 'A=b' }, /args: must be an object or a list/],
+      [{ containerId: 'ok', netns: NETNS, ifName: 'eth0', capabilityArgs: [1] }, /capabilityArgs: must be an object/],
     ];
     for (const [att, message] of bad) {
       const error = await caught(cni.add(network, att as never));

@@ -53,8 +53,14 @@ export function validateAttachment(value: CniAttachment, netnsOptional: boolean)
   if (value.netns !== undefined) netns = absolutePath(value.netns, 'netns');
   else if (!netnsOptional) throw new InvalidArgumentError('netns', 'is required: the path of the network namespace, e.g. /run/netns/NAME');
 
+  if (value.args !== undefined && (typeof value.args !== 'object' || value.args === null)) {
+    throw new InvalidArgumentError('args', 'must be an object or a list of [KEY, VALUE] pairs');
+  }
   const pairs: (readonly [string, string])[] = Array.isArray(value.args)
-    ? (value.args as readonly (readonly [string, string])[]).map((p) => [p[0], p[1]] as const)
+    ? (value.args as readonly unknown[]).map((p, i) => {
+        if (!Array.isArray(p) || p.length !== 2) throw new InvalidArgumentError(`args[${i}]`, 'must be a [KEY, VALUE] pair');
+        return [p[0] as string, p[1] as string] as const;
+      })
     : Object.entries((value.args ?? {}) as Record<string, string>);
   pairs.forEach(([k, v], i) => {
     if (typeof k !== 'string' || !ARG_KEY.test(k)) {
