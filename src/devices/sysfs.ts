@@ -3,8 +3,8 @@
  * the real `/sys` and against a generated tree in a test (as Kata's tests do).
  *
  * Reads trim the trailing newline. {@link Sysfs.write} is one `write(2)` on a file opened
- * `O_WRONLY` without `O_CREAT`: sysfs attributes take a whole value per write, and a missing
- * attribute must fail (ENOENT) rather than be created.
+ * `O_WRONLY|O_TRUNC` (as `echo >` does) without `O_CREAT`: sysfs attributes take a whole value
+ * per write, and a missing attribute must fail (ENOENT) rather than be created.
  *
  * @module
  */
@@ -105,7 +105,7 @@ export class Sysfs {
     const file = this.path(rel);
     let handle: fs.FileHandle | undefined;
     try {
-      handle = await fs.open(file, constants.O_WRONLY);
+      handle = await fs.open(file, constants.O_WRONLY | constants.O_TRUNC);
       const data = Buffer.from(value);
       const { bytesWritten } = await handle.write(data, 0, data.length);
       if (bytesWritten !== data.length) {

@@ -165,21 +165,27 @@ export class FakeSysfs extends Sysfs {
     }
   }
 
+  /** Adds kernel/mm/ksm with the given attribute values (file name -> text). */
+  async addKsm(values: Record<string, string>): Promise<void> {
+    for (const [file, text] of Object.entries(values)) await this.file(`kernel/mm/ksm/${file}`, text);
+  }
+
   override async write(rel: string, value: string): Promise<void> {
     const key = path.normalize(rel);
     this.writes.push([key, value]);
     const fail = this.failWrite.get(`${key}=${value.trim()}`) ?? this.failWrite.get(key);
     if (fail !== undefined) throw systemErrorFrom(`write ${this.path(key)}`, errnoError(fail, 5, 'injected failure'));
+    const old = await this.readOptional(key).catch(() => undefined);
     await super.write(key, value);
     try {
-      await this.react(key, value.trim());
+      await this.react(key, value.trim(), old);
     } catch (e) {
       throw systemErrorFrom(`write ${this.path(key)}`, e);
     }
   }
 
   /** The kernel's reaction to a write. */
-  private async react(rel: string, value: string): Promise<void> {
+  private async react(rel: string, value: string, old: string | undefined): Promise<void> {
     let m: RegExpExecArray | null;
     if (rel === 'bus/pci/drivers_probe') {
       const dev = `bus/pci/devices/${value}`;
@@ -219,8 +225,16 @@ export class FakeSysfs extends Sysfs {
       if (n === 0) return this.disableVfs(pf);
       if (current !== 0) throw errnoError('EBUSY', 16, 'VFs already enabled');
       await this.enableVfs(pf, n);
+    } else if (rel === 'kernel/mm/ksm/merge_across_nodes') {
+      // Like the kernel: only while nothing is merged.
+      if ((await this.readInt('kernel/mm/ksm/pages_shared'))! > 0 && value !== old) {
+        await fs.writeFile(this.path(rel), `${old}\n`);
+        throw errnoError('EBUSY', 16, 'pages are shared');
+      }
     } else if ((m = /^(kernel\/mm\/hugepages|devices\/system\/node\/node(\d+)\/hugepages)\/hugepages-(\d+)kB\/nr_hugepages$/u.exec(rel))) {
-      await this.resizeHugepages(m[3]!, m[2] === undefined ? undefined : Number(m[2]), Number(value));
+      const node = m[2] === undefined ? undefined : Number(m[2]);
+      if (node !== undefined) await fs.writeFile(this.path(rel), `${old}\n`); // the written text is not the state
+      await this.resizeHugepages(m[3]!, node, Number(value));
     }
   }
 
@@ -266,7 +280,7 @@ export class FakeSysfs extends Sysfs {
         if (entry.isSymbolicLink()) out[r] = `-> ${await fs.readlink(this.path(r))}`;
         else if (entry.isDirectory()) await walk(r);
         // The attribute files bind/unbind/drivers_probe keep the last text written: not state.
-        else if (!/(^|\/)(bind|unbind|new_id|remove_id|drivers_probe)$/u.test(r)) out[r] = await fs.readFile(this.path(r), 'utf8');
+        else if (!/(^|\/)(bind|unbind|new_id|remove_id|drivers_probe)$/u.test(r)) out[r] = (await fs.readFile(this.path(r), 'utf8')).trimEnd();
       }
     };
     await walk('.');

@@ -1,0 +1,195 @@
+/**
+ * Real hugepages: reserves a few 2 MiB pages on this host, maps a file on a hugetlbfs mount from a
+ * child process, releases everything. nr_hugepages always goes back to its original value and no
+ * mount is left behind, even when a test fails (afterEach).
+ */
+import { execFile, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { SystemError } from '../../src/errors.js';
+import { InsufficientHugepagesError, UnsupportedHugepageSizeError } from '../../src/devices/errors.js';
+import {
+  hugepagePool,
+  listHugepages,
+  mountHugetlbfs,
+  reserveHugepages,
+  type HugepageReservation,
+  type HugetlbfsMount,
+} from '../../src/devices/hugepages.js';
+
+const run = promisify(execFile);
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+const NR_2M = '/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages';
+const root = process.getuid?.() === 0;
+const hasHugetlbfs = existsSync(NR_2M);
+const has1G = existsSync('/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages');
+
+/** Maps NPAGES pages of PAGESIZE bytes from FILE (MAP_SHARED), writes each, then with "hold" waits for stdin EOF. */
+const MAPPER = String.raw`
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+  if (argc < 4) return 2;
+  size_t pages = strtoul(argv[2], 0, 10), size = strtoul(argv[3], 0, 10), len = pages * size;
+  int fd = open(argv[1], O_CREAT | O_RDWR, 0600);
+  if (fd < 0) { perror("open"); return 3; }
+  if (ftruncate(fd, (off_t)len) != 0) { perror("ftruncate"); return 4; }
+  unsigned char *p = mmap(0, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+  if (p == MAP_FAILED) { perror("mmap"); return 5; }
+  for (size_t i = 0; i < pages; i++) memset(p + i * size, 0x5a, size);
+  for (size_t i = 0; i < pages; i++) if (p[i * size + size - 1] != 0x5a) return 6;
+  printf("mapped %zu pages\n", pages);
+  fflush(stdout);
+  if (argc > 4) { char c; while (read(0, &c, 1) > 0) {} }
+  munmap(p, len);
+  return 0;
+}
+`;
+
+let work: string;
+let mapper: string;
+let original2M: number | undefined;
+let reservation: HugepageReservation | undefined;
+let mounted: HugetlbfsMount | undefined;
+
+const read2M = async (): Promise<number> => Number((await fs.readFile(NR_2M, 'utf8')).trim());
+const mountLine = async (dir: string): Promise<string | undefined> =>
+  (await fs.readFile('/proc/self/mountinfo', 'utf8')).split('\n').find((l) => l.split(' ')[4] === dir);
+
+describe.skipIf(!root || !hasHugetlbfs)('hugepages on this host (needs root and hugetlbfs)', () => {
+  beforeAll(async () => {
+    work = await fs.mkdtemp(path.join(os.tmpdir(), 'vmpod-hp-'));
+    mapper = path.join(work, 'mapper');
+    await fs.writeFile(`${mapper}.c`, MAPPER);
+    await run('cc', ['-O2', '-o', mapper, `${mapper}.c`]);
+    original2M = await read2M();
+  });
+
+  afterEach(async () => {
+    // Always leave the host as it was: no mount, the pool at its original size.
+    if (mounted) await mounted.unmount({ detach: true }).catch(() => undefined);
+    mounted = undefined;
+    if (reservation) await reservation.release();
+    reservation = undefined;
+    expect(await read2M()).toBe(original2M);
+  });
+
+  afterAll(async () => {
+    if (original2M !== undefined && (await read2M()) !== original2M) await fs.writeFile(NR_2M, String(original2M));
+    if (work) await fs.rm(work, { recursive: true, force: true });
+  });
+
+  it('reserves 2 MiB pages, maps a hugetlbfs file from a child process, and releases them', async () => {
+    const before = await hugepagePool('2M');
+    reservation = await reserveHugepages({ size: '2M', count: 4 });
+    expect(reservation.previous).toBe(original2M);
+    expect(reservation.obtained).toBe(original2M! + 4);
+    expect(reservation.partial).toBe(false);
+    expect(await read2M()).toBe(original2M! + 4);
+    const reserved = await hugepagePool('2M');
+    expect(reserved.free).toBe(before.free + 4);
+    expect(reserved.nodes.reduce((s, n) => s + n.total, 0)).toBe(reserved.total);
+
+    mounted = await mountHugetlbfs({ pageSize: '2M', sizeBytes: 8 * MiB, parent: path.join(work, 'mnt') });
+    const line = await mountLine(mounted.path);
+    expect(line).toMatch(/ - hugetlbfs hugetlbfs rw,.*pagesize=2M/u);
+    expect(line).toMatch(/size=8388608|size=8M/u);
+    expect((await fs.stat(mounted.path)).mode & 0o7777).toBe(0o700);
+
+    const file = path.join(mounted.path, 'dpdk-like');
+    const { stdout } = await run(mapper, [file, '2', String(2 * MiB)]);
+    expect(stdout).toBe('mapped 2 pages\n');
+    expect((await fs.stat(file)).size).toBe(4 * MiB);
+    expect((await hugepagePool('2M')).free).toBe(reserved.free - 2); // the file holds two pages
+    // The mount's size= bound: 5 pages do not fit in 8 MiB.
+    await expect(run(mapper, [path.join(mounted.path, 'too-big'), '5', String(2 * MiB)])).rejects.toMatchObject({ code: 5 });
+    await fs.rm(file);
+    await fs.rm(path.join(mounted.path, 'too-big'), { force: true });
+    expect((await hugepagePool('2M')).free).toBe(reserved.free);
+
+    const where = mounted.path;
+    await mounted.unmount();
+    mounted = undefined;
+    expect(await mountLine(where)).toBeUndefined();
+    expect(existsSync(where)).toBe(false);
+    await reservation.release();
+    reservation = undefined;
+    expect(await read2M()).toBe(original2M);
+  });
+
+  it('refuses to unmount while a file is mapped (EBUSY), and unmounts once it is not', async () => {
+    reservation = await reserveHugepages({ size: '2M', count: 1 });
+    mounted = await mountHugetlbfs({ parent: path.join(work, 'mnt') });
+    const child = spawn(mapper, [path.join(mounted.path, 'held'), '1', String(2 * MiB), 'hold'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        child.stdout.once('data', () => resolve());
+        child.once('exit', (code) => reject(new Error(`mapper exited with ${code}`)));
+      });
+      const error = await mounted.unmount().catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(SystemError);
+      expect(error).toMatchObject({ errnoName: 'EBUSY', syscall: 'umount2' });
+      expect(await mountLine(mounted.path)).toBeDefined();
+    } finally {
+      child.stdin.end();
+      expect(await exited).toBe(0);
+    }
+    await mounted.unmount();
+    mounted = undefined;
+  });
+
+  it('refuses more pages than the host has memory for, changing nothing', async () => {
+    const pages = Math.floor(os.totalmem() / (2 * MiB)) + 1;
+    const error = await reserveHugepages({ size: '2M', count: pages }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(InsufficientHugepagesError);
+    expect(error).toMatchObject({ attempted: false, rolledBack: false, previous: original2M });
+    expect(await read2M()).toBe(original2M);
+  });
+
+  it('rejects a page size this host does not offer (4 MiB), leaving no mount point behind', async () => {
+    const sizes = (await listHugepages()).map((p) => p.sizeBytes);
+    expect(sizes).not.toContain(4 * MiB);
+    await expect(reserveHugepages({ size: '4M', count: 1 })).rejects.toBeInstanceOf(UnsupportedHugepageSizeError);
+    const parent = path.join(work, 'mnt-4m');
+    await expect(mountHugetlbfs({ pageSize: '4M', parent })).rejects.toBeInstanceOf(UnsupportedHugepageSizeError);
+    expect(existsSync(parent)).toBe(false);
+  });
+
+  it.skipIf(has1G)('rejects 1 GiB pages: this host does not offer them', async () => {
+    await expect(reserveHugepages({ size: '1G', count: 1 })).rejects.toBeInstanceOf(UnsupportedHugepageSizeError);
+  });
+
+  it.skipIf(!has1G)('reserves one 1 GiB page and mounts a 1 GiB hugetlbfs (this host offers 1 GiB pages), or reports and rolls back', async () => {
+    const file = '/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages';
+    const before = Number((await fs.readFile(file, 'utf8')).trim());
+    try {
+      const r = await reserveHugepages({ size: '1G', count: 1 }).catch((e: unknown) => e);
+      if (r instanceof InsufficientHugepagesError) {
+        // Gigantic pages need 1 GiB of contiguous free memory: fragmentation can deny it.
+        expect(r.rolledBack).toBe(true);
+      } else {
+        const one = r as HugepageReservation;
+        expect(one.obtained).toBe(before + 1);
+        const m = await mountHugetlbfs({ pageSize: GiB, parent: path.join(work, 'mnt') });
+        try {
+          expect(await mountLine(m.path)).toMatch(/pagesize=1024M/u);
+        } finally {
+          await m.unmount();
+        }
+        await one.release();
+      }
+    } finally {
+      expect(Number((await fs.readFile(file, 'utf8')).trim())).toBe(before);
+    }
+  });
+});

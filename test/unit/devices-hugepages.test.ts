@@ -1,0 +1,168 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { InvalidArgumentError, NotFoundError } from '../../src/errors.js';
+import { InsufficientHugepagesError, UnsupportedHugepageSizeError } from '../../src/devices/errors.js';
+import {
+  hugepagePool,
+  hugepageSize,
+  listHugepages,
+  mountHugetlbfs,
+  releaseHugepages,
+  reserveHugepages,
+  type HugepageReservationRecord,
+} from '../../src/devices/hugepages.js';
+import { FakeSysfs } from './devices-fake-sysfs.js';
+
+const MiB = 1024 * 1024;
+const GLOBAL_2M = 'kernel/mm/hugepages/hugepages-2048kB/nr_hugepages';
+const node2M = (n: number): string => `devices/system/node/node${n}/hugepages/hugepages-2048kB/nr_hugepages`;
+
+let sysfs: FakeSysfs;
+beforeEach(async () => {
+  sysfs = await FakeSysfs.create();
+  await sysfs.addHugepages(2048, [0, 1], 1024 * 1024); // two nodes of 1 GiB each
+});
+afterEach(async () => {
+  await sysfs.cleanup();
+});
+
+describe('hugepageSize', () => {
+  it('parses bytes and binary-unit strings', () => {
+    expect(hugepageSize(2 * MiB)).toBe(2 * MiB);
+    expect(hugepageSize('2M')).toBe(2 * MiB);
+    expect(hugepageSize('2MB')).toBe(2 * MiB);
+    expect(hugepageSize('2MiB')).toBe(2 * MiB);
+    expect(hugepageSize('2048kB')).toBe(2 * MiB);
+    expect(hugepageSize('1G')).toBe(1024 * MiB);
+  });
+  it('rejects what is not a power-of-two size', () => {
+    for (const bad of ['3M', '2X', '', '-2M', 0, 1000, 2 * MiB + 1, '2M; rm', null]) {
+      expect(() => hugepageSize(bad)).toThrow(InvalidArgumentError);
+    }
+  });
+});
+
+describe('hugepage pools (fake sysfs)', () => {
+  it('lists sizes with per-node counts', async () => {
+    await sysfs.addHugepages(1048576, [0, 1], 1024 * 1024);
+    await sysfs.file('devices/system/node/node1/hugepages/hugepages-2048kB/nr_hugepages', '3');
+    await sysfs.file('devices/system/node/node1/hugepages/hugepages-2048kB/free_hugepages', '2');
+    await sysfs.file(GLOBAL_2M, '3');
+    await sysfs.file('kernel/mm/hugepages/hugepages-2048kB/free_hugepages', '2');
+    await sysfs.file('kernel/mm/hugepages/hugepages-2048kB/resv_hugepages', '1');
+    const pools = await listHugepages({ sysfs });
+    expect(pools.map((p) => p.sizeBytes)).toEqual([2 * MiB, 1024 * MiB]);
+    expect(pools[0]).toEqual({
+      sizeBytes: 2 * MiB,
+      total: 3,
+      free: 2,
+      surplus: 0,
+      reserved: 1,
+      overcommit: 0,
+      nodes: [
+        { node: 0, total: 0, free: 0, surplus: 0 },
+        { node: 1, total: 3, free: 2, surplus: 0 },
+      ],
+    });
+    expect((await hugepagePool('1G', { sysfs })).sizeBytes).toBe(1024 * MiB);
+  });
+
+  it('reserves globally, reads back and releases to the previous count, with the exact writes', async () => {
+    await sysfs.file(GLOBAL_2M, '0');
+    const r = await reserveHugepages({ size: '2M', count: 6 }, { sysfs });
+    expect(sysfs.writes).toEqual([[GLOBAL_2M, '6']]);
+    expect(r.toJSON()).toEqual({ sizeBytes: 2 * MiB, node: null, previous: 0, obtained: 6 });
+    expect([r.requested, r.added, r.partial]).toEqual([6, 6, false]);
+    expect((await hugepagePool('2M', { sysfs })).nodes.map((n) => n.total)).toEqual([6, 0]);
+    await r.release();
+    await r.release(); // idempotent
+    expect(sysfs.writes).toEqual([
+      [GLOBAL_2M, '6'],
+      [GLOBAL_2M, '0'],
+    ]);
+    expect((await hugepagePool('2M', { sysfs })).total).toBe(0);
+  });
+
+  it('reserves on one NUMA node', async () => {
+    const r = await reserveHugepages({ size: 2 * MiB, count: 3, node: 1 }, { sysfs });
+    expect(sysfs.writes).toEqual([[node2M(1), '3']]);
+    const pool = await hugepagePool('2M', { sysfs });
+    expect([pool.total, pool.nodes[0]!.total, pool.nodes[1]!.total]).toEqual([3, 0, 3]);
+    await r.release();
+    expect(sysfs.writes.at(-1)).toEqual([node2M(1), '0']);
+    await expect(reserveHugepages({ size: '2M', count: 1, node: 5 }, { sysfs })).rejects.toBeInstanceOf(NotFoundError);
+  });
+
+  it('rolls back a partial allocation and reports it as a typed error', async () => {
+    sysfs.hugepageCapacity.set('2048 0', 3);
+    const before = await sysfs.snapshot();
+    const error = await reserveHugepages({ size: '2M', count: 5, node: 0 }, { sysfs }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(InsufficientHugepagesError);
+    expect(error).toMatchObject({
+      code: 'ERR_VMPOD_HUGEPAGES_INSUFFICIENT',
+      previous: 0,
+      requested: 5,
+      obtained: 3,
+      attempted: true,
+      rolledBack: true,
+      node: 0,
+    });
+    expect((error as Error).message).toMatch(/^asked for 5 more 2 MiB hugepages on NUMA node 0 \(pool 0 -> 5\), the kernel gave 3; the pool was put back to 0/u);
+    expect(sysfs.writes).toEqual([
+      [node2M(0), '5'],
+      [node2M(0), '0'],
+    ]);
+    expect(await sysfs.snapshot()).toEqual(before);
+  });
+
+  it('keeps a partial allocation when allowed, and says so', async () => {
+    await sysfs.file(GLOBAL_2M, '0');
+    sysfs.hugepageCapacity.set('2048 0', 2);
+    sysfs.hugepageCapacity.set('2048 1', 1);
+    const r = await reserveHugepages({ size: '2M', count: 8, allowPartial: true }, { sysfs });
+    expect([r.previous, r.requested, r.obtained, r.added, r.partial]).toEqual([0, 8, 3, 3, true]);
+    await r.release();
+    expect(sysfs.writes).toEqual([
+      [GLOBAL_2M, '8'],
+      [GLOBAL_2M, '0'],
+    ]);
+  });
+
+  it('refuses more pages than the memory holds, before any write', async () => {
+    // 2 nodes x 1 GiB = 1024 pages of 2 MiB at most.
+    const error = await reserveHugepages({ size: '2M', count: 1025 }, { sysfs }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'ERR_VMPOD_HUGEPAGES_INSUFFICIENT', attempted: false, rolledBack: false, obtained: 0 });
+    expect((error as Error).message).toMatch(/exceeds the memory of the host; nothing was changed/u);
+    await expect(reserveHugepages({ size: '2M', count: 513, node: 1 }, { sysfs })).rejects.toMatchObject({ attempted: false, node: 1 });
+    expect(sysfs.writes).toEqual([]);
+  });
+
+  it('counts pages of other sizes already taken against the memory', async () => {
+    await sysfs.addHugepages(1048576, [0, 1], 1024 * 1024);
+    await sysfs.file('devices/system/node/node0/hugepages/hugepages-1048576kB/nr_hugepages', '1');
+    await expect(reserveHugepages({ size: '2M', count: 1, node: 0 }, { sysfs })).rejects.toMatchObject({ attempted: false });
+    const r = await reserveHugepages({ size: '2M', count: 1, node: 1 }, { sysfs });
+    await r.release();
+  });
+
+  it('rejects a page size the host lacks, and bad counts, before any write', async () => {
+    const error = await reserveHugepages({ size: '1G', count: 1 }, { sysfs }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(UnsupportedHugepageSizeError);
+    expect((error as Error).message).toBe('this host has no 1 GiB hugepages (supported: 2 MiB)');
+    await expect(reserveHugepages({ size: '2M', count: 0 }, { sysfs })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(reserveHugepages({ size: '2M', count: 1.5 }, { sysfs })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(reserveHugepages({ size: '2M', count: 1, node: -1 }, { sysfs })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(mountHugetlbfs({ pageSize: '1G', parent: sysfs.path('mnt') }, { sysfs })).rejects.toBeInstanceOf(UnsupportedHugepageSizeError);
+    await expect(mountHugetlbfs({ pageSize: '2M', sizeBytes: 3 * MiB }, { sysfs })).rejects.toBeInstanceOf(InvalidArgumentError);
+    expect(sysfs.writes).toEqual([]);
+  });
+
+  it('on release, removes only its own pages when someone else changed the pool meanwhile', async () => {
+    await sysfs.file(GLOBAL_2M, '0');
+    const r = await reserveHugepages({ size: '2M', count: 4 }, { sysfs });
+    await sysfs.write(GLOBAL_2M, '10'); // another user
+    const record = JSON.parse(JSON.stringify(r)) as HugepageReservationRecord; // persisted, then reloaded
+    await releaseHugepages(record, { sysfs });
+    expect(sysfs.writes.at(-1)).toEqual([GLOBAL_2M, '6']);
+    expect((await hugepagePool('2M', { sysfs })).total).toBe(6);
+  });
+});
