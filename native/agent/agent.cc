@@ -1,0 +1,1023 @@
+#include "agent/agent.h"
+
+#include <fcntl.h>
+#include <pty.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <regex>
+
+#include "agent/child.h"
+
+namespace agent {
+
+namespace {
+
+int64_t NowMs() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+// Same rule as src/validate.ts `id()`.
+std::string CheckId(const std::string& value, const std::string& field) {
+  static const std::regex kId("[A-Za-z0-9][A-Za-z0-9_.-]{0,63}");
+  if (!std::regex_match(value, kId) || value.find("..") != std::string::npos) {
+    BadField(field, "\"" + value + "\" is not a valid id: use 1-64 characters of [A-Za-z0-9_.-], starting with a letter or digit, without \"..\"");
+  }
+  return value;
+}
+
+json ExitJson(const Process& p) {
+  return {{"exitCode", p.exitCode}, {"signal", p.exitSignal}, {"oomKilled", p.oomKilled}};
+}
+
+const char* StateName(Process::State s) {
+  switch (s) {
+    case Process::kCreating: return "creating";
+    case Process::kCreated: return "created";
+    case Process::kRunning: return "running";
+    case Process::kExited: return "stopped";
+  }
+  return "unknown";
+}
+
+}  // namespace
+
+std::string Process::label() const {
+  return container->id + (execId.empty() ? "" : "/" + execId);
+}
+
+std::string Container::status() const { return StateName(init->state); }
+
+Agent::Agent(Options options) : opts_(std::move(options)) {}
+
+Session* Agent::FindSession(uint64_t id) {
+  auto it = sessions_.find(id);
+  return it == sessions_.end() || it->second->closed() ? nullptr : it->second.get();
+}
+
+uint64_t Agent::AddSession(int fd, bool ownsFd, const std::string& name) {
+  uint64_t id = nextSession_++;
+  auto s = std::make_unique<Session>(*this, id, fd, ownsFd, name);
+  s->Start();
+  sessions_[id] = std::move(s);
+  return id;
+}
+
+std::vector<Process*> Agent::AllProcesses() {
+  std::vector<Process*> out;
+  for (auto& [id, c] : containers_) {
+    out.push_back(c->init.get());
+    for (auto& [eid, e] : c->execs) out.push_back(e.get());
+  }
+  return out;
+}
+
+void Agent::OnSessionClosed(uint64_t id) {
+  for (Process* p : AllProcesses()) {
+    for (Output* o : {&p->out, &p->err}) {
+      if (o->session == id) {
+        o->session = 0;
+        o->credit = 0;
+      }
+    }
+    if (p->in.session == id) p->in.session = 0;
+    std::erase_if(p->waiters, [id](const Pending& w) { return w.session == id; });
+    UpdateIo(*p);
+  }
+  for (auto& [cid, c] : containers_) std::erase_if(c->deleteWaiters, [id](const Pending& w) { return w.session == id; });
+  // A virtio-serial port gets a new session when the host reconnects (see transport.cc).
+  for (size_t i = 0; i < ports_.size(); i++) {
+    if (ports_[i].session == id) {
+      ports_[i].session = 0;
+      auto it = sessions_.find(id);
+      ports_[i].poisoned = it != sessions_.end() && it->second->failed();
+      WatchPort(i);
+    }
+  }
+}
+
+void Agent::OnSessionDrained(uint64_t id) {
+  for (Process* p : AllProcesses()) {
+    if (p->out.session == id || p->err.session == id) UpdateIo(*p);
+  }
+}
+
+void Agent::Reply(const Pending& pending, const json& result) {
+  if (Session* s = FindSession(pending.session)) s->SendResult(pending.stream, result);
+}
+
+void Agent::ReplyError(const Pending& pending, const Error& error) {
+  if (Session* s = FindSession(pending.session)) s->SendError(pending.stream, error);
+}
+
+// --- Requests -------------------------------------------------------------------------------
+
+void Agent::Dispatch(Session& s, uint32_t stream, std::string_view payload) {
+  std::string method;
+  try {
+    json request = ParseObject(payload);
+    CheckKeys(request, "request", {"method", "params"});
+    method = GetString(request, "method", "request");
+    json params = json::object();
+    if (const json* p = Field(request, "params")) {
+      if (!p->is_object()) BadField("params", "must be an object");
+      params = *p;
+    }
+    if (!s.helloDone && method != "Hello") {
+      throw Error(Code::kFailedPrecondition, "the first request of a session must be Hello");
+    }
+    if (shuttingDown_ && method != "Hello" && method != "Ping" && method != "ListContainers" && method != "Wait") {
+      throw Error(Code::kFailedPrecondition, "the agent is shutting down");
+    }
+    Debug("session %s: %s", s.name().c_str(), method.c_str());
+    if (auto result = Handle(s, stream, method, params)) s.SendResult(stream, *result);
+  } catch (const Error& e) {
+    Debug("%s failed: %s", method.c_str(), e.what());
+    s.SendError(stream, e);
+  } catch (const std::exception& e) {
+    s.SendError(stream, Error(Code::kInternal, e.what()));
+  }
+}
+
+std::optional<json> Agent::Handle(Session& s, uint32_t stream, const std::string& method, const json& p) {
+  if (method == "Hello") return Hello(s, p);
+  if (method == "Ping") {
+    CheckKeys(p, "", {});
+    return json::object();
+  }
+  if (method == "CreateContainer") return CreateContainer(s, stream, p), std::nullopt;
+  if (method == "StartContainer") return StartContainer(s, stream, p), std::nullopt;
+  if (method == "Exec") return Exec(s, stream, p), std::nullopt;
+  if (method == "OpenStdio") return OpenStdio(s, stream, p);
+  if (method == "Signal") return SignalProcess(p);
+  if (method == "Wait") return Wait(s, stream, p);
+  if (method == "ResizeTty") return ResizeTty(p);
+  if (method == "Stats") return Stats(p);
+  if (method == "DeleteContainer") return DeleteContainer(s, stream, p);
+  if (method == "ListContainers") {
+    CheckKeys(p, "", {});
+    return ListContainers();
+  }
+  if (method == "Mount") return Mount(s, stream, p), std::nullopt;
+  if (method == "Unmount") return Unmount(p);
+  if (method == "SetTime") return SetTime(p);
+  if (method == "Shutdown") {
+    CheckKeys(p, "", {});
+    StartShutdown(Pending{s.id(), stream});
+    return std::nullopt;
+  }
+  throw Error(Code::kUnimplemented, "unknown method \"" + method + "\"");
+}
+
+json Agent::Hello(Session& s, const json& p) {
+  CheckKeys(p, "", {"version", "client"});
+  int64_t version = GetInt(p, "version", "", 0, INT32_MAX);
+  if (version != kProtocolVersion) {
+    throw Error(Code::kFailedPrecondition, "protocol version " + std::to_string(version) +
+                                               " is not supported (this agent speaks version " +
+                                               std::to_string(kProtocolVersion) + ")");
+  }
+  auto client = OptString(p, "client", "").value_or("");
+  Debug("session %s: hello from %s", s.name().c_str(), client.c_str());
+  s.helloDone = true;
+  return {{"version", kProtocolVersion},
+          {"agent", std::string("vmpod-agent/") + kAgentVersion},
+          {"pid", getpid()},
+          {"pid1", opts_.pid1},
+          {"cgroups", cgroups_.enabled()},
+          {"controllers", std::vector<std::string>(cgroups_.controllers().begin(), cgroups_.controllers().end())},
+          {"stateDir", opts_.stateDir},
+          {"maxPayload", kMaxPayload},
+          {"maxDataChunk", kMaxDataChunk},
+          {"initialWindow", kInitialWindow},
+          {"features", {"containers", "exec", "tty", "stats", "mount", "set-time", "oom"}}};
+}
+
+Container& Agent::FindContainer(const json& p, const char* key) {
+  std::string id = GetString(p, key, "");
+  auto it = containers_.find(id);
+  if (it == containers_.end()) throw Error(Code::kNotFound, "container \"" + id + "\" does not exist");
+  return *it->second;
+}
+
+Process& Agent::FindProcess(const json& p) {
+  Container& c = FindContainer(p, "containerId");
+  auto execId = OptString(p, "execId", "");
+  if (!execId || execId->empty()) return *c.init;
+  auto it = c.execs.find(*execId);
+  if (it == c.execs.end()) throw Error(Code::kNotFound, "process \"" + *execId + "\" does not exist in container \"" + c.id + "\"");
+  return *it->second;
+}
+
+// Runs `child` in a new process (with `cloneFlags` namespaces); returns its pid in our namespace.
+template <typename Fn>
+static pid_t Spawn(unsigned long cloneFlags, Fn child) {
+  pid_t pid = static_cast<pid_t>(syscall(SYS_clone, cloneFlags | SIGCHLD, nullptr, nullptr, nullptr, nullptr));
+  if (pid < 0) ThrowErrno("clone");
+  if (pid == 0) {
+    child();
+    _exit(127);
+  }
+  return pid;
+}
+
+// Makes the process's pipes (or pty) and returns the child's ends, which the agent closes once
+// the child holds them.
+ChildEnds Agent::SetupStdio(Process& p, const json* stdio, const ProcessSpec& spec) {
+  bool wantIn = false, wantOut = true, wantErr = true;
+  if (stdio) {
+    CheckKeys(*stdio, "stdio", {"stdin", "stdout", "stderr"});
+    wantIn = OptBool(*stdio, "stdin", "stdio", false);
+    wantOut = OptBool(*stdio, "stdout", "stdio", true);
+    wantErr = OptBool(*stdio, "stderr", "stdio", true);
+  }
+  ChildEnds ends;
+  p.terminal = spec.terminal;
+  if (spec.terminal) {
+    int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0) ThrowErrno("posix_openpt");
+    p.ptyFd.reset(master);
+    if (grantpt(master) < 0 || unlockpt(master) < 0) ThrowErrno("unlockpt");
+    if (spec.rows && spec.cols) {
+      winsize ws{spec.rows, spec.cols, 0, 0};
+      ioctl(master, TIOCSWINSZ, &ws);
+    }
+    ends.slave.reset(open(ptsname(master), O_RDWR | O_NOCTTY | O_CLOEXEC));
+    if (!ends.slave.valid()) ThrowErrno("open pty slave");
+    SetNonBlocking(master);
+    p.out.fd = master;
+    p.in.fd = master;
+    p.err.eof = true;  // a terminal has one output stream
+    return ends;
+  }
+  int fds[2];
+  if (wantIn) {
+    if (pipe2(fds, O_CLOEXEC) < 0) ThrowErrno("pipe2");
+    ends.in.reset(fds[0]);
+    p.stdinFd.reset(fds[1]);
+    p.in.fd = fds[1];
+    SetNonBlocking(fds[1]);
+  } else {
+    p.in.closed = true;
+  }
+  for (auto [want, ours, child, out] : {std::tuple{wantOut, &p.stdoutFd, &ends.out, &p.out},
+                                        std::tuple{wantErr, &p.stderrFd, &ends.err, &p.err}}) {
+    if (!want) {
+      out->eof = true;
+      continue;
+    }
+    if (pipe2(fds, O_CLOEXEC) < 0) ThrowErrno("pipe2");
+    ours->reset(fds[0]);
+    child->reset(fds[1]);
+    out->fd = fds[0];
+    SetNonBlocking(fds[0]);
+  }
+  return ends;
+}
+
+static ChildIo IoFor(const ChildEnds& ends, int sync) {
+  ChildIo io;
+  if (ends.slave.valid()) {
+    io.in = io.out = io.err = ends.slave.get();
+  } else {
+    io.in = ends.in.get();
+    io.out = ends.out.get();
+    io.err = ends.err.get();
+  }
+  io.sync = sync;
+  return io;
+}
+
+void Agent::CreateContainer(Session& s, uint32_t stream, const json& p) {
+  CheckKeys(p, "", {"id", "bundle", "config", "rootfs", "stdio"});
+  std::string id = CheckId(GetString(p, "id", ""), "id");
+  if (containers_.count(id)) throw Error(Code::kAlreadyExists, "container \"" + id + "\" already exists");
+  auto bundle = OptString(p, "bundle", "");
+  if (bundle) {
+    *bundle = NormalizePath(*bundle);
+    if (bundle->empty()) BadField("bundle", "must be an absolute path");
+    if (!IsDirectory(*bundle)) throw Error(Code::kNotFound, "bundle \"" + *bundle + "\" is not a directory", ENOENT);
+  }
+  json config;
+  if (const json* inline_ = OptObject(p, "config", "")) {
+    config = *inline_;
+  } else if (bundle) {
+    std::string text;
+    if (!ReadFileIfExists(*bundle + "/config.json", &text, kMaxPayload)) {
+      throw Error(Code::kNotFound, "bundle \"" + *bundle + "\" has no config.json", ENOENT);
+    }
+    try {
+      config = ParseObject(text);
+    } catch (const Error& e) {
+      throw Error(Code::kInvalidArgument, *bundle + "/config.json: " + e.what());
+    }
+  } else {
+    BadField("config", "give a config (an OCI runtime spec) or a bundle holding config.json");
+  }
+  Spec spec = ParseSpec(config);
+
+  auto c = std::make_unique<Container>();
+  c->id = id;
+  c->bundle = bundle.value_or("");
+  c->createdAt = NowMs();
+  RootfsPlan plan;
+  std::string rootfs = OptString(p, "rootfs", "").value_or(spec.rootPath);
+  if (rootfs.empty()) BadField("rootfs", "no rootfs: set root.path in the config or rootfs in the request");
+  c->dir = opts_.stateDir + "/containers/" + id;
+  if (rootfs == "builtin") {
+    if (!IsDirectory(opts_.builtinRootfs)) {
+      throw Error(Code::kNotFound, "the builtin rootfs " + opts_.builtinRootfs + " is missing", ENOENT);
+    }
+    plan.overlayLower = opts_.builtinRootfs;
+    plan.overlayUpper = c->dir + "/upper";
+    plan.overlayWork = c->dir + "/work";
+    plan.rootfs = c->dir + "/rootfs";
+  } else {
+    if (rootfs[0] != '/') {
+      if (!bundle) BadField("root.path", "a relative root.path needs a bundle");
+      rootfs = *bundle + "/" + rootfs;
+    }
+    plan.rootfs = NormalizePath(rootfs);
+    if (!IsDirectory(plan.rootfs)) throw Error(Code::kNotFound, "rootfs \"" + plan.rootfs + "\" is not a directory", ENOENT);
+  }
+  c->rootfs = rootfs == "builtin" ? "builtin" : plan.rootfs;
+  plan.reroot = c->dir + "/reroot";
+  plan.cgroup2 = cgroups_.enabled();
+  if (spec.resources.any() && !cgroups_.enabled()) {
+    throw Error(Code::kFailedPrecondition, "linux.resources: cgroups are disabled in this agent (--cgroup none)");
+  }
+
+  // Namespaces: mount, pid, uts and ipc are always private; network and cgroup as the spec says.
+  unsigned long flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC;
+  bool newCgroupNs = false;
+  std::vector<Fd> nsFds;
+  std::vector<JoinNamespace> join;
+  Fd pidNs;
+  for (const auto& ns : spec.namespaces) {
+    static const std::map<std::string, int> kTypes = {{"pid", CLONE_NEWPID},   {"network", CLONE_NEWNET},
+                                                      {"mount", CLONE_NEWNS},  {"ipc", CLONE_NEWIPC},
+                                                      {"uts", CLONE_NEWUTS},   {"cgroup", CLONE_NEWCGROUP}};
+    int type = kTypes.at(ns.type);
+    if (ns.path.empty()) {
+      if (type == CLONE_NEWNET) flags |= CLONE_NEWNET;
+      if (type == CLONE_NEWCGROUP) newCgroupNs = cgroups_.enabled();
+      continue;
+    }
+    Fd fd(open(ns.path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) ThrowErrno("open namespace " + ns.path);
+    if (type == CLONE_NEWPID) {
+      flags &= ~CLONE_NEWPID;
+      pidNs = std::move(fd);
+      continue;
+    }
+    flags &= ~static_cast<unsigned long>(type);
+    join.push_back({type, fd.get()});
+    nsFds.push_back(std::move(fd));
+  }
+
+  MkdirAll(opts_.stateDir + "/containers", 0700);
+  RemoveTree(c->dir);
+  MkdirAll(c->dir, 0700);
+  MkdirAll(plan.reroot, 0700);
+  if (!plan.overlayLower.empty()) {
+    for (const auto& d : {plan.overlayUpper, plan.overlayWork, plan.rootfs}) MkdirAll(d, 0755);
+  }
+  auto init = std::make_unique<Process>();
+  init->container = c.get();
+  try {
+    if (cgroups_.enabled()) c->cgroup = cgroups_.Create(id, spec.resources);
+    ChildEnds ends = SetupStdio(*init, OptObject(p, "stdio", ""), spec.process);
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) ThrowErrno("socketpair");
+    init->sync.reset(sv[0]);
+    Fd childSync(sv[1]);
+    ChildIo io = IoFor(ends, childSync.get());
+    if (pidNs.valid() && setns(pidNs.get(), CLONE_NEWPID) < 0) ThrowErrno("setns(pid)");
+    std::string cgroup = c->cgroup;
+    pid_t pid;
+    try {
+      pid = Spawn(flags, [&] { RunInit(io, cgroup, newCgroupNs, join, spec, plan); });
+    } catch (...) {
+      if (pidNs.valid()) setns(selfPidNs_.get(), CLONE_NEWPID);
+      throw;
+    }
+    if (pidNs.valid()) setns(selfPidNs_.get(), CLONE_NEWPID);
+    init->pid = pid;
+  } catch (...) {
+    if (!c->cgroup.empty()) cgroups_.Remove(c->cgroup);
+    RemoveTree(c->dir);
+    throw;
+  }
+  init->startedAt = NowMs();
+  if (!c->cgroup.empty()) init->oomBaseline = cgroups_.OomKills(c->cgroup);
+  Process& ref = *init;
+  c->init = std::move(init);
+  Log("container %s: created, init pid %d", id.c_str(), ref.pid);
+  containers_[id] = std::move(c);
+  Spawned(ref, Pending{s.id(), stream});
+}
+
+// Registers a new child: its pid, its setup channel and the request waiting for it.
+void Agent::Spawned(Process& p, Pending pending) {
+  byPid_[p.pid] = &p;
+  p.pending = pending;
+  SetNonBlocking(p.sync.get());
+  p.syncToken = loop_.Add(p.sync.get(), EPOLLIN, [this, &p](uint32_t) { OnSync(p); });
+  UpdateIo(p);
+}
+
+// Reads the child's setup channel: "ok" (created, waiting for start), an error, or EOF (exec done).
+void Agent::OnSync(Process& p) {
+  char buf[4096];
+  ssize_t n = recv(p.sync.get(), buf, sizeof buf, MSG_DONTWAIT);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  std::string msg = n > 0 ? std::string(buf, n) : "";
+  if (msg == "ok" && p.state == Process::kCreating && p.execId.empty()) {
+    p.state = Process::kCreated;
+    FinishPending(p, nullptr);
+    return;
+  }
+  loop_.Remove(p.syncToken);
+  p.syncToken = 0;
+  p.sync.reset();
+  if (!msg.empty() && msg[0] == 'E') {
+    size_t space = msg.find(' ');
+    int err = std::atoi(msg.substr(1, space).c_str());
+    std::string text = space == std::string::npos ? msg : msg.substr(space + 1);
+    Error e(err == ENOENT ? Code::kNotFound : Code::kInternal, p.label() + ": " + text, err);
+    // The child failed and exits 127; OnExit records it. A container that never got created,
+    // and an exec that never ran, are removed once reaped.
+    p.failed = true;
+    if (p.execId.empty() && p.state == Process::kCreating) p.container->deleting = true;
+    FinishPending(p, &e);
+    return;
+  }
+  // EOF: execve succeeded (the channel was close-on-exec) or the child died.
+  if (p.state != Process::kExited && (p.state == Process::kCreated || !p.execId.empty())) {
+    p.state = Process::kRunning;
+    FinishPending(p, nullptr);
+  } else if (p.state == Process::kCreating) {
+    Error e(Code::kInternal, p.label() + ": the container's init exited during setup");
+    p.failed = true;
+    p.container->deleting = true;
+    FinishPending(p, &e);
+  }
+}
+
+void Agent::FinishPending(Process& p, const Error* error) {
+  Pending pending = p.pending;
+  p.pending = Pending{};
+  if (!pending) return;
+  if (error) {
+    ReplyError(pending, *error);
+    return;
+  }
+  Reply(pending, {{"pid", p.pid}});
+}
+
+void Agent::StartContainer(Session& s, uint32_t stream, const json& p) {
+  CheckKeys(p, "", {"id"});
+  Container& c = FindContainer(p, "id");
+  Process& init = *c.init;
+  if (init.state != Process::kCreated || init.pending) {
+    throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" is " + StateName(init.state) + ", not created");
+  }
+  if (send(init.sync.get(), "start", 5, MSG_NOSIGNAL) != 5) ThrowErrno("signal the container's init to start");
+  init.pending = Pending{s.id(), stream};
+  init.startedAt = NowMs();
+}
+
+void Agent::Exec(Session& s, uint32_t stream, const json& p) {
+  CheckKeys(p, "", {"containerId", "execId", "process", "stdio"});
+  Container& c = FindContainer(p, "containerId");
+  std::string execId = CheckId(GetString(p, "execId", ""), "execId");
+  if (c.execs.count(execId)) throw Error(Code::kAlreadyExists, "process \"" + execId + "\" already exists in \"" + c.id + "\"");
+  if (c.init->state != Process::kRunning || c.deleting) {
+    throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" is " + StateName(c.init->state) + ", not running");
+  }
+  ProcessSpec spec = ParseProcess(GetObject(p, "process", ""), "process");
+  auto proc = std::make_unique<Process>();
+  proc->container = &c;
+  proc->execId = execId;
+  ChildEnds ends = SetupStdio(*proc, OptObject(p, "stdio", ""), spec);
+
+  std::string nsDir = "/proc/" + std::to_string(c.init->pid) + "/ns/";
+  std::vector<Fd> nsFds;
+  std::vector<JoinNamespace> join;
+  for (const auto& [name, type] : std::vector<std::pair<std::string, int>>{
+           {"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS}, {"net", CLONE_NEWNET}, {"cgroup", CLONE_NEWCGROUP}, {"mnt", CLONE_NEWNS}}) {
+    Fd fd(open((nsDir + name).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) ThrowErrno("open " + nsDir + name);
+    join.push_back({type, fd.get()});
+    nsFds.push_back(std::move(fd));
+  }
+  Fd pidNs(open((nsDir + "pid").c_str(), O_RDONLY | O_CLOEXEC));
+  if (!pidNs.valid()) ThrowErrno("open " + nsDir + "pid");
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) ThrowErrno("socketpair");
+  proc->sync.reset(sv[0]);
+  Fd childSync(sv[1]);
+  ChildIo io = IoFor(ends, childSync.get());
+  // setns(CLONE_NEWPID) only changes where our next child is born; switch back right after.
+  if (setns(pidNs.get(), CLONE_NEWPID) < 0) ThrowErrno("setns(pid)");
+  pid_t pid;
+  try {
+    pid = Spawn(0, [&] { RunExec(io, c.cgroup, join, spec); });
+  } catch (...) {
+    setns(selfPidNs_.get(), CLONE_NEWPID);
+    throw;
+  }
+  if (setns(selfPidNs_.get(), CLONE_NEWPID) < 0) Log("cannot return to the agent's pid namespace: %s", strerror(errno));
+  proc->pid = pid;
+  proc->startedAt = NowMs();
+  if (!c.cgroup.empty()) proc->oomBaseline = cgroups_.OomKills(c.cgroup);
+  Process& ref = *proc;
+  c.execs[execId] = std::move(proc);
+  Debug("exec %s: pid %d", ref.label().c_str(), pid);
+  Spawned(ref, Pending{s.id(), stream});
+}
+
+std::optional<json> Agent::OpenStdio(Session& s, uint32_t stream, const json& p) {
+  CheckKeys(p, "", {"containerId", "execId", "fd"});
+  Process& proc = FindProcess(p);
+  std::string which = GetString(p, "fd", "");
+  if (which == "stdin") {
+    if (proc.in.closed || proc.in.fd < 0 || proc.in.closing) {
+      throw Error(Code::kFailedPrecondition, proc.label() + ": stdin is closed or was not requested (stdio.stdin)");
+    }
+    if (proc.in.session && FindSession(proc.in.session)) {
+      throw Error(Code::kBusy, proc.label() + ": stdin is attached to another session");
+    }
+    proc.in.session = s.id();
+    proc.in.stream = stream;
+    // The peer starts with a full window, minus what is still queued from an earlier attachment.
+    proc.in.credit = kInitialWindow - std::min<uint32_t>(kInitialWindow, proc.in.queue.size());
+    proc.in.ungranted = 0;
+    return json::object();
+  }
+  if (which != "stdout" && which != "stderr") BadField("fd", "must be stdin, stdout or stderr");
+  if (which == "stderr" && proc.terminal) {
+    throw Error(Code::kInvalidArgument, proc.label() + ": a terminal process has no separate stderr");
+  }
+  Output& o = which == "stdout" ? proc.out : proc.err;
+  if (o.fd < 0 && !o.eof) throw Error(Code::kFailedPrecondition, proc.label() + ": " + which + " was not requested");
+  if (o.session && FindSession(o.session)) {
+    throw Error(Code::kBusy, proc.label() + ": " + which + " is attached to another session");
+  }
+  s.SendResult(stream, json::object());
+  if (o.eof) {
+    // Everything was delivered already (or the stream was not requested): end it right away.
+    s.SendFrame(stream, kData, kFlagClose, "");
+    return std::nullopt;
+  }
+  o.session = s.id();
+  o.stream = stream;
+  o.credit = kInitialWindow;
+  UpdateIo(proc);
+  return std::nullopt;  // answered above, before the first data frame
+}
+
+json Agent::SignalProcess(const json& p) {
+  CheckKeys(p, "", {"containerId", "execId", "signal", "all"});
+  Process& proc = FindProcess(p);
+  int sig = static_cast<int>(GetInt(p, "signal", "", 1, 64));
+  bool all = OptBool(p, "all", "", false);
+  if (proc.state == Process::kExited || proc.pid <= 0) {
+    throw Error(Code::kFailedPrecondition, proc.label() + " is not running");
+  }
+  if (all && !proc.container->cgroup.empty()) {
+    cgroups_.Signal(proc.container->cgroup, sig);
+  } else if (kill(proc.pid, sig) < 0) {
+    ThrowErrno("kill " + std::to_string(proc.pid));
+  }
+  return json::object();
+}
+
+std::optional<json> Agent::Wait(Session& s, uint32_t stream, const json& p) {
+  CheckKeys(p, "", {"containerId", "execId"});
+  Process& proc = FindProcess(p);
+  if (proc.state == Process::kExited) return ExitJson(proc);
+  proc.waiters.push_back(Pending{s.id(), stream});
+  return std::nullopt;
+}
+
+json Agent::ResizeTty(const json& p) {
+  CheckKeys(p, "", {"containerId", "execId", "rows", "cols"});
+  Process& proc = FindProcess(p);
+  winsize ws{};
+  ws.ws_row = static_cast<unsigned short>(GetInt(p, "rows", "", 1, 65535));
+  ws.ws_col = static_cast<unsigned short>(GetInt(p, "cols", "", 1, 65535));
+  if (!proc.terminal || !proc.ptyFd.valid()) throw Error(Code::kFailedPrecondition, proc.label() + " has no terminal");
+  if (ioctl(proc.ptyFd.get(), TIOCSWINSZ, &ws) < 0) ThrowErrno("ioctl(TIOCSWINSZ)");
+  return json::object();
+}
+
+json Agent::Stats(const json& p) {
+  CheckKeys(p, "", {"containerId"});
+  Container& c = FindContainer(p, "containerId");
+  if (c.cgroup.empty()) throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" has no cgroup (cgroups are disabled)");
+  json stats = cgroups_.Stats(c.cgroup);
+  stats["containerId"] = c.id;
+  stats["timestamp"] = NowMs();
+  return stats;
+}
+
+std::optional<json> Agent::DeleteContainer(Session& s, uint32_t stream, const json& p) {
+  CheckKeys(p, "", {"id", "force"});
+  Container& c = FindContainer(p, "id");
+  bool force = OptBool(p, "force", "", false);
+  bool live = false;
+  for (Process* proc : AllProcesses()) {
+    if (proc->container == &c && proc->state != Process::kExited) live = true;
+  }
+  if (live && !force && c.init->state != Process::kCreated) {
+    throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" is " + c.status() + "; kill it first or delete with force");
+  }
+  c.deleting = true;
+  c.deleteWaiters.push_back(Pending{s.id(), stream});
+  if (live) {
+    if (!c.cgroup.empty()) cgroups_.Signal(c.cgroup, SIGKILL);
+    for (Process* proc : AllProcesses()) {
+      if (proc->container == &c && proc->state != Process::kExited && proc->pid > 0) kill(proc->pid, SIGKILL);
+    }
+    return std::nullopt;  // FinishDelete answers once every process is reaped
+  }
+  FinishDelete(c);
+  return std::nullopt;
+}
+
+json Agent::ListContainers() {
+  json list = json::array();
+  for (auto& [id, c] : containers_) {
+    json execs = json::array();
+    for (auto& [eid, e] : c->execs) {
+      json ej = {{"execId", eid}, {"pid", e->pid}, {"status", StateName(e->state)}, {"terminal", e->terminal}};
+      if (e->state == Process::kExited) ej["exit"] = ExitJson(*e);
+      execs.push_back(ej);
+    }
+    json cj = {{"id", id},           {"status", c->status()}, {"pid", c->init->pid},   {"bundle", c->bundle},
+               {"rootfs", c->rootfs}, {"createdAt", c->createdAt}, {"terminal", c->init->terminal}, {"execs", execs}};
+    if (c->init->state == Process::kExited) cj["exit"] = ExitJson(*c->init);
+    list.push_back(cj);
+  }
+  return {{"containers", list}};
+}
+
+void Agent::Mount(Session& s, uint32_t stream, const json& p) {
+  GuestMount m = ParseGuestMount(p, opts_.stateDir);
+  for (const auto& t : mounts_) {
+    if (t == m.target) throw Error(Code::kAlreadyExists, "something is already mounted on " + m.target + " by the agent");
+  }
+  TryMount(m, Pending{s.id(), stream}, MonotonicMs() + m.timeoutMs);
+}
+
+// Block devices may appear a little after the host plugged them: look again every 50 ms.
+void Agent::TryMount(GuestMount m, Pending pending, int64_t deadline) {
+  std::string device;
+  bool block = !m.devicePci.empty() || !m.deviceSerial.empty() || !m.devicePath.empty();
+  if (block) {
+    device = FindBlockDevice(m);
+    if (device.empty()) {
+      if (MonotonicMs() >= deadline) {
+        ReplyError(pending, Error(Code::kNotFound, "no block device with " +
+                                                       (!m.devicePci.empty() ? "PCI address " + m.devicePci
+                                                        : !m.deviceSerial.empty() ? "serial " + m.deviceSerial
+                                                                                  : "path " + m.devicePath) +
+                                                       " appeared in time"));
+        return;
+      }
+      loop_.AddTimer(50, [this, m, pending, deadline] { TryMount(m, pending, deadline); });
+      return;
+    }
+  }
+  try {
+    DoGuestMount(m, device);
+    mounts_.push_back(m.target);
+    Log("mounted %s (%s) on %s", m.type == "virtiofs" ? m.source.c_str() : device.empty() ? m.type.c_str() : device.c_str(),
+        m.type.c_str(), m.target.c_str());
+    json result = {{"target", m.target}};
+    if (!device.empty()) result["device"] = device;
+    Reply(pending, result);
+  } catch (const Error& e) {
+    ReplyError(pending, e);
+  }
+}
+
+json Agent::Unmount(const json& p) {
+  CheckKeys(p, "", {"target"});
+  std::string target = GetString(p, "target", "");
+  auto it = std::find(mounts_.begin(), mounts_.end(), target);
+  if (it == mounts_.end()) throw Error(Code::kNotFound, "the agent mounted nothing on " + target);
+  if (umount2(target.c_str(), 0) < 0) {
+    int err = errno;
+    throw Error(err == EBUSY ? Code::kBusy : Code::kInternal, "umount " + target + ": " + strerror(err), err);
+  }
+  mounts_.erase(it);
+  rmdir(target.c_str());
+  return json::object();
+}
+
+json Agent::SetTime(const json& p) {
+  CheckKeys(p, "", {"sec", "nsec"});
+  int64_t sec = GetInt(p, "sec", "", 0, INT64_MAX / 1000000000 - 1);
+  int64_t nsec = GetInt(p, "nsec", "", 0, 999999999);
+  timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  double offsetNs = double(sec - now.tv_sec) * 1e9 + double(nsec - now.tv_nsec);
+  bool applied = false;
+  if (opts_.allowSetTime) {
+    timespec ts{static_cast<time_t>(sec), static_cast<long>(nsec)};
+    if (clock_settime(CLOCK_REALTIME, &ts) < 0) ThrowErrno("clock_settime");
+    applied = true;
+  }
+  return {{"applied", applied}, {"offsetNs", offsetNs}};
+}
+
+// --- Processes and stdio ----------------------------------------------------------------------
+
+void Agent::OnSigchld() {
+  signalfd_siginfo info;
+  while (read(signalFd_.get(), &info, sizeof info) == sizeof info) {
+  }
+  for (;;) {
+    int status;
+    pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) break;
+    auto it = byPid_.find(pid);
+    if (it == byPid_.end()) {
+      Debug("reaped pid %d", pid);  // an orphan, when we are PID 1
+      continue;
+    }
+    Process* p = it->second;
+    byPid_.erase(it);
+    OnExit(*p, status);
+  }
+}
+
+void Agent::OnExit(Process& p, int status) {
+  if (p.syncToken) OnSync(p);  // an error message may still be waiting in the channel
+  if (p.pending) {
+    p.failed = true;
+    if (p.execId.empty() && p.state == Process::kCreating) p.container->deleting = true;
+  }
+  p.state = Process::kExited;
+  if (WIFEXITED(status)) {
+    p.exitCode = WEXITSTATUS(status);
+  } else if (WIFSIGNALED(status)) {
+    p.exitSignal = WTERMSIG(status);
+    p.exitCode = 128 + p.exitSignal;
+  }
+  if (!p.container->cgroup.empty()) p.oomKilled = cgroups_.OomKills(p.container->cgroup) > p.oomBaseline;
+  Log("%s: pid %d exited (code %d, signal %d%s)", p.label().c_str(), p.pid, p.exitCode, p.exitSignal,
+      p.oomKilled ? ", OOM kill in its cgroup" : "");
+  if (p.pending) {
+    Error e(Code::kInternal, p.label() + ": the process exited (code " + std::to_string(p.exitCode) + ") before it was started");
+    FinishPending(p, &e);
+  }
+  if (p.syncToken) {
+    loop_.Remove(p.syncToken);
+    p.syncToken = 0;
+    p.sync.reset();
+  }
+  // No one will read stdin any more.
+  p.in.queue.clear();
+  p.in.closed = true;
+  if (p.stdinFd.valid()) {
+    p.stdinFd.reset();
+    p.in.fd = -1;
+  }
+  UpdateIo(p);
+  json exit = ExitJson(p);
+  for (const auto& w : p.waiters) Reply(w, exit);
+  p.waiters.clear();
+  Container& c = *p.container;
+  if (!p.execId.empty() && p.failed && !c.deleting) {
+    std::string execId = p.execId;
+    ReleaseProcess(p);
+    c.execs.erase(execId);
+    return;
+  }
+  if (c.deleting) {
+    bool live = false;
+    for (Process* q : AllProcesses()) {
+      if (q->container == &c && q->state != Process::kExited) live = true;
+    }
+    if (!live) FinishDelete(c);
+  }
+}
+
+void Agent::ReleaseProcess(Process& p) {
+  for (Output* o : {&p.out, &p.err}) {
+    if (o->session && !o->eof) {
+      if (Session* s = FindSession(o->session)) s->SendFrame(o->stream, kData, kFlagClose, "");
+    }
+    o->session = 0;
+    o->eof = true;
+  }
+  for (auto& [fd, reg] : p.io) loop_.Remove(reg.first);
+  p.io.clear();
+  if (p.syncToken) loop_.Remove(p.syncToken);
+  p.syncToken = 0;
+  if (p.pid > 0) byPid_.erase(p.pid);
+}
+
+void Agent::FinishDelete(Container& c) {
+  std::string id = c.id;
+  for (auto& [eid, e] : c.execs) ReleaseProcess(*e);
+  ReleaseProcess(*c.init);
+  auto waiters = c.deleteWaiters;
+  std::string cgroup = c.cgroup;
+  RemoveTree(c.dir);
+  containers_.erase(id);
+  Log("container %s: deleted", id.c_str());
+  // Zombie children of the pid namespace may keep the cgroup busy for a moment.
+  auto removeCgroup = std::make_shared<std::function<void(int)>>();
+  *removeCgroup = [this, cgroup, waiters, removeCgroup, id](int tries) {
+    if (cgroup.empty() || cgroups_.Remove(cgroup) || tries >= 100) {
+      if (tries >= 100) Log("container %s: cgroup %s is still busy; left behind", id.c_str(), cgroup.c_str());
+      for (const auto& w : waiters) Reply(w, json::object());
+      return;
+    }
+    loop_.AddTimer(20, [removeCgroup, tries] { (*removeCgroup)(tries + 1); });
+  };
+  (*removeCgroup)(0);
+}
+
+void Agent::UpdateIo(Process& p) {
+  auto wantOut = [&](const Output& o) {
+    if (o.fd < 0 || o.eof || !o.session || o.credit == 0) return false;
+    Session* s = FindSession(o.session);
+    return s && !s->congested();
+  };
+  bool wantIn = p.in.fd >= 0 && !p.in.closed && (!p.in.queue.empty() || p.in.closing);
+  std::map<int, uint32_t> want;
+  if (p.out.fd >= 0 && !p.out.eof) want[p.out.fd] |= wantOut(p.out) ? uint32_t(EPOLLIN) : 0u;
+  if (p.err.fd >= 0 && !p.err.eof) want[p.err.fd] |= wantOut(p.err) ? uint32_t(EPOLLIN) : 0u;
+  if (p.in.fd >= 0 && !p.in.closed) want[p.in.fd] |= wantIn ? uint32_t(EPOLLOUT) : 0u;
+  // Registered fds nobody wants any more (or that were closed) leave the loop: epoll reports
+  // EPOLLHUP even with no events asked, which would spin.
+  for (auto it = p.io.begin(); it != p.io.end();) {
+    auto w = want.find(it->first);
+    if (w == want.end() || w->second == 0) {
+      loop_.Remove(it->second.first);
+      it = p.io.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto [fd, events] : want) {
+    if (!events) continue;
+    auto it = p.io.find(fd);
+    if (it == p.io.end()) {
+      uint64_t token = loop_.Add(fd, events, [this, &p, fd](uint32_t ev) { OnIo(p, fd, ev); });
+      p.io[fd] = {token, events};
+    } else if (it->second.second != events) {
+      loop_.Modify(it->second.first, events);
+      it->second.second = events;
+    }
+  }
+}
+
+void Agent::OnIo(Process& p, int fd, uint32_t events) {
+  bool hup = events & (EPOLLHUP | EPOLLERR);
+  if (fd == p.out.fd && (events & EPOLLIN || hup)) PumpOutput(p, p.out);
+  if (fd == p.err.fd && (events & EPOLLIN || hup)) PumpOutput(p, p.err);
+  if (fd == p.in.fd && (events & EPOLLOUT || hup)) PumpInput(p);
+  UpdateIo(p);
+}
+
+void Agent::PumpOutput(Process& p, Output& o) {
+  Session* s = FindSession(o.session);
+  if (!s || o.eof) return;
+  // A few chunks per wakeup keep the loop fair between streams.
+  for (int round = 0; round < 4 && o.credit > 0 && !s->congested(); round++) {
+    ssize_t n = s->SendDataFromFd(o.stream, o.fd, std::min<uint32_t>(o.credit, kMaxDataChunk));
+    if (n > 0) {
+      o.credit -= static_cast<uint32_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EAGAIN) break;
+    // EOF (or EIO from a pty master whose slave side is all closed): the stream is complete.
+    o.eof = true;
+    s->SendFrame(o.stream, kData, kFlagClose, "");
+    o.session = 0;
+    if (&o == &p.out && p.stdoutFd.valid()) {
+      p.stdoutFd.reset();
+      o.fd = -1;
+    } else if (&o == &p.err && p.stderrFd.valid()) {
+      p.stderrFd.reset();
+      o.fd = -1;
+    }
+    break;
+  }
+  if (!s->closed()) s->Flush();
+}
+
+void Agent::PumpInput(Process& p) {
+  Input& in = p.in;
+  while (!in.queue.empty()) {
+    ssize_t n = write(in.fd, in.queue.data(), in.queue.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) break;
+      // EPIPE/EIO: the reader is gone; drop what is queued.
+      in.ungranted += static_cast<uint32_t>(in.queue.size());
+      in.queue.clear();
+      in.closed = true;
+      break;
+    }
+    in.queue.erase(0, n);
+    in.ungranted += static_cast<uint32_t>(n);
+  }
+  if (in.queue.empty() && in.closing && !in.closed) {
+    if (p.terminal) {
+      // A terminal has no half-close: send the EOF character (^D) instead.
+      char eof = 4;
+      if (write(in.fd, &eof, 1) < 0) Debug("%s: writing ^D: %s", p.label().c_str(), strerror(errno));
+    } else {
+      p.stdinFd.reset();
+      in.fd = -1;
+    }
+    in.closed = true;
+  }
+  if (in.closed && in.session) {
+    // Tell the peer that the process no longer reads stdin; it may stop sending.
+    if (Session* s = FindSession(in.session)) s->SendFrame(in.stream, kData, kFlagClose, "");
+    in.session = 0;
+  }
+  // Grant the written bytes back in batches.
+  if (in.session && in.ungranted > 0 && (in.ungranted >= kInitialWindow / 4 || in.queue.empty())) {
+    if (Session* s = FindSession(in.session)) {
+      char buf[4];
+      PutU32(buf, in.ungranted);
+      s->SendFrame(in.stream, kData, kFlagWindow, std::string_view(buf, 4));
+      in.credit += in.ungranted;
+    }
+    in.ungranted = 0;
+  }
+}
+
+void Agent::OnData(Session& s, const Frame& f) {
+  Process* target = nullptr;
+  enum { kNone, kIn, kOut, kErr } which = kNone;
+  for (Process* p : AllProcesses()) {
+    if (p->in.session == s.id() && p->in.stream == f.stream) target = p, which = kIn;
+    if (p->out.session == s.id() && p->out.stream == f.stream) target = p, which = kOut;
+    if (p->err.session == s.id() && p->err.stream == f.stream) target = p, which = kErr;
+  }
+  if (!target) {
+    // Frames for a stream that just ended (or was never a stdio stream) are dropped; frames for a
+    // stream id never used are a protocol error.
+    if (f.stream > s.lastRequest) s.Fail("data frame for unknown stream " + std::to_string(f.stream));
+    return;
+  }
+  if (which == kOut || which == kErr) {
+    Output& o = which == kOut ? target->out : target->err;
+    if (f.flags & kFlagClose) {  // the peer detaches
+      o.session = 0;
+      o.credit = 0;
+    } else if (f.flags & kFlagWindow) {
+      if (f.payload.size() != 4) return s.Fail("window update with a payload of " + std::to_string(f.payload.size()) + " bytes");
+      uint64_t credit = uint64_t(o.credit) + GetU32(f.payload.data());
+      if (credit > kMaxWindow) return s.Fail("window grown beyond " + std::to_string(kMaxWindow) + " bytes");
+      o.credit = static_cast<uint32_t>(credit);
+    } else {
+      return s.Fail("stdio data sent on an output stream");
+    }
+    UpdateIo(*target);
+    return;
+  }
+  Input& in = target->in;
+  if (f.flags & kFlagWindow) return s.Fail("window update on stdin");
+  if (f.payload.size() > in.credit) {
+    return s.Fail("stdin data beyond the granted window (" + std::to_string(f.payload.size()) + " > " +
+                  std::to_string(in.credit) + ")");
+  }
+  in.credit -= static_cast<uint32_t>(f.payload.size());
+  if (in.closed) {
+    in.ungranted += static_cast<uint32_t>(f.payload.size());  // discarded, but keep the peer moving
+  } else {
+    in.queue.append(f.payload);
+  }
+  if (f.flags & kFlagClose) {
+    in.closing = true;
+  }
+  PumpInput(*target);
+  if (f.flags & kFlagClose) in.session = 0;
+  UpdateIo(*target);
+}
+
+}  // namespace agent

@@ -1,0 +1,336 @@
+#include "agent/mounts.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <regex>
+
+namespace agent {
+
+namespace {
+
+void MountOrThrow(const std::string& source, const std::string& target, const char* type, unsigned long flags,
+                  const std::string& data) {
+  if (mount(source.empty() ? nullptr : source.c_str(), target.c_str(), type, flags,
+            data.empty() ? nullptr : data.c_str()) < 0) {
+    int err = errno;
+    throw Error(Code::kInternal,
+                "mount " + (source.empty() ? std::string("none") : source) + " on " + target + " (type " +
+                    (type ? type : "none") + (data.empty() ? "" : ", options " + data) + "): " + strerror(err),
+                err);
+  }
+}
+
+void MkdirParents(const std::string& path) {
+  auto slash = path.rfind('/');
+  if (slash > 0) MkdirAll(path.substr(0, slash));
+}
+
+// Creates the mount point: a directory, or an empty file when binding a non-directory.
+void EnsureMountPoint(const std::string& path, bool file) {
+  struct stat st;
+  if (stat(path.c_str(), &st) == 0) return;
+  if (!file) {
+    MkdirAll(path);
+    return;
+  }
+  MkdirParents(path);
+  Fd fd(open(path.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
+  if (!fd.valid()) ThrowErrno("create mount point " + path);
+}
+
+void MountOne(const std::string& rootfs, const MountSpec& m, bool cgroup2) {
+  std::string dest = SecureJoin(rootfs, m.destination);
+  MountOptions o = ParseMountOptions(m.options);
+  if (m.type == "bind" || o.bind) {
+    struct stat st;
+    if (stat(m.source.c_str(), &st) < 0) ThrowErrno("bind mount source " + m.source);
+    EnsureMountPoint(dest, !S_ISDIR(st.st_mode));
+    MountOrThrow(m.source, dest, nullptr, MS_BIND | (o.flags & MS_REC), "");
+    unsigned long extra = o.flags & ~(MS_BIND | MS_REC | MS_REMOUNT);
+    if (extra) MountOrThrow("", dest, nullptr, MS_REMOUNT | MS_BIND | extra, "");
+  } else if (m.type == "cgroup" || m.type == "cgroup2") {
+    if (!cgroup2) {
+      Debug("skipping the cgroup mount on %s: cgroups are disabled", m.destination.c_str());
+      return;
+    }
+    EnsureMountPoint(dest, false);
+    MountOrThrow("cgroup2", dest, "cgroup2", o.flags, "");
+  } else {
+    EnsureMountPoint(dest, false);
+    MountOrThrow(m.source.empty() ? m.type : m.source, dest, m.type.c_str(), o.flags, o.data);
+  }
+  if (o.propagation) MountOrThrow("", dest, nullptr, o.propagation, "");
+}
+
+void MakeDevice(const std::string& dev, const DeviceSpec& d) {
+  std::string path = SecureJoin(dev.substr(0, dev.size() - 4), d.path);  // dev is <rootfs>/dev
+  MkdirParents(path);
+  mode_t type = d.type == 'b' ? S_IFBLK : d.type == 'p' ? S_IFIFO : S_IFCHR;
+  unlink(path.c_str());
+  if (mknod(path.c_str(), type | (d.fileMode & 07777), makedev(d.major, d.minor)) == 0) {
+    if (chown(path.c_str(), d.uid, d.gid) < 0) ThrowErrno("chown " + path);
+    if (chmod(path.c_str(), d.fileMode & 07777) < 0) ThrowErrno("chmod " + path);
+    return;
+  }
+  if (errno != EPERM) ThrowErrno("mknod " + path);
+  // Without CAP_MKNOD: bind the agent's own node (same device) over an empty file.
+  EnsureMountPoint(path, true);
+  MountOrThrow(d.path, path, nullptr, MS_BIND, "");
+}
+
+void DefaultDevices(const std::string& rootfs, const Spec& spec) {
+  std::string dev = rootfs + "/dev";
+  static const struct {
+    const char* name;
+    int major, minor;
+  } kDefaults[] = {{"/dev/null", 1, 3},    {"/dev/zero", 1, 5}, {"/dev/full", 1, 7},
+                   {"/dev/random", 1, 8}, {"/dev/urandom", 1, 9}, {"/dev/tty", 5, 0}};
+  for (const auto& d : kDefaults) {
+    DeviceSpec ds;
+    ds.path = d.name;
+    ds.type = 'c';
+    ds.major = d.major;
+    ds.minor = d.minor;
+    ds.fileMode = 0666;
+    MakeDevice(dev, ds);
+  }
+  for (const auto& d : spec.devices) MakeDevice(dev, d);
+  static const char* const kLinks[][2] = {{"/proc/self/fd", "fd"},    {"/proc/self/fd/0", "stdin"},
+                                          {"/proc/self/fd/1", "stdout"}, {"/proc/self/fd/2", "stderr"},
+                                          {"pts/ptmx", "ptmx"},          {"/proc/kcore", "core"}};
+  for (const auto& l : kLinks) {
+    std::string path = dev + "/" + l[1];
+    if (symlink(l[0], path.c_str()) < 0 && errno != EEXIST) ThrowErrno("symlink " + path);
+  }
+  MkdirAll(dev + "/shm");
+  MkdirAll(dev + "/pts");
+}
+
+void PivotRoot(const std::string& rootfs, const std::string& reroot) {
+  if (chdir(rootfs.c_str()) < 0) ThrowErrno("chdir " + rootfs);
+  if (syscall(SYS_pivot_root, ".", ".") < 0) {
+    if (errno != EINVAL || reroot.empty()) ThrowErrno("pivot_root " + rootfs);
+    // The current root is the initramfs rootfs, which pivot_root cannot move. Stack a recursive
+    // bind of it over "/" (so the root gets a parent mount), then pivot from there.
+    MountOrThrow("/", reroot, nullptr, MS_BIND | MS_REC, "");
+    if (chdir(reroot.c_str()) < 0) ThrowErrno("chdir " + reroot);
+    MountOrThrow(reroot, "/", nullptr, MS_MOVE, "");
+    if (chroot(".") < 0) ThrowErrno("chroot");
+    if (chdir(rootfs.c_str()) < 0) ThrowErrno("chdir " + rootfs);
+    if (syscall(SYS_pivot_root, ".", ".") < 0) ThrowErrno("pivot_root " + rootfs);
+  }
+  // The old root is now stacked under the new one at "."; detach it.
+  if (mount(nullptr, ".", nullptr, MS_SLAVE | MS_REC, nullptr) < 0) ThrowErrno("make the old root a slave");
+  if (umount2(".", MNT_DETACH) < 0) ThrowErrno("detach the old root");
+  if (chdir("/") < 0) ThrowErrno("chdir /");
+}
+
+void MaskPaths(const Spec& spec) {
+  for (const auto& p : spec.maskedPaths) {
+    struct stat st;
+    if (stat(p.c_str(), &st) < 0) continue;
+    if (S_ISDIR(st.st_mode)) {
+      MountOrThrow("tmpfs", p, "tmpfs", MS_RDONLY, "");
+    } else {
+      MountOrThrow("/dev/null", p, nullptr, MS_BIND, "");
+    }
+  }
+  for (const auto& p : spec.readonlyPaths) {
+    if (!PathExists(p)) continue;
+    MountOrThrow(p, p, nullptr, MS_BIND | MS_REC, "");
+    MountOrThrow("", p, nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC | MS_NOSUID | MS_NODEV | MS_NOEXEC, "");
+  }
+}
+
+unsigned long RootPropagation(const std::string& name) {
+  if (name.empty() || name == "rslave") return MS_SLAVE | MS_REC;
+  if (name == "slave") return MS_SLAVE;
+  if (name == "rprivate") return MS_PRIVATE | MS_REC;
+  if (name == "private") return MS_PRIVATE;
+  if (name == "rshared") return MS_SHARED | MS_REC;
+  if (name == "shared") return MS_SHARED;
+  throw Error(Code::kInvalidArgument, "linux.rootfsPropagation: unknown value \"" + name + "\"");
+}
+
+}  // namespace
+
+std::string SecureJoin(const std::string& root, const std::string& path) {
+  std::vector<std::string> todo;  // components still to resolve, the next one last
+  auto push = [&](const std::string& p) {
+    auto parts = Split(p, '/');
+    for (auto it = parts.rbegin(); it != parts.rend(); ++it) todo.push_back(*it);
+  };
+  push(path);
+  std::vector<std::string> done;
+  int links = 0;
+  auto joined = [&]() {
+    std::string out = root;
+    for (const auto& d : done) out += "/" + d;
+    return out;
+  };
+  while (!todo.empty()) {
+    std::string comp = todo.back();
+    todo.pop_back();
+    if (comp.empty() || comp == ".") continue;
+    if (comp == "..") {
+      if (!done.empty()) done.pop_back();
+      continue;
+    }
+    std::string cur = joined() + "/" + comp;
+    struct stat st;
+    if (lstat(cur.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
+      if (++links > 40) throw Error(Code::kInvalidArgument, "too many symlinks resolving " + path, ELOOP);
+      char buf[PATH_MAX];
+      ssize_t n = readlink(cur.c_str(), buf, sizeof buf);
+      if (n < 0) ThrowErrno("readlink " + cur);
+      std::string target(buf, n);
+      if (!target.empty() && target[0] == '/') done.clear();
+      push(target);
+      continue;
+    }
+    done.push_back(comp);
+  }
+  return joined();
+}
+
+void SetupRootfs(const Spec& spec, const RootfsPlan& plan) {
+  MountOrThrow("", "/", nullptr, RootPropagation(spec.rootfsPropagation), "");
+  const std::string& rootfs = plan.rootfs;
+  if (!plan.overlayLower.empty()) {
+    MountOrThrow("overlay", rootfs, "overlay", 0,
+                 "lowerdir=" + plan.overlayLower + ",upperdir=" + plan.overlayUpper + ",workdir=" + plan.overlayWork);
+  } else {
+    MountOrThrow(rootfs, rootfs, nullptr, MS_BIND | MS_REC, "");
+  }
+  bool devMounted = false, devIsBind = false;
+  for (const auto& m : spec.mounts) {
+    if (NormalizePath(m.destination) == "/dev") {
+      devMounted = true;
+      devIsBind = m.type == "bind" || ParseMountOptions(m.options).bind;
+    }
+  }
+  if (!devMounted) {
+    std::string dev = rootfs + "/dev";
+    EnsureMountPoint(dev, false);
+    MountOrThrow("tmpfs", dev, "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k");
+  }
+  for (size_t i = 0; i < spec.mounts.size(); i++) {
+    try {
+      MountOne(rootfs, spec.mounts[i], plan.cgroup2);
+    } catch (const Error& e) {
+      throw Error(e.code(), "mounts[" + std::to_string(i) + "]: " + e.what(), e.err());
+    }
+    if (NormalizePath(spec.mounts[i].destination) == "/dev" && !devIsBind) DefaultDevices(rootfs, spec);
+  }
+  if (!devMounted) DefaultDevices(rootfs, spec);
+  if (!spec.hostname.empty() && sethostname(spec.hostname.data(), spec.hostname.size()) < 0) ThrowErrno("sethostname");
+  PivotRoot(rootfs, plan.reroot);
+  MaskPaths(spec);
+  for (const auto& [key, value] : spec.sysctl) {
+    std::string path = "/proc/sys/" + key;
+    for (size_t i = 10; i < path.size(); i++) {
+      if (path[i] == '.') path[i] = '/';
+    }
+    WriteFile(path, value);
+  }
+  if (spec.rootReadonly) MountOrThrow("", "/", nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY, "");
+}
+
+GuestMount ParseGuestMount(const json& p, const std::string& stateDir) {
+  CheckKeys(p, "", {"type", "source", "device", "target", "readOnly", "options", "timeoutMs"});
+  GuestMount m;
+  m.type = GetString(p, "type", "");
+  if (m.type != "virtiofs" && m.type != "ext4" && m.type != "tmpfs" && m.type != "hugetlbfs") {
+    BadField("type", "must be virtiofs, ext4, tmpfs or hugetlbfs");
+  }
+  m.source = OptString(p, "source", "").value_or("");
+  if (m.type == "virtiofs" && !std::regex_match(m.source, std::regex("[A-Za-z0-9_.-]{1,36}"))) {
+    BadField("source", "a virtio-fs tag of 1-36 characters of [A-Za-z0-9_.-] is required");
+  }
+  if (const json* dev = OptObject(p, "device", "")) {
+    CheckKeys(*dev, "device", {"pciAddress", "serial", "path"});
+    m.devicePci = OptString(*dev, "pciAddress", "device").value_or("");
+    m.deviceSerial = OptString(*dev, "serial", "device").value_or("");
+    m.devicePath = OptString(*dev, "path", "device").value_or("");
+    int given = !m.devicePci.empty() + !m.deviceSerial.empty() + !m.devicePath.empty();
+    if (given != 1) BadField("device", "give exactly one of pciAddress, serial or path");
+    if (!m.devicePci.empty() && !std::regex_match(m.devicePci, std::regex("[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\\.[0-7]"))) {
+      BadField("device.pciAddress", "must be DDDD:BB:DD.F in lower case");
+    }
+    if (!m.deviceSerial.empty() && !std::regex_match(m.deviceSerial, std::regex("[A-Za-z0-9_.-]{1,20}"))) {
+      BadField("device.serial", "must be 1-20 characters of [A-Za-z0-9_.-]");
+    }
+    if (!m.devicePath.empty() && (!StartsWith(NormalizePath(m.devicePath), "/dev/") || NormalizePath(m.devicePath) != m.devicePath)) {
+      BadField("device.path", "must be a normalised path under /dev");
+    }
+  }
+  if (m.type == "ext4" && m.devicePci.empty() && m.deviceSerial.empty() && m.devicePath.empty()) {
+    BadField("device", "is required for an ext4 mount");
+  }
+  std::string target = GetString(p, "target", "");
+  m.target = NormalizePath(target);
+  if (m.target != target || !IsUnder(m.target, stateDir) || m.target == stateDir ||
+      IsUnder(m.target, stateDir + "/containers")) {
+    throw Error(Code::kPermissionDenied, "target: \"" + target + "\" must be a normalised path under " + stateDir +
+                                             " (and not under " + stateDir + "/containers)");
+  }
+  m.readOnly = OptBool(p, "readOnly", "", false);
+  m.options = OptStrings(p, "options", "", 32);
+  static const std::regex kOption("[A-Za-z0-9_]{1,32}(=[A-Za-z0-9_.:/+-]{0,64})?");
+  for (size_t i = 0; i < m.options.size(); i++) {
+    if (!std::regex_match(m.options[i], kOption)) BadField("options[" + std::to_string(i) + "]", "is not a mount option");
+    if (m.options[i] == "bind" || m.options[i] == "rbind" || m.options[i] == "remount") {
+      BadField("options[" + std::to_string(i) + "]", "is not allowed here");
+    }
+  }
+  m.timeoutMs = OptInt(p, "timeoutMs", "", 0, 600000).value_or(10000);
+  return m;
+}
+
+std::string FindBlockDevice(const GuestMount& m, const std::string& sysRoot) {
+  if (!m.devicePath.empty()) return PathExists(m.devicePath) ? m.devicePath : "";
+  std::string dir = sysRoot + "/block";
+  DIR* d = opendir(dir.c_str());
+  if (!d) return "";
+  std::string found;
+  while (struct dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::string name = e->d_name;
+    if (!m.devicePci.empty()) {
+      char real[PATH_MAX];
+      if (realpath((dir + "/" + name).c_str(), real) && std::string(real).find("/" + m.devicePci + "/") != std::string::npos) {
+        found = name;
+      }
+    } else {
+      std::string serial;
+      try {
+        if (ReadFileIfExists(dir + "/" + name + "/serial", &serial, 4096)) {
+          while (!serial.empty() && (serial.back() == '\n' || serial.back() == ' ')) serial.pop_back();
+          if (serial == m.deviceSerial) found = name;
+        }
+      } catch (const Error&) {
+      }
+    }
+    if (!found.empty()) break;
+  }
+  closedir(d);
+  return found.empty() ? "" : "/dev/" + found;
+}
+
+void DoGuestMount(const GuestMount& m, const std::string& device) {
+  MountOptions o = ParseMountOptions(m.options);
+  if (m.readOnly) o.flags |= MS_RDONLY;
+  MkdirAll(m.target);
+  std::string source = m.type == "virtiofs" ? m.source : m.type == "ext4" ? device : m.type;
+  MountOrThrow(source, m.target, m.type.c_str(), o.flags, o.data);
+}
+
+}  // namespace agent

@@ -1,0 +1,180 @@
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "agent/agent.h"
+
+namespace agent {
+
+Session::Session(Agent& agent, uint64_t id, int fd, bool ownsFd, std::string name)
+    : agent_(agent), id_(id), fd_(fd), ownsFd_(ownsFd), name_(std::move(name)) {}
+
+Session::~Session() {
+  agent_.loop().Remove(token_);
+  if (ownsFd_ && fd_ >= 0) close(fd_);
+}
+
+void Session::Start() {
+  token_ = agent_.loop().Add(fd_, EPOLLIN, [this](uint32_t ev) { OnEvents(ev); });
+  Debug("session %llu (%s) opened", static_cast<unsigned long long>(id_), name_.c_str());
+}
+
+void Session::UpdateInterest() {
+  if (closed_) return;
+  bool want = queued() > 0;
+  if (want == wantOut_) return;
+  wantOut_ = want;
+  agent_.loop().Modify(token_, EPOLLIN | (want ? uint32_t(EPOLLOUT) : 0u));
+}
+
+void Session::OnEvents(uint32_t events) {
+  if (closed_) return;
+  if (events & EPOLLOUT) Flush();
+  if (closed_) return;
+  if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+    // Read a bounded amount per wakeup so one busy session cannot starve the others.
+    char buf[64 * 1024];
+    for (int round = 0; round < 16 && !closed_; round++) {
+      ssize_t n = read(fd_, buf, sizeof buf);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) {
+          if (events & EPOLLHUP) Close("hang-up");
+          break;
+        }
+        Close(std::string("read: ") + strerror(errno));
+        break;
+      }
+      if (n == 0) {
+        Close("end of stream");
+        break;
+      }
+      try {
+        decoder_.Append(buf, n);
+        Frame frame;
+        while (!closed_ && decoder_.Next(&frame)) OnFrame(frame);
+      } catch (const Error& e) {
+        Fail(e.what());
+      }
+      if (static_cast<size_t>(n) < sizeof buf) {
+        if (events & EPOLLHUP) Close("hang-up");
+        break;
+      }
+    }
+  }
+}
+
+void Session::OnFrame(const Frame& frame) {
+  if (frame.stream % 2 == 0) {
+    Fail("stream id " + std::to_string(frame.stream) + " is even (client stream ids are odd)");
+    return;
+  }
+  switch (frame.type) {
+    case kRequest:
+      if (frame.stream <= lastRequest) {
+        Fail("request stream id " + std::to_string(frame.stream) + " is not above the last one (" +
+             std::to_string(lastRequest) + ")");
+        return;
+      }
+      lastRequest = frame.stream;
+      agent_.Dispatch(*this, frame.stream, frame.payload);
+      break;
+    case kData:
+      agent_.OnData(*this, frame);
+      break;
+    default:
+      Fail("unexpected frame type " + std::to_string(frame.type));
+  }
+}
+
+void Session::SendFrame(uint32_t stream, uint8_t type, uint8_t flags, std::string_view payload) {
+  if (closed_) return;
+  EncodeFrame(&out_, stream, type, flags, payload);
+  Flush();
+}
+
+void Session::SendResult(uint32_t stream, const json& result) {
+  SendFrame(stream, kResponse, 0, json{{"result", result}}.dump(-1, ' ', false, json::error_handler_t::replace));
+}
+
+void Session::SendError(uint32_t stream, const Error& e) {
+  json err = {{"code", CodeName(e.code())}, {"message", e.what()}};
+  if (e.err()) err["errno"] = ErrnoName(e.err());
+  SendFrame(stream, kResponse, 0, json{{"error", err}}.dump(-1, ' ', false, json::error_handler_t::replace));
+}
+
+ssize_t Session::SendDataFromFd(uint32_t stream, int fd, size_t max) {
+  if (closed_) return -1;
+  size_t start = out_.size();
+  out_.resize(start + kHeaderSize + max);
+  ssize_t n;
+  do {
+    n = read(fd, out_.data() + start + kHeaderSize, max);
+  } while (n < 0 && errno == EINTR);
+  if (n <= 0) {
+    int err = errno;
+    out_.resize(start);
+    errno = err;
+    return n;
+  }
+  out_.resize(start + kHeaderSize + n);
+  char* h = out_.data() + start;
+  PutU32(h, static_cast<uint32_t>(n));
+  PutU32(h + 4, stream);
+  h[8] = static_cast<char>(kData);
+  h[9] = 0;
+  return n;
+}
+
+void Session::Flush() {
+  if (closed_) return;
+  bool wasCongested = congested();
+  while (queued() > 0) {
+    ssize_t n = write(fd_, out_.data() + outPos_, queued());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) break;
+      Close(std::string("write: ") + strerror(errno));
+      return;
+    }
+    outPos_ += n;
+  }
+  if (queued() == 0) {
+    out_.clear();
+    outPos_ = 0;
+  } else if (outPos_ > 1024 * 1024) {
+    out_.erase(0, outPos_);
+    outPos_ = 0;
+  }
+  if (queued() > kHardLimit) {
+    Close("the host does not read its responses");
+    return;
+  }
+  UpdateInterest();
+  if (wasCongested && !congested()) agent_.OnSessionDrained(id_);
+}
+
+void Session::Fail(const std::string& why) {
+  if (closed_) return;
+  Log("session %s: protocol error: %s", name_.c_str(), why.c_str());
+  failed_ = true;
+  SendError(0, Error(Code::kInvalidArgument, "protocol error: " + why));
+  Close("protocol error");
+}
+
+void Session::Close(const std::string& why) {
+  if (closed_) return;
+  Debug("session %llu (%s) closed: %s", static_cast<unsigned long long>(id_), name_.c_str(), why.c_str());
+  // Best effort: push out what is queued (e.g. the protocol error) before going away.
+  if (queued() > 0) {
+    ssize_t n = write(fd_, out_.data() + outPos_, queued());
+    (void)n;
+  }
+  closed_ = true;
+  agent_.loop().Remove(token_);
+  token_ = 0;
+  agent_.OnSessionClosed(id_);
+}
+
+}  // namespace agent
