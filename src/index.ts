@@ -5,4 +5,5 @@
  * @packageDocumentation
  */
 export * from './errors.js';
+export * from './devices/index.js';
 export * from './network/cni/index.js';
