@@ -7,6 +7,8 @@ packages=(
   build-essential cmake pkg-config libmnl-dev   # addon + static guest agent
   iproute2                                      # ip/tc: tests cross-check every primitive
   containernetworking-plugins                   # CNI plugins in /usr/lib/cni (bridge, host-local, tuning, bandwidth...)
+  qemu-system-x86                               # QEMU 7.2 (+ /usr/lib/qemu/virtiofsd from qemu-system-common)
+  busybox-static lz4 kmod                       # guest build: busybox, vmlinux extraction, depmod
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -17,3 +19,5 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# The guest builder fetches linux-image-cloud-amd64 with apt-get download: apt must know it.
+apt-cache show --no-all-versions linux-image-cloud-amd64 >/dev/null 2>&1 || apt-get update -qq
