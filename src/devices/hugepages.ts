@@ -133,17 +133,30 @@ export async function hugepagePool(size: number | string, options: SysfsOptions 
   return pool;
 }
 
-/** Memory of a NUMA node (or of the host) from sysfs `meminfo`, in bytes. */
+/**
+ * Memory of a NUMA node (or of the host), in bytes: its memory blocks (`nodeN/memoryM` x
+ * `memory/block_size_bytes`), else `MemTotal` of `nodeN/meminfo`, else the host's. The blocks come
+ * first because `meminfo` can undercount: with deferred struct-page init a node was seen reporting
+ * 5 GiB of a 24 GiB host whose kernel then gave 22 GiB of hugepages.
+ */
 async function memTotal(sysfs: Sysfs, node: number | undefined): Promise<number> {
   const nodes = node === undefined ? await numaNodes(sysfs) : [node];
+  if (nodes.length === 0) return os.totalmem(); // no NUMA sysfs: the host's memory is the bound
+  const blockText = await sysfs.readOptional('devices/system/memory/block_size_bytes');
+  const blockSize = blockText === undefined ? NaN : parseInt(blockText, 16);
   let total = 0;
   for (const n of nodes) {
+    const blocks = (await sysfs.list(`devices/system/node/node${n}`)).filter((e) => /^memory\d+$/u.test(e)).length;
+    if (blocks > 0 && Number.isSafeInteger(blockSize) && blockSize > 0) {
+      total += blocks * blockSize;
+      continue;
+    }
     const text = await sysfs.readOptional(`devices/system/node/node${n}/meminfo`);
     const kb = text === undefined ? undefined : /MemTotal:\s+(\d+) kB/u.exec(text)?.[1];
-    if (kb === undefined) return os.totalmem(); // no NUMA sysfs: the host's memory is the bound
+    if (kb === undefined) return os.totalmem();
     total += Number(kb) * KiB;
   }
-  return nodes.length > 0 ? total : os.totalmem();
+  return total;
 }
 
 /** What to reserve. */

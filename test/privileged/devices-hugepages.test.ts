@@ -149,7 +149,8 @@ describe.skipIf(!root || !hasHugetlbfs)('hugepages on this host (needs root and 
   });
 
   it('refuses more pages than the host has memory for, changing nothing', async () => {
-    const pages = Math.floor(os.totalmem() / (2 * MiB)) + 1;
+    // Twice the RAM: beyond any bound (memory blocks or MemTotal), so nothing is ever attempted.
+    const pages = Math.floor((2 * os.totalmem()) / (2 * MiB));
     const error = await reserveHugepages({ size: '2M', count: pages }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(InsufficientHugepagesError);
     expect(error).toMatchObject({ attempted: false, rolledBack: false, previous: original2M });

@@ -136,6 +136,17 @@ describe('hugepage pools (fake sysfs)', () => {
     expect(sysfs.writes).toEqual([]);
   });
 
+  it('bounds a node by its memory blocks when sysfs has them (meminfo can undercount)', async () => {
+    // Node 1: meminfo says 1 GiB, but 16 blocks of 128 MiB = 2 GiB are there.
+    await sysfs.file('devices/system/memory/block_size_bytes', '8000000');
+    for (let b = 0; b < 16; b++) await sysfs.link(`devices/system/node/node1/memory${b}`, `../../memory/memory${b}`);
+    const r = await reserveHugepages({ size: '2M', count: 1000, node: 1 }, { sysfs });
+    expect(r.obtained).toBe(1000);
+    await r.release();
+    await expect(reserveHugepages({ size: '2M', count: 1025, node: 1 }, { sysfs })).rejects.toMatchObject({ attempted: false });
+    await expect(reserveHugepages({ size: '2M', count: 513, node: 0 }, { sysfs })).rejects.toMatchObject({ attempted: false });
+  });
+
   it('counts pages of other sizes already taken against the memory', async () => {
     await sysfs.addHugepages(1048576, [0, 1], 1024 * 1024);
     await sysfs.file('devices/system/node/node0/hugepages/hugepages-1048576kB/nr_hugepages', '1');
