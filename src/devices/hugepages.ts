@@ -266,15 +266,15 @@ export async function reserveHugepages(request: HugepageRequest, options: SysfsO
     throw new InsufficientHugepagesError(sizeBytes, node, previous, requested, previous, false, false);
   }
 
-  let obtained: number;
   try {
     await sysfs.write(file, String(requested));
   } catch (cause) {
     // The kernel refused the write; make sure it left nothing half-done.
-    await restoreCount(sysfs, file, previous).catch(() => undefined);
+    const now = await sysfs.readInt(file).catch(() => undefined);
+    if (now !== undefined && now !== previous) await restoreCount(sysfs, file, previous).catch(() => undefined);
     throw cause;
   }
-  obtained = await readCount(sysfs, file);
+  let obtained = await readCount(sysfs, file);
   if (obtained < requested && !request.allowPartial) {
     let rolledBack = obtained === previous;
     let cause: unknown;
@@ -307,7 +307,11 @@ async function restoreCount(sysfs: Sysfs, file: string, value: number): Promise<
  */
 export async function releaseHugepages(record: HugepageReservationRecord, options: SysfsOptions = {}): Promise<void> {
   const sysfs = sysfsOf(options);
-  const sizeBytes = hugepageSize(record.sizeBytes, 'record.sizeBytes');
+  // A record read back from disk is input too.
+  const sizeBytes = hugepageSize(record?.sizeBytes, 'record.sizeBytes');
+  if (record.node !== null) integer(record.node, 'record.node', 0, 1023);
+  integer(record.previous, 'record.previous', 0, 2 ** 31 - 1);
+  integer(record.obtained, 'record.obtained', record.previous, 2 ** 31 - 1);
   const file = `${record.node === null ? globalDir(sizeBytes) : nodeDir(record.node, sizeBytes)}/nr_hugepages`;
   const current = await readCount(sysfs, file);
   const target = current === record.obtained ? record.previous : Math.max(0, current - (record.obtained - record.previous));

@@ -167,6 +167,24 @@ describe('hugepage pools (fake sysfs)', () => {
     expect(sysfs.writes).toEqual([]);
   });
 
+  it('passes on a refused write (SystemError) with the pool unchanged, and rejects a tampered record', async () => {
+    sysfs.failWrite.set(GLOBAL_2M, 'EINVAL');
+    const before = await sysfs.snapshot();
+    await expect(reserveHugepages({ size: '2M', count: 2 }, { sysfs })).rejects.toMatchObject({ code: 'ERR_VMPOD_SYSTEM', errnoName: 'EINVAL' });
+    expect(sysfs.writes).toEqual([[GLOBAL_2M, '2']]);
+    expect(await sysfs.snapshot()).toEqual(before);
+    sysfs.writes.length = 0;
+    for (const bad of [
+      { sizeBytes: 3 * MiB, node: null, previous: 0, obtained: 1 },
+      { sizeBytes: 2 * MiB, node: '0' as unknown as number, previous: 0, obtained: 1 },
+      { sizeBytes: 2 * MiB, node: null, previous: 5, obtained: 1 },
+      { sizeBytes: 2 * MiB, node: null, previous: -1, obtained: 1 },
+    ]) {
+      await expect(releaseHugepages(bad, { sysfs })).rejects.toBeInstanceOf(InvalidArgumentError);
+    }
+    expect(sysfs.writes).toEqual([]);
+  });
+
   it('on release, removes only its own pages when someone else changed the pool meanwhile', async () => {
     await sysfs.file(GLOBAL_2M, '0');
     const r = await reserveHugepages({ size: '2M', count: 4 }, { sysfs });
