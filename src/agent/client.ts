@@ -1,0 +1,490 @@
+/**
+ * {@link AgentClient}: the host side of the guest agent protocol (docs/agent-protocol.md) over
+ * any connected byte stream: a `net.Socket` on the unix socket QEMU binds to a virtio-serial
+ * port, a vsock socket, or a socket to an agent run on the host with `--listen unix:PATH`.
+ *
+ * @module
+ */
+import net from 'node:net';
+import os from 'node:os';
+import type { Duplex } from 'node:stream';
+import { EventEmitter } from 'eventemitter3';
+import { AbortError, InvalidArgumentError, TimeoutError } from '../errors.js';
+import * as validate from '../validate.js';
+import { AgentClosedError, AgentError, AgentProtocolError } from './errors.js';
+import { FLAG_CLOSE, FLAG_WINDOW, FrameDecoder, FrameType, MAX_PAYLOAD, encodeFrame, type Frame } from './framing.js';
+import {
+  PROTOCOL_VERSION,
+  agentInfoSchema,
+  containerListSchema,
+  emptySchema,
+  errorSchema,
+  exitStatusSchema,
+  mountResultSchema,
+  pidSchema,
+  setTimeSchema,
+  statsSchema,
+  type AgentInfo,
+  type ContainerInfo,
+  type ContainerStats,
+  type CreateContainerRequest,
+  type ExecRequest,
+  type ExitStatus,
+  type MountRequest,
+  type MountResult,
+} from './messages.js';
+import type { Schema } from './schema.js';
+import { StdioReadable, StdioWritable, type ProcessStdio, type StdioEndpoint, type StdioLink } from './stdio.js';
+
+/** Options of every call. */
+export interface CallOptions {
+  /** Cancels the wait for the answer (the request itself may still take effect in the guest). */
+  signal?: AbortSignal;
+  /** Gives up after this many milliseconds with a {@link TimeoutError}. */
+  timeoutMs?: number;
+}
+
+/** Options of {@link AgentClient.connect}. */
+export interface ConnectOptions {
+  signal?: AbortSignal;
+  /** Handshake timeout (default 30000 ms). */
+  timeoutMs?: number;
+  /** Sent to the agent in Hello, for its logs. */
+  clientName?: string;
+}
+
+/** Events of an {@link AgentClient}. */
+export interface AgentClientEvents {
+  /** The connection ended; `error` says why when it was not {@link AgentClient.close}. */
+  close: (error: Error | undefined) => void;
+}
+
+interface PendingCall {
+  method: string;
+  schema: Schema<unknown>;
+  resolve: (value: unknown) => void;
+  reject: (error: Error) => void;
+}
+
+/**
+ * A typed client of the vmpod guest agent. Create it with {@link AgentClient.connect} (or
+ * {@link AgentClient.connectUnix}); each method is one request. Several clients (one per
+ * virtio-serial port, or per socket connection) can talk to the same agent at once: containers
+ * belong to the agent, not to the session that created them.
+ *
+ * Everything received is treated as hostile: frames are bounded to {@link MAX_PAYLOAD} bytes,
+ * every message is checked against its schema, and any violation closes the connection with an
+ * {@link AgentProtocolError} (pending calls reject with it).
+ */
+export class AgentClient extends EventEmitter<AgentClientEvents> {
+  #transport: Duplex;
+  #decoder = new FrameDecoder();
+  #nextStream = 1;
+  #calls = new Map<number, PendingCall>();
+  #streams = new Map<number, StdioEndpoint>();
+  #closed: Error | null = null;
+  #info: AgentInfo | null = null;
+
+  private constructor(transport: Duplex) {
+    super();
+    this.#transport = transport;
+    transport.on('data', (chunk: Buffer) => this.#onChunk(chunk));
+    transport.on('error', (error) => this.#shutdown(new AgentClosedError(`agent connection failed: ${error.message}`, { cause: error })));
+    transport.on('close', () => this.#shutdown(new AgentClosedError('the agent closed the connection')));
+    transport.on('end', () => this.#shutdown(new AgentClosedError('the agent closed the connection')));
+  }
+
+  /**
+   * Wraps a connected stream and performs the version handshake (Hello). On failure the stream
+   * is destroyed and the error thrown: {@link AgentError} (e.g. version mismatch),
+   * {@link AgentProtocolError}, {@link AgentClosedError}, {@link TimeoutError} or {@link AbortError}.
+   */
+  static async connect(transport: Duplex, options: ConnectOptions = {}): Promise<AgentClient> {
+    const client = new AgentClient(transport);
+    try {
+      client.#info = await client.#call(
+        'Hello',
+        { version: PROTOCOL_VERSION, client: options.clientName ?? `vmpod-node/${process.pid}` },
+        agentInfoSchema,
+        { timeoutMs: options.timeoutMs ?? 30_000, ...(options.signal ? { signal: options.signal } : {}) },
+      );
+      if (client.#info.version !== PROTOCOL_VERSION) {
+        throw new AgentProtocolError(`the agent answered Hello with protocol version ${client.#info.version}`);
+      }
+      return client;
+    } catch (error) {
+      client.close();
+      throw error;
+    }
+  }
+
+  /** Connects to a unix socket (QEMU's chardev for a virtio-serial port, or `--listen unix:PATH`). */
+  static async connectUnix(socketPath: string, options: ConnectOptions = {}): Promise<AgentClient> {
+    const path = validate.absolutePath(socketPath, 'socketPath');
+    const socket = net.createConnection({ path });
+    await new Promise<void>((resolve, reject) => {
+      const onAbort = (): void => {
+        socket.destroy();
+        reject(new AbortError(`connecting to ${path}`));
+      };
+      if (options.signal?.aborted) return onAbort();
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+      socket.once('connect', () => {
+        options.signal?.removeEventListener('abort', onAbort);
+        resolve();
+      });
+      socket.once('error', (error) => {
+        options.signal?.removeEventListener('abort', onAbort);
+        reject(new AgentClosedError(`cannot connect to the agent at ${path}: ${error.message}`, { cause: error }));
+      });
+    });
+    return AgentClient.connect(socket, options);
+  }
+
+  /** What the agent reported in the handshake. */
+  get info(): AgentInfo {
+    return this.#info!;
+  }
+
+  /** True once the connection is closed. */
+  get closed(): boolean {
+    return this.#closed !== null;
+  }
+
+  /** Round trip to the agent. */
+  async ping(options: CallOptions = {}): Promise<void> {
+    await this.#call('Ping', {}, emptySchema, options);
+  }
+
+  /**
+   * Creates a container from an OCI bundle or spec: namespaces, rootfs, mounts, cgroup; its
+   * process waits for {@link startContainer}. Like `runc create`. Returns the init's pid.
+   */
+  async createContainer(request: CreateContainerRequest, options: CallOptions = {}): Promise<{ pid: number }> {
+    const params: Record<string, unknown> = { id: validate.id(request.id, 'id') };
+    if (request.bundle !== undefined) params['bundle'] = validate.absolutePath(request.bundle, 'bundle');
+    if (request.config !== undefined) params['config'] = request.config;
+    if (request.rootfs !== undefined) {
+      params['rootfs'] = request.rootfs === 'builtin' ? 'builtin' : validate.absolutePath(request.rootfs, 'rootfs');
+    }
+    if (request.stdio !== undefined) params['stdio'] = request.stdio;
+    if (params['bundle'] === undefined && params['config'] === undefined) {
+      throw new InvalidArgumentError('bundle', 'give a bundle path or a config');
+    }
+    return this.#call('CreateContainer', params, pidSchema, options);
+  }
+
+  /** Starts a created container's process (`runc start`). Resolves once it has exec'd. */
+  async startContainer(id: string, options: CallOptions = {}): Promise<{ pid: number }> {
+    return this.#call('StartContainer', { id: validate.id(id) }, pidSchema, options);
+  }
+
+  /** Runs an extra process in a running container (`runc exec`); resolves once it has exec'd. */
+  async exec(request: ExecRequest, options: CallOptions = {}): Promise<{ pid: number }> {
+    const params: Record<string, unknown> = {
+      containerId: validate.id(request.containerId, 'containerId'),
+      execId: validate.id(request.execId, 'execId'),
+      process: request.process,
+    };
+    if (request.stdio !== undefined) params['stdio'] = request.stdio;
+    return this.#call('Exec', params, pidSchema, options);
+  }
+
+  /**
+   * Attaches to a process's stdio. Each stream has one reader (or writer) at a time across all
+   * sessions: a second attach gets `BUSY` until the first stream ends or its session closes.
+   * Output is never lost: what the process writes while nobody is attached waits in the guest
+   * pipe (and the process blocks once the pipe is full).
+   */
+  async openStdio(
+    containerId: string,
+    which: { execId?: string; stdin?: boolean; stdout?: boolean; stderr?: boolean },
+    options: CallOptions = {},
+  ): Promise<ProcessStdio> {
+    const base: Record<string, unknown> = { containerId: validate.id(containerId, 'containerId') };
+    if (which.execId !== undefined) base['execId'] = validate.id(which.execId, 'execId');
+    const result: ProcessStdio = { stdin: null, stdout: null, stderr: null };
+    const opened: (StdioReadable | StdioWritable)[] = [];
+    try {
+      for (const fd of ['stdin', 'stdout', 'stderr'] as const) {
+        if (!which[fd]) continue;
+        const stream = this.#allocStream();
+        const link = this.#link(stream);
+        const endpoint = fd === 'stdin' ? new StdioWritable(link) : new StdioReadable(link);
+        this.#streams.set(stream, endpoint);
+        opened.push(endpoint);
+        await this.#call('OpenStdio', { ...base, fd }, emptySchema, options, stream);
+        if (fd === 'stdin') result.stdin = endpoint as StdioWritable;
+        else result[fd] = endpoint as StdioReadable;
+      }
+    } catch (error) {
+      for (const s of opened) s.destroy();
+      throw error;
+    }
+    return result;
+  }
+
+  /** Sends a signal (`kill`); `all` signals every process of the container's cgroup. */
+  async signal(
+    containerId: string,
+    signal: NodeJS.Signals | number,
+    options: CallOptions & { execId?: string; all?: boolean } = {},
+  ): Promise<void> {
+    const number = typeof signal === 'number' ? signal : os.constants.signals[signal];
+    const params: Record<string, unknown> = {
+      containerId: validate.id(containerId, 'containerId'),
+      signal: validate.integer(number, 'signal', 1, 64),
+    };
+    if (options.execId !== undefined) params['execId'] = validate.id(options.execId, 'execId');
+    if (options.all !== undefined) params['all'] = options.all;
+    await this.#call('Signal', params, emptySchema, options);
+  }
+
+  /** Waits until the container's init (or an exec'd process) exits. Any session may wait. */
+  async wait(containerId: string, options: CallOptions & { execId?: string } = {}): Promise<ExitStatus> {
+    const params: Record<string, unknown> = { containerId: validate.id(containerId, 'containerId') };
+    if (options.execId !== undefined) params['execId'] = validate.id(options.execId, 'execId');
+    return this.#call('Wait', params, exitStatusSchema, options);
+  }
+
+  /** Sets the terminal size of a process started with `process.terminal` (TIOCSWINSZ). */
+  async resizeTty(
+    containerId: string,
+    size: { rows: number; cols: number },
+    options: CallOptions & { execId?: string } = {},
+  ): Promise<void> {
+    const params: Record<string, unknown> = {
+      containerId: validate.id(containerId, 'containerId'),
+      rows: validate.integer(size.rows, 'rows', 1, 65535),
+      cols: validate.integer(size.cols, 'cols', 1, 65535),
+    };
+    if (options.execId !== undefined) params['execId'] = validate.id(options.execId, 'execId');
+    await this.#call('ResizeTty', params, emptySchema, options);
+  }
+
+  /** CPU, memory and pids of the container's cgroup. */
+  async stats(containerId: string, options: CallOptions = {}): Promise<ContainerStats> {
+    return this.#call('Stats', { containerId: validate.id(containerId, 'containerId') }, statsSchema, options);
+  }
+
+  /**
+   * Deletes a container: its cgroup, its state and its stdio. A running container needs
+   * `force` (its processes are SIGKILLed first); like `runc delete [--force]`.
+   */
+  async deleteContainer(id: string, options: CallOptions & { force?: boolean } = {}): Promise<void> {
+    const params: Record<string, unknown> = { id: validate.id(id) };
+    if (options.force !== undefined) params['force'] = options.force;
+    await this.#call('DeleteContainer', params, emptySchema, options);
+  }
+
+  /** Every container the agent knows, whichever session created it. */
+  async listContainers(options: CallOptions = {}): Promise<ContainerInfo[]> {
+    return (await this.#call('ListContainers', {}, containerListSchema, options)).containers;
+  }
+
+  /**
+   * Mounts a virtio-fs share, an ext4 block device, a tmpfs or a hugetlbfs in the guest, on a
+   * target under the agent's state dir (`mount -t TYPE SOURCE TARGET`). For a hot-plugged block
+   * device the agent waits up to `timeoutMs` for it to appear.
+   */
+  async mount(request: MountRequest, options: CallOptions = {}): Promise<MountResult> {
+    const params: Record<string, unknown> = { ...request, target: validate.absolutePath(request.target, 'target') };
+    return this.#call('Mount', params, mountResultSchema, options);
+  }
+
+  /** Unmounts what {@link mount} mounted (`umount TARGET`). */
+  async unmount(target: string, options: CallOptions = {}): Promise<void> {
+    await this.#call('Unmount', { target: validate.absolutePath(target, 'target') }, emptySchema, options);
+  }
+
+  /**
+   * Sends the host's time. The agent sets the guest clock when it is the guest's init (or runs
+   * with --set-time); it always reports the offset it saw (host minus guest, in ms).
+   */
+  async setTime(now: Date = new Date(), options: CallOptions = {}): Promise<{ applied: boolean; offsetMs: number }> {
+    const ms = now.getTime();
+    if (!Number.isFinite(ms) || ms < 0) throw new InvalidArgumentError('now', 'must be a valid date after 1970');
+    const result = await this.#call(
+      'SetTime',
+      { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1_000_000 },
+      setTimeSchema,
+      options,
+    );
+    return { applied: result.applied, offsetMs: result.offsetNs / 1e6 };
+  }
+
+  /**
+   * Kills every container, unmounts, and powers the guest off (as PID 1; QEMU then exits) or
+   * exits (on the host). Resolves when the agent has accepted the request.
+   */
+  async shutdown(options: CallOptions = {}): Promise<void> {
+    await this.#call('Shutdown', {}, emptySchema, options);
+  }
+
+  /** Closes the connection; pending calls reject with {@link AgentClosedError}. Containers live on. */
+  close(): void {
+    this.#shutdown(null);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+  }
+
+  // --- internals ---------------------------------------------------------------------------
+
+  #allocStream(): number {
+    const stream = this.#nextStream;
+    if (stream > 0xfffffffd) throw new AgentClosedError('stream ids exhausted: reconnect');
+    this.#nextStream += 2;
+    return stream;
+  }
+
+  #link(stream: number): StdioLink {
+    return {
+      data: (payload) => this.#send(encodeFrame(stream, FrameType.Data, 0, payload)),
+      window: (increment) => {
+        const b = Buffer.allocUnsafe(4);
+        b.writeUInt32BE(increment, 0);
+        this.#send(encodeFrame(stream, FrameType.Data, FLAG_WINDOW, b));
+      },
+      close: () => this.#send(encodeFrame(stream, FrameType.Data, FLAG_CLOSE)),
+      release: () => this.#streams.delete(stream),
+      violation: (error) => this.#shutdown(error),
+    };
+  }
+
+  #send(frame: Buffer): void {
+    if (this.#closed) return;
+    this.#transport.write(frame);
+  }
+
+  #call<T>(method: string, params: Record<string, unknown>, schema: Schema<T>, options: CallOptions, stream?: number): Promise<T> {
+    if (this.#closed) return Promise.reject(this.#closed);
+    const id = stream ?? this.#allocStream();
+    let payload: Buffer;
+    try {
+      payload = Buffer.from(JSON.stringify({ method, params }));
+    } catch (cause) {
+      return Promise.reject(new InvalidArgumentError('params', `cannot be encoded as JSON`, { cause }));
+    }
+    if (payload.length > MAX_PAYLOAD) {
+      return Promise.reject(new InvalidArgumentError('params', `request of ${payload.length} bytes exceeds ${MAX_PAYLOAD}`));
+    }
+    return new Promise<T>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      const { signal, timeoutMs } = options;
+      const cleanup = (): void => {
+        this.#calls.delete(id);
+        if (timer) clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+      };
+      const onAbort = (): void => {
+        cleanup();
+        reject(new AbortError(method, { cause: signal?.reason }));
+      };
+      if (signal?.aborted) return onAbort();
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (timeoutMs !== undefined) {
+        timer = setTimeout(() => {
+          cleanup();
+          reject(new TimeoutError(method, timeoutMs));
+        }, timeoutMs);
+      }
+      this.#calls.set(id, {
+        method,
+        schema,
+        resolve: (value) => {
+          cleanup();
+          resolve(value as T);
+        },
+        reject: (error) => {
+          cleanup();
+          reject(error);
+        },
+      });
+      this.#send(encodeFrame(id, FrameType.Request, 0, payload));
+    });
+  }
+
+  #onChunk(chunk: Buffer): void {
+    if (this.#closed) return;
+    try {
+      for (const frame of this.#decoder.push(chunk)) {
+        this.#onFrame(frame);
+        if (this.#closed) return;
+      }
+    } catch (error) {
+      this.#shutdown(error instanceof AgentProtocolError ? error : new AgentProtocolError(String(error), { cause: error }));
+    }
+  }
+
+  #onFrame(frame: Frame): void {
+    const { stream } = frame;
+    if (frame.type === FrameType.Response) {
+      if (stream === 0) {
+        // The agent reports why it hangs up on us.
+        const { message } = parseError(frame.payload, 'session');
+        throw new AgentProtocolError(`the agent closed the session: ${message}`);
+      }
+      const call = this.#calls.get(stream);
+      if (!call) {
+        // A late answer to an aborted or timed-out call; a stream id we never used is an attack or a bug.
+        if (stream >= this.#nextStream) throw new AgentProtocolError(`response on unknown stream ${stream}`);
+        return;
+      }
+      const body = parseJson(frame.payload, call.method);
+      if (Object.keys(body).length !== 1 || ('result' in body) === ('error' in body)) {
+        throw new AgentProtocolError(`${call.method}: a response must hold exactly one of "result" and "error"`);
+      }
+      if ('error' in body) {
+        const e = errorSchema(body['error'], `${call.method}.error`);
+        // A failed OpenStdio leaves its stream to openStdio(), which destroys it.
+        this.#streams.delete(stream);
+        call.reject(new AgentError(call.method, e.code, e.message, e.errno ?? undefined));
+        return;
+      }
+      call.resolve(call.schema(body['result'], `${call.method}.result`));
+      return;
+    }
+    const endpoint = this.#streams.get(stream);
+    if (!endpoint) {
+      if (stream >= this.#nextStream) throw new AgentProtocolError(`data frame on unknown stream ${stream}`);
+      return; // a stream we already ended or detached from
+    }
+    if (frame.flags & FLAG_CLOSE) endpoint.onClose();
+    else if (frame.flags & FLAG_WINDOW) endpoint.onWindow(frame.payload.readUInt32BE(0));
+    else endpoint.onData(frame.payload);
+  }
+
+  #shutdown(error: Error | null): void {
+    if (this.#closed) return;
+    this.#closed = error ?? new AgentClosedError();
+    const calls = [...this.#calls.values()];
+    this.#calls.clear();
+    for (const call of calls) call.reject(this.#closed);
+    const streams = [...this.#streams.values()];
+    this.#streams.clear();
+    // After close() the streams just end; after a failure they error (their data is incomplete).
+    for (const s of streams) s.onError(error ?? null);
+    this.#transport.destroy();
+    this.emit('close', error ?? undefined);
+  }
+}
+
+function parseJson(payload: Buffer, what: string): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(payload.toString('utf8'));
+  } catch (cause) {
+    throw new AgentProtocolError(`${what}: the response is not valid JSON`, { cause });
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new AgentProtocolError(`${what}: the response is not a JSON object`);
+  }
+  return value as Record<string, unknown>;
+}
+
+function parseError(payload: Buffer, what: string): { message: string } {
+  const body = parseJson(payload, what);
+  return errorSchema(body['error'], `${what}.error`);
+}

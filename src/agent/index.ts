@@ -1,0 +1,27 @@
+/**
+ * Host side of the vmpod guest agent: {@link AgentClient}, its message types, its stdio
+ * streams and its errors. The wire protocol is described in docs/agent-protocol.md.
+ *
+ * @module
+ */
+export { AgentClient, type AgentClientEvents, type CallOptions, type ConnectOptions } from './client.js';
+export { AgentClosedError, AgentError, AgentProtocolError, type AgentErrorCode } from './errors.js';
+export {
+  PROTOCOL_VERSION,
+  type AgentInfo,
+  type ContainerInfo,
+  type ContainerStats,
+  type CreateContainerRequest,
+  type ExecInfo,
+  type ExecRequest,
+  type ExitStatus,
+  type MountRequest,
+  type MountResult,
+  type OciMount,
+  type OciProcess,
+  type OciSpec,
+  type ProcessStatus,
+  type StdioRequest,
+} from './messages.js';
+export { StdioReadable, StdioWritable, type ProcessStdio } from './stdio.js';
+export { MAX_PAYLOAD, MAX_DATA_CHUNK, INITIAL_WINDOW } from './framing.js';

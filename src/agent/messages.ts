@@ -1,0 +1,267 @@
+/**
+ * Requests and results of the agent protocol, as TypeScript types, and the schemas that check
+ * every result coming from the guest (docs/agent-protocol.md, "Methods").
+ *
+ * @module
+ */
+import { array, bool, int, nullable, num, object, oneOf, str, type Schema } from './schema.js';
+
+/** Protocol version this client speaks. */
+export const PROTOCOL_VERSION = 1;
+
+/** What the agent said about itself in the handshake. */
+export interface AgentInfo {
+  /** Protocol version (always {@link PROTOCOL_VERSION} once connected). */
+  version: number;
+  /** e.g. `vmpod-agent/0.1.0`. */
+  agent: string;
+  /** The agent's pid in the guest (1 when it is the guest's init). */
+  pid: number;
+  pid1: boolean;
+  /** Whether containers get cgroups (and so limits, stats and OOM reporting). */
+  cgroups: boolean;
+  /** cgroup2 controllers available to containers, e.g. `memory`, `pids`, `cpu`. */
+  controllers: string[];
+  /** The agent's state directory; Mount targets must lie under it. */
+  stateDir: string;
+  maxPayload: number;
+  maxDataChunk: number;
+  initialWindow: number;
+  /** Optional features, e.g. `tty`, `stats`, `mount`, `set-time`, `oom`. */
+  features: string[];
+}
+
+export const agentInfoSchema: Schema<AgentInfo> = object({
+  version: int(0, 0xffff),
+  agent: str(256),
+  pid: int(1, 0x7fffffff),
+  pid1: bool,
+  cgroups: bool,
+  controllers: array(str(64), 64),
+  stateDir: str(4096),
+  maxPayload: int(1),
+  maxDataChunk: int(1),
+  initialWindow: int(1),
+  features: array(str(64), 256),
+});
+
+/** Which stdio pipes a process gets (a process with `process.terminal` gets one pty instead). */
+export interface StdioRequest {
+  /** Create a stdin pipe (default false: stdin is /dev/null). */
+  stdin?: boolean;
+  /** Create a stdout pipe (default true; false: /dev/null). */
+  stdout?: boolean;
+  /** Create a stderr pipe (default true; false: /dev/null). */
+  stderr?: boolean;
+}
+
+/** The subset of an OCI runtime spec `process` that the agent honours. */
+export interface OciProcess {
+  terminal?: boolean;
+  consoleSize?: { height: number; width: number };
+  user?: { uid?: number; gid?: number; umask?: number; additionalGids?: number[] };
+  args: string[];
+  env?: string[];
+  cwd?: string;
+  capabilities?: {
+    bounding?: string[];
+    effective?: string[];
+    inheritable?: string[];
+    permitted?: string[];
+    ambient?: string[];
+  };
+  rlimits?: { type: string; hard: number; soft: number }[];
+  noNewPrivileges?: boolean;
+  oomScoreAdj?: number;
+  [key: string]: unknown;
+}
+
+/** An OCI mount (`mounts[]` of config.json). */
+export interface OciMount {
+  destination: string;
+  type?: string;
+  source?: string;
+  options?: string[];
+}
+
+/** An OCI runtime spec (config.json). Fields the agent does not honour are ignored. */
+export interface OciSpec {
+  ociVersion: string;
+  process: OciProcess;
+  root?: { path: string; readonly?: boolean };
+  hostname?: string;
+  mounts?: OciMount[];
+  linux?: {
+    namespaces?: { type: string; path?: string }[];
+    resources?: {
+      memory?: { limit?: number; reservation?: number; swap?: number };
+      pids?: { limit: number };
+      cpu?: { shares?: number; quota?: number; period?: number; cpus?: string; mems?: string };
+      hugepageLimits?: { pageSize: string; limit: number }[];
+      unified?: Record<string, string>;
+      [key: string]: unknown;
+    };
+    devices?: { path: string; type: string; major?: number; minor?: number; fileMode?: number; uid?: number; gid?: number }[];
+    sysctl?: Record<string, string>;
+    maskedPaths?: string[];
+    readonlyPaths?: string[];
+    rootfsPropagation?: string;
+    [key: string]: unknown;
+  };
+  [key: string]: unknown;
+}
+
+/** CreateContainer: a bundle directory in the guest, or an inline config, or both. */
+export interface CreateContainerRequest {
+  /** Container id: 1-64 characters of [A-Za-z0-9_.-], starting with a letter or digit. */
+  id: string;
+  /** Absolute guest path of an OCI bundle (config.json + rootfs). */
+  bundle?: string;
+  /** An OCI spec; takes precedence over the bundle's config.json. */
+  config?: OciSpec;
+  /** Root filesystem: an absolute guest path, or `builtin` (copy-on-write busybox rootfs). Overrides `root.path`. */
+  rootfs?: string;
+  stdio?: StdioRequest;
+}
+
+/** Exec: a new process in a running container. */
+export interface ExecRequest {
+  containerId: string;
+  /** Process id within the container, same rules as container ids. */
+  execId: string;
+  process: OciProcess;
+  stdio?: StdioRequest;
+}
+
+/** How a process ended. */
+export interface ExitStatus {
+  /** Exit code; 128 + signal number when it was killed by a signal. */
+  exitCode: number;
+  /** Signal number that killed it, 0 if it exited. */
+  signal: number;
+  /** Its cgroup recorded an OOM kill (memory.events oom_kill) while it ran. */
+  oomKilled: boolean;
+}
+
+export const exitStatusSchema: Schema<ExitStatus> = object({
+  exitCode: int(-1, 255 + 128),
+  signal: int(0, 128),
+  oomKilled: bool,
+});
+
+export type ProcessStatus = 'creating' | 'created' | 'running' | 'stopped';
+const statusSchema = oneOf(['creating', 'created', 'running', 'stopped'] as const);
+
+export interface ExecInfo {
+  execId: string;
+  pid: number;
+  status: ProcessStatus;
+  terminal: boolean;
+  /** Set once stopped. */
+  exit: ExitStatus | null;
+}
+
+export interface ContainerInfo {
+  id: string;
+  status: ProcessStatus;
+  /** Pid of the container's init in the agent's pid namespace. */
+  pid: number;
+  bundle: string;
+  /** Guest path of the rootfs, or `builtin`. */
+  rootfs: string;
+  /** Unix time in ms (guest clock). */
+  createdAt: number;
+  terminal: boolean;
+  exit: ExitStatus | null;
+  execs: ExecInfo[];
+}
+
+export const containerListSchema: Schema<{ containers: ContainerInfo[] }> = object({
+  containers: array(
+    object({
+      id: str(64),
+      status: statusSchema,
+      pid: int(0, 0x7fffffff),
+      bundle: str(4096),
+      rootfs: str(4096),
+      createdAt: int(0),
+      terminal: bool,
+      exit: nullable(exitStatusSchema),
+      execs: array(
+        object({
+          execId: str(64),
+          pid: int(0, 0x7fffffff),
+          status: statusSchema,
+          terminal: bool,
+          exit: nullable(exitStatusSchema),
+        }),
+        65536,
+      ),
+    }),
+    65536,
+  ),
+});
+
+/** Container stats from its cgroup; `null` where the guest kernel has no such controller. */
+export interface ContainerStats {
+  containerId: string;
+  /** Unix time in ms (guest clock) when the stats were read. */
+  timestamp: number;
+  cpu: { usageUsec: number | null; userUsec: number | null; systemUsec: number | null };
+  memory: { currentBytes: number | null; maxBytes: number | null; peakBytes: number | null; oomKills: number | null };
+  pids: { current: number | null; max: number | null };
+}
+
+const counter = nullable(int(0));
+export const statsSchema: Schema<ContainerStats> = object({
+  containerId: str(64),
+  timestamp: int(0),
+  cpu: object({ usageUsec: counter, userUsec: counter, systemUsec: counter }),
+  memory: object({ currentBytes: counter, maxBytes: counter, peakBytes: counter, oomKills: counter }),
+  pids: object({ current: counter, max: counter }),
+});
+
+/** Mount request: a share, a block device, a tmpfs or a hugetlbfs on a target under the agent's state dir. */
+export interface MountRequest {
+  type: 'virtiofs' | 'ext4' | 'tmpfs' | 'hugetlbfs';
+  /** The virtio-fs tag (virtiofs only). */
+  source?: string;
+  /** The block device (ext4): exactly one of its PCI address, its virtio serial, or a /dev path. */
+  device?: { pciAddress?: string; serial?: string; path?: string };
+  /** Absolute guest path under the agent's state dir (e.g. /run/vmpod/shared). */
+  target: string;
+  readOnly?: boolean;
+  /** Mount options, e.g. `size=64m`, `pagesize=2M`, `nosuid`. */
+  options?: string[];
+  /** How long to wait for a hot-plugged block device to appear (default 10000 ms). */
+  timeoutMs?: number;
+}
+
+export interface MountResult {
+  target: string;
+  /** The block device that was mounted, e.g. /dev/vdb. */
+  device: string | null;
+}
+
+export const mountResultSchema: Schema<MountResult> = object({ target: str(4096), device: nullable(str(4096)) });
+export const pidSchema: Schema<{ pid: number }> = object({ pid: int(1, 0x7fffffff) });
+export const emptySchema: Schema<Record<string, never>> = object({});
+export const setTimeSchema: Schema<{ applied: boolean; offsetNs: number }> = object({ applied: bool, offsetNs: num() });
+
+const errorCodes = [
+  'INVALID_ARGUMENT',
+  'NOT_FOUND',
+  'ALREADY_EXISTS',
+  'FAILED_PRECONDITION',
+  'BUSY',
+  'UNIMPLEMENTED',
+  'PERMISSION_DENIED',
+  'INTERNAL',
+] as const;
+
+/** An error response's body. */
+export const errorSchema = object({
+  code: oneOf(errorCodes),
+  message: str(65536),
+  errno: nullable(str(32)),
+});

@@ -1,0 +1,78 @@
+/**
+ * A small validator kit for messages from the guest: each schema checks a value taken from
+ * `JSON.parse` and returns a fresh, typed copy holding only the declared fields (so extra keys,
+ * including `__proto__`, never reach the caller). A mismatch throws {@link AgentProtocolError}
+ * naming the field.
+ *
+ * @internal
+ * @module
+ */
+import { AgentProtocolError } from './errors.js';
+
+export type Schema<T> = (value: unknown, path: string) => T;
+
+function fail(path: string, what: string): never {
+  throw new AgentProtocolError(`${path || 'message'}: ${what}`);
+}
+
+export function str(maxLength = 65536): Schema<string> {
+  return (v, path) => {
+    if (typeof v !== 'string') fail(path, 'must be a string');
+    if (v.length > maxLength) fail(path, `is longer than ${maxLength} characters`);
+    return v;
+  };
+}
+
+export function oneOf<const T extends string>(values: readonly T[]): Schema<T> {
+  return (v, path) => {
+    if (typeof v !== 'string' || !(values as readonly string[]).includes(v)) fail(path, `must be one of ${values.join(', ')}`);
+    return v as T;
+  };
+}
+
+export function int(min = 0, max = Number.MAX_SAFE_INTEGER): Schema<number> {
+  return (v, path) => {
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) fail(path, `must be an integer in [${min}, ${max}]`);
+    return v;
+  };
+}
+
+export function num(): Schema<number> {
+  return (v, path) => {
+    if (typeof v !== 'number' || !Number.isFinite(v)) fail(path, 'must be a finite number');
+    return v;
+  };
+}
+
+export const bool: Schema<boolean> = (v, path) => {
+  if (typeof v !== 'boolean') fail(path, 'must be a boolean');
+  return v;
+};
+
+/** `null` or a missing field become `null`. */
+export function nullable<T>(schema: Schema<T>): Schema<T | null> {
+  return (v, path) => (v === null || v === undefined ? null : schema(v, path));
+}
+
+export function array<T>(schema: Schema<T>, maxItems = 4096): Schema<T[]> {
+  return (v, path) => {
+    if (!Array.isArray(v)) fail(path, 'must be an array');
+    if (v.length > maxItems) fail(path, `has more than ${maxItems} items`);
+    return v.map((item, i) => schema(item, `${path}[${i}]`));
+  };
+}
+
+type Shape = Record<string, Schema<unknown>>;
+export type Infer<S extends Shape> = { [K in keyof S]: S[K] extends Schema<infer T> ? T : never };
+
+export function object<S extends Shape>(shape: S): Schema<Infer<S>> {
+  return (v, path) => {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) fail(path, 'must be an object');
+    const out: Record<string, unknown> = {};
+    for (const [key, schema] of Object.entries(shape)) {
+      const value = Object.prototype.hasOwnProperty.call(v, key) ? (v as Record<string, unknown>)[key] : undefined;
+      out[key] = schema(value, path ? `${path}.${key}` : key);
+    }
+    return out as Infer<S>;
+  };
+}

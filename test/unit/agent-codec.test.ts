@@ -1,0 +1,250 @@
+import { describe, expect, it } from 'vitest';
+import { AgentClient } from '../../src/agent/client.js';
+import { AgentClosedError, AgentError, AgentProtocolError } from '../../src/agent/errors.js';
+import {
+  FLAG_CLOSE,
+  FLAG_WINDOW,
+  FrameDecoder,
+  FrameType,
+  HEADER_SIZE,
+  INITIAL_WINDOW,
+  MAX_PAYLOAD,
+  encodeFrame,
+} from '../../src/agent/framing.js';
+import { InvalidArgumentError, TimeoutError, AbortError } from '../../src/errors.js';
+import { FakeAgent, VALID_INFO } from './agent-fake.js';
+
+function header(length: number, stream: number, type: number, flags: number): Buffer {
+  const b = Buffer.alloc(HEADER_SIZE);
+  b.writeUInt32BE(length, 0);
+  b.writeUInt32BE(stream, 4);
+  b.writeUInt8(type, 8);
+  b.writeUInt8(flags, 9);
+  return b;
+}
+
+describe('agent framing', () => {
+  it('encodes the ttRPC header big-endian', () => {
+    const f = encodeFrame(7, FrameType.Request, 0, Buffer.from('{}'));
+    expect([...f.subarray(0, HEADER_SIZE)]).toEqual([0, 0, 0, 2, 0, 0, 0, 7, 1, 0]);
+    expect(f.subarray(HEADER_SIZE).toString()).toBe('{}');
+  });
+
+  it('decodes frames split at every byte boundary and coalesced', () => {
+    const frames = [
+      encodeFrame(1, FrameType.Response, 0, Buffer.from('{"result":{}}')),
+      encodeFrame(3, FrameType.Data, 0, Buffer.from('hello')),
+      encodeFrame(3, FrameType.Data, FLAG_CLOSE),
+      encodeFrame(5, FrameType.Data, FLAG_WINDOW, Buffer.from([0, 1, 0, 0])),
+    ];
+    const all = Buffer.concat(frames);
+    for (let split = 0; split <= all.length; split++) {
+      const d = new FrameDecoder();
+      const out = [...d.push(all.subarray(0, split)), ...d.push(all.subarray(split))];
+      expect(out.map((f) => [f.stream, f.type, f.flags, f.payload.toString('hex')])).toEqual([
+        [1, 2, 0, Buffer.from('{"result":{}}').toString('hex')],
+        [3, 3, 0, Buffer.from('hello').toString('hex')],
+        [3, 3, FLAG_CLOSE, ''],
+        [5, 3, FLAG_WINDOW, '00010000'],
+      ]);
+      expect(d.buffered).toBe(0);
+    }
+    // One byte at a time.
+    const d = new FrameDecoder();
+    const out = [];
+    for (const byte of all) out.push(...d.push(Buffer.from([byte])));
+    expect(out).toHaveLength(4);
+  });
+
+  it('rejects an oversized length as soon as the header arrives, without buffering the payload', () => {
+    const d = new FrameDecoder();
+    expect(() => d.push(header(MAX_PAYLOAD + 1, 1, FrameType.Response, 0))).toThrow(AgentProtocolError);
+    expect(() => new FrameDecoder().push(header(0xffffffff, 1, FrameType.Data, 0))).toThrow(/exceeds the maximum/);
+  });
+
+  it('rejects request frames, unknown types, even streams and unknown flags from the agent', () => {
+    const bad = [
+      header(0, 1, FrameType.Request, 0),
+      header(0, 1, 9, 0),
+      header(0, 2, FrameType.Response, 0),
+      header(0, 4, FrameType.Data, 0),
+      header(0, 0, FrameType.Data, 0),
+      header(0, 1, FrameType.Response, 1),
+      header(0, 1, FrameType.Data, 0x40),
+      header(0, 1, FrameType.Data, FLAG_CLOSE | FLAG_WINDOW),
+      header(3, 1, FrameType.Data, FLAG_WINDOW),
+      header(2, 1, FrameType.Data, FLAG_CLOSE),
+    ];
+    for (const h of bad) expect(() => new FrameDecoder().push(h), h.toString('hex')).toThrow(AgentProtocolError);
+  });
+});
+
+describe('AgentClient against a scripted agent', () => {
+  it('handshakes and exposes what the agent said', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport);
+    expect(client.info).toEqual(VALID_INFO);
+    expect(fake.requests[0]).toMatchObject({ stream: 1, method: 'Hello', params: { version: 1 } });
+    client.close();
+  });
+
+  it('turns an agent error response into an AgentError with its code', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport);
+    fake.onRequest = (r) => fake.respondError(r.stream, 'NOT_FOUND', 'container "x" does not exist');
+    const error = await client.wait('x').catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(AgentError);
+    expect(error).toMatchObject({ agentCode: 'NOT_FOUND', method: 'Wait', code: 'ERR_VMPOD_AGENT' });
+    expect(client.closed).toBe(false);
+    client.close();
+  });
+
+  it('fails the handshake on a version mismatch, a timeout or an abort', async () => {
+    const mismatch = new FakeAgent({ answerHello: false });
+    mismatch.onRequest = (r) => mismatch.respondError(r.stream, 'FAILED_PRECONDITION', 'protocol version 1 is not supported');
+    await expect(AgentClient.connect(mismatch.transport)).rejects.toMatchObject({ agentCode: 'FAILED_PRECONDITION' });
+    expect(mismatch.transport.destroyed).toBe(true);
+
+    const silent = new FakeAgent({ answerHello: false });
+    await expect(AgentClient.connect(silent.transport, { timeoutMs: 20 })).rejects.toBeInstanceOf(TimeoutError);
+
+    const aborted = new FakeAgent({ answerHello: false });
+    const controller = new AbortController();
+    const promise = AgentClient.connect(aborted.transport, { signal: controller.signal });
+    controller.abort();
+    await expect(promise).rejects.toBeInstanceOf(AbortError);
+  });
+
+  it('validates inputs before sending anything', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport);
+    await expect(client.createContainer({ id: '../x', bundle: '/b' })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(client.createContainer({ id: 'a/b', bundle: '/b' })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(client.createContainer({ id: 'ok', bundle: 'relative' })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(client.createContainer({ id: 'ok' })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(client.resizeTty('ok', { rows: 0, cols: 80 })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(client.signal('ok', 'SIGNOPE' as NodeJS.Signals)).rejects.toBeInstanceOf(InvalidArgumentError);
+    expect(fake.requests).toHaveLength(1); // only Hello
+    client.close();
+  });
+
+  it('drops a late answer to an aborted call but treats a never-used stream as a violation', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport);
+    const controller = new AbortController();
+    const pending = client.wait('c1', { signal: controller.signal });
+    controller.abort();
+    await expect(pending).rejects.toBeInstanceOf(AbortError);
+    fake.respond(fake.requests[1]!.stream, { exitCode: 0, signal: 0, oomKilled: false });
+    await new Promise((r) => setImmediate(r));
+    expect(client.closed).toBe(false);
+    const closed = new Promise<Error | undefined>((r) => client.once('close', r));
+    fake.respond(1001, {});
+    expect(await closed).toBeInstanceOf(AgentProtocolError);
+  });
+
+  it('rejects pending calls with AgentClosedError when the agent hangs up mid-frame', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport);
+    const pending = client.listContainers();
+    fake.send(encodeFrame(3, FrameType.Response, 0, Buffer.from('{"result":{"containers":[]}}')).subarray(0, 15));
+    fake.end();
+    await expect(pending).rejects.toBeInstanceOf(AgentClosedError);
+  });
+
+  it('checks every result against its schema', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport);
+    fake.onRequest = (r) => fake.respond(r.stream, { exitCode: 'zero', signal: 0, oomKilled: false });
+    const error = await client.wait('c1').catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(AgentProtocolError);
+    expect(String(error)).toMatch(/Wait\.result\.exitCode: must be an integer/);
+    expect(client.closed).toBe(true);
+  });
+
+  it('strips unknown keys, including __proto__, from results', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport);
+    fake.onRequest = (r) =>
+      fake.send(
+        encodeFrame(
+          r.stream,
+          FrameType.Response,
+          0,
+          Buffer.from('{"result":{"exitCode":1,"signal":0,"oomKilled":false,"__proto__":{"polluted":true},"extra":1}}'),
+        ),
+      );
+    const status = await client.wait('c1');
+    expect(status).toEqual({ exitCode: 1, signal: 0, oomKilled: false });
+    expect(({} as Record<string, unknown>)['polluted']).toBeUndefined();
+    client.close();
+  });
+
+  it('streams stdout with credit: grants more only as the reader consumes', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport);
+    fake.onRequest = (r) => fake.respond(r.stream, {});
+    const { stdout } = await client.openStdio('c1', { stdout: true });
+    const stream = fake.requests[1]!.stream;
+    // Fill the initial window without reading: no credit may come back beyond what was consumed.
+    const chunk = Buffer.alloc(64 * 1024, 7);
+    for (let sent = 0; sent < INITIAL_WINDOW; sent += chunk.length) fake.sendData(stream, chunk);
+    await new Promise((r) => setImmediate(r));
+    const granted = () =>
+      fake.data.filter((d) => d.stream === stream && d.flags === FLAG_WINDOW).reduce((n, d) => n + d.payload.readUInt32BE(0), 0);
+    const before = granted();
+    expect(before).toBeLessThan(INITIAL_WINDOW);
+    // One byte beyond the credit is a violation.
+    const closed = new Promise<Error | undefined>((r) => client.once('close', r));
+    fake.sendData(stream, Buffer.alloc(INITIAL_WINDOW - before + 1));
+    expect(await closed).toBeInstanceOf(AgentProtocolError);
+    stdout!.on('error', () => {});
+  });
+
+  it('delivers stdout in order and ends it on the close flag', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport);
+    fake.onRequest = (r) => fake.respond(r.stream, {});
+    const { stdout } = await client.openStdio('c1', { stdout: true });
+    const stream = fake.requests[1]!.stream;
+    const received: Buffer[] = [];
+    stdout!.on('data', (b: Buffer) => received.push(b));
+    const ended = new Promise((r) => stdout!.on('end', r));
+    const granted = () =>
+      INITIAL_WINDOW + fake.data.filter((d) => d.flags === FLAG_WINDOW).reduce((n, d) => n + d.payload.readUInt32BE(0), 0);
+    let expected = Buffer.alloc(0);
+    for (let i = 0; i < 40; i++) {
+      const b = Buffer.alloc(32 * 1024, i);
+      // Like the agent: send only within the credit the client has granted so far.
+      while (expected.length + b.length > granted()) await new Promise((r) => setImmediate(r));
+      expected = Buffer.concat([expected, b]);
+      fake.sendData(stream, b);
+    }
+    fake.sendData(stream, Buffer.alloc(0), FLAG_CLOSE);
+    await ended;
+    expect(Buffer.concat(received).equals(expected)).toBe(true);
+    client.close();
+  });
+
+  it('sends stdin within the window, waits for credit, and ends with the close flag', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport);
+    fake.onRequest = (r) => fake.respond(r.stream, {});
+    const { stdin } = await client.openStdio('c1', { stdin: true });
+    const stream = fake.requests[1]!.stream;
+    const big = Buffer.alloc(INITIAL_WINDOW + 1000, 1);
+    const written = new Promise((r) => stdin!.write(big, r));
+    await new Promise((r) => setImmediate(r));
+    const sentBytes = () => fake.data.filter((d) => d.stream === stream && d.flags === 0).reduce((n, d) => n + d.payload.length, 0);
+    expect(sentBytes()).toBe(INITIAL_WINDOW);
+    expect(fake.data.every((d) => d.payload.length <= 65536)).toBe(true);
+    const w = Buffer.alloc(4);
+    w.writeUInt32BE(4096);
+    fake.sendData(stream, w, FLAG_WINDOW);
+    await written;
+    expect(sentBytes()).toBe(INITIAL_WINDOW + 1000);
+    await new Promise<void>((r) => stdin!.end(r));
+    expect(fake.data.at(-1)).toMatchObject({ stream, flags: FLAG_CLOSE });
+    client.close();
+  });
+});
