@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { VmpodError, type VmpodErrorOptions } from '../errors.js';
+import { SystemError, VmpodError, type VmpodErrorOptions } from '../errors.js';
 
 /** The hypervisor process failed to start; the message carries the end of its log. */
 export class VmStartError extends VmpodError {
@@ -59,4 +59,13 @@ export class DaemonError extends VmpodError {
   ) {
     super('ERR_VMPOD_DAEMON', `${daemon}: ${message}${logTail ? `\n--- log ---\n${logTail}` : ''}`, options);
   }
+}
+
+/** Wraps an error thrown by the addon (Node-style `code`/`errno`/`syscall`) in a {@link SystemError}. */
+export function toSystemError(error: unknown, target: string): Error {
+  const e = error as Partial<NodeJS.ErrnoException>;
+  if (typeof e.code === 'string' && typeof e.errno === 'number' && typeof e.syscall === 'string') {
+    return new SystemError(e.syscall, Math.abs(e.errno), e.code, `${target}: ${e.message ?? e.code}`, { cause: error });
+  }
+  return error instanceof Error ? error : new Error(String(error));
 }

@@ -19,7 +19,7 @@ import { native } from '../native.js';
 import * as validate from '../validate.js';
 import { socketPath } from './config.js';
 import { waitForConsoleLine } from './console.js';
-import { DaemonError } from './errors.js';
+import { DaemonError, toSystemError } from './errors.js';
 import { isAlive, logTail, signalProcess, spawnDetached, waitForProcessExit, type ProcessIdentity } from './process.js';
 
 /** Debian's virtiofsd (package qemu-system-common, pulled in by qemu-system-x86). */
@@ -101,7 +101,12 @@ export class Virtiofsd {
     if (options.threadPoolSize !== undefined) args.push(`--thread-pool-size=${options.threadPoolSize}`);
 
     const offset = fs.statSync(logFile, { throwIfNoEntry: false })?.size ?? 0;
-    const listener = native().unixListen(socket, 1);
+    let listener: number;
+    try {
+      listener = native().unixListen(socket, 1);
+    } catch (error) {
+      throw toSystemError(error, socket);
+    }
     let proc;
     try {
       proc = await spawnDetached(binary, args, { logFile, fds: [listener] });

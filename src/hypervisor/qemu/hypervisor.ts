@@ -6,7 +6,7 @@
  */
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AbortError, InvalidArgumentError } from '../../errors.js';
+import { AbortError, InvalidArgumentError, SystemError } from '../../errors.js';
 import * as validate from '../../validate.js';
 import { VmExitedError, VmStartError } from '../errors.js';
 import { probeHost, type HostFacts } from '../host.js';
@@ -35,9 +35,9 @@ export interface QemuHypervisorOptions {
   readonly startTimeoutMs?: number;
 }
 
+/** QEMU has not created or not yet listens on its QMP socket. */
 function isRetryableConnectError(error: unknown): boolean {
-  const code = (error as NodeJS.ErrnoException).code;
-  return code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'EAGAIN';
+  return error instanceof SystemError && ['ENOENT', 'ECONNREFUSED', 'EAGAIN'].includes(error.errnoName);
 }
 
 /** The QEMU backend. */

@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { EventEmitter } from 'eventemitter3';
 import { AbortError, TimeoutError } from '../../errors.js';
 import { native } from '../../native.js';
-import { QmpError, QmpProtocolError } from '../errors.js';
+import { QmpError, QmpProtocolError, toSystemError } from '../errors.js';
 
 /** Data of the events vmpod reacts to; other events carry an unchecked object. */
 export interface QmpEventData {
@@ -119,7 +119,12 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
   static async connect(socketPath: string, options: QmpConnectOptions = {}): Promise<QmpClient> {
     const timeoutMs = options.timeoutMs ?? 10_000;
     if (options.signal?.aborted) throw new AbortError('QMP connect', { cause: options.signal.reason });
-    const fd = native().unixConnect(socketPath);
+    let fd: number;
+    try {
+      fd = native().unixConnect(socketPath);
+    } catch (error) {
+      throw toSystemError(error, socketPath);
+    }
     const client = new QmpClient(fd, options);
     try {
       const greeting = await client.#withDeadline(
