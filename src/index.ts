@@ -6,4 +6,5 @@
  */
 export * from './errors.js';
 export * from './devices/index.js';
+export * from './network/index.js';
 export * from './network/cni/index.js';

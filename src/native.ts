@@ -46,6 +46,264 @@ export interface NativeAddon {
   // sriov.cc — RTM_SETLINK IFLA_VFINFO_LIST on a PF (mac: 6 bytes; vlan 0-4095; qos 0-7).
   sriovVfMessage(ifindex: number, vf: number, mac: Buffer | null, vlan: number | null, qos: number, seq: number): Buffer;
   sriovSetVf(pf: string, vf: number, mac: Buffer | null, vlan: number | null, qos: number): Promise<void>;
+
+  // --- Host networking: netns.cc, link.cc, address.cc, route.cc, tc.cc, tap.cc, packet.cc. ---
+  // Every call runs on the addon's worker thread, one at a time in submission order (so dependent
+  // calls may be queued without awaiting each), and rejects with a NativeSystemError. `ns` is null
+  // for the process's own network namespace, an open NativeNetns, or a namespace file path.
+
+  // netns.cc
+  /** The class of namespace handles (for `instanceof`; not constructible from JS). */
+  readonly NetnsHandle: abstract new (...args: never[]) => NativeNetns;
+  /** `ip netns add NAME` with `dir` = /run/netns: a new namespace bind-mounted at dir/name. */
+  netnsCreate(dir: string, name: string): Promise<NativeNetns>;
+  /** Opens the namespace file at `path` (EINVAL when it is not a network namespace). */
+  netnsOpen(path: string): Promise<NativeNetns>;
+  /** `ip netns delete NAME`: detach-unmounts and unlinks dir/name. */
+  netnsDelete(dir: string, name: string): Promise<void>;
+
+  // link.cc (rtnetlink links)
+  /** RTM_NEWLINK with NLM_F_CREATE|NLM_F_EXCL; resolves with the new link's ifindex. */
+  linkAdd(ns: NativeNs, spec: NativeLinkSpec): Promise<number>;
+  /** RTM_NEWLINK on an existing link (up/down, MTU, MAC, group, master, rename, move). */
+  linkSet(ns: NativeNs, name: string, change: NativeLinkChange): Promise<void>;
+  /** RTM_DELLINK by name. */
+  linkDelete(ns: NativeNs, name: string): Promise<void>;
+  /** RTM_DELLINK by IFLA_GROUP: every link of the group, unregistered in one batch. */
+  linkDeleteGroup(ns: NativeNs, group: number): Promise<void>;
+  linkList(ns: NativeNs): Promise<NativeLink[]>;
+  linkGet(ns: NativeNs, name: string): Promise<NativeLink>;
+
+  // address.cc
+  addrAdd(ns: NativeNs, spec: NativeAddressSpec, replace: boolean): Promise<void>;
+  addrDelete(ns: NativeNs, spec: NativeAddressSpec): Promise<void>;
+  addrList(ns: NativeNs): Promise<NativeAddress[]>;
+
+  // route.cc
+  routeAdd(ns: NativeNs, spec: NativeRouteSpec, replace: boolean): Promise<void>;
+  routeDelete(ns: NativeNs, spec: NativeRouteSpec): Promise<void>;
+  /** Every route of every table, cloned cache entries excluded. */
+  routeList(ns: NativeNs): Promise<NativeRoute[]>;
+
+  // tc.cc
+  qdiscAddIngress(ns: NativeNs, dev: string): Promise<void>;
+  qdiscDeleteIngress(ns: NativeNs, dev: string): Promise<void>;
+  qdiscList(ns: NativeNs): Promise<NativeQdisc[]>;
+  /** u32 match-all + mirred egress redirect from `dev`'s ingress (parent ffff:) to `to`. */
+  filterAddRedirect(ns: NativeNs, spec: { dev: string; to: string; prio?: number | undefined; protocol?: number | undefined }): Promise<void>;
+  /** Filters of `dev` under `parent`; u32 hash tables are left out. */
+  filterList(ns: NativeNs, dev: string, parent: number): Promise<NativeFilter[]>;
+  /** RTM_DELTFILTER; prio 0 or absent deletes every filter under the parent. */
+  filterDelete(ns: NativeNs, spec: { dev: string; parent: number; prio?: number | undefined }): Promise<void>;
+
+  // tap.cc (fds are O_CLOEXEC; the caller owns them)
+  /** Opens /dev/net/tun `queues` times inside `ns` and TUNSETIFFs each (exclusive: create). */
+  tapOpen(ns: NativeNs, spec: NativeTapSpec): Promise<{ name: string; index: number; fds: number[] }>;
+  /** One fd per queue of an existing macvtap, through a private device node made from sysfs. */
+  macvtapOpen(
+    ns: NativeNs,
+    spec: {
+      name: string;
+      queues?: number | undefined;
+      vnetHdr?: boolean | undefined;
+      nonBlocking?: boolean | undefined;
+      devDir?: string | undefined;
+    },
+  ): Promise<number[]>;
+
+  // packet.cc
+  /** An AF_PACKET raw socket bound to `dev` (every protocol): read() gets a frame, write() sends one. */
+  packetOpen(
+    ns: NativeNs,
+    dev: string,
+    options: { ignoreOutgoing?: boolean | undefined; nonBlocking?: boolean | undefined },
+  ): Promise<number>;
+}
+
+// --- Host networking types (see the members above). ---
+
+/** How the addon rejects: a Node-style system error. */
+export interface NativeSystemError extends Error {
+  /** errno name, e.g. `EEXIST`. */
+  code: string;
+  errno: number;
+  /** The system call or netlink request, e.g. `RTM_NEWLINK`, `TUNSETIFF`, `open`. */
+  syscall: string;
+  /** strerror() text. */
+  description: string;
+  /** The object the call was about (interface name, path), when known. */
+  target?: string;
+  /** More detail, e.g. the kernel's extended-ack message. */
+  detail?: string;
+}
+
+/** An open network namespace: its fd (-1 once closed) and an rtnetlink socket bound inside it. */
+export interface NativeNetns {
+  readonly fd: number;
+  readonly path: string;
+  /** Inode of the namespace (as `stat -L` shows), equal for every handle on the same namespace. */
+  readonly inode: number;
+  /** Drops this handle; fds close once no queued call uses them. */
+  close(): void;
+}
+
+/** null: the process's namespace; a handle; or a namespace file path. */
+export type NativeNs = NativeNetns | string | null;
+
+/** Attributes of a link to create or change (numbers are u32; mac is aa:bb:cc:dd:ee:ff). */
+export interface NativeLinkAttributes {
+  mtu?: number | undefined;
+  mac?: string | undefined;
+  up?: boolean | undefined;
+  group?: number | undefined;
+  txQueueLen?: number | undefined;
+  /** Master to enslave to; null detaches (only for linkSet). */
+  master?: string | null | undefined;
+  /** The namespace the link is created in (linkAdd) or moved to (linkSet): IFLA_NET_NS_FD. */
+  netns?: NativeNs | undefined;
+}
+
+export interface NativeLinkSpec extends NativeLinkAttributes {
+  kind: 'veth' | 'macvlan' | 'macvtap' | 'bridge';
+  name: string;
+  /** veth: the peer, created directly in its `netns`. */
+  peer?: NativeLinkAttributes & { name: string } | undefined;
+  /** macvlan/macvtap: the lower link, in `ns`. */
+  link?: string | undefined;
+  mode?: 'private' | 'vepa' | 'bridge' | 'passthru' | 'source' | undefined;
+}
+
+export interface NativeLinkChange extends NativeLinkAttributes {
+  newName?: string | undefined;
+}
+
+export interface NativeLink {
+  index: number;
+  name: string;
+  /** IFLA_INFO_KIND ("" for links without one: loopback, physical). */
+  kind: string;
+  slaveKind?: string;
+  flags: number;
+  /** ARPHRD_* */
+  type: number;
+  up: boolean;
+  lowerUp: boolean;
+  loopback: boolean;
+  operState: string;
+  mac: string;
+  mtu: number;
+  group: number;
+  txQueueLen: number;
+  masterIndex?: number;
+  master?: string;
+  linkIndex?: number;
+  linkNetnsId?: number;
+  macvlanMode?: 'private' | 'vepa' | 'bridge' | 'passthru' | 'source' | 'unknown';
+  tun?: {
+    type: 'tun' | 'tap';
+    pi: boolean;
+    vnetHdr: boolean;
+    persist: boolean;
+    multiQueue: boolean;
+    queues: number;
+    disabledQueues: number;
+    owner?: number;
+    group?: number;
+  };
+}
+
+export interface NativeAddressSpec {
+  dev: string;
+  family: 4 | 6;
+  address: string;
+  prefixLength: number;
+  peer?: string | undefined;
+  broadcast?: string | undefined;
+  /** RT_SCOPE_* */
+  scope?: number | undefined;
+  noDad?: boolean | undefined;
+  label?: string | undefined;
+}
+
+export interface NativeAddress {
+  index: number;
+  dev: string;
+  family: 4 | 6;
+  address: string;
+  prefixLength: number;
+  scope: number;
+  /** IFA_F_* */
+  flags: number;
+  peer?: string;
+  broadcast?: string;
+  label?: string;
+}
+
+export interface NativeRouteSpec {
+  family: 4 | 6;
+  /** Absent with dstLength 0: the default route. */
+  dst?: string | undefined;
+  dstLength: number;
+  gateway?: string | undefined;
+  dev?: string | undefined;
+  src?: string | undefined;
+  metric?: number | undefined;
+  table?: number | undefined;
+  /** RT_SCOPE_*, RTPROT_*, RTN_* */
+  scope?: number | undefined;
+  protocol?: number | undefined;
+  type?: number | undefined;
+  onlink?: boolean | undefined;
+}
+
+export interface NativeRoute {
+  family: 4 | 6;
+  dst?: string;
+  dstLength: number;
+  gateway?: string;
+  oif?: number;
+  dev?: string;
+  src?: string;
+  metric?: number;
+  table: number;
+  scope: number;
+  protocol: number;
+  type: number;
+  /** RTNH_F_* / RTM_F_* */
+  flags: number;
+  multipath?: boolean;
+}
+
+export interface NativeQdisc {
+  index: number;
+  dev: string;
+  kind: string;
+  handle: number;
+  parent: number;
+}
+
+export interface NativeFilter {
+  parent: number;
+  handle: number;
+  prio: number;
+  /** Ethernet protocol in host order (3 = ETH_P_ALL). */
+  protocol: number;
+  kind: string;
+  chain?: number;
+  actions: Array<{ kind: string; eaction?: number; action?: number; ifindex?: number; dev?: string }>;
+}
+
+export interface NativeTapSpec {
+  name: string;
+  queues?: number | undefined;
+  multiQueue?: boolean | undefined;
+  vnetHdr?: boolean | undefined;
+  persist?: boolean | undefined;
+  owner?: number | undefined;
+  group?: number | undefined;
+  nonBlocking?: boolean | undefined;
+  /** true: create (IFF_TUN_EXCL, EBUSY if the name is taken); false: attach to an existing tap. */
+  exclusive?: boolean | undefined;
 }
 
 /** Root of the installed package (the folder holding package.json). */

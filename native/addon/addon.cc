@@ -5,11 +5,28 @@ namespace vmpod { void InitMount(Napi::Env, Napi::Object); void InitSriov(Napi::
 
 namespace vmpod { void InitFdpass(Napi::Env, Napi::Object); }  // fdpass.cc
 
+namespace vmpod {  // host networking: netns.cc, link.cc, address.cc, route.cc, tc.cc, tap.cc, packet.cc
+void InitNetns(Napi::Env, Napi::Object);
+void InitLink(Napi::Env, Napi::Object);
+void InitAddress(Napi::Env, Napi::Object);
+void InitRoute(Napi::Env, Napi::Object);
+void InitTc(Napi::Env, Napi::Object);
+void InitTap(Napi::Env, Napi::Object);
+void InitPacket(Napi::Env, Napi::Object);
+}  // namespace vmpod
+
 static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
   exports.Set("abiVersion", Napi::Number::New(env, vmpod::kAbiVersion));
   vmpod::InitMount(env, exports);
   vmpod::InitSriov(env, exports);
   vmpod::InitFdpass(env, exports);
+  vmpod::InitNetns(env, exports);
+  vmpod::InitLink(env, exports);
+  vmpod::InitAddress(env, exports);
+  vmpod::InitRoute(env, exports);
+  vmpod::InitTc(env, exports);
+  vmpod::InitTap(env, exports);
+  vmpod::InitPacket(env, exports);
   return exports;
 }
 
