@@ -247,19 +247,7 @@ ChildEnds Agent::SetupStdio(Process& p, const json* stdio, const ProcessSpec& sp
   ChildEnds ends;
   p.terminal = spec.terminal;
   if (spec.terminal) {
-    int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-    if (master < 0) ThrowErrno("posix_openpt");
-    p.ptyFd.reset(master);
-    if (grantpt(master) < 0 || unlockpt(master) < 0) ThrowErrno("unlockpt");
-    if (spec.rows && spec.cols) {
-      winsize ws{spec.rows, spec.cols, 0, 0};
-      ioctl(master, TIOCSWINSZ, &ws);
-    }
-    ends.slave.reset(open(ptsname(master), O_RDWR | O_NOCTTY | O_CLOEXEC));
-    if (!ends.slave.valid()) ThrowErrno("open pty slave");
-    SetNonBlocking(master);
-    p.out.fd = master;
-    p.in.fd = master;
+    // The child opens the pty inside the container and sends us the master (see OnSync).
     p.err.eof = true;  // a terminal has one output stream
     return ends;
   }
@@ -290,13 +278,9 @@ ChildEnds Agent::SetupStdio(Process& p, const json* stdio, const ProcessSpec& sp
 
 static ChildIo IoFor(const ChildEnds& ends, int sync) {
   ChildIo io;
-  if (ends.slave.valid()) {
-    io.in = io.out = io.err = ends.slave.get();
-  } else {
-    io.in = ends.in.get();
-    io.out = ends.out.get();
-    io.err = ends.err.get();
-  }
+  io.in = ends.in.get();
+  io.out = ends.out.get();
+  io.err = ends.err.get();
   io.sync = sync;
   return io;
 }
@@ -442,9 +426,31 @@ void Agent::Spawned(Process& p, Pending pending) {
 // Reads the child's setup channel: "ok" (created, waiting for start), an error, or EOF (exec done).
 void Agent::OnSync(Process& p) {
   char buf[4096];
-  ssize_t n = recv(p.sync.get(), buf, sizeof buf, MSG_DONTWAIT);
+  iovec iov{buf, sizeof buf};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = control;
+  mh.msg_controllen = sizeof control;
+  ssize_t n = recvmsg(p.sync.get(), &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
   std::string msg = n > 0 ? std::string(buf, n) : "";
+  for (cmsghdr* c = n > 0 ? CMSG_FIRSTHDR(&mh) : nullptr; c; c = CMSG_NXTHDR(&mh, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    int fd;
+    memcpy(&fd, CMSG_DATA(c), sizeof fd);
+    if (!p.terminal || p.ptyFd.valid()) {
+      close(fd);
+      continue;
+    }
+    // The pty master, opened by the child inside the container.
+    p.ptyFd.reset(fd);
+    SetNonBlocking(fd);
+    p.out.fd = fd;
+    p.in.fd = fd;
+  }
+  if (msg == "pty") return;  // an exec'd process: execve comes next
   if (msg == "ok" && p.state == Process::kCreating && p.execId.empty()) {
     p.state = Process::kCreated;
     FinishPending(p, nullptr);
@@ -457,23 +463,15 @@ void Agent::OnSync(Process& p) {
     size_t space = msg.find(' ');
     int err = std::atoi(msg.substr(1, space).c_str());
     std::string text = space == std::string::npos ? msg : msg.substr(space + 1);
-    Error e(err == ENOENT ? Code::kNotFound : Code::kInternal, p.label() + ": " + text, err);
-    // The child failed and exits 127; OnExit records it. A container that never got created,
-    // and an exec that never ran, are removed once reaped.
-    p.failed = true;
-    if (p.execId.empty() && p.state == Process::kCreating) p.container->deleting = true;
-    FinishPending(p, &e);
+    // The child exits 127 right after this; OnExit answers once it is reaped, so that by the time
+    // the host sees the error, a failed container or exec is already gone.
+    p.failure.emplace(err == ENOENT ? Code::kNotFound : Code::kInternal, p.label() + ": " + text, err);
     return;
   }
-  // EOF: execve succeeded (the channel was close-on-exec) or the child died.
-  if (p.state != Process::kExited && (p.state == Process::kCreated || !p.execId.empty())) {
+  // EOF: execve succeeded (the channel was close-on-exec) or the child died (OnExit reports it).
+  if (p.state != Process::kExited && !p.failure && (p.state == Process::kCreated || !p.execId.empty())) {
     p.state = Process::kRunning;
     FinishPending(p, nullptr);
-  } else if (p.state == Process::kCreating) {
-    Error e(Code::kInternal, p.label() + ": the container's init exited during setup");
-    p.failed = true;
-    p.container->deleting = true;
-    FinishPending(p, &e);
   }
 }
 
@@ -769,10 +767,10 @@ void Agent::OnSigchld() {
 
 void Agent::OnExit(Process& p, int status) {
   if (p.syncToken) OnSync(p);  // an error message may still be waiting in the channel
-  if (p.pending) {
-    p.failed = true;
-    if (p.execId.empty() && p.state == Process::kCreating) p.container->deleting = true;
-  }
+  Pending pending = p.pending;  // a Create, Start or Exec that never got to execve
+  p.pending = Pending{};
+  bool neverRan = pending && (p.state == Process::kCreating || p.state == Process::kCreated);
+  bool creating = p.execId.empty() && p.state == Process::kCreating;
   p.state = Process::kExited;
   if (WIFEXITED(status)) {
     p.exitCode = WEXITSTATUS(status);
@@ -783,9 +781,13 @@ void Agent::OnExit(Process& p, int status) {
   if (!p.container->cgroup.empty()) p.oomKilled = cgroups_.OomKills(p.container->cgroup) > p.oomBaseline;
   Log("%s: pid %d exited (code %d, signal %d%s)", p.label().c_str(), p.pid, p.exitCode, p.exitSignal,
       p.oomKilled ? ", OOM kill in its cgroup" : "");
-  if (p.pending) {
-    Error e(Code::kInternal, p.label() + ": the process exited (code " + std::to_string(p.exitCode) + ") before it was started");
-    FinishPending(p, &e);
+  std::optional<Error> failure;
+  if (neverRan) {
+    failure = p.failure ? *p.failure
+                        : Error(Code::kInternal, p.label() + ": the process exited (code " + std::to_string(p.exitCode) +
+                                                     ") before it was started");
+    p.failed = true;
+    if (creating) p.container->deleting = true;  // a container that was never created is removed
   }
   if (p.syncToken) {
     loop_.Remove(p.syncToken);
@@ -807,16 +809,15 @@ void Agent::OnExit(Process& p, int status) {
   if (!p.execId.empty() && p.failed && !c.deleting) {
     std::string execId = p.execId;
     ReleaseProcess(p);
-    c.execs.erase(execId);
-    return;
-  }
-  if (c.deleting) {
+    c.execs.erase(execId);  // `p` is gone from here on
+  } else if (c.deleting) {
     bool live = false;
     for (Process* q : AllProcesses()) {
       if (q->container == &c && q->state != Process::kExited) live = true;
     }
-    if (!live) FinishDelete(c);
+    if (!live) FinishDelete(c);  // `p` and `c` are gone from here on
   }
+  if (failure) ReplyError(pending, *failure);
 }
 
 void Agent::ReleaseProcess(Process& p) {

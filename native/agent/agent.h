@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -115,7 +116,7 @@ struct Container;
 
 // The child's ends of a process's stdio, closed in the agent once the child holds them.
 struct ChildEnds {
-  Fd in, out, err, slave;
+  Fd in, out, err;
 };
 
 struct Process {
@@ -140,6 +141,7 @@ struct Process {
   uint64_t syncToken = 0;
   Pending pending;  // Create / Start / Exec waiting for the child
   bool failed = false;  // setup or execve failed
+  std::optional<Error> failure;  // what the child reported
   std::string label() const;
 };
 

@@ -58,6 +58,46 @@ void SetupIo(ChildIo& io) {
   if (close_range(4, ~0U, 0) < 0) ThrowErrno("close_range");
 }
 
+// Sends a message with an fd attached (SCM_RIGHTS) on the setup channel.
+void SendWithFd(const char* msg, int fd) {
+  iovec iov{const_cast<char*>(msg), strlen(msg)};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))]{};
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = control;
+  mh.msg_controllen = sizeof control;
+  cmsghdr* c = CMSG_FIRSTHDR(&mh);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &fd, sizeof(int));
+  if (sendmsg(g_sync, &mh, MSG_NOSIGNAL) < 0) ThrowErrno("send the pty to the agent");
+}
+
+// Opens a pty in the container's own devpts (so ttyname() works inside), makes its slave our
+// stdio and returns the master, which goes to the agent.
+int OpenContainerPty(const ProcessSpec& p) {
+  int master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (master < 0) {
+    ThrowErrno("process.terminal needs a devpts mount on /dev/pts (with newinstance,ptmxmode=0666): open /dev/ptmx");
+  }
+  if (unlockpt(master) < 0) ThrowErrno("unlockpt");
+  char name[64];
+  if (ptsname_r(master, name, sizeof name) != 0) ThrowErrno("ptsname");
+  int slave = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (slave < 0) ThrowErrno(std::string("open ") + name);
+  if (p.rows && p.cols) {
+    winsize ws{p.rows, p.cols, 0, 0};
+    ioctl(slave, TIOCSWINSZ, &ws);
+  }
+  for (int i = 0; i < 3; i++) {
+    if (dup2(slave, i) < 0) ThrowErrno("dup2 pty");
+  }
+  close(slave);
+  return master;
+}
+
 void JoinAll(const std::vector<JoinNamespace>& join) {
   // The mount namespace last: the others are named by fds that stay valid across it.
   for (int pass = 0; pass < 2; pass++) {
@@ -97,7 +137,8 @@ void ApplyCapabilities(const Capabilities& c) {
   if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) ThrowErrno("clear ambient capabilities");
   for (int cap = 0; cap < 64; cap++) {
     if ((c.ambient >> cap) & 1) {
-      if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0) ThrowErrno("raise ambient capability " + std::to_string(cap));
+      // Like runc: a capability missing from the inheritable set cannot be ambient; skip it.
+      prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0);
     }
   }
 }
@@ -152,7 +193,13 @@ void RunInit(ChildIo io, const std::string& cgroup, bool newCgroupNs, std::vecto
     JoinAll(join);
     SetupIo(io);
     SetupRootfs(spec, plan);
-    if (send(3, "ok", 2, MSG_NOSIGNAL) < 0) _exit(127);
+    if (spec.process.terminal) {
+      int master = OpenContainerPty(spec.process);
+      SendWithFd("ok", master);
+      close(master);
+    } else if (send(3, "ok", 2, MSG_NOSIGNAL) < 0) {
+      _exit(127);
+    }
     char buf[16];
     ssize_t n = recv(3, buf, sizeof buf, 0);
     if (n != 5 || memcmp(buf, "start", 5) != 0) _exit(127);  // the agent went away or deleted us
@@ -171,6 +218,11 @@ void RunExec(ChildIo io, const std::string& cgroup, std::vector<JoinNamespace> j
     if (!cgroup.empty()) JoinCgroup(cgroup);
     JoinAll(join);
     SetupIo(io);
+    if (process.terminal) {
+      int master = OpenContainerPty(process);
+      SendWithFd("pty", master);
+      close(master);
+    }
     ExecProcess(process);
   } catch (const Error& e) {
     Report(e.what(), e.err());
