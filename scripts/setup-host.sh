@@ -9,6 +9,8 @@ packages=(
   containernetworking-plugins                   # CNI plugins in /usr/lib/cni (bridge, host-local, tuning, bandwidth...)
   qemu-system-x86                               # QEMU 7.2 (+ /usr/lib/qemu/virtiofsd from qemu-system-common)
   busybox-static lz4 kmod                       # guest build: busybox, vmlinux extraction, depmod
+  nlohmann-json3-dev                            # guest agent: header-only JSON (static build)
+  runc                                          # agent tests: `runc spec` makes a real OCI config.json
 )
 missing=()
 for p in "${packages[@]}"; do
