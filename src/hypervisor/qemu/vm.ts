@@ -8,7 +8,7 @@
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { EventEmitter } from 'eventemitter3';
-import { AbortError, InvalidArgumentError } from '../../errors.js';
+import { AbortError, InvalidArgumentError, TimeoutError } from '../../errors.js';
 import { waitForConsoleLine } from '../console.js';
 import { VmExitedError } from '../errors.js';
 import type {
@@ -101,8 +101,13 @@ export class QemuVm extends EventEmitter<VmEvents> implements VirtualMachine {
       if (options.signal?.aborted) throw new AbortError('VM shutdown', { cause: options.signal.reason });
       // 2. Tell QEMU to quit.
       this.#expected = 'host-qmp-quit';
-      await this.#execute('quit', undefined, { timeoutMs: 5000 }).catch(() => undefined);
-      const quitExit = await this.#exitWithin(5000, undefined);
+      // Only a QEMU that does not answer at all is skipped straight to SIGKILL; a connection
+      // that closes under `quit` means it is going.
+      const answered = await this.#execute('quit', undefined, { timeoutMs: 5000 }).then(
+        () => true,
+        (error: unknown) => !(error instanceof TimeoutError),
+      );
+      const quitExit = answered ? await this.#exitWithin(5000, undefined) : undefined;
       if (quitExit) return { exit: quitExit, method: 'quit' };
       // 3. SIGKILL.
       return { exit: await this.kill(), method: 'kill' };
