@@ -272,9 +272,12 @@ class DeviceWriter {
   }
 }
 
-/** `host_device` for block devices under /dev, `file` for image files. */
+/**
+ * `host_device` for block devices under /dev, `file` for image files and for fds passed with
+ * QMP `add-fd` (`/dev/fdset/N`).
+ */
 export function blockDriver(file: string): 'file' | 'host_device' {
-  return file.startsWith('/dev/') ? 'host_device' : 'file';
+  return file.startsWith('/dev/') && !file.startsWith('/dev/fdset/') ? 'host_device' : 'file';
 }
 
 /** The root port ids a q35 VM gets: one per `rootPort` device, then `hotplugPorts` free ones. */

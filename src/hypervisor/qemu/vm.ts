@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { EventEmitter } from 'eventemitter3';
 import { AbortError, InvalidArgumentError, TimeoutError } from '../../errors.js';
+import * as validate from '../../validate.js';
 import { waitForConsoleLine } from '../console.js';
 import { VmExitedError } from '../errors.js';
 import type {
@@ -157,6 +158,29 @@ export class QemuVm extends EventEmitter<VmEvents> implements VirtualMachine {
   async unplug(id: string, options: CallOptions = {}): Promise<void> {
     if (this.handle.machine !== 'q35') throw new InvalidArgumentError('machine', `${this.handle.machine} has no hotplug: use machine "q35"`);
     await unplugDevice(this.#control(), id, options);
+  }
+
+  /**
+   * Passes `fd` to QEMU into an fd set (QMP `add-fd` with the fd as SCM_RIGHTS), for paths
+   * `/dev/fdset/N` (e.g. a virtio-blk image opened by the caller). QEMU keeps its own copy:
+   * the caller may close `fd` afterwards.
+   */
+  async addFd(fd: number, options: CallOptions & { fdsetId?: number; opaque?: string } = {}): Promise<{ fdsetId: number; fd: number }> {
+    validate.integer(fd, 'fd', 0, 0x7fffffff);
+    const args: Record<string, unknown> = {};
+    if (options.fdsetId !== undefined) args['fdset-id'] = validate.integer(options.fdsetId, 'fdsetId', 0, 0x7fffffff);
+    if (options.opaque !== undefined) args['opaque'] = options.opaque;
+    const result = await this.#control().execute<{ 'fdset-id': number; fd: number }>('add-fd', args, {
+      signal: options.signal,
+      ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
+      fds: [fd],
+    });
+    return { fdsetId: result['fdset-id'], fd: result.fd };
+  }
+
+  /** Drops an fd set passed with {@link addFd} (QMP `remove-fd`); QEMU closes it once unused. */
+  async removeFdset(fdsetId: number, options: CallOptions = {}): Promise<void> {
+    await this.#execute('remove-fd', { 'fdset-id': validate.integer(fdsetId, 'fdsetId', 0, 0x7fffffff) }, options);
   }
 
   waitForConsole(pattern: RegExp | string, options: CallOptions = {}): Promise<string> {
