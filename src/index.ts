@@ -8,3 +8,5 @@ export * from './errors.js';
 export * from './devices/index.js';
 export * from './network/index.js';
 export * from './network/cni/index.js';
+export * from './guest/index.js';
+export * from './hypervisor/index.js';

@@ -97,7 +97,7 @@ export interface VirtioBlkDevice extends DeviceBase {
 }
 
 /** A host PCI device passed through with VFIO (q35 only). */
-export interface VfioPciDevice extends DeviceBase {
+export interface VfioPassthroughDevice extends DeviceBase {
   readonly kind: 'vfio-pci';
   /** Host PCI address, `DDDD:BB:DD.F`; the device must be bound to vfio-pci. */
   readonly host: string;
@@ -110,7 +110,7 @@ export type VmDevice =
   | VhostUserNetDevice
   | VhostUserFsDevice
   | VirtioBlkDevice
-  | VfioPciDevice;
+  | VfioPassthroughDevice;
 
 /** Everything a VM is started with. */
 export interface VmConfig {
