@@ -59,7 +59,9 @@ describe('hotplug on q35 through QMP', () => {
     const { vm, shell } = await bootQ35();
     const ns = uniqueName();
     execFileSync('ip', ['netns', 'add', ns]);
-    cleanups.push(() => execFileSync('ip', ['netns', 'delete', ns]));
+    cleanups.push(() => {
+      execFileSync('ip', ['netns', 'delete', ns]);
+    });
     const tap = `${ns}t`;
     const subnet = `10.${200 + (parseInt(ns.slice(2), 16) % 50)}.${parseInt(ns.slice(4), 16) % 250}`;
     const { fds } = await native().tapOpen(`/run/netns/${ns}`, { name: tap, vnetHdr: true, exclusive: true });
