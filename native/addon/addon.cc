@@ -4,6 +4,7 @@
 namespace vmpod { void InitMount(Napi::Env, Napi::Object); void InitSriov(Napi::Env, Napi::Object); }  // mount.cc, sriov.cc
 
 namespace vmpod { void InitFdpass(Napi::Env, Napi::Object); }  // fdpass.cc
+namespace vmpod { void InitFlock(Napi::Env, Napi::Object); }  // flock.cc
 
 namespace vmpod {  // host networking: netns.cc, link.cc, address.cc, route.cc, tc.cc, tap.cc, packet.cc
 void InitNetns(Napi::Env, Napi::Object);
@@ -20,6 +21,7 @@ static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
   vmpod::InitMount(env, exports);
   vmpod::InitSriov(env, exports);
   vmpod::InitFdpass(env, exports);
+  vmpod::InitFlock(env, exports);
   vmpod::InitNetns(env, exports);
   vmpod::InitLink(env, exports);
   vmpod::InitAddress(env, exports);
