@@ -154,8 +154,7 @@ export async function deleteAddress(dev: string, cidr: string, options?: NetnsOp
 export async function listAddresses(options?: NetnsOption & { dev?: string; family?: 4 | 6 }): Promise<Address[]> {
   const o = check.options(options, 'options');
   const dev = check.optional(o.dev, (v) => validate.interfaceName(v, 'dev'));
-  const family = check.optional(o.family, (v) => validate.integer(v, 'family', 4, 6));
-  if (family === 5) throw new InvalidArgumentError('family', 'family is 4 or 6');
+  const family = check.optional(o.family, (v) => Number(check.oneOf(String(v), 'family', ['4', '6'])));
   const ns = nsArg(o.netns);
   const all = await call((n) => n.addrList(ns), netnsErrors);
   return all.filter((a) => (dev === undefined || a.dev === dev) && (family === undefined || a.family === family)).map(toAddress);
