@@ -121,7 +121,8 @@ std::optional<uint32_t> OptU32(const Napi::Object& o, const char* key);
 std::optional<bool> OptBool(const Napi::Object& o, const char* key);
 bool Has(const Napi::Object& o, const char* key);
 
-// Per-environment state of the addon, created on first use and freed with the environment.
+// Per-environment state of the addon, created on first use and freed with the environment. It is
+// the addon's instance data: add a field to it (worker.cc) rather than calling SetInstanceData.
 struct AddonState;
 AddonState& State(Napi::Env env);
 // Constructors of ObjectWrap classes, by name, kept for instanceof checks and creation.
