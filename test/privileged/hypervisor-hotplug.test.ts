@@ -54,7 +54,7 @@ async function until(shell: GuestShell, command: string, timeoutMs = 30_000): Pr
 
 const hasTapOpen = typeof (native() as unknown as Record<string, unknown>)['tapOpen'] === 'function';
 
-describe('hotplug on q35 through QMP', () => {
+describe('NICs and disks through fds: inherited at spawn, or passed over QMP and hot plugged on q35', () => {
   it.skipIf(!hasTapOpen)('hot-adds a virtio-net on a tap fd passed with SCM_RIGHTS (getfd), pings the netns, then removes it (needs native tapOpen)', async () => {
     const { vm, shell } = await bootQ35();
     const ns = uniqueName();
@@ -87,6 +87,39 @@ describe('hotplug on q35 through QMP', () => {
     // QEMU closed its fd with netdev_del and ours are closed: the non-persistent tap is gone.
     expect(() => execFileSync('ip', ['-n', ns, 'link', 'show', tap], { stdio: 'ignore' })).toThrow();
     await expect(vm.unplug('n1')).rejects.toBeInstanceOf(NotFoundError);
+  });
+
+  it.skipIf(!hasTapOpen)('microvm: a virtio-net on a tap fd inherited at spawn (fd=3) carries traffic (needs native tapOpen)', async () => {
+    const ns = uniqueName();
+    execFileSync('ip', ['netns', 'add', ns]);
+    cleanups.push(() => {
+      execFileSync('ip', ['netns', 'delete', ns]);
+    });
+    const tap = `${ns}t`;
+    const subnet = `10.${200 + (parseInt(ns.slice(2), 16) % 50)}.${parseInt(ns.slice(4), 16) % 250}`;
+    const { fds } = await native().tapOpen(`/run/netns/${ns}`, { name: tap, vnetHdr: true, exclusive: true });
+    const runDir = makeRunDir();
+    cleanups.push(() => fs.rmSync(runDir, { recursive: true, force: true }));
+    let vm: QemuVm;
+    try {
+      execFileSync('ip', ['-n', ns, 'addr', 'add', `${subnet}.1/24`, 'dev', tap]);
+      execFileSync('ip', ['-n', ns, 'link', 'set', tap, 'up']);
+      vm = await hypervisor.start(vmConfig(assets, runDir, 'microvm', {}, [{ kind: 'virtio-net', id: 'n0', tap: { fds }, mac: '02:00:00:00:0b:01' }]));
+    } finally {
+      for (const fd of fds) fs.closeSync(fd);
+    }
+    cleanups.push(async () => {
+      if (!vm.exited) await vm.kill();
+    });
+    await vm.waitForConsole(INIT_MARKER, { timeoutMs: 120_000 });
+    const shell = await GuestShell.connect(path.join(runDir, 'test.sock'));
+    cleanups.push(() => shell.close());
+    const iface = (await until(shell, 'grep -l 02:00:00:00:0b:01 /sys/class/net/*/address')).trim().split('/')[4] ?? '';
+    await shell.run(`ip addr add ${subnet}.2/24 dev ${iface} && ip link set ${iface} up`);
+    expect(await until(shell, `ping -c 1 -W 3 ${subnet}.1`)).toMatch(/1 packets received/);
+    await vm.kill();
+    // QEMU's copy was the last: the non-persistent tap goes with the VM.
+    expect(() => execFileSync('ip', ['-n', ns, 'link', 'show', tap], { stdio: 'ignore' })).toThrow();
   });
 
   it('hot-adds a read-only virtio-blk from an fd passed with add-fd, reads it in the guest, then removes it', async () => {
