@@ -26,7 +26,7 @@ import {
   type GuestManifest,
 } from './assets.js';
 import { writeCpio, type CpioEntry } from './cpio.js';
-import { GuestAssetsError, GuestBuildError, type GuestBuildStep } from './errors.js';
+import { GuestBuildError, type GuestBuildStep } from './errors.js';
 import { run } from './exec.js';
 import { sha256File } from './hash.js';
 import { GUEST_AGENT_PATH, INIT_MARKER, renderInit } from './init.js';
@@ -238,11 +238,22 @@ async function moduleTree(
  * Throws {@link GuestBuildError} naming the failed step and the fix.
  */
 export async function buildGuestAssets(options: BuildGuestAssetsOptions = {}): Promise<GuestBuildResult> {
-  const { signal } = options;
+  let current: GuestBuildStep = 'resolve';
   const progress = (step: GuestBuildStep, message: string): void => {
-    checkAborted(signal);
+    checkAborted(options.signal);
+    current = step;
     options.onProgress?.({ step, message });
   };
+  try {
+    return await build(options, progress);
+  } catch (cause) {
+    if (cause instanceof GuestBuildError || cause instanceof AbortError || cause instanceof InvalidArgumentError) throw cause;
+    throw new GuestBuildError(current, cause instanceof Error ? cause.message : String(cause), { cause });
+  }
+}
+
+async function build(options: BuildGuestAssetsOptions, progress: (step: GuestBuildStep, message: string) => void): Promise<GuestBuildResult> {
+  const { signal } = options;
   const cacheDir = validate.absolutePath(options.cacheDir ?? DEFAULT_GUEST_CACHE_DIR, 'cacheDir');
   const agent = validate.absolutePath(options.agent ?? path.join(packageRoot, 'build', 'Release', 'vmpod-agent'), 'agent');
   const busybox = validate.absolutePath(options.busybox ?? '/bin/busybox', 'busybox');
@@ -376,10 +387,6 @@ export async function buildGuestAssets(options: BuildGuestAssetsOptions = {}): P
     }
     progress('done', `built guest assets ${id} (kernel ${unpacked.release}, ${modules.load.length} modules)`);
     return { assets: assetsFrom(finalDir, installed), built: true };
-  } catch (cause) {
-    if (cause instanceof GuestBuildError || cause instanceof AbortError || cause instanceof InvalidArgumentError) throw cause;
-    if (cause instanceof GuestAssetsError) throw new GuestBuildError('install', cause.message, { cause });
-    throw new GuestBuildError('install', cause instanceof Error ? cause.message : String(cause), { cause });
   } finally {
     await fs.rm(scratch, { recursive: true, force: true });
   }

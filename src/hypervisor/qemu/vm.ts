@@ -8,7 +8,7 @@
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { EventEmitter } from 'eventemitter3';
-import { AbortError, InvalidArgumentError, TimeoutError } from '../../errors.js';
+import { AbortError, InvalidArgumentError, InvalidStateError, TimeoutError } from '../../errors.js';
 import * as validate from '../../validate.js';
 import { waitForConsoleLine } from '../console.js';
 import { VmExitedError } from '../errors.js';
@@ -202,7 +202,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements VirtualMachine {
   /** The QMP connection, or the reason there is none. */
   #control(): QmpClient {
     if (this.#exit) throw new VmExitedError(this.id, this.#exit.detail);
-    if (!this.#qmp || this.#qmp.closed) throw new VmExitedError(this.id, 'no QMP connection (detached)');
+    if (!this.#qmp || this.#qmp.closed) throw new InvalidStateError(`vm "${this.id}"`, 'detached', 'controlled');
     return this.#qmp;
   }
 
