@@ -135,6 +135,16 @@ export function checkDevice(device: VmDevice, field: string): void {
       }
       if (device.serial !== undefined) name(device.serial, `${field}.serial`, /^[A-Za-z0-9_.-]{1,20}$/u, 'a disk serial (1-20 of [A-Za-z0-9_.-])');
       return;
+    case 'virtio-9p':
+      filePath(device.path, `${field}.path`);
+      name(device.tag, `${field}.tag`, /^[A-Za-z0-9_.-]{1,31}$/u, 'a 9p mount tag (1-31 of [A-Za-z0-9_.-])');
+      if (device.securityModel !== undefined && !['passthrough', 'mapped-xattr', 'none'].includes(device.securityModel)) {
+        throw new InvalidArgumentError(`${field}.securityModel`, 'must be "passthrough", "mapped-xattr" or "none"');
+      }
+      return;
+    case 'vsock':
+      validate.integer(device.cid, `${field}.cid`, 3, 0xfffffffe);
+      return;
     case 'vfio-pci':
       validate.pciAddress(device.host, `${field}.host`);
       return;

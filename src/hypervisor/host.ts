@@ -15,6 +15,8 @@ export interface HostFacts {
   readonly kvm: boolean;
   /** /dev/vhost-net exists (QEMU 7.2 aborts on `vhost=on` without it). */
   readonly vhostNet: boolean;
+  /** /dev/vhost-vsock exists (needed by a vsock device). */
+  readonly vhostVsock?: boolean;
   /** TSC frequency in kHz, for microvm's `tsc_early_khz=`; undefined when unknown. */
   readonly tscKhz: number | undefined;
 }
@@ -111,6 +113,7 @@ export async function probeHost(qemuBinary: string, roots: HostRoots = {}): Prom
   return {
     kvm: await kvmUsable(qemuBinary, roots),
     vhostNet: fs.existsSync(path.join(dev, 'vhost-net')),
+    vhostVsock: fs.existsSync(path.join(dev, 'vhost-vsock')),
     tscKhz: hostTscKhz(roots),
   };
 }

@@ -96,6 +96,27 @@ export interface VirtioBlkDevice extends DeviceBase {
   readonly serial?: string;
 }
 
+/**
+ * A host directory shared over 9p (virtio-9p): for guest kernels that have 9p (Debian's cloud
+ * kernel has not; use virtio-fs there). Cold plug only.
+ */
+export interface Virtio9pDevice extends DeviceBase {
+  readonly kind: 'virtio-9p';
+  readonly path: string;
+  /** Mount tag: `mount -t 9p -o trans=virtio TAG /mnt`. */
+  readonly tag: string;
+  readonly readOnly?: boolean;
+  /** How guest ownership and modes map to host files (default `none`: like passthrough, without failing on chown). */
+  readonly securityModel?: 'passthrough' | 'mapped-xattr' | 'none';
+}
+
+/** A vsock device (vhost-vsock, needs /dev/vhost-vsock: KVM hosts). */
+export interface VsockDevice extends DeviceBase {
+  readonly kind: 'vsock';
+  /** The guest's context id, unique on the host (3 and above). */
+  readonly cid: number;
+}
+
 /** A host PCI device passed through with VFIO (q35 only). */
 export interface VfioPassthroughDevice extends DeviceBase {
   readonly kind: 'vfio-pci';
@@ -110,6 +131,8 @@ export type VmDevice =
   | VhostUserNetDevice
   | VhostUserFsDevice
   | VirtioBlkDevice
+  | Virtio9pDevice
+  | VsockDevice
   | VfioPassthroughDevice;
 
 /** Everything a VM is started with. */

@@ -163,6 +163,17 @@ vm.detach();
     expect(result.method).toBe('graceful');
   });
 
+  it('QEMU accepts a virtio-9p share (the cloud kernel has no 9p to mount it)', async () => {
+    const runDir = makeRunDir();
+    dirs.push(runDir);
+    const vm = await hypervisor.start(
+      vmConfig(assets, runDir, 'q35', {}, [{ kind: 'virtio-9p', id: 'p9', path: runDir, tag: 'vol1', readOnly: true }]),
+    );
+    vms.push(vm);
+    expect(await vm.qmp?.execute('qom-get', { path: '/machine/peripheral/p9', property: 'type' })).toBe('virtio-9p-pci');
+    await vm.kill();
+  });
+
   it('rejects bad input before spawning, and reports a QEMU that fails to start with its log', async () => {
     const runDir = makeRunDir();
     dirs.push(runDir);

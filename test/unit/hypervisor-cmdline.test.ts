@@ -271,6 +271,26 @@ describe('buildQemuCommandLine: devices', () => {
     ]);
   });
 
+  it('virtio-9p: -fsdev local plus the device; read-only; tag checked', () => {
+    const device: VmDevice = { kind: 'virtio-9p', id: 'p9', path: '/srv/share,1', tag: 'vol1', readOnly: true };
+    const cmd = buildQemuCommandLine(config({ devices: [device] }), { host: tcg });
+    expect(values(cmd.args, '-fsdev')).toEqual(['local,id=fsdev-p9,path=/srv/share,,1,security_model=none,readonly=on']);
+    expect(values(cmd.args, '-device').at(-1)).toBe('virtio-9p-pci,id=p9,fsdev=fsdev-p9,mount_tag=vol1');
+    const micro = buildQemuCommandLine(config({ machine: 'microvm', devices: [{ ...device, securityModel: 'mapped-xattr', readOnly: false }] }), { host: tcg });
+    expect(values(micro.args, '-fsdev')).toEqual(['local,id=fsdev-p9,path=/srv/share,,1,security_model=mapped-xattr']);
+    expect(values(micro.args, '-device').at(-1)).toBe('virtio-9p-device,id=p9,fsdev=fsdev-p9,mount_tag=vol1');
+    rejects(() => buildQemuCommandLine(config({ devices: [{ ...device, tag: 'a b' }] }), { host: tcg }), 'devices[0].tag', /9p mount tag/);
+  });
+
+  it('vsock only where /dev/vhost-vsock exists', () => {
+    const device: VmDevice = { kind: 'vsock', id: 'vsock0', cid: 42 };
+    expect(values(buildQemuCommandLine(config({ devices: [device] }), { host: { ...kvm, vhostVsock: true } }).args, '-device').at(-1)).toBe(
+      'vhost-vsock-pci,id=vsock0,guest-cid=42',
+    );
+    rejects(() => buildQemuCommandLine(config({ devices: [device] }), { host: tcg }), 'devices[0]', /vhost-vsock/);
+    rejects(() => buildQemuCommandLine(config({ devices: [{ ...device, cid: 2 }] }), { host: tcg }), 'devices[0].cid', /integer in/);
+  });
+
   it('vfio-pci on a root port; refused on microvm and with a bad address', () => {
     const device: VmDevice = { kind: 'vfio-pci', id: 'vf0', host: '0000:3B:02.1', rootPort: true };
     const cmd = buildQemuCommandLine(config({ hotplugPorts: 1, devices: [device] }), { host: tcg });

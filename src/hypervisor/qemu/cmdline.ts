@@ -248,6 +248,24 @@ class DeviceWriter {
         );
         return;
       }
+      case 'virtio-9p':
+        this.args.push(
+          '-fsdev',
+          optionString(
+            'local',
+            [['id', `fsdev-${device.id}`], ['path', device.path], ['security_model', device.securityModel ?? 'none'], ['readonly', device.readOnly === true ? true : undefined]],
+            field,
+          ),
+          '-device',
+          optionString(this.machine === 'microvm' ? 'virtio-9p-device' : 'virtio-9p-pci', [...common, ['fsdev', `fsdev-${device.id}`], ['mount_tag', device.tag]], field),
+        );
+        return;
+      case 'vsock':
+        if (this.host.vhostVsock !== true) {
+          throw new InvalidArgumentError(`${field}`, 'this host has no /dev/vhost-vsock: use a virtio-serial channel instead');
+        }
+        this.args.push('-device', optionString(this.machine === 'microvm' ? 'vhost-vsock-device' : 'vhost-vsock-pci', [...common, ['guest-cid', device.cid]], field));
+        return;
       case 'vfio-pci':
         this.args.push('-device', optionString('vfio-pci', [...common, ['host', device.host]], field));
         return;

@@ -140,8 +140,12 @@ export async function hotplugDevice(qmp: QmpClient, device: VmDevice, options: H
       case 'vfio-pci':
         driverArgs = { driver: 'vfio-pci', host: device.host };
         break;
+      case 'vsock':
+        driverArgs = { driver: 'vhost-vsock-pci', 'guest-cid': device.cid };
+        break;
       case 'virtio-serial':
-        throw new InvalidArgumentError('device.kind', 'virtio-serial cannot be hot plugged: give it to the VM at start');
+      case 'virtio-9p':
+        throw new InvalidArgumentError('device.kind', `${device.kind} cannot be hot plugged: give it to the VM at start`);
     }
     await qmp.execute('device_add', { ...driverArgs, id, bus: port }, call);
     return { id, port, pciPath: rootPortPciPath(port) };
