@@ -10,3 +10,5 @@ export * from './network/index.js';
 export * from './network/cni/index.js';
 export * from './guest/index.js';
 export * from './hypervisor/index.js';
+export * from './sandbox/index.js';
+export * from './container/index.js';

@@ -17,6 +17,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomic, removeStaleTempFiles } from './atomic.js';
 import { FileLock } from './lock.js';
+import { removeTree, type StillMountedError } from './remove.js';
 import * as validate from '../validate.js';
 import { AlreadyExistsError, NotFoundError, VmpodError } from '../errors.js';
 
@@ -110,10 +111,13 @@ export class StateStore<R extends { id: string }> {
     }).sort();
   }
 
-  /** Removes the sandbox's folder, sockets and logs included. Idempotent. */
+  /**
+   * Removes the sandbox's folder, sockets and logs included. Idempotent. Refuses (with
+   * {@link StillMountedError}) while anything is mounted inside it.
+   */
   async remove(id: string): Promise<void> {
     const dir = this.dir(id);
     await removeStaleTempFiles(dir);
-    await fs.rm(dir, { recursive: true, force: true });
+    await removeTree(dir);
   }
 }

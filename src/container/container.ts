@@ -1,0 +1,258 @@
+/**
+ * A container in a sandbox (a process tree in the VM, with its own namespaces, rootfs and
+ * cgroup), and the processes that run in it. Thin objects over the agent client: the agent in
+ * the guest owns the container, so any process that attached to the sandbox can wait for it,
+ * signal it or exec into it.
+ *
+ * @module
+ */
+import { randomBytes } from 'node:crypto';
+import type { Readable, Writable } from 'node:stream';
+import { EventEmitter } from 'eventemitter3';
+import type { AgentClient } from '../agent/client.js';
+import type { ContainerStats, ExitStatus, OciProcess } from '../agent/messages.js';
+import { assertTransition, type ContainerState } from '../sandbox/state-machine.js';
+import { InvalidArgumentError } from '../errors.js';
+import * as validate from '../validate.js';
+import { DEFAULT_PATH, checkOverrides, type ProcessOverrides } from './spec.js';
+
+export type { ContainerStats, ExitStatus };
+
+/** Options of calls that can be cancelled. */
+export interface SignalOptions {
+  signal?: AbortSignal;
+}
+
+/** Which stdio streams to open. With a terminal there is one stream: stdout (stderr goes to it too). */
+export interface StdioOptions {
+  /** Open a stdin stream (default false: stdin is /dev/null). */
+  stdin?: boolean;
+  /** Open a stdout stream (default true). */
+  stdout?: boolean;
+  /** Open a stderr stream (default true, false with a terminal). */
+  stderr?: boolean;
+}
+
+/** What a {@link Container} or {@link Process} needs from its sandbox. @internal */
+export interface ContainerHost {
+  readonly agent: AgentClient;
+  /** `sandbox "ID"`, for messages. */
+  readonly label: string;
+  /** Called after the agent deleted a container: releases its host-side mounts. */
+  releaseContainer(id: string): Promise<void>;
+  /** Called when a container's init exited. */
+  containerExited(id: string, status: ExitStatus): void;
+}
+
+/** Options of {@link Container.exec}. */
+export interface ExecOptions extends ProcessOverrides, SignalOptions {
+  /** Process id within the container (default random). */
+  id?: string;
+  /** Which stdio streams to open (default: stdout and stderr). */
+  stdio?: StdioOptions;
+}
+
+/** Events of a {@link Container}. */
+export interface ContainerEvents {
+  /** Its init process exited (emitted once). */
+  exit: (status: ExitStatus) => void;
+}
+
+/** A process in a container: the container's init or an exec'd one. */
+export class Process {
+  /** Its stdin (null unless asked for); `end()` closes the process's stdin. */
+  readonly stdin: Writable | null;
+  /** Its stdout (with a terminal: everything the terminal shows). */
+  readonly stdout: Readable | null;
+  /** Its stderr (null with a terminal). */
+  readonly stderr: Readable | null;
+  #exit: Promise<ExitStatus> | undefined;
+
+  /** @internal */
+  constructor(
+    private readonly host: ContainerHost,
+    /** The container it runs in. */
+    readonly containerId: string,
+    /** Its exec id; undefined for the container's init. */
+    readonly execId: string | undefined,
+    /** Its pid in the guest. */
+    readonly pid: number,
+    stdio: { stdin: Writable | null; stdout: Readable | null; stderr: Readable | null },
+  ) {
+    this.stdin = stdio.stdin;
+    this.stdout = stdio.stdout;
+    this.stderr = stdio.stderr;
+  }
+
+  #target(): { execId?: string } {
+    return this.execId === undefined ? {} : { execId: this.execId };
+  }
+
+  /** Resolves with the exit status once the process has exited (like `wait(2)`). */
+  wait(options: SignalOptions = {}): Promise<ExitStatus> {
+    if (options.signal) return this.host.agent.wait(this.containerId, { ...this.#target(), signal: options.signal });
+    this.#exit ??= this.host.agent.wait(this.containerId, this.#target());
+    return this.#exit;
+  }
+
+  /** Sends a signal (default SIGTERM); `kill -SIGNAL PID`. */
+  async kill(signal: NodeJS.Signals | number = 'SIGTERM', options: SignalOptions = {}): Promise<void> {
+    await this.host.agent.signal(this.containerId, signal, { ...this.#target(), ...options });
+  }
+
+  /** Sets the size of its terminal (`stty rows R cols C`); only for processes with a terminal. */
+  async resizeTty(size: { rows: number; cols: number }, options: SignalOptions = {}): Promise<void> {
+    await this.host.agent.resizeTty(this.containerId, size, { ...this.#target(), ...options });
+  }
+}
+
+/** A container in a sandbox. Get one from `sandbox.createContainer()` or `sandbox.container(id)`. */
+export class Container extends EventEmitter<ContainerEvents> {
+  #state: ContainerState;
+  #init: Process | undefined;
+  #exitStatus: ExitStatus | undefined;
+  #watching = false;
+
+  /** @internal */
+  constructor(
+    private readonly host: ContainerHost,
+    /** The container's id, unique in its sandbox. */
+    readonly id: string,
+    state: ContainerState,
+    init: Process | undefined,
+  ) {
+    super();
+    this.#state = state;
+    this.#init = init;
+    if (state === 'running') this.#watchExit();
+  }
+
+  /** `created`, `running`, `stopped` or `deleted`, as this object last saw it. */
+  get state(): ContainerState {
+    return this.#state;
+  }
+
+  /** The container's init process (undefined for a container attached after it stopped). */
+  get init(): Process | undefined {
+    return this.#init;
+  }
+
+  /** Stdin of the init process, if it was asked for. */
+  get stdin(): Writable | null {
+    return this.#init?.stdin ?? null;
+  }
+
+  /** Stdout of the init process. */
+  get stdout(): Readable | null {
+    return this.#init?.stdout ?? null;
+  }
+
+  /** Stderr of the init process. */
+  get stderr(): Readable | null {
+    return this.#init?.stderr ?? null;
+  }
+
+  /** The init's exit status, once it is known. */
+  get exitStatus(): ExitStatus | undefined {
+    return this.#exitStatus;
+  }
+
+  #label(): string {
+    return `container "${this.id}" in ${this.host.label}`;
+  }
+
+  /** Starts the init process (`runc start`). */
+  async start(options: SignalOptions = {}): Promise<void> {
+    assertTransition('container', this.#label(), this.#state, 'running');
+    await this.host.agent.startContainer(this.id, options);
+    this.#state = 'running';
+    this.#watchExit();
+  }
+
+  #watchExit(): void {
+    if (this.#watching) return;
+    this.#watching = true;
+    this.host.agent.wait(this.id).then(
+      (status) => {
+        this.#exitStatus = status;
+        if (this.#state === 'running' || this.#state === 'created') this.#state = 'stopped';
+        this.host.containerExited(this.id, status);
+        this.emit('exit', status);
+      },
+      // The connection ended (sandbox stopped, process detached): wait() callers get the error.
+      () => undefined,
+    );
+  }
+
+  /** Resolves with the init's exit status once it has exited. */
+  async wait(options: SignalOptions = {}): Promise<ExitStatus> {
+    if (this.#exitStatus) return this.#exitStatus;
+    const status = await this.host.agent.wait(this.id, options);
+    this.#exitStatus = status;
+    if (this.#state === 'running') this.#state = 'stopped';
+    return status;
+  }
+
+  /**
+   * Sends a signal (default SIGTERM) to the init process, or with `all` to every process of
+   * the container (`runc kill [--all] ID SIGNAL`).
+   */
+  async kill(signal: NodeJS.Signals | number = 'SIGTERM', options: SignalOptions & { all?: boolean } = {}): Promise<void> {
+    await this.host.agent.signal(this.id, signal, options);
+  }
+
+  /** Runs another process in the running container (`runc exec`, `docker exec`). */
+  async exec(options: ExecOptions): Promise<Process> {
+    if (this.#state !== 'running') assertTransition('container', this.#label(), this.#state, 'running');
+    checkOverrides(options, 'exec');
+    if (!options.args) throw new InvalidArgumentError('exec.args', 'give the command to run');
+    const execId = options.id === undefined ? `exec-${randomBytes(4).toString('hex')}` : validate.id(options.id, 'exec.id');
+    const terminal = options.terminal ?? false;
+    const process: OciProcess = {
+      args: options.args,
+      env: [DEFAULT_PATH, terminal ? 'TERM=xterm' : 'TERM=dumb', ...(options.env ?? [])],
+      cwd: options.cwd ?? '/',
+      terminal,
+    };
+    if (options.user) process.user = options.user;
+    const want = normaliseStdio(options.stdio, terminal);
+    const { pid } = await this.host.agent.exec({ containerId: this.id, execId, process, stdio: want }, signalOnly(options));
+    const stdio = await this.host.agent.openStdio(this.id, { execId, ...want }, signalOnly(options));
+    return new Process(this.host, this.id, execId, pid, stdio);
+  }
+
+  /** Sets the init's terminal size (`stty rows R cols C`). */
+  async resizeTty(size: { rows: number; cols: number }, options: SignalOptions = {}): Promise<void> {
+    await this.host.agent.resizeTty(this.id, size, options);
+  }
+
+  /** CPU, memory and pids of the container's cgroup in the guest. */
+  async stats(options: SignalOptions = {}): Promise<ContainerStats> {
+    return this.host.agent.stats(this.id, options);
+  }
+
+  /**
+   * Removes the container from the guest and releases its host-side mounts. A running
+   * container needs `force` (its processes are killed first), like `runc delete --force`.
+   */
+  async delete(options: SignalOptions & { force?: boolean } = {}): Promise<void> {
+    if (this.#state === 'deleted') return;
+    if (this.#state === 'running' && !options.force) assertTransition('container', this.#label(), 'running', 'deleted');
+    await this.host.agent.deleteContainer(this.id, options);
+    this.#state = 'deleted';
+    await this.host.releaseContainer(this.id);
+  }
+}
+
+/** The stdio to open for a process: defaults, and what a terminal allows. @internal */
+export function normaliseStdio(stdio: StdioOptions | undefined, terminal: boolean): Required<StdioOptions> {
+  return {
+    stdin: stdio?.stdin ?? false,
+    stdout: stdio?.stdout ?? true,
+    stderr: terminal ? false : (stdio?.stderr ?? true),
+  };
+}
+
+function signalOnly(options: SignalOptions): SignalOptions {
+  return options.signal ? { signal: options.signal } : {};
+}

@@ -1,0 +1,9 @@
+/**
+ * Containers in a sandbox, their processes, and OCI specs on the host side.
+ *
+ * @module
+ */
+export { Container, Process } from './container.js';
+export type { ContainerEvents, ContainerStats, ExecOptions, ExitStatus, SignalOptions, StdioOptions } from './container.js';
+export { InvalidBundleError, readBundle, defaultSpec, DEFAULT_CAPABILITIES } from './spec.js';
+export type { HostBundle, OciMount, OciProcess, OciSpec, ProcessOverrides } from './spec.js';

@@ -1,0 +1,125 @@
+/**
+ * What a sandbox is made of, as users write it ({@link SandboxConfig}) and as vmpod keeps it
+ * once checked ({@link ResolvedSandboxConfig}). Every field is validated here, before any side
+ * effect, so that a bad config never leaves anything behind.
+ *
+ * @module
+ */
+import { randomBytes } from 'node:crypto';
+import { InvalidArgumentError } from '../errors.js';
+import type { Hypervisor, MachineProfile } from '../hypervisor/hypervisor.js';
+import * as validate from '../validate.js';
+import { DEFAULT_STATE_DIR } from '../state/store.js';
+import { DEFAULT_GUEST_CACHE_DIR } from '../guest/assets.js';
+
+/** Where the guest kernel and initramfs come from. */
+export interface GuestConfig {
+  /** Cache of built guest assets (default `/var/cache/vmpod/guest`). */
+  cacheDir?: string;
+  /** Boot this kernel instead of the built one (an ELF vmlinux or a bzImage). */
+  kernel?: string;
+  /** Boot this initramfs instead of the built one. It must start the vmpod agent. */
+  initramfs?: string;
+  /** Extra kernel command-line arguments. */
+  kernelArgs?: string[];
+  /**
+   * Build the guest assets when the cache has none (`if-missing`, the default; takes a while
+   * the first time, see `vmpod guest build`), or fail with a clear error (`never`).
+   */
+  build?: 'if-missing' | 'never';
+}
+
+/** Configuration of {@link Sandbox.create}. */
+export interface SandboxConfig {
+  /** Sandbox id (default: random). 1-64 characters of [A-Za-z0-9_.-]. */
+  id?: string;
+  /** State directory root (default `/run/vmpod`, or `$VMPOD_STATE_DIR`). */
+  stateDir?: string;
+  /** vCPUs (default 1); QEMU `-smp`. */
+  cpus?: number;
+  /** Guest RAM in MiB (default 256); QEMU `-m`. */
+  memoryMiB?: number;
+  /** `q35` (default: PCIe, hotplug) or `microvm` (faster, no hotplug); QEMU `-M`. */
+  machine?: MachineProfile;
+  /** Guest kernel and initramfs. */
+  guest?: GuestConfig;
+  /**
+   * Share host directories (bundle rootfs, volumes) with the guest through virtio-fs
+   * (default true). Without it only the builtin rootfs can be used.
+   */
+  sharedFs?: boolean;
+  /** Host processes that can talk to the agent at once (virtio-serial ports, default 4). */
+  agentPorts?: number;
+  /** Agent and guest kernel debug output on the console log (default false). */
+  debug?: boolean;
+  /** The VM backend (default: QEMU). */
+  hypervisor?: Hypervisor;
+}
+
+/** A checked {@link SandboxConfig} with every default filled in; persisted with the sandbox. */
+export interface ResolvedSandboxConfig {
+  id: string;
+  stateDir: string;
+  cpus: number;
+  memoryMiB: number;
+  machine: MachineProfile;
+  guest: { cacheDir: string; kernel?: string; initramfs?: string; kernelArgs: string[]; build: 'if-missing' | 'never' };
+  sharedFs: boolean;
+  agentPorts: number;
+  debug: boolean;
+}
+
+const CONFIG_KEYS = new Set(['id', 'stateDir', 'cpus', 'memoryMiB', 'machine', 'guest', 'sharedFs', 'agentPorts', 'debug', 'hypervisor']);
+const GUEST_KEYS = new Set(['cacheDir', 'kernel', 'initramfs', 'kernelArgs', 'build']);
+
+function rejectUnknownKeys(value: object, allowed: Set<string>, prefix: string): void {
+  for (const key of Object.keys(value)) {
+    if (!allowed.has(key)) throw new InvalidArgumentError(`${prefix}${key}`, 'unknown field');
+  }
+}
+
+function bool(value: unknown, field: string, fallback: boolean): boolean {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'boolean') throw new InvalidArgumentError(field, 'must be true or false');
+  return value;
+}
+
+/** A fresh random sandbox id. */
+export function randomId(): string {
+  return `vp-${randomBytes(6).toString('hex')}`;
+}
+
+/** Checks `config` and fills in the defaults; throws {@link InvalidArgumentError}. No side effects. */
+export function resolveSandboxConfig(config: SandboxConfig): ResolvedSandboxConfig {
+  if (typeof config !== 'object' || config === null) throw new InvalidArgumentError('config', 'must be an object');
+  rejectUnknownKeys(config, CONFIG_KEYS, '');
+  const guest = config.guest ?? {};
+  if (typeof guest !== 'object' || guest === null) throw new InvalidArgumentError('guest', 'must be an object');
+  rejectUnknownKeys(guest, GUEST_KEYS, 'guest.');
+  const machine = config.machine ?? 'q35';
+  if (machine !== 'q35' && machine !== 'microvm') throw new InvalidArgumentError('machine', 'must be "q35" or "microvm"');
+  const kernelArgs = guest.kernelArgs ?? [];
+  if (!Array.isArray(kernelArgs) || kernelArgs.some((a) => typeof a !== 'string' || a.length === 0 || /[\s\0]/u.test(a))) {
+    throw new InvalidArgumentError('guest.kernelArgs', 'must be an array of non-empty strings without whitespace');
+  }
+  const build = guest.build ?? 'if-missing';
+  if (build !== 'if-missing' && build !== 'never') throw new InvalidArgumentError('guest.build', 'must be "if-missing" or "never"');
+  const resolved: ResolvedSandboxConfig = {
+    id: config.id === undefined ? randomId() : validate.id(config.id, 'id'),
+    stateDir: validate.absolutePath(config.stateDir ?? process.env['VMPOD_STATE_DIR'] ?? DEFAULT_STATE_DIR, 'stateDir'),
+    cpus: validate.integer(config.cpus ?? 1, 'cpus', 1, 64),
+    memoryMiB: validate.integer(config.memoryMiB ?? 256, 'memoryMiB', 64, 1024 * 1024),
+    machine,
+    guest: {
+      cacheDir: validate.absolutePath(guest.cacheDir ?? process.env['VMPOD_GUEST_CACHE'] ?? DEFAULT_GUEST_CACHE_DIR, 'guest.cacheDir'),
+      kernelArgs: [...kernelArgs],
+      build,
+    },
+    sharedFs: bool(config.sharedFs, 'sharedFs', true),
+    agentPorts: validate.integer(config.agentPorts ?? 4, 'agentPorts', 1, 16),
+    debug: bool(config.debug, 'debug', false),
+  };
+  if (guest.kernel !== undefined) resolved.guest.kernel = validate.absolutePath(guest.kernel, 'guest.kernel');
+  if (guest.initramfs !== undefined) resolved.guest.initramfs = validate.absolutePath(guest.initramfs, 'guest.initramfs');
+  return resolved;
+}

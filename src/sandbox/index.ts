@@ -1,0 +1,9 @@
+/**
+ * Sandboxes: VMs that run containers.
+ *
+ * @module
+ */
+export { Sandbox, SandboxError } from './sandbox.js';
+export type { ContainerConfig, LookupOptions, SandboxCallOptions, SandboxEvents, SandboxInfo, StopInfo } from './sandbox.js';
+export { resolveSandboxConfig, type GuestConfig, type ResolvedSandboxConfig, type SandboxConfig } from './config.js';
+export { isValidContainerTransition, isValidSandboxTransition, type ContainerState, type SandboxState } from './state-machine.js';
