@@ -268,6 +268,8 @@ ChildEnds Agent::SetupStdio(Process& p, const json* stdio, const ProcessSpec& sp
       continue;
     }
     if (pipe2(fds, O_CLOEXEC) < 0) ThrowErrno("pipe2");
+    // A larger pipe means fewer wakeups per megabyte (best effort: pipe-max-size may be lower).
+    fcntl(fds[0], F_SETPIPE_SZ, 1 << 20);
     ours->reset(fds[0]);
     child->reset(fds[1]);
     out->fd = fds[0];
@@ -905,7 +907,8 @@ void Agent::PumpOutput(Process& p, Output& o) {
   if (!s || o.eof) return;
   // A few chunks per wakeup keep the loop fair between streams.
   for (int round = 0; round < 4 && o.credit > 0 && !s->congested(); round++) {
-    ssize_t n = s->SendDataFromFd(o.stream, o.fd, std::min<uint32_t>(o.credit, kMaxDataChunk));
+    uint32_t max = std::min<uint32_t>(o.credit, kMaxSplice);
+    ssize_t n = p.terminal ? s->SendDataFromFd(o.stream, o.fd, max) : s->SpliceDataFromFd(o.stream, o.fd, max);
     if (n > 0) {
       o.credit -= static_cast<uint32_t>(n);
       continue;

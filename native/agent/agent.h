@@ -21,6 +21,8 @@
 namespace agent {
 
 constexpr int kProtocolVersion = 1;
+// virtio_console's port write() takes at most this many bytes per call.
+constexpr uint32_t kVirtioMaxWrite = 32 * 1024;
 constexpr const char* kAgentVersion = "0.1.0";
 
 struct Options {
@@ -59,8 +61,18 @@ class Session {
   void SendError(uint32_t stream, const Error& error);
   // Reads up to `max` bytes from `fd` straight into a data frame on `stream`. Returns read()'s result.
   ssize_t SendDataFromFd(uint32_t stream, int fd, size_t max);
+  // The same from a pipe, without copying through user space: a header, then splice(2) of the
+  // bytes the pipe holds (virtio_console takes a whole pipe's pages in one virtqueue buffer).
+  // Falls back to SendDataFromFd when the queue is not empty or the pipe is empty.
+  ssize_t SpliceDataFromFd(uint32_t stream, int fd, size_t max);
   void Flush();
-  bool congested() const { return queued() > kHighWater; }
+  // No more stdio may be queued: too much is waiting, or a splice is in flight (its bytes are
+  // still in the source pipe, so nothing else may read from a pipe until it completes).
+  bool congested() const { return queued() > kHighWater || spliceRemaining_ > 0; }
+  // Largest stdio chunk per data frame on this session.
+  uint32_t dataChunk() const { return dataChunk_; }
+  void setDataChunk(uint32_t n) { dataChunk_ = n; }
+  void disableSplice() { canSplice_ = false; }
   // Ends the session: detaches its streams and waiters; the fd is closed if owned.
   void Close(const std::string& why);
   // A protocol violation: tell the peer on stream 0, then close.
@@ -72,7 +84,7 @@ class Session {
  private:
   static constexpr size_t kHighWater = 512 * 1024;
   static constexpr size_t kHardLimit = 64 * 1024 * 1024;
-  size_t queued() const { return out_.size() - outPos_; }
+  size_t queued() const { return out_.size() - outPos_ + spliceRemaining_; }
   void OnEvents(uint32_t events);
   void OnFrame(const Frame& frame);
   void UpdateInterest();
@@ -86,6 +98,11 @@ class Session {
   bool closed_ = false;
   bool failed_ = false;
   bool wantOut_ = false;
+  uint32_t dataChunk_ = kMaxDataChunk;
+  bool canSplice_ = true;
+  Fd spliceFd_;               // pipe being spliced to the channel (a dup: survives the process)
+  size_t splicePos_ = 0;      // where in out_ the spliced bytes belong
+  size_t spliceRemaining_ = 0;
   FrameDecoder decoder_;
   std::string out_;
   size_t outPos_ = 0;

@@ -13,8 +13,10 @@ constexpr size_t kHeaderSize = 10;
 constexpr uint32_t kMaxPayload = 1 << 20;
 // Largest stdio chunk in one data frame.
 constexpr uint32_t kMaxDataChunk = 64 * 1024;
+// Largest data frame the agent splices from a pipe in one go.
+constexpr uint32_t kMaxSplice = 1024 * 1024;
 // Credit each side starts with on every stdio stream; more is granted by window updates.
-constexpr uint32_t kInitialWindow = 256 * 1024;
+constexpr uint32_t kInitialWindow = 1024 * 1024;
 // Upper bound of the credit a peer may hold on one stream (bounds the receiver's buffer).
 constexpr uint32_t kMaxWindow = 4 * 1024 * 1024;
 

@@ -115,6 +115,13 @@ void Agent::WatchPort(size_t i) {
     return;
   }
   port.session = AddSession(port.fd.get(), false, port.path);
+  // virtio_console moves at most 32 KiB per write(): a frame that fits in one write costs one
+  // virtqueue kick, which is what is expensive under emulation.
+  sessions_[port.session]->setDataChunk(kVirtioMaxWrite - kHeaderSize);
+  // No splice(2) to virtio-serial: with pipe pages it cannot steal (e.g. a container writing
+  // with sendfile), the 6.1 guest kernel queues zero-sized buffers and QEMU marks the device
+  // broken ("virtio: zero sized buffers are not allowed"). Seen with `cat` of a file.
+  sessions_[port.session]->disableSplice();
 }
 
 void Agent::StartShutdown(Pending pending) {

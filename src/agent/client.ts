@@ -12,7 +12,7 @@ import { EventEmitter } from 'eventemitter3';
 import { AbortError, InvalidArgumentError, TimeoutError } from '../errors.js';
 import * as validate from '../validate.js';
 import { AgentClosedError, AgentError, AgentProtocolError } from './errors.js';
-import { FLAG_CLOSE, FLAG_WINDOW, FrameDecoder, FrameType, MAX_PAYLOAD, encodeFrame, type Frame } from './framing.js';
+import { FLAG_CLOSE, FLAG_WINDOW, FrameDecoder, FrameType, INITIAL_WINDOW, MAX_PAYLOAD, encodeFrame, type Frame } from './framing.js';
 import {
   PROTOCOL_VERSION,
   agentInfoSchema,
@@ -110,6 +110,9 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
       );
       if (client.#info.version !== PROTOCOL_VERSION) {
         throw new AgentProtocolError(`the agent answered Hello with protocol version ${client.#info.version}`);
+      }
+      if (client.#info.initialWindow !== INITIAL_WINDOW) {
+        throw new AgentProtocolError(`the agent's stdio window is ${client.#info.initialWindow} bytes, this client's ${INITIAL_WINDOW}`);
       }
       return client;
     } catch (error) {

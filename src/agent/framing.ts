@@ -15,7 +15,7 @@ export const MAX_PAYLOAD = 1 << 20;
 /** Largest stdio chunk in one data frame. */
 export const MAX_DATA_CHUNK = 64 * 1024;
 /** Credit each side starts with on every stdio stream. */
-export const INITIAL_WINDOW = 256 * 1024;
+export const INITIAL_WINDOW = 1024 * 1024;
 /** Largest credit a side may hold on one stream. */
 export const MAX_WINDOW = 4 * 1024 * 1024;
 

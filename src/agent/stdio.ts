@@ -75,8 +75,8 @@ export class StdioReadable extends Readable implements StdioEndpoint {
     this.#credit -= payload.length;
     this.#unacked += payload.length;
     if (this.destroyed) return;
-    // Copy out of the receive buffer: a chunk kept by a consumer must not pin the socket's buffers.
-    this.push(Buffer.from(payload));
+    // No copy: the payload is a view of the chunk the transport handed us, which nobody reuses.
+    this.push(payload);
   }
 
   /** @internal */

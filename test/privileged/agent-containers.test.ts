@@ -1,5 +1,6 @@
 // The guest agent run on the host as root (--listen unix:...), driven through AgentClient:
 // containers from OCI bundles with real namespaces, pivot_root, mounts, users, signals, stdio.
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -9,6 +10,7 @@ import type { AgentClient } from '../../src/agent/client.js';
 import type { OciSpec, StdioRequest } from '../../src/agent/messages.js';
 import {
   AGENT_BINARY,
+  BUSYBOX,
   RUNC,
   collect,
   haveAgent,
@@ -200,34 +202,32 @@ describe.skipIf(!ready)(`vmpod-agent on the host (${ready ? 'root' : reason})`, 
     fs.writeFileSync(file, data);
     const expected = createHash('sha256').update(data).digest('hex');
     try {
-      const id = uniqueId();
-      await client.createContainer({ id, config: minimalSpec(['cat', '/data.bin']), rootfs: agent.rootfs, stdio: { stderr: false } });
-      const { stdout } = await client.openStdio(id, { stdout: true });
-      const hash = createHash('sha256');
-      let received = 0;
-      let paused = false;
+      // Unhindered, then with the reader stalling mid-way (the agent must hold off, not drop).
+      const runs = [];
+      for (const stall of [false, true]) {
+        const id = uniqueId();
+        await client.createContainer({ id, config: minimalSpec(['cat', '/data.bin']), rootfs: agent.rootfs, stdio: { stderr: false } });
+        const { stdout } = await client.openStdio(id, { stdout: true });
+        const started = process.hrtime.bigint();
+        await client.startContainer(id);
+        const read = await consume(stdout!, stall ? size / 3 : null);
+        runs.push({ ...read, seconds: Number(process.hrtime.bigint() - started) / 1e9 });
+        expect(await client.wait(id)).toEqual({ exitCode: 0, signal: 0, oomKilled: false });
+        expect(read.bytes).toBe(size);
+        expect(read.hash).toBe(expected);
+        await client.deleteContainer(id);
+      }
+      // The peer: the same file through a plain pipe from a host process into this Node process.
       const started = process.hrtime.bigint();
-      await client.startContainer(id);
-      await new Promise<void>((resolve, reject) => {
-        stdout!.on('data', (chunk: Buffer) => {
-          hash.update(chunk);
-          received += chunk.length;
-          // Stall once mid-way: the agent must hold off, not buffer or drop.
-          if (!paused && received > size / 3) {
-            paused = true;
-            stdout!.pause();
-            setTimeout(() => stdout!.resume(), 300);
-          }
-        });
-        stdout!.on('end', resolve);
-        stdout!.on('error', reject);
-      });
-      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      expect(await client.wait(id)).toEqual({ exitCode: 0, signal: 0, oomKilled: false });
-      expect(received).toBe(size);
-      expect(hash.digest('hex')).toBe(expected);
-      console.log(`agent stdio on the host: ${(size / 1e6 / seconds).toFixed(0)} MB/s (50 MB, including a 300 ms stall)`);
-      await client.deleteContainer(id);
+      const cat = spawn(BUSYBOX, ['cat', file], { stdio: ['ignore', 'pipe', 'ignore'] });
+      const raw = await consume(cat.stdout, null);
+      const rawSeconds = Number(process.hrtime.bigint() - started) / 1e9;
+      expect(raw.hash).toBe(expected);
+      const agentMBs = size / 1e6 / runs[0]!.seconds;
+      const rawMBs = size / 1e6 / rawSeconds;
+      console.log(
+        `stdio on the host, 50 MB: agent ${agentMBs.toFixed(0)} MB/s, plain pipe ${rawMBs.toFixed(0)} MB/s, ratio ${(agentMBs / rawMBs).toFixed(2)}`,
+      );
     } finally {
       fs.rmSync(file, { force: true });
     }
@@ -381,6 +381,27 @@ describe.skipIf(!ready)(`vmpod-agent on the host (${ready ? 'root' : reason})`, 
     expect(Math.abs(r.offsetMs)).toBeLessThan(60_000);
   });
 });
+
+/** Hashes a stream to its end; optionally pauses it for 300 ms once `stallAt` bytes arrived. */
+async function consume(stream: NodeJS.ReadableStream & { pause(): unknown; resume(): unknown }, stallAt: number | null) {
+  const hash = createHash('sha256');
+  let bytes = 0;
+  let stalled = false;
+  await new Promise<void>((resolve, reject) => {
+    stream.on('data', (chunk: Buffer) => {
+      hash.update(chunk);
+      bytes += chunk.length;
+      if (stallAt !== null && !stalled && bytes > stallAt) {
+        stalled = true;
+        stream.pause();
+        setTimeout(() => stream.resume(), 300);
+      }
+    });
+    stream.on('end', resolve);
+    stream.on('error', reject);
+  });
+  return { bytes, hash: hash.digest('hex') };
+}
 
 async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

@@ -196,7 +196,8 @@ describe('AgentClient against a scripted agent', () => {
     expect(before).toBeLessThan(INITIAL_WINDOW);
     // One byte beyond the credit is a violation.
     const closed = new Promise<Error | undefined>((r) => client.once('close', r));
-    fake.sendData(stream, Buffer.alloc(INITIAL_WINDOW - before + 1));
+    for (let left = INITIAL_WINDOW - before; left > 0; left -= 65536) fake.sendData(stream, Buffer.alloc(Math.min(left, 65536)));
+    fake.sendData(stream, Buffer.alloc(1));
     expect(await closed).toBeInstanceOf(AgentProtocolError);
     stdout!.on('error', () => {});
   });

@@ -1,7 +1,7 @@
 // A scripted stand-in for the guest agent over an in-memory Duplex, for the client's unit and
 // fuzz tests: it decodes the client's frames and lets a test answer (or attack) with raw bytes.
 import { Duplex } from 'node:stream';
-import { FrameType, HEADER_SIZE, encodeFrame } from '../../src/agent/framing.js';
+import { FrameType, HEADER_SIZE, INITIAL_WINDOW, encodeFrame } from '../../src/agent/framing.js';
 
 export interface FakeRequest {
   stream: number;
@@ -25,7 +25,7 @@ export const VALID_INFO = {
   stateDir: '/run/vmpod',
   maxPayload: 1 << 20,
   maxDataChunk: 65536,
-  initialWindow: 262144,
+  initialWindow: INITIAL_WINDOW,
   features: ['containers'],
 };
 
