@@ -82,6 +82,9 @@ export class Process {
     this.stdin = stdio.stdin;
     this.stdout = stdio.stdout;
     this.stderr = stdio.stderr;
+    // A stream nobody reads must not crash the program when the sandbox goes away: readers
+    // still see the error through 'error' listeners, finished() or for-await.
+    for (const stream of [this.stdin, this.stdout, this.stderr]) stream?.on('error', ignore);
   }
 
   #target(): { execId?: string } {
@@ -252,6 +255,8 @@ export function normaliseStdio(stdio: StdioOptions | undefined, terminal: boolea
     stderr: terminal ? false : (stdio?.stderr ?? true),
   };
 }
+
+function ignore(): void {}
 
 function signalOnly(options: SignalOptions): SignalOptions {
   return options.signal ? { signal: options.signal } : {};

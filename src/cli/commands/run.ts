@@ -1,0 +1,120 @@
+/** `vmpod run`: a container in a new sandbox. */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { Sandbox } from '../../sandbox/sandbox.js';
+import type { ContainerConfig } from '../../sandbox/sandbox.js';
+import type { SandboxConfig } from '../../sandbox/config.js';
+import * as validate from '../../validate.js';
+import { COMMON_OPTIONS, type Command } from '../command.js';
+import { printJson, UsageError } from '../io.js';
+import { PROCESS_OPTIONS, PROCESS_USAGE, attachStdio, processOverrides, shellExitCode } from '../process-options.js';
+
+const FORWARDED_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'];
+
+export const run: Command = {
+  words: ['run'],
+  summary: 'run a container in a new sandbox (VM)',
+  usage: `Usage: vmpod run [OPTIONS] [BUNDLE_OR_ROOTFS] [-- CMD [ARG...]]
+
+Boots a sandbox, runs one container in it, streams its output and exits with its exit code.
+BUNDLE_OR_ROOTFS is an OCI bundle (a directory with config.json) or a root filesystem
+directory; without it the builtin busybox rootfs is used.
+
+Options:
+      --rm              delete the sandbox when the container exits
+  -d, --detach          start the container and exit (the sandbox keeps running)
+      --name ID         sandbox and container id (default: random)
+      --cpus N          vCPUs (default 1)
+      --memory MIB      guest RAM in MiB (default 256)
+      --machine M       q35 (default) or microvm
+      --kernel PATH     boot this kernel instead of the built one
+      --initramfs PATH  boot this initramfs instead of the built one
+      --debug           agent and kernel debug output in the console log
+${PROCESS_USAGE}
+      --json            print the result as JSON (with --detach)`,
+  spec: {
+    options: [
+      ...COMMON_OPTIONS,
+      ...PROCESS_OPTIONS,
+      { long: 'rm', type: 'boolean' },
+      { long: 'detach', short: 'd', type: 'boolean' },
+      { long: 'name', type: 'string' },
+      { long: 'cpus', type: 'string' },
+      { long: 'memory', short: 'm', type: 'string' },
+      { long: 'machine', type: 'string' },
+      { long: 'kernel', type: 'string' },
+      { long: 'initramfs', type: 'string' },
+      { long: 'debug', type: 'boolean' },
+    ],
+  },
+  async run(parsed) {
+    const o = parsed.options;
+    if (parsed.positionals.length > 1) {
+      throw new UsageError(`unexpected argument "${parsed.positionals[1]}": put the command after "--"`);
+    }
+    if (o['rm'] && o['detach']) throw new UsageError('--rm and --detach cannot be combined');
+    const interactive = o['interactive'] === true;
+    const tty = o['tty'] === true;
+    const detach = o['detach'] === true;
+
+    const config: SandboxConfig = {};
+    if (typeof o['name'] === 'string') config.id = validate.id(o['name'], '--name');
+    if (typeof o['cpus'] === 'string') config.cpus = Number(o['cpus']);
+    if (typeof o['memory'] === 'string') config.memoryMiB = Number(o['memory']);
+    if (o['machine'] === 'q35' || o['machine'] === 'microvm') config.machine = o['machine'];
+    else if (o['machine'] !== undefined) throw new UsageError('--machine must be q35 or microvm');
+    if (typeof o['kernel'] === 'string' || typeof o['initramfs'] === 'string') {
+      config.guest = {};
+      if (typeof o['kernel'] === 'string') config.guest.kernel = path.resolve(o['kernel']);
+      if (typeof o['initramfs'] === 'string') config.guest.initramfs = path.resolve(o['initramfs']);
+    }
+    if (o['debug']) config.debug = true;
+
+    const container: ContainerConfig = {
+      process: processOverrides(parsed),
+      stdio: { stdin: interactive, stdout: !detach, stderr: !detach },
+    };
+    const source = parsed.positionals[0];
+    if (source !== undefined) {
+      const dir = path.resolve(source);
+      const isBundle = await fs.stat(path.join(dir, 'config.json')).then(() => true, () => false);
+      if (isBundle) container.bundle = dir;
+      else container.rootfs = dir;
+    }
+
+    const sandbox = await Sandbox.create(config);
+    if (container.id === undefined) container.id = sandbox.id;
+    sandbox.on('progress', (message) => process.stderr.write(`vmpod: ${message}\n`));
+    let exitCode = 0;
+    try {
+      await sandbox.start();
+      const ctr = await sandbox.createContainer(container);
+      const done = detach ? undefined : attachStdio(ctr.init!, { interactive, tty });
+      const forward = (signal: NodeJS.Signals): void => {
+        void ctr.kill(signal).catch(() => undefined);
+      };
+      if (!detach && !tty) for (const s of FORWARDED_SIGNALS) process.on(s, forward);
+      try {
+        await ctr.start();
+        if (detach) {
+          if (o['json']) printJson({ id: sandbox.id, container: ctr.id, pid: sandbox.pid });
+          else process.stdout.write(`${sandbox.id}\n`);
+          sandbox.detach();
+          return 0;
+        }
+        const status = await ctr.wait();
+        await done?.();
+        exitCode = shellExitCode(status);
+        if (status.oomKilled) process.stderr.write('vmpod: the container was killed for lack of memory (OOM)\n');
+      } finally {
+        for (const s of FORWARDED_SIGNALS) process.off(s, forward);
+      }
+    } catch (error) {
+      await sandbox.delete({ force: true }).catch(() => undefined);
+      throw error;
+    }
+    if (o['rm']) await sandbox.delete({ force: true });
+    else await sandbox.stop();
+    return exitCode;
+  },
+};

@@ -1,0 +1,81 @@
+#!/usr/bin/env node
+/**
+ * The `vmpod` command: a thin layer over the library for scripts and people. Each subcommand
+ * lives in its own file under commands/; this file only picks one and maps errors to exit codes.
+ *
+ * @internal
+ * @module
+ */
+import { parseArgs } from './args.js';
+import type { Command } from './command.js';
+import { EXIT_USAGE, UsageError, reportError } from './io.js';
+import { run } from './commands/run.js';
+import { ps } from './commands/ps.js';
+import { exec } from './commands/exec.js';
+import { kill } from './commands/kill.js';
+import { remove, stop } from './commands/lifecycle.js';
+import { logs } from './commands/logs.js';
+import { guestBuild } from './commands/guest.js';
+
+const COMMANDS: readonly Command[] = [run, ps, exec, kill, stop, remove, logs, guestBuild];
+
+function help(): string {
+  const width = Math.max(...COMMANDS.map((c) => c.words.join(' ').length));
+  return `Usage: vmpod COMMAND [OPTIONS]
+
+Runs OCI containers inside lightweight VMs.
+
+Commands:
+${COMMANDS.map((c) => `  ${c.words.join(' ').padEnd(width)}   ${c.summary}`).join('\n')}
+
+Run "vmpod COMMAND --help" for a command's options.
+Environment: VMPOD_STATE_DIR (default /run/vmpod), VMPOD_GUEST_CACHE (default /var/cache/vmpod/guest).
+`;
+}
+
+function findCommand(argv: readonly string[]): { command: Command; rest: string[] } | undefined {
+  for (const command of [...COMMANDS].sort((a, b) => b.words.length - a.words.length)) {
+    if (command.words.every((w, i) => argv[i] === w)) return { command, rest: argv.slice(command.words.length) };
+  }
+  return undefined;
+}
+
+/** Runs the CLI on `argv` (without node and the script); resolves with the exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
+    process.stdout.write(help());
+    return argv.length === 0 ? EXIT_USAGE : 0;
+  }
+  const found = findCommand(argv);
+  if (!found) {
+    process.stderr.write(`vmpod: unknown command "${argv.join(' ')}"\n\n${help()}`);
+    return EXIT_USAGE;
+  }
+  const json = found.rest.includes('--json');
+  try {
+    const parsed = parseArgs(found.rest, found.command.spec);
+    if (parsed.options['help']) {
+      process.stdout.write(`${found.command.usage}\n`);
+      return 0;
+    }
+    return await found.command.run(parsed);
+  } catch (error) {
+    const code = reportError(error, json);
+    if (error instanceof UsageError || (error as { code?: string }).code === 'ERR_VMPOD_INVALID_ARGUMENT') {
+      if (!json) process.stderr.write(`\n${found.command.usage}\n`);
+    }
+    return code;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+    // Open handles (a VM we detached from, stdin) must not keep the CLI alive.
+    setImmediate(() => process.exit(code));
+  },
+  (error: unknown) => {
+    process.stderr.write(`vmpod: internal error: ${(error as Error).stack ?? String(error)}\n`);
+    process.exit(125);
+  },
+);
