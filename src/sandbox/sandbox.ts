@@ -699,6 +699,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     if ((hostRootfs !== undefined || adapted.shares.length > 0) && !this.config.sharedFs) {
       throw new InvalidArgumentError('sharedFs', 'this sandbox has no shared filesystem: only the builtin rootfs can be used');
     }
+    if (this.state !== 'running') throw new SandboxError(this.id, `is ${this.state}: containers can be created only while it runs`);
     const agent = this.agent;
     if (this.#containers.has(id)) throw new AlreadyExistsError('container', id);
     const terminal = adapted.spec.process.terminal ?? false;

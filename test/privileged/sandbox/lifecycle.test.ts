@@ -1,0 +1,150 @@
+/**
+ * The sandbox lifecycle on real VMs: the checked state machine, pause/resume, stop and
+ * restart, attach and wait from a second Node process, a VM killed from outside, bad configs,
+ * and that delete leaves nothing behind.
+ */
+import { execFile, spawn } from 'node:child_process';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { Sandbox, type StopInfo } from '../../../src/sandbox/sandbox.js';
+import { AlreadyExistsError, InvalidArgumentError, InvalidStateError, NotFoundError } from '../../../src/errors.js';
+import { collect, expectNothingLeft, forceCleanup, makeStateDir, skipReason } from './fixture.js';
+
+const exec = promisify(execFile);
+
+describe.skipIf(skipReason)(`sandbox lifecycle${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
+  let stateDir: string;
+
+  beforeEach(async () => {
+    stateDir = await makeStateDir();
+  });
+
+  afterEach(async () => {
+    try {
+      for (const info of await Sandbox.list({ stateDir })) {
+        await (await Sandbox.attach(info.id, { stateDir })).delete({ force: true });
+      }
+      await expectNothingLeft(stateDir);
+    } finally {
+      await forceCleanup(stateDir);
+    }
+  });
+
+  it('follows the state machine: create, start, pause, resume, stop, start again, delete', async () => {
+    const sandbox = await Sandbox.create({ stateDir, id: 'life' });
+    expect(sandbox.state).toBe('created');
+    await expect(sandbox.pause()).rejects.toThrow(InvalidStateError);
+    await expect(sandbox.pause()).rejects.toThrow('cannot go from "created" to "paused"');
+    await expect(Sandbox.create({ stateDir, id: 'life' })).rejects.toBeInstanceOf(AlreadyExistsError);
+
+    await sandbox.start();
+    expect(sandbox.state).toBe('running');
+    expect((await Sandbox.list({ stateDir })).map((s) => [s.id, s.state])).toEqual([['life', 'running']]);
+    await expect(sandbox.delete()).rejects.toThrow('cannot go from "running" to "deleted"');
+
+    const ticker = await sandbox.createContainer({ process: { args: ['sh', '-c', 'while :; do date +%s; sleep 0.2; done'] } });
+    await ticker.start();
+    await sandbox.pause();
+    expect(sandbox.state).toBe('paused');
+    await expect(sandbox.createContainer()).rejects.toThrow(/is paused/);
+    // The vCPUs are frozen: the agent cannot answer until resume.
+    await expect(ticker.stats({ signal: AbortSignal.timeout(1500) })).rejects.toThrow(/aborted/);
+    await sandbox.resume();
+    expect(sandbox.state).toBe('running');
+    expect((await ticker.stats()).pids.current).toBeGreaterThan(0);
+    await ticker.kill('SIGKILL');
+    await ticker.wait();
+
+    const stopped: StopInfo[] = [];
+    sandbox.on('stopped', (info) => stopped.push(info));
+    await sandbox.stop();
+    expect(sandbox.state).toBe('stopped');
+    expect(stopped).toEqual([{ reason: 'requested', detail: 'stop' }]);
+    expect(sandbox.pid).toBeUndefined();
+
+    await sandbox.start(); // a stopped sandbox boots again
+    const again = await sandbox.createContainer({ process: { args: ['true'] } });
+    await again.start();
+    expect((await again.wait()).exitCode).toBe(0);
+    await sandbox.stop();
+    await sandbox.delete();
+    expect(sandbox.state).toBe('deleted');
+    await expect(Sandbox.attach('life', { stateDir })).rejects.toBeInstanceOf(NotFoundError);
+  });
+
+  it('lets a second Node process attach and wait for a container started by the first', async () => {
+    const sandbox = await Sandbox.create({ stateDir, id: 'shared' });
+    await sandbox.start();
+    const c = await sandbox.createContainer({ id: 'job', process: { args: ['sh', '-c', 'sleep 2; echo done; exit 5'] } });
+    const out = collect(c.stdout);
+    await c.start();
+    const script = `
+      import { Sandbox } from ${JSON.stringify(path.resolve('src/index.ts'))};
+      const sandbox = await Sandbox.attach('shared', { stateDir: ${JSON.stringify(stateDir)} });
+      const container = await sandbox.container('job');
+      const status = await container.wait();
+      console.log(JSON.stringify({ status, containers: (await sandbox.containers()).map((c) => c.id) }));
+      sandbox.detach();
+    `;
+    const file = path.join(stateDir, 'attach.mts');
+    await fs.writeFile(file, script);
+    const { stdout } = await exec(path.resolve('node_modules/.bin/tsx'), [file], { timeout: 60_000 });
+    const result = JSON.parse(stdout.trim().split('\n').pop()!);
+    expect(result).toEqual({ status: { exitCode: 5, signal: 0, oomKilled: false }, containers: ['job'] });
+    expect((await c.wait()).exitCode).toBe(5);
+    expect((await out).toString()).toBe('done\n');
+    await sandbox.delete({ force: true });
+  });
+
+  it('reports a VM killed with SIGKILL as stopped, and delete removes everything', async () => {
+    const sandbox = await Sandbox.create({ stateDir, id: 'victim' });
+    await sandbox.start();
+    const c = await sandbox.createContainer({ process: { args: ['sleep', '300'] } });
+    await c.start();
+    const stopped = new Promise<StopInfo>((resolve) => sandbox.once('stopped', resolve));
+    process.kill(sandbox.pid!, 'SIGKILL');
+    expect(await stopped).toMatchObject({ reason: 'unexpected' });
+    expect(sandbox.state).toBe('stopped');
+    await expect(c.wait()).rejects.toThrow();
+    expect((await Sandbox.list({ stateDir }))[0]).toMatchObject({ id: 'victim', state: 'stopped' });
+    await sandbox.delete();
+  });
+
+  it('finds a VM that died while nobody watched, from another process', async () => {
+    const sandbox = await Sandbox.create({ stateDir, id: 'orphan' });
+    await sandbox.start();
+    const pid = sandbox.pid!;
+    sandbox.detach();
+    process.kill(pid, 'SIGKILL');
+    while (await fs.stat(`/proc/${pid}`).then(() => true, () => false)) await new Promise((r) => setTimeout(r, 50));
+    expect((await Sandbox.list({ stateDir }))[0]).toMatchObject({ id: 'orphan', state: 'stopped' });
+    const attached = await Sandbox.attach('orphan', { stateDir });
+    expect(attached.state).toBe('stopped');
+    await attached.delete();
+  });
+
+  it('rejects bad configs before doing anything', async () => {
+    await expect(Sandbox.create({ stateDir, id: 'a/b' })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(Sandbox.create({ stateDir, id: '..' })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(Sandbox.create({ stateDir, id: 'x..y' })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(Sandbox.create({ stateDir, cpus: 0 })).rejects.toThrow(/cpus/);
+    await expect(Sandbox.create({ stateDir, memoryMiB: 1.5 })).rejects.toThrow(/memoryMiB/);
+    await expect(Sandbox.create({ stateDir, machine: 'pc' as 'q35' })).rejects.toThrow(/machine/);
+    await expect(Sandbox.create({ stateDir, bogus: 1 } as never)).rejects.toThrow(/bogus: unknown field/);
+    await expect(Sandbox.create({ stateDir, guest: { kernel: '/no/such/vmlinux', initramfs: '/no/such/initrd' } })).rejects.toThrow(
+      /guest.kernel: \/no\/such\/vmlinux does not exist/,
+    );
+    expect(await fs.readdir(path.join(stateDir, 'sandboxes')).catch(() => [])).toEqual([]);
+  });
+
+  it('cleans up after a start that fails (a kernel that is not a kernel)', async () => {
+    const bogus = path.join(stateDir, 'not-a-kernel');
+    await fs.writeFile(bogus, 'this is not a kernel\n');
+    const sandbox = await Sandbox.create({ stateDir, id: 'badboot', guest: { kernel: bogus } });
+    await expect(sandbox.start()).rejects.toThrow();
+    expect(sandbox.pid).toBeUndefined();
+    await sandbox.delete({ force: true });
+  });
+});
