@@ -86,6 +86,19 @@ std::vector<Process*> Agent::AllProcesses() {
 }
 
 void Agent::OnSessionClosed(uint64_t id) {
+  OnSessionReset(id);
+  // A virtio-serial port gets a new session when the host reconnects (see transport.cc).
+  for (size_t i = 0; i < ports_.size(); i++) {
+    if (ports_[i].session == id) {
+      ports_[i].session = 0;
+      auto it = sessions_.find(id);
+      ports_[i].poisoned = it != sessions_.end() && it->second->failed();
+      WatchPort(i);
+    }
+  }
+}
+
+void Agent::OnSessionReset(uint64_t id) {
   for (Process* p : AllProcesses()) {
     for (Output* o : {&p->out, &p->err}) {
       if (o->session == id) {
@@ -98,14 +111,8 @@ void Agent::OnSessionClosed(uint64_t id) {
     UpdateIo(*p);
   }
   for (auto& [cid, c] : containers_) std::erase_if(c->deleteWaiters, [id](const Pending& w) { return w.session == id; });
-  // A virtio-serial port gets a new session when the host reconnects (see transport.cc).
-  for (size_t i = 0; i < ports_.size(); i++) {
-    if (ports_[i].session == id) {
-      ports_[i].session = 0;
-      auto it = sessions_.find(id);
-      ports_[i].poisoned = it != sessions_.end() && it->second->failed();
-      WatchPort(i);
-    }
+  for (Process* p : AllProcesses()) {
+    if (p->pending.session == id) p->pending = Pending{};  // the child goes on; nobody to answer
   }
 }
 
@@ -771,8 +778,9 @@ void Agent::OnExit(Process& p, int status) {
   if (p.syncToken) OnSync(p);  // an error message may still be waiting in the channel
   Pending pending = p.pending;  // a Create, Start or Exec that never got to execve
   p.pending = Pending{};
-  bool neverRan = pending && (p.state == Process::kCreating || p.state == Process::kCreated);
-  bool creating = p.execId.empty() && p.state == Process::kCreating;
+  bool creating = p.execId.empty() && p.state == Process::kCreating;   // setup failed
+  bool execFailed = !p.execId.empty() && p.state == Process::kCreating;  // an exec never ran
+  bool neverRan = creating || execFailed || (pending && p.state == Process::kCreated);
   p.state = Process::kExited;
   if (WIFEXITED(status)) {
     p.exitCode = WEXITSTATUS(status);
@@ -788,7 +796,7 @@ void Agent::OnExit(Process& p, int status) {
     failure = p.failure ? *p.failure
                         : Error(Code::kInternal, p.label() + ": the process exited (code " + std::to_string(p.exitCode) +
                                                      ") before it was started");
-    p.failed = true;
+    if (creating || execFailed) p.failed = true;
     if (creating) p.container->deleting = true;  // a container that was never created is removed
   }
   if (p.syncToken) {
@@ -819,7 +827,7 @@ void Agent::OnExit(Process& p, int status) {
     }
     if (!live) FinishDelete(c);  // `p` and `c` are gone from here on
   }
-  if (failure) ReplyError(pending, *failure);
+  if (failure && pending) ReplyError(pending, *failure);
 }
 
 void Agent::ReleaseProcess(Process& p) {

@@ -87,6 +87,8 @@ class Session {
   size_t queued() const { return out_.size() - outPos_ + spliceRemaining_; }
   void OnEvents(uint32_t events);
   void OnFrame(const Frame& frame);
+  static bool IsHello(std::string_view payload);
+  void Reset();
   void UpdateInterest();
 
   Agent& agent_;
@@ -183,6 +185,8 @@ class Agent {
   void Dispatch(Session& s, uint32_t stream, std::string_view payload);
   void OnData(Session& s, const Frame& frame);
   void OnSessionClosed(uint64_t id);
+  // Detaches a session's streams and waiters (its host went away), keeping the channel.
+  void OnSessionReset(uint64_t id);
   void OnSessionDrained(uint64_t id);
   uint64_t AddSession(int fd, bool ownsFd, const std::string& name);
 

@@ -75,6 +75,11 @@ void Session::OnFrame(const Frame& frame) {
   }
   switch (frame.type) {
     case kRequest:
+      if (frame.stream == 1 && lastRequest > 0 && IsHello(frame.payload)) {
+        // A new host on the same channel: on virtio-serial, a quick close and reopen by the host
+        // can reach us as plain data, with no hang-up in between. Start over.
+        Reset();
+      }
       if (frame.stream <= lastRequest) {
         Fail("request stream id " + std::to_string(frame.stream) + " is not above the last one (" +
              std::to_string(lastRequest) + ")");
@@ -89,6 +94,35 @@ void Session::OnFrame(const Frame& frame) {
     default:
       Fail("unexpected frame type " + std::to_string(frame.type));
   }
+}
+
+bool Session::IsHello(std::string_view payload) {
+  try {
+    json request = ParseObject(payload);
+    const json* method = Field(request, "method");
+    return method && method->is_string() && *method == "Hello";
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+void Session::Reset() {
+  Log("session %s: a new host connected; the previous one is gone", name_.c_str());
+  // Whatever was queued was for the previous host.
+  if (spliceRemaining_ > 0) {
+    std::string discard(spliceRemaining_, '\0');
+    ssize_t n = read(spliceFd_.get(), discard.data(), discard.size());
+    (void)n;
+    spliceRemaining_ = 0;
+    spliceFd_.reset();
+  }
+  out_.clear();
+  outPos_ = 0;
+  splicePos_ = 0;
+  helloDone = false;
+  lastRequest = 0;
+  agent_.OnSessionReset(id_);
+  UpdateInterest();
 }
 
 void Session::SendFrame(uint32_t stream, uint8_t type, uint8_t flags, std::string_view payload) {

@@ -430,6 +430,7 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
         throw new AgentProtocolError(`the agent closed the session: ${message}`);
       }
       const call = this.#calls.get(stream);
+      if (!call && this.#info === null) return; // noise left over from a previous host on this channel
       if (!call) {
         // A late answer to an aborted or timed-out call; a stream id we never used is an attack or a bug.
         if (stream >= this.#nextStream) throw new AgentProtocolError(`response on unknown stream ${stream}`);
@@ -451,6 +452,7 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
     }
     const endpoint = this.#streams.get(stream);
     if (!endpoint) {
+      if (this.#info === null) return; // before the handshake: see above
       if (stream >= this.#nextStream) throw new AgentProtocolError(`data frame on unknown stream ${stream}`);
       return; // a stream we already ended or detached from
     }
