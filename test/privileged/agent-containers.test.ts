@@ -100,6 +100,22 @@ describe.skipIf(!ready)(`vmpod-agent on the host (${ready ? 'root' : reason})`, 
     expect(r.status.exitCode).toBe(0);
   });
 
+  it('bind-mounts host paths, read-only where asked, and keeps the mount inside the container', async () => {
+    const shared = path.join(agent.dir, 'shared');
+    fs.mkdirSync(shared, { recursive: true });
+    fs.writeFileSync(path.join(shared, 'hello.txt'), 'from the host\n');
+    const spec = minimalSpec(['sh', '-c', 'cat /data/hello.txt; echo x > /data/new 2>/dev/null || echo read-only; echo y > /rw/new && echo wrote; grep -c " /data " /proc/mounts']);
+    spec.mounts!.push(
+      { destination: '/data', type: 'bind', source: shared, options: ['rbind', 'ro'] },
+      { destination: '/rw', source: shared, options: ['bind'] },
+    );
+    const r = await run(client, uniqueId(), { config: spec, rootfs: agent.rootfs });
+    expect(r.stdout).toBe('from the host\nread-only\nwrote\n1\n');
+    expect(fs.readFileSync(path.join(shared, 'new'), 'utf8')).toBe('y\n');
+    expect(fs.existsSync(path.join(agent.rootfs, 'data'))).toBe(true); // the mount point, made by the agent
+    expect(fs.readdirSync(path.join(agent.rootfs, 'data'))).toEqual([]); // nothing mounted on the host
+  });
+
   it('execs into a running container (its namespaces, its processes) and reports exec exit codes', async () => {
     const id = uniqueId();
     await client.createContainer({ id, config: minimalSpec(['sleep', '1000']), rootfs: agent.rootfs, stdio: { stdout: false, stderr: false } });

@@ -129,14 +129,22 @@ describe.skipIf(!ready)(`vmpod-agent as PID 1 of a VM (${ready ? 'KVM when usabl
   it('applies memory and pids limits, reports stats, and reports an OOM kill', async () => {
     const client = clients[0]!;
     const id = uniqueId('oom');
-    const spec = guestSpec(['sh', '-c', 'sleep 0.5; x=a; while true; do x="$x$x"; done']);
-    spec.linux!.resources = { memory: { limit: 32 * 1024 * 1024, swap: 32 * 1024 * 1024 }, pids: { limit: 20 } };
+    const spec = guestSpec(['sh', '-c', 'sleep 2; x=a; while true; do x="$x$x"; done']);
+    spec.linux!.resources = {
+      memory: { limit: 32 * 1024 * 1024, swap: 32 * 1024 * 1024 },
+      pids: { limit: 20 },
+      cpu: { quota: 50_000, period: 100_000, shares: 512 },
+    };
     await client.createContainer({ id, config: spec, rootfs: 'builtin', stdio: { stdout: false, stderr: false } });
     await client.startContainer(id);
     const stats = await client.stats(id);
     expect(stats.memory.maxBytes).toBe(32 * 1024 * 1024);
     expect(stats.pids.max).toBe(20);
     expect(stats.pids.current).toBeGreaterThanOrEqual(1);
+    // The limits as the container sees them, through its cgroup namespace.
+    await client.exec({ containerId: id, execId: 'look', process: { args: ['sh', '-c', 'cd /sys/fs/cgroup && cat memory.max pids.max cpu.max cpu.weight'], env: ['PATH=/bin'] } });
+    const look = await client.openStdio(id, { execId: 'look', stdout: true });
+    expect((await collect(look.stdout)).toString()).toBe(`${32 * 1024 * 1024}\n20\n50000 100000\n20\n`);
     expect(await client.wait(id)).toEqual({ exitCode: 137, signal: 9, oomKilled: true });
     await client.deleteContainer(id);
   });
