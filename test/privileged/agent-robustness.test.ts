@@ -91,7 +91,7 @@ describe.skipIf(!ready)(`vmpod-agent under hostile input (${ready ? 'root' : `ne
       [Buffer.from([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 1, 0])], // 4 GiB length
       [hello, request(1, { method: 'Ping' })], // stream id not increasing
       [encodeFrame(2, FrameType.Request, 0, Buffer.from('{}'))], // even stream id
-      [hello, encodeFrame(3, 7, 0, Buffer.alloc(0))], // unknown type
+      [hello, encodeFrame(3, 7 as FrameType, 0, Buffer.alloc(0))], // unknown type
       [hello, encodeFrame(5, FrameType.Data, 0, Buffer.from('x'))], // data for a stream never opened
       [hello, request(3, '['.repeat(500_000) + ']'.repeat(500_000))], // nesting
       [hello, request(3, '{"method":"Ping","params":' + '{"a":'.repeat(60) + '1' + '}'.repeat(60) + '}')],
