@@ -7,7 +7,6 @@
  * @module
  */
 import type { VmHandle } from '../hypervisor/hypervisor.js';
-import type { VirtiofsdHandle } from '../hypervisor/virtiofsd.js';
 import { CorruptStateError } from '../state/store.js';
 import type { ResolvedSandboxConfig } from './config.js';
 import type { SandboxState } from './state-machine.js';
@@ -30,9 +29,9 @@ export interface SandboxRecord {
   guest?: { kernel: string; initramfs: string; id?: string; kernelRelease?: string };
   /** The running VM (absent when none runs). */
   vm?: VmHandle;
-  /** The virtiofsd of the shared directory. */
-  virtiofsd?: VirtiofsdHandle;
-  /** Host mount points made for the sandbox, in creation order; released in reverse. */
+  /** Persisted state of each resource (see resource.ts), by kind. */
+  resources: Record<string, unknown>;
+  /** Host mount points made for containers (rootfs, bind sources), in creation order; released in reverse. */
   mounts: string[];
 }
 
@@ -55,7 +54,6 @@ export function checkRecord(value: unknown, file: string): SandboxRecord {
   if (!Array.isArray(value['mounts']) || value['mounts'].some((m) => typeof m !== 'string' || !m.startsWith('/'))) bad('mounts is invalid');
   const vm = value['vm'];
   if (vm !== undefined && (!isObject(vm) || typeof vm['pid'] !== 'number' || !Array.isArray(vm['controlSockets']))) bad('vm is invalid');
-  const fsd = value['virtiofsd'];
-  if (fsd !== undefined && (!isObject(fsd) || typeof fsd['pid'] !== 'number')) bad('virtiofsd is invalid');
+  if (!isObject(value['resources'])) bad('resources is invalid');
   return value as unknown as SandboxRecord;
 }

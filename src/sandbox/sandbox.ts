@@ -27,10 +27,9 @@ import { buildGuestAssets } from '../guest/build.js';
 import { resolveGuestAssets, type GuestAssets } from '../guest/assets.js';
 import { sha256File } from '../guest/hash.js';
 import { packageRoot } from '../native.js';
-import type { Hypervisor, VirtualMachine, VmConfig, VmDevice, VmExit } from '../hypervisor/hypervisor.js';
+import type { Hypervisor, MemoryConfig, VirtualMachine, VmConfig, VmDevice, VmExit } from '../hypervisor/hypervisor.js';
 import { QemuHypervisor } from '../hypervisor/qemu/hypervisor.js';
 import { isAlive, logTail, signalProcess, waitForProcessExit } from '../hypervisor/process.js';
-import { Virtiofsd } from '../hypervisor/virtiofsd.js';
 import { FileLock } from '../state/lock.js';
 import { DEFAULT_STATE_DIR, StateStore } from '../state/store.js';
 import { removeTree } from '../state/remove.js';
@@ -47,13 +46,14 @@ import {
 } from '../container/spec.js';
 import { resolveSandboxConfig, type ResolvedSandboxConfig, type SandboxConfig } from './config.js';
 import { RECORD_FORMAT, checkRecord, type SandboxRecord } from './record.js';
-import { bindIntoSharedDir, prepareSharedDir, releaseMounts } from './shared-dir.js';
+import { bindIntoSharedDir, releaseMounts } from './shared-dir.js';
+import type { GuestContext, ResourceContext, SandboxResource, VmContribution } from './resource.js';
+import { sandboxResources } from './resources.js';
+import { guestSharedDir, sharedDirOf } from './shared-fs.js';
 import { assertTransition, type SandboxState } from './state-machine.js';
 
 export type { SandboxConfig, SandboxState };
 
-/** The virtio-fs tag of the sandbox's shared directory. */
-const SHARED_FS_TAG = 'vmpod';
 /** Name prefix of the agent's virtio-serial ports (the agent looks for it). */
 const AGENT_PORT_PREFIX = 'vmpod.agent.';
 
@@ -131,14 +131,15 @@ export interface ContainerConfig extends SandboxCallOptions {
   stdio?: StdioOptions;
 }
 
+/** What a guest context adds to a resource context. */
+type GuestParts = Pick<GuestContext, 'agent' | 'vm' | 'guestStateDir'>;
+
 /** Paths of a sandbox's folder in the state directory. */
 function sandboxPaths(dir: string, ports: number) {
   return {
     dir,
     consoleLog: path.join(dir, 'console.log'),
-    sharedDir: path.join(dir, 'shared'),
-    virtiofsdSocket: path.join(dir, 'virtiofsd.sock'),
-    virtiofsdLog: path.join(dir, 'virtiofsd.log'),
+    sharedDir: sharedDirOf(dir),
     agentSockets: Array.from({ length: ports }, (_, i) => path.join(dir, `agent-${i}.sock`)),
     agentLocks: Array.from({ length: ports }, (_, i) => path.join(dir, `agent-${i}.lock`)),
   };
@@ -213,6 +214,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       createdAt: now(),
       updatedAt: now(),
       config: resolved,
+      resources: {},
       mounts: [],
     };
     try {
@@ -356,47 +358,15 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       if (assets.id !== undefined) record.guest.id = assets.id;
       if (assets.manifest) record.guest.kernelRelease = assets.manifest.kernelRelease;
       for (const socket of paths.agentSockets) await fs.rm(socket, { force: true });
+      const resources = sandboxResources(config);
+      const prepared: SandboxResource[] = [];
       try {
-        const devices: VmDevice[] = [
-          {
-            kind: 'virtio-serial',
-            id: 'agent',
-            ports: paths.agentSockets.map((socket, i) => ({ name: `${AGENT_PORT_PREFIX}${i}`, socket })),
-          },
-        ];
-        if (config.sharedFs) {
-          await prepareSharedDir(paths.sharedDir, async (point) => {
-            record.mounts.push(point);
-            await this.#store.write(record);
-          });
-          const virtiofsd = await Virtiofsd.start({
-            sharedDir: paths.sharedDir,
-            socket: paths.virtiofsdSocket,
-            logFile: paths.virtiofsdLog,
-            announceSubmounts: true,
-            ...(signal ? { signal } : {}),
-          });
-          record.virtiofsd = virtiofsd.handle;
-          await this.#store.write(record);
-          devices.push({ kind: 'vhost-user-fs', id: 'sharedfs', socket: paths.virtiofsdSocket, tag: SHARED_FS_TAG });
+        const contributions: VmContribution[] = [];
+        for (const resource of resources) {
+          prepared.push(resource);
+          contributions.push(await resource.prepare(this.#resourceContext(record, resource, signal)));
         }
-        const kernelArgs = [...config.guest.kernelArgs];
-        if (config.debug) kernelArgs.push('vmpod.debug=1');
-        const vmConfig: VmConfig = {
-          id: config.id,
-          machine: config.machine,
-          cpus: config.cpus,
-          memory: config.sharedFs
-            ? { sizeMiB: config.memoryMiB, backend: { kind: 'memfd' }, shared: true }
-            : { sizeMiB: config.memoryMiB },
-          kernel: assets.kernel,
-          initramfs: assets.initramfs,
-          kernelArgs,
-          devices,
-          consoleLog: paths.consoleLog,
-          runDir: paths.dir,
-        };
-        const vm = await this.#hypervisor.start(vmConfig, signal ? { signal } : {});
+        const vm = await this.#hypervisor.start(this.#vmConfig(record, assets, contributions), signal ? { signal } : {});
         record.vm = vm.handle;
         record.state = 'running';
         delete record.stopReason;
@@ -404,17 +374,102 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
         this.#adoptVm(vm);
         await unlessVmExits(vm, this.#connectAgent(signal, 120_000), this.id, paths.consoleLog);
         await this.agent.setTime(new Date(), signal ? { signal } : {});
-        if (config.sharedFs) {
-          await this.agent.mount({ type: 'virtiofs', source: SHARED_FS_TAG, target: this.#guestShared() }, signal ? { signal } : {});
-        }
+        for (const resource of resources) await resource.attach?.(this.#guestContext(record, resource, signal));
       } catch (error) {
-        record.state = record.state === 'running' ? 'stopped' : record.state;
-        await this.#releaseVm(record);
-        if (record.state === 'stopped') record.stopReason = { reason: 'unexpected', detail: `start failed: ${(error as Error).message}` };
+        if (record.state === 'running') {
+          record.state = 'stopped';
+          record.stopReason = { reason: 'unexpected', detail: `start failed: ${(error as Error).message}` };
+        }
+        await this.#releaseVm(record, prepared).catch(() => undefined);
         throw error;
       }
     }, signal);
     this.emit('started');
+  }
+
+  /** The VM configuration: the agent's ports plus what each resource contributed. */
+  #vmConfig(record: SandboxRecord, assets: GuestAssets, contributions: readonly VmContribution[]): VmConfig {
+    const config = record.config;
+    const paths = this.#paths();
+    const devices: VmDevice[] = [
+      {
+        kind: 'virtio-serial',
+        id: 'agent',
+        ports: paths.agentSockets.map((socket, i) => ({ name: `${AGENT_PORT_PREFIX}${i}`, socket })),
+      },
+    ];
+    const kernelArgs = [...config.guest.kernelArgs];
+    if (config.debug) kernelArgs.push('vmpod.debug=1');
+    let backend: MemoryConfig['backend'];
+    for (const c of contributions) {
+      devices.push(...(c.devices ?? []));
+      kernelArgs.push(...(c.kernelArgs ?? []));
+      if (c.memoryBackend) {
+        if (backend) throw new InvalidArgumentError('memory', 'two resources ask for a memory backend');
+        backend = c.memoryBackend;
+      }
+    }
+    const shared = contributions.some((c) => c.sharedMemory);
+    const memory: MemoryConfig = {
+      sizeMiB: config.memoryMiB,
+      backend: backend ?? (shared ? { kind: 'memfd' } : { kind: 'anonymous' }),
+      ...(shared || backend ? { shared: true } : {}),
+      ...(contributions.some((c) => c.prealloc) ? { prealloc: true } : {}),
+    };
+    return {
+      id: config.id,
+      machine: config.machine,
+      cpus: config.cpus,
+      memory,
+      kernel: assets.kernel,
+      initramfs: assets.initramfs,
+      kernelArgs,
+      devices,
+      consoleLog: paths.consoleLog,
+      runDir: paths.dir,
+    };
+  }
+
+  /** The context a resource's hooks get: its own slice of the record, saved atomically. */
+  #resourceContext(record: SandboxRecord, resource: SandboxResource, signal?: AbortSignal): ResourceContext;
+  #resourceContext(record: SandboxRecord, resource: SandboxResource, signal: AbortSignal | undefined, guest: GuestParts): GuestContext;
+  #resourceContext(record: SandboxRecord, resource: SandboxResource, signal?: AbortSignal, guest?: GuestParts): ResourceContext {
+    const store = this.#store;
+    return {
+      sandboxId: record.id,
+      dir: this.dir,
+      config: record.config,
+      get state() {
+        return record.resources[resource.kind];
+      },
+      async save(state: unknown) {
+        record.resources[resource.kind] = state;
+        record.updatedAt = now();
+        await store.write(record);
+      },
+      ...(signal ? { signal } : {}),
+      ...guest,
+    };
+  }
+
+  #guestContext(record: SandboxRecord, resource: SandboxResource, signal?: AbortSignal): GuestContext {
+    return this.#resourceContext(record, resource, signal, {
+      agent: this.agent,
+      vm: this.#requireVm(),
+      guestStateDir: this.#guestStateDir,
+    });
+  }
+
+  /**
+   * @internal Runs `fn` with a resource's guest context under the sandbox lock (for hotplug:
+   * adding a network or a volume to a running sandbox). The record is persisted afterwards.
+   */
+  async withResource<T>(kind: string, fn: (ctx: GuestContext) => Promise<T>, signal?: AbortSignal): Promise<T> {
+    return this.#update(async (record) => {
+      if (record.state !== 'running') throw new SandboxError(this.id, `is ${record.state}: devices can be changed only while it runs`);
+      const resource = sandboxResources(record.config).find((r) => r.kind === kind) ?? { kind, prepare: async () => ({}), release: async () => undefined };
+      return fn(this.#guestContext(record, resource, signal));
+    }, signal);
   }
 
   async #guestAssets(config: ResolvedSandboxConfig, signal: AbortSignal | undefined): Promise<GuestAssets> {
@@ -449,7 +504,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   }
 
   #guestShared(): string {
-    return `${this.#guestStateDir}/shared`;
+    return guestSharedDir(this.#guestStateDir);
   }
 
   #adoptVm(vm: VirtualMachine): void {
@@ -518,10 +573,11 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   }
 
   /**
-   * Releases the VM side of a sandbox: the hypervisor (killed if still alive), virtiofsd, the
-   * host mounts and the sockets. Idempotent; every step is tried even if one fails.
+   * Releases the VM side of a sandbox: the hypervisor (killed if still alive), its sockets, the
+   * containers' host mounts, then each resource (`stop` phase) in reverse order. Idempotent;
+   * every step is tried even if one fails. `resources` defaults to all of the config's.
    */
-  async #releaseVm(record: SandboxRecord): Promise<void> {
+  async #releaseVm(record: SandboxRecord, resources?: readonly SandboxResource[], phase: 'stop' | 'delete' = 'stop'): Promise<void> {
     const failures: unknown[] = [];
     const attempt = async (step: () => Promise<unknown>): Promise<void> => {
       try {
@@ -541,24 +597,16 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       this.#vm = undefined;
       for (const socket of [...vm.controlSockets, ...vm.sockets]) await attempt(() => fs.rm(socket, { force: true }));
       delete record.vm;
-    }
-    const virtiofsd = record.virtiofsd;
-    if (virtiofsd) {
-      await attempt(async () => {
-        if (signalProcess(virtiofsd, 'SIGTERM') && !(await waitForProcessExit(virtiofsd, 5_000))) {
-          signalProcess(virtiofsd, 'SIGKILL');
-          await waitForProcessExit(virtiofsd, 5_000);
-        }
-        await fs.rm(virtiofsd.socket, { force: true });
-      });
-      delete record.virtiofsd;
+      await attempt(() => this.#store.write(record));
     }
     await attempt(async () => {
       const released = await releaseMounts(record.mounts);
       record.mounts = record.mounts.filter((m) => !released.includes(m));
     });
-    await attempt(() => removeTree(this.#paths().sharedDir));
     this.#containers.clear();
+    for (const resource of [...(resources ?? sandboxResources(record.config))].reverse()) {
+      await attempt(() => resource.release(this.#resourceContext(record, resource), phase));
+    }
     if (failures.length > 0) {
       throw new SandboxError(this.id, `could not release everything: ${failures.map((f) => (f as Error).message).join('; ')}`, {
         cause: failures[0],
@@ -643,7 +691,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       throw error;
     });
     try {
-      if (fresh) await this.#releaseVm(this.#record);
+      if (fresh) await this.#releaseVm(this.#record, undefined, 'delete');
       await this.#store.remove(this.id);
     } finally {
       await lock?.release();

@@ -1,0 +1,16 @@
+/**
+ * Which resources a sandbox has, from its config, in the order they are prepared (and the
+ * reverse order they are released). Adding a resource kind means adding one line here.
+ *
+ * @internal
+ * @module
+ */
+import type { ResolvedSandboxConfig } from './config.js';
+import type { SandboxResource } from './resource.js';
+import { SharedFsResource } from './shared-fs.js';
+
+export function sandboxResources(config: ResolvedSandboxConfig): SandboxResource[] {
+  const resources: SandboxResource[] = [];
+  if (config.sharedFs) resources.push(new SharedFsResource());
+  return resources;
+}
