@@ -56,6 +56,8 @@ class Session {
   const std::string& name() const { return name_; }
 
   void Start();  // registers with the loop
+  // Feeds bytes read from the channel before the session existed.
+  void Receive(const char* data, size_t len);
   void SendFrame(uint32_t stream, uint8_t type, uint8_t flags, std::string_view payload);
   void SendResult(uint32_t stream, const json& result);
   void SendError(uint32_t stream, const Error& error);

@@ -53,18 +53,22 @@ void Session::OnEvents(uint32_t events) {
         Close("end of stream");
         break;
       }
-      try {
-        decoder_.Append(buf, n);
-        Frame frame;
-        while (!closed_ && decoder_.Next(&frame)) OnFrame(frame);
-      } catch (const Error& e) {
-        Fail(e.what());
-      }
+      Receive(buf, static_cast<size_t>(n));
       if (static_cast<size_t>(n) < sizeof buf) {
         if (events & EPOLLHUP) Close("hang-up");
         break;
       }
     }
+  }
+}
+
+void Session::Receive(const char* data, size_t len) {
+  try {
+    decoder_.Append(data, len);
+    Frame frame;
+    while (!closed_ && decoder_.Next(&frame)) OnFrame(frame);
+  } catch (const Error& e) {
+    Fail(e.what());
   }
 }
 

@@ -102,17 +102,25 @@ void Agent::ScanPorts() {
 void Agent::WatchPort(size_t i) {
   Port& port = ports_[i];
   if (port.session || shuttingDown_) return;
-  pollfd pfd{port.fd.get(), POLLIN, 0};
-  poll(&pfd, 1, 0);
-  bool hup = pfd.revents & POLLHUP;
+  auto hungUp = [&] {
+    pollfd pfd{port.fd.get(), POLLIN, 0};
+    poll(&pfd, 1, 0);
+    return (pfd.revents & POLLHUP) != 0;
+  };
+  std::string early;
+  bool hup = hungUp();
   if (hup || port.poisoned) {
     // Discard what an earlier host left behind, so the next session starts on a frame boundary.
     char buf[4096];
-    while (read(port.fd.get(), buf, sizeof buf) > 0) {
+    for (ssize_t n; (n = read(port.fd.get(), buf, sizeof buf)) > 0;) {
+      if (early.size() < (1u << 20)) early.append(buf, n);
     }
     if (hup) port.poisoned = false;
-    loop_.AddTimer(20, [this, i] { WatchPort(i); });
-    return;
+    // A host that connected while we read may already have sent its Hello: keep those bytes.
+    if (!hup || hungUp() || port.poisoned) {
+      loop_.AddTimer(20, [this, i] { WatchPort(i); });
+      return;
+    }
   }
   port.session = AddSession(port.fd.get(), false, port.path);
   // virtio_console moves at most 32 KiB per write(): a frame that fits in one write costs one
@@ -122,6 +130,7 @@ void Agent::WatchPort(size_t i) {
   // with sendfile), the 6.1 guest kernel queues zero-sized buffers and QEMU marks the device
   // broken ("virtio: zero sized buffers are not allowed"). Seen with `cat` of a file.
   sessions_[port.session]->disableSplice();
+  if (!early.empty()) sessions_[port.session]->Receive(early.data(), early.size());
 }
 
 void Agent::StartShutdown(Pending pending) {
