@@ -7,7 +7,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { InvalidArgumentError } from '../errors.js';
-import type { Hypervisor, MachineProfile } from '../hypervisor/hypervisor.js';
+import type { Hypervisor, MachineProfile, VmDevice } from '../hypervisor/hypervisor.js';
+import { checkDevice } from '../hypervisor/config.js';
 import * as validate from '../validate.js';
 import { DEFAULT_STATE_DIR } from '../state/store.js';
 import { DEFAULT_GUEST_CACHE_DIR } from '../guest/assets.js';
@@ -54,6 +55,11 @@ export interface SandboxConfig {
   debug?: boolean;
   /** The VM backend (default: QEMU). */
   hypervisor?: Hypervisor;
+  /**
+   * Extra VM devices, added as given (for devices vmpod does not manage itself, e.g. a spare
+   * virtio-serial port). Their ids must not collide with vmpod's (`agent`, `sharedfs`, ...).
+   */
+  extraDevices?: VmDevice[];
 }
 
 /** A checked {@link SandboxConfig} with every default filled in; persisted with the sandbox. */
@@ -67,9 +73,10 @@ export interface ResolvedSandboxConfig {
   sharedFs: boolean;
   agentPorts: number;
   debug: boolean;
+  extraDevices: VmDevice[];
 }
 
-const CONFIG_KEYS = new Set(['id', 'stateDir', 'cpus', 'memoryMiB', 'machine', 'guest', 'sharedFs', 'agentPorts', 'debug', 'hypervisor']);
+const CONFIG_KEYS = new Set(['id', 'stateDir', 'cpus', 'memoryMiB', 'machine', 'guest', 'sharedFs', 'agentPorts', 'debug', 'hypervisor', 'extraDevices']);
 const GUEST_KEYS = new Set(['cacheDir', 'kernel', 'initramfs', 'kernelArgs', 'build']);
 
 function rejectUnknownKeys(value: object, allowed: Set<string>, prefix: string): void {
@@ -82,6 +89,13 @@ function bool(value: unknown, field: string, fallback: boolean): boolean {
   if (value === undefined) return fallback;
   if (typeof value !== 'boolean') throw new InvalidArgumentError(field, 'must be true or false');
   return value;
+}
+
+function checkExtraDevices(devices: unknown): VmDevice[] {
+  if (devices === undefined) return [];
+  if (!Array.isArray(devices)) throw new InvalidArgumentError('extraDevices', 'must be an array of devices');
+  devices.forEach((d, i) => checkDevice(d as VmDevice, `extraDevices[${i}]`));
+  return structuredClone(devices) as VmDevice[];
 }
 
 /** A fresh random sandbox id. */
@@ -118,6 +132,7 @@ export function resolveSandboxConfig(config: SandboxConfig): ResolvedSandboxConf
     sharedFs: bool(config.sharedFs, 'sharedFs', true),
     agentPorts: validate.integer(config.agentPorts ?? 4, 'agentPorts', 1, 16),
     debug: bool(config.debug, 'debug', false),
+    extraDevices: checkExtraDevices(config.extraDevices),
   };
   if (guest.kernel !== undefined) resolved.guest.kernel = validate.absolutePath(guest.kernel, 'guest.kernel');
   if (guest.initramfs !== undefined) resolved.guest.initramfs = validate.absolutePath(guest.initramfs, 'guest.initramfs');

@@ -398,6 +398,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
         ports: paths.agentSockets.map((socket, i) => ({ name: `${AGENT_PORT_PREFIX}${i}`, socket })),
       },
     ];
+    devices.push(...config.extraDevices);
     const kernelArgs = [...config.guest.kernelArgs];
     if (config.debug) kernelArgs.push('vmpod.debug=1');
     let backend: MemoryConfig['backend'];
