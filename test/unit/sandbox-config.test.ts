@@ -1,0 +1,41 @@
+import { describe, expect, it } from 'vitest';
+import { resolveSandboxConfig } from '../../src/sandbox/config.js';
+import { InvalidArgumentError } from '../../src/errors.js';
+
+describe('sandbox config', () => {
+  it('fills in defaults', () => {
+    const c = resolveSandboxConfig({ id: 'a', stateDir: '/tmp/x' });
+    expect(c).toMatchObject({ id: 'a', stateDir: '/tmp/x', cpus: 1, memoryMiB: 256, machine: 'q35', sharedFs: true, agentPorts: 4, debug: false, extraDevices: [] });
+    expect(c.guest).toMatchObject({ kernelArgs: [], build: 'if-missing' });
+    expect(resolveSandboxConfig({}).id).toMatch(/^vp-[0-9a-f]{12}$/);
+  });
+  it('rejects every bad field with its name', () => {
+    const cases: [object, RegExp][] = [
+      [{ id: 'a/b' }, /^id: /],
+      [{ id: '..' }, /^id: /],
+      [{ cpus: 0 }, /^cpus: /],
+      [{ cpus: 2.5 }, /^cpus: /],
+      [{ memoryMiB: 10 }, /^memoryMiB: /],
+      [{ machine: 'pc' }, /^machine: /],
+      [{ stateDir: 'relative' }, /^stateDir: /],
+      [{ guest: { kernel: 'vmlinux' } }, /^guest.kernel: /],
+      [{ guest: { kernelArgs: ['a b'] } }, /^guest.kernelArgs: /],
+      [{ guest: { build: 'always' } }, /^guest.build: /],
+      [{ guest: { nope: 1 } }, /^guest.nope: unknown field/],
+      [{ sharedFs: 'yes' }, /^sharedFs: /],
+      [{ agentPorts: 0 }, /^agentPorts: /],
+      [{ extraDevices: [{ kind: 'virtio-serial', id: 'x', ports: [] }] }, /^extraDevices\[0\]\.ports: /],
+      [{ colour: 'red' }, /^colour: unknown field/],
+    ];
+    for (const [config, message] of cases) {
+      let error: unknown;
+      try {
+        resolveSandboxConfig(config as never);
+      } catch (e) {
+        error = e;
+      }
+      expect(error, JSON.stringify(config)).toBeInstanceOf(InvalidArgumentError);
+      expect((error as Error).message, JSON.stringify(config)).toMatch(message);
+    }
+  });
+});
