@@ -1,0 +1,177 @@
+/**
+ * sandbox-boot: how long until a sandbox can run containers, against a bare QEMU boot.
+ *
+ * Variants, interleaved after one warm-up round:
+ * - raw-qemu: `rawQemuBoot()`, the bare QEMU line of PLATFORM.md with the same machine,
+ *   kernel, initramfs and kernel arguments as the sandbox, from spawn to the init marker
+ *   (`vmpod-init: ready`, printed right before /init execs the agent);
+ * - vmpod-ready: `Sandbox.create()` + `start()` resolved (virtiofsd up, QEMU detached with its
+ *   QMP monitors, agent handshake, clock set, shared filesystem mounted in the guest). Also
+ *   recorded: vmpod-marker, from create() to the same marker in the sandbox's console log, which
+ *   splits vmpod-ready into "until the guest's /init is done" and "agent and set-up after it";
+ * - vmpod-run: `node dist/cli/main.js run --rm -- true` end to end (Node start, boot, one
+ *   container, teardown), as a script would call the CLI (build it first: npm run build:ts).
+ * The sandboxes live in a temporary state directory, removed at the end even on failure.
+ *
+ * Usage: npm run bench -- sandbox-boot [RUNS] [--machine q35|microvm] [--cache GUEST_CACHE_DIR]
+ *        (default 8 runs, q35 like a default sandbox, the library's default guest cache)
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { packageRoot } from '../src/native.js';
+import { INIT_MARKER } from '../src/guest/index.js';
+import { baseKernelArgs, hostTscKhz, rawQemuBoot } from '../src/hypervisor/index.js';
+import { Sandbox, type SandboxConfig } from '../src/sandbox/index.js';
+import { withCleanup } from './lib/cleanup.js';
+import { benchArgs, interleave } from './lib/interleave.js';
+import { machineFacts } from './lib/machine.js';
+import { ratios, report } from './lib/report.js';
+import { benchStateDir, bootedGuest } from './lib/sandbox.js';
+
+const USAGE = 'usage: npm run bench -- sandbox-boot [RUNS] [--machine q35|microvm] [--cache GUEST_CACHE_DIR]';
+
+/**
+ * Resolves with performance.now() when `marker` first appears in `file` (which may not exist
+ * yet) inside `dir`: inotify on the directory, and a 20 ms poll as a fallback.
+ */
+function watchFile(dir: string, file: string, marker: string): { seen: Promise<number>; close: () => void } {
+  let offset = 0;
+  let text = '';
+  let closed = false;
+  let watcher: fs.FSWatcher | undefined;
+  let poll: NodeJS.Timeout | undefined;
+  const close = (): void => {
+    closed = true;
+    watcher?.close();
+    clearInterval(poll);
+  };
+  const seen = new Promise<number>((resolve) => {
+    const check = (): void => {
+      if (closed) return;
+      try {
+        const fd = fs.openSync(file, 'r');
+        try {
+          const buffer = Buffer.alloc(64 * 1024);
+          let n: number;
+          while ((n = fs.readSync(fd, buffer, 0, buffer.length, offset)) > 0) {
+            offset += n;
+            text = (text + buffer.toString('latin1', 0, n)).slice(-4096);
+            if (text.includes(marker)) {
+              const at = performance.now();
+              close();
+              resolve(at);
+              return;
+            }
+          }
+        } finally {
+          fs.closeSync(fd);
+        }
+      } catch {
+        // not created yet
+      }
+    };
+    watcher = fs.watch(dir, { persistent: false }, check);
+    poll = setInterval(check, 20);
+    check();
+  });
+  return { seen, close };
+}
+
+export default async function main(args: string[]): Promise<void> {
+  const { runs, options } = benchArgs(args, 8, { machine: 'q35', cache: '' }, USAGE);
+  if (options.machine !== 'q35' && options.machine !== 'microvm') throw new Error(USAGE);
+  const machine = options.machine;
+  const cli = path.join(packageRoot, 'dist', 'cli', 'main.js');
+  if (!fs.existsSync(cli)) throw new Error(`${cli} is missing: run "npm run build:ts" first`);
+  const facts = await machineFacts();
+
+  await withCleanup(async (cleanup) => {
+    const { signal } = cleanup;
+    const stateDir = await benchStateDir(cleanup);
+    const config: SandboxConfig = { stateDir, machine, ...(options.cache ? { guest: { cacheDir: options.cache } } : {}) };
+    let guest: { kernel: string; initramfs: string; kernelRelease?: string } | undefined;
+
+    async function vmpodReady(): Promise<Record<string, number>> {
+      const t0 = performance.now();
+      const sandbox = await Sandbox.create(config, { signal });
+      const marker = watchFile(sandbox.dir, sandbox.consoleLog, INIT_MARKER);
+      try {
+        await sandbox.start({ signal });
+        const ready = performance.now() - t0;
+        const markerAt = await Promise.race([marker.seen, new Promise<number>((r) => setTimeout(() => r(NaN), 2_000))]);
+        const booted = await bootedGuest(sandbox);
+        guest ??= booted;
+        if (booted.kernel !== guest.kernel || booted.initramfs !== guest.initramfs) {
+          throw new Error(`the guest assets changed during the run (${guest.initramfs} -> ${booted.initramfs}; the agent was rebuilt?): run again`);
+        }
+        const t1 = performance.now();
+        await sandbox.delete({ force: true, signal });
+        return { 'vmpod-ready': ready, 'vmpod-marker': markerAt - t0, 'vmpod-delete': performance.now() - t1 };
+      } catch (error) {
+        await sandbox.delete({ force: true }).catch(() => undefined);
+        throw error;
+      } finally {
+        marker.close();
+      }
+    }
+
+    async function rawQemu(): Promise<number> {
+      if (!guest) throw new Error('the guest assets are known after the first vmpod boot');
+      const result = await rawQemuBoot({
+        kernel: guest.kernel,
+        initramfs: guest.initramfs,
+        // The sandbox's own kernel arguments: vmpod's base ones and nothing else (no debug, no extra).
+        append: baseKernelArgs(machine, hostTscKhz()).join(' '),
+        marker: INIT_MARKER,
+        machine,
+        cpus: 1,
+        memoryMiB: 256,
+        timeoutMs: 120_000,
+        signal,
+      });
+      return result.markerMs;
+    }
+
+    function vmpodRun(): Promise<number> {
+      return new Promise((resolve, reject) => {
+        const t0 = performance.now();
+        const args = [cli, 'run', '--rm', '--machine', machine, '--', 'true'];
+        const env = { ...process.env, VMPOD_STATE_DIR: stateDir, ...(options.cache ? { VMPOD_GUEST_CACHE: options.cache } : {}) };
+        const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'], signal });
+        let output = '';
+        child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+        child.stderr.on('data', (d: Buffer) => (output += d.toString()));
+        child.on('error', reject);
+        child.on('close', (code) => {
+          if (code === 0) resolve(performance.now() - t0);
+          else reject(new Error(`vmpod ${args.slice(1).join(' ')} exited ${code}: ${output.slice(-2000)}`));
+        });
+      });
+    }
+
+    const samples = await interleave(
+      runs,
+      [
+        ['vmpod-ready', vmpodReady],
+        ['raw-qemu', rawQemu],
+        ['vmpod-run', vmpodRun],
+      ],
+      { signal, digits: 0 },
+    );
+    const results = samples.results();
+    report(
+      'sandbox-boot',
+      'ms',
+      runs,
+      results,
+      ratios(results, [
+        ['vmpod-ready', 'raw-qemu'],
+        ['vmpod-marker', 'raw-qemu'],
+        ['vmpod-run', 'raw-qemu'],
+        ['vmpod-run', 'vmpod-ready'],
+      ]),
+      { machine: facts, vm: { machine, cpus: 1, memory_mib: 256, kernel: guest?.kernel, initramfs: guest?.initramfs, guest_kernel: guest?.kernelRelease } },
+    );
+  });
+}
