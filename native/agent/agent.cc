@@ -98,6 +98,22 @@ void Agent::OnSessionClosed(uint64_t id) {
   }
 }
 
+void Agent::OnHostGone(uint64_t id) {
+  for (Process* p : AllProcesses()) {
+    for (Output* o : {&p->out, &p->err}) {
+      if (o->session == id) {
+        o->session = 0;
+        o->credit = 0;
+      }
+    }
+    if (p->in.session == id) p->in.session = 0;
+    UpdateIo(*p);
+  }
+  for (size_t i = 0; i < ports_.size(); i++) {
+    if (ports_[i].session == id) WatchPortLater(i);
+  }
+}
+
 void Agent::OnSessionReset(uint64_t id) {
   for (Process* p : AllProcesses()) {
     for (Output* o : {&p->out, &p->err}) {

@@ -58,6 +58,11 @@ class Session {
   void Start();  // registers with the loop
   // Feeds bytes read from the channel before the session existed.
   void Receive(const char* data, size_t len);
+  // virtio-serial ports: the session survives host hang-ups (HostGone pauses it, Resume goes on
+  // once the port is connected again); a new host is recognised by its Hello on stream 1.
+  void setPort() { port_ = true; }
+  bool paused() const { return paused_; }
+  void Resume();
   void SendFrame(uint32_t stream, uint8_t type, uint8_t flags, std::string_view payload);
   void SendResult(uint32_t stream, const json& result);
   void SendError(uint32_t stream, const Error& error);
@@ -91,6 +96,7 @@ class Session {
   void OnFrame(const Frame& frame);
   static bool IsHello(std::string_view payload);
   void Reset();
+  void HostGone();
   void UpdateInterest();
 
   Agent& agent_;
@@ -102,6 +108,9 @@ class Session {
   bool closed_ = false;
   bool failed_ = false;
   bool wantOut_ = false;
+  bool port_ = false;
+  bool paused_ = false;
+  bool resetSinceHangup_ = false;
   uint32_t dataChunk_ = kMaxDataChunk;
   bool canSplice_ = true;
   Fd spliceFd_;               // pipe being spliced to the channel (a dup: survives the process)
@@ -187,8 +196,11 @@ class Agent {
   void Dispatch(Session& s, uint32_t stream, std::string_view payload);
   void OnData(Session& s, const Frame& frame);
   void OnSessionClosed(uint64_t id);
-  // Detaches a session's streams and waiters (its host went away), keeping the channel.
+  // Detaches a session's streams and waiters (a new host took over the channel).
   void OnSessionReset(uint64_t id);
+  // A port's host hung up: its stdio attachments end (nobody can read them); waiters stay until
+  // a new host says Hello. Polls the port until it is connected again.
+  void OnHostGone(uint64_t id);
   void OnSessionDrained(uint64_t id);
   uint64_t AddSession(int fd, bool ownsFd, const std::string& name);
 
@@ -233,6 +245,7 @@ class Agent {
   void StartTransports();
   void ScanPorts();
   void WatchPort(size_t index);
+  void WatchPortLater(size_t index);
   void StartShutdown(Pending pending);
   void FinishShutdown();
 

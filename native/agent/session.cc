@@ -24,7 +24,7 @@ void Session::Start() {
 }
 
 void Session::UpdateInterest() {
-  if (closed_) return;
+  if (closed_ || paused_) return;
   bool want = queued() > 0;
   if (want == wantOut_) return;
   wantOut_ = want;
@@ -32,34 +32,62 @@ void Session::UpdateInterest() {
 }
 
 void Session::OnEvents(uint32_t events) {
-  if (closed_) return;
+  if (closed_ || paused_) return;
   if (events & EPOLLOUT) Flush();
-  if (closed_) return;
+  if (closed_ || paused_) return;
   if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-    // Read a bounded amount per wakeup so one busy session cannot starve the others.
+    // Read a bounded amount per wakeup so one busy session cannot starve the others. The
+    // EPOLLHUP bit itself is not trusted: on virtio-serial it can be stale while a new host's
+    // bytes are already readable; read() returning 0 is what says the peer is gone.
     char buf[64 * 1024];
-    for (int round = 0; round < 16 && !closed_; round++) {
+    for (int round = 0; round < 16 && !closed_ && !paused_; round++) {
       ssize_t n = read(fd_, buf, sizeof buf);
       if (n < 0) {
         if (errno == EINTR) continue;
-        if (errno == EAGAIN) {
-          if (events & EPOLLHUP) Close("hang-up");
-          break;
-        }
+        if (errno == EAGAIN) break;
         Close(std::string("read: ") + strerror(errno));
         break;
       }
       if (n == 0) {
-        Close("end of stream");
+        if (port_) {
+          HostGone();
+        } else {
+          Close("end of stream");
+        }
         break;
       }
       Receive(buf, static_cast<size_t>(n));
-      if (static_cast<size_t>(n) < sizeof buf) {
-        if (events & EPOLLHUP) Close("hang-up");
-        break;
-      }
+      if (static_cast<size_t>(n) < sizeof buf) break;
     }
   }
+}
+
+// A virtio-serial port whose host went away: the session stays (a host may be back at any
+// moment, and the guest may even see its bytes before it sees it connect), but stops reading
+// until the port is connected again; see Agent::WatchPort.
+void Session::HostGone() {
+  Debug("session %s: the host hung up", name_.c_str());
+  if (!resetSinceHangup_) {
+    // Output for the host that left, possibly cut mid-frame: the next host must not see it.
+    out_.clear();
+    outPos_ = 0;
+    splicePos_ = 0;
+  }
+  resetSinceHangup_ = false;
+  paused_ = true;
+  agent_.loop().Remove(token_);
+  token_ = 0;
+  wantOut_ = false;
+  agent_.OnHostGone(id_);
+}
+
+void Session::Resume() {
+  if (!paused_ || closed_) return;
+  paused_ = false;
+  token_ = agent_.loop().Add(fd_, EPOLLIN, [this](uint32_t ev) { OnEvents(ev); });
+  Debug("session %s: a host is connected", name_.c_str());
+  Flush();
+  OnEvents(EPOLLIN);
 }
 
 void Session::Receive(const char* data, size_t len) {
@@ -125,6 +153,7 @@ void Session::Reset() {
   splicePos_ = 0;
   helloDone = false;
   lastRequest = 0;
+  resetSinceHangup_ = true;
   agent_.OnSessionReset(id_);
   UpdateInterest();
 }

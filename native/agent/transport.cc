@@ -99,18 +99,33 @@ void Agent::ScanPorts() {
 
 // A port with no host connected reports POLLHUP (and epoll would spin on it), so a port without
 // a session is polled every 20 ms until the host connects; then it gets a fresh session.
+void Agent::WatchPortLater(size_t i) {
+  loop_.AddTimer(20, [this, i] { WatchPort(i); });
+}
+
+// A port with no host connected reports POLLHUP (and epoll would spin on it), so while no host
+// is connected the port is polled every 20 ms; once one is, its session (re)starts reading.
 void Agent::WatchPort(size_t i) {
   Port& port = ports_[i];
-  if (port.session || shuttingDown_) return;
+  if (shuttingDown_) return;
   auto hungUp = [&] {
     pollfd pfd{port.fd.get(), POLLIN, 0};
     poll(&pfd, 1, 0);
     return (pfd.revents & POLLHUP) != 0;
   };
+  if (Session* s = port.session ? FindSession(port.session) : nullptr) {
+    if (!s->paused()) return;
+    if (hungUp()) {
+      WatchPortLater(i);
+    } else {
+      s->Resume();
+    }
+    return;
+  }
+  // No session: at start, or after a protocol error (ignore input until the host hangs up).
   std::string early;
   bool hup = hungUp();
   if (hup || port.poisoned) {
-    // Discard what an earlier host left behind, so the next session starts on a frame boundary.
     char buf[4096];
     for (ssize_t n; (n = read(port.fd.get(), buf, sizeof buf)) > 0;) {
       if (early.size() < (1u << 20)) early.append(buf, n);
@@ -118,19 +133,21 @@ void Agent::WatchPort(size_t i) {
     if (hup) port.poisoned = false;
     // A host that connected while we read may already have sent its Hello: keep those bytes.
     if (!hup || hungUp() || port.poisoned) {
-      loop_.AddTimer(20, [this, i] { WatchPort(i); });
+      WatchPortLater(i);
       return;
     }
   }
   port.session = AddSession(port.fd.get(), false, port.path);
+  Session& s = *sessions_[port.session];
+  s.setPort();
   // virtio_console moves at most 32 KiB per write(): a frame that fits in one write costs one
   // virtqueue kick, which is what is expensive under emulation.
-  sessions_[port.session]->setDataChunk(kVirtioMaxWrite - kHeaderSize);
+  s.setDataChunk(kVirtioMaxWrite - kHeaderSize);
   // No splice(2) to virtio-serial: with pipe pages it cannot steal (e.g. a container writing
   // with sendfile), the 6.1 guest kernel queues zero-sized buffers and QEMU marks the device
   // broken ("virtio: zero sized buffers are not allowed"). Seen with `cat` of a file.
-  sessions_[port.session]->disableSplice();
-  if (!early.empty()) sessions_[port.session]->Receive(early.data(), early.size());
+  s.disableSplice();
+  if (!early.empty()) s.Receive(early.data(), early.size());
 }
 
 void Agent::StartShutdown(Pending pending) {

@@ -174,6 +174,14 @@ describe.skipIf(!ready)(`vmpod-agent as PID 1 of a VM (${ready ? 'KVM when usabl
     stdin!.end('go\n');
     expect(await waited).toEqual({ exitCode: 3, signal: 0, oomKilled: false });
     await second.deleteContainer(id);
+    // Hosts coming and going quickly on the same port, each with a fresh handshake.
+    let client = again;
+    for (let i = 0; i < 10; i++) {
+      client.close();
+      client = await connect(0);
+      await client.ping();
+      expect(client.info.pid).toBe(1);
+    }
   });
 
   it('powers the guest off on Shutdown (QEMU exits)', async () => {
