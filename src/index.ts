@@ -12,3 +12,5 @@ export * from './guest/index.js';
 export * from './hypervisor/index.js';
 export * from './sandbox/index.js';
 export * from './container/index.js';
+export { AgentClosedError, AgentError, AgentProtocolError, type AgentErrorCode } from './agent/errors.js';
+export type { ContainerInfo } from './agent/messages.js';
