@@ -8,7 +8,7 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { writeFileAtomic } from '../../state/atomic.js';
 import { CniConfig, type JsonObject } from './config.js';
 import { CniCacheError } from './errors.js';
 import { parseResult, type CniResult } from './result.js';
@@ -104,29 +104,7 @@ export class ResultCache {
 
     const file = this.file(entry.network, entry.containerId, entry.ifName);
     await fs.mkdir(this.resultsDir, { recursive: true, mode: 0o700 });
-    const tmp = path.join(this.resultsDir, `.${path.basename(file)}.${randomBytes(6).toString('hex')}.tmp`);
-    const handle = await fs.open(tmp, 'wx', 0o600);
-    try {
-      await handle.writeFile(JSON.stringify(record));
-      await handle.sync();
-    } catch (error) {
-      await handle.close();
-      await fs.rm(tmp, { force: true });
-      throw error;
-    }
-    await handle.close();
-    try {
-      await fs.rename(tmp, file);
-    } catch (error) {
-      await fs.rm(tmp, { force: true });
-      throw error;
-    }
-    const dirHandle = await fs.open(this.resultsDir, 'r');
-    try {
-      await dirHandle.sync();
-    } finally {
-      await dirHandle.close();
-    }
+    await writeFileAtomic(file, JSON.stringify(record));
     return file;
   }
 
