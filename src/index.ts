@@ -12,5 +12,7 @@ export * from './guest/index.js';
 export * from './hypervisor/index.js';
 export * from './sandbox/index.js';
 export * from './container/index.js';
+export * from './nfv/index.js';
+export * from './volume/index.js';
 export { AgentClosedError, AgentError, AgentProtocolError, type AgentErrorCode } from './agent/errors.js';
 export type { ContainerInfo } from './agent/messages.js';

@@ -162,6 +162,9 @@ export function checkVmConfig(config: VmConfig): void {
   validate.integer(config.memory.sizeMiB, 'memory.sizeMiB', 64, 4 * 1024 * 1024);
   const backend = config.memory.backend ?? { kind: 'anonymous' };
   checkBackend(backend, 'memory.backend');
+  if (config.memory.merge !== undefined && typeof config.memory.merge !== 'boolean') {
+    throw new InvalidArgumentError('memory.merge', 'must be a boolean');
+  }
   if (backend.kind === 'memfd' && backend.hugepageSizeKiB !== undefined && (config.memory.sizeMiB * 1024) % backend.hugepageSizeKiB !== 0) {
     throw new InvalidArgumentError('memory.sizeMiB', `must be a multiple of the hugepage size (${backend.hugepageSizeKiB} KiB)`);
   }

@@ -34,6 +34,12 @@ export interface MemoryConfig {
   readonly shared?: boolean;
   /** Fault all RAM in at start (`prealloc=on`), e.g. to claim hugepages up front. */
   readonly prealloc?: boolean;
+  /**
+   * Mark guest RAM mergeable by KSM (`-machine mem-merge=on`, `madvise(MADV_MERGEABLE)`) or
+   * keep it out of KSM (`mem-merge=off`). Default: QEMU's (on). KSM only merges private
+   * anonymous pages: shared (memfd/file) RAM is never merged.
+   */
+  readonly merge?: boolean;
 }
 
 /** Fields common to all devices. */

@@ -12,6 +12,9 @@ import { checkDevice } from '../hypervisor/config.js';
 import * as validate from '../validate.js';
 import { DEFAULT_STATE_DIR } from '../state/store.js';
 import { DEFAULT_GUEST_CACHE_DIR } from '../guest/assets.js';
+import { resolveNfvConfig, type NfvConfigInput, type ResolvedNfvConfig } from '../nfv/config.js';
+import { checkVolumes, volumeHugepages, type VolumeSpec } from '../volume/spec.js';
+import type { Volume } from '../volume/volume.js';
 
 /** Where the guest kernel and initramfs come from. */
 export interface GuestConfig {
@@ -30,8 +33,11 @@ export interface GuestConfig {
   build?: 'if-missing' | 'never';
 }
 
-/** Configuration of {@link Sandbox.create}. */
-export interface SandboxConfig {
+/**
+ * Configuration of {@link Sandbox.create}. The NFV fields (`hugepages`, `vhostUser`, `devices`,
+ * `ksm`) are described in {@link NfvConfigInput}.
+ */
+export interface SandboxConfig extends NfvConfigInput {
   /** Sandbox id (default: random). 1-64 characters of [A-Za-z0-9_.-]. */
   id?: string;
   /** State directory root (default `/run/vmpod`, or `$VMPOD_STATE_DIR`). */
@@ -60,10 +66,12 @@ export interface SandboxConfig {
    * virtio-serial port). Their ids must not collide with vmpod's (`agent`, `sharedfs`, ...).
    */
   extraDevices?: VmDevice[];
+  /** Volumes of the sandbox, mounted at every start; containers use them by name. */
+  volumes?: (Volume | VolumeSpec)[];
 }
 
 /** A checked {@link SandboxConfig} with every default filled in; persisted with the sandbox. */
-export interface ResolvedSandboxConfig {
+export interface ResolvedSandboxConfig extends ResolvedNfvConfig {
   id: string;
   stateDir: string;
   cpus: number;
@@ -74,9 +82,13 @@ export interface ResolvedSandboxConfig {
   agentPorts: number;
   debug: boolean;
   extraDevices: VmDevice[];
+  volumes: VolumeSpec[];
 }
 
-const CONFIG_KEYS = new Set(['id', 'stateDir', 'cpus', 'memoryMiB', 'machine', 'guest', 'sharedFs', 'agentPorts', 'debug', 'hypervisor', 'extraDevices']);
+const CONFIG_KEYS = new Set([
+  'id', 'stateDir', 'cpus', 'memoryMiB', 'machine', 'guest', 'sharedFs', 'agentPorts', 'debug', 'hypervisor', 'extraDevices',
+  'hugepages', 'vhostUser', 'devices', 'ksm', 'sysfs', 'volumes',
+]);
 const GUEST_KEYS = new Set(['cacheDir', 'kernel', 'initramfs', 'kernelArgs', 'build']);
 
 function rejectUnknownKeys(value: object, allowed: Set<string>, prefix: string): void {
@@ -118,21 +130,26 @@ export function resolveSandboxConfig(config: SandboxConfig): ResolvedSandboxConf
   }
   const build = guest.build ?? 'if-missing';
   if (build !== 'if-missing' && build !== 'never') throw new InvalidArgumentError('guest.build', 'must be "if-missing" or "never"');
+  const memoryMiB = validate.integer(config.memoryMiB ?? 256, 'memoryMiB', 64, 1024 * 1024);
+  const sharedFs = bool(config.sharedFs, 'sharedFs', true);
+  const volumes = checkVolumes(config.volumes);
   const resolved: ResolvedSandboxConfig = {
     id: config.id === undefined ? randomId() : validate.id(config.id, 'id'),
     stateDir: validate.absolutePath(config.stateDir ?? process.env['VMPOD_STATE_DIR'] ?? DEFAULT_STATE_DIR, 'stateDir'),
     cpus: validate.integer(config.cpus ?? 1, 'cpus', 1, 64),
-    memoryMiB: validate.integer(config.memoryMiB ?? 256, 'memoryMiB', 64, 1024 * 1024),
+    memoryMiB,
     machine,
     guest: {
       cacheDir: validate.absolutePath(guest.cacheDir ?? process.env['VMPOD_GUEST_CACHE'] ?? DEFAULT_GUEST_CACHE_DIR, 'guest.cacheDir'),
       kernelArgs: [...kernelArgs],
       build,
     },
-    sharedFs: bool(config.sharedFs, 'sharedFs', true),
+    sharedFs,
     agentPorts: validate.integer(config.agentPorts ?? 4, 'agentPorts', 1, 16),
     debug: bool(config.debug, 'debug', false),
     extraDevices: checkExtraDevices(config.extraDevices),
+    volumes,
+    ...resolveNfvConfig(config, { memoryMiB, machine, sharedMemory: sharedFs, volumePages: volumeHugepages(volumes) }),
   };
   if (guest.kernel !== undefined) resolved.guest.kernel = validate.absolutePath(guest.kernel, 'guest.kernel');
   if (guest.initramfs !== undefined) resolved.guest.initramfs = validate.absolutePath(guest.initramfs, 'guest.initramfs');

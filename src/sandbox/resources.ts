@@ -8,9 +8,11 @@
 import type { ResolvedSandboxConfig } from './config.js';
 import type { SandboxResource } from './resource.js';
 import { SharedFsResource } from './shared-fs.js';
+import { nfvResources } from '../nfv/resources.js';
 
 export function sandboxResources(config: ResolvedSandboxConfig): SandboxResource[] {
   const resources: SandboxResource[] = [];
   if (config.sharedFs) resources.push(new SharedFsResource());
+  resources.push(...nfvResources());
   return resources;
 }

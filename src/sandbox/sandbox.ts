@@ -51,6 +51,9 @@ import type { GuestContext, ResourceContext, SandboxResource, VmContribution } f
 import { sandboxResources } from './resources.js';
 import { guestSharedDir, sharedDirOf } from './shared-fs.js';
 import { assertTransition, type SandboxState } from './state-machine.js';
+import { blockRootfs, containerMounts, releaseContainerVolumes } from '../volume/container.js';
+import { VOLUMES_KIND, volumesState } from '../volume/resource.js';
+import { checkContainerVolumes, type ContainerVolume } from '../volume/spec.js';
 
 export type { SandboxConfig, SandboxState };
 
@@ -129,6 +132,14 @@ export interface ContainerConfig extends SandboxCallOptions {
   hostname?: string;
   /** Which stdio streams of the init to open (default: stdout and stderr). */
   stdio?: StdioOptions;
+  /** Volumes of the sandbox to mount in the container (see {@link Volume.at}). */
+  volumes?: ContainerVolume[];
+  /**
+   * How the rootfs of a bundle or rootfs directory reaches the guest: `virtiofs` (default: a
+   * bind mount into the shared directory) or `block` (an ext4 image made with `mkfs.ext4 -d`,
+   * hot plugged as a virtio-blk disk; q35 only; writes stay in the image).
+   */
+  rootfsTransport?: 'virtiofs' | 'block';
 }
 
 /** What a guest context adds to a resource context. */
@@ -416,6 +427,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       backend: backend ?? (shared ? { kind: 'memfd' } : { kind: 'anonymous' }),
       ...(shared || backend ? { shared: true } : {}),
       ...(contributions.some((c) => c.prealloc) ? { prealloc: true } : {}),
+      merge: config.ksm === true,
     };
     return {
       id: config.id,
@@ -722,6 +734,9 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     const { signal } = options;
     const id = options.id === undefined ? `c-${randomBytes(4).toString('hex')}` : validate.id(options.id, 'id');
     const overrides = checkOverrides(options.process ?? {});
+    const volumes = checkContainerVolumes(options.volumes);
+    const transport = options.rootfsTransport ?? 'virtiofs';
+    if (transport !== 'virtiofs' && transport !== 'block') throw new InvalidArgumentError('rootfsTransport', 'must be "virtiofs" or "block"');
     if (options.bundle !== undefined && options.rootfs !== undefined) {
       throw new InvalidArgumentError('rootfs', 'give either a bundle or a rootfs, not both');
     }
@@ -745,12 +760,15 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     }
     if (options.hostname !== undefined) spec.hostname = options.hostname;
     const adapted = adaptSpecForGuest(spec);
-    if ((hostRootfs !== undefined || adapted.shares.length > 0) && !this.config.sharedFs) {
+    if (((hostRootfs !== undefined && transport === 'virtiofs') || adapted.shares.length > 0) && !this.config.sharedFs) {
       throw new InvalidArgumentError('sharedFs', 'this sandbox has no shared filesystem: only the builtin rootfs can be used');
     }
     if (this.state !== 'running') throw new SandboxError(this.id, `is ${this.state}: containers can be created only while it runs`);
     const agent = this.agent;
     if (this.#containers.has(id)) throw new AlreadyExistsError('container', id);
+    adapted.spec.mounts!.push(
+      ...(await this.withResource(VOLUMES_KIND, async (ctx) => containerMounts(ctx.state, volumes, adapted.spec, ctx.config.hugepages?.guestPages ?? 0), signal)),
+    );
     const terminal = adapted.spec.process.terminal ?? false;
     const stdio = normaliseStdio(options.stdio, terminal);
     const hostBase = path.join(this.#paths().sharedDir, 'containers', id);
@@ -762,7 +780,15 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
         });
       };
       let rootfs = 'builtin';
-      if (hostRootfs !== undefined) {
+      if (hostRootfs !== undefined && transport === 'block') {
+        rootfs = await blockRootfs(this, {
+          rootfs: hostRootfs,
+          disksDir: path.join(this.dir, 'disks'),
+          containerId: id,
+          readOnly: adapted.spec.root?.readonly === true,
+          ...(signal ? { signal } : {}),
+        });
+      } else if (hostRootfs !== undefined) {
         await bindIntoSharedDir(hostRootfs, path.join(hostBase, 'rootfs'), {
           readOnly: adapted.spec.root?.readonly === true,
           record,
@@ -806,6 +832,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   /** @internal Releases the host mounts of container `id`. */
   async releaseContainer(id: string): Promise<void> {
     this.#containers.delete(id);
+    const ownVolumes = volumesState(this.#record.resources[VOLUMES_KIND]).volumes.some((v) => v.container === id);
+    if (ownVolumes && this.state === 'running') await releaseContainerVolumes(this, id);
     const hostBase = path.join(this.#paths().sharedDir, 'containers', id);
     await this.#update(async (record) => {
       const mine = record.mounts.filter((m) => m === hostBase || m.startsWith(`${hostBase}/`));

@@ -345,8 +345,12 @@ export function buildQemuCommandLine(config: VmConfig, context: QemuContext): Qe
           ['rtc', true],
           ['acpi', true],
           ['memory-backend', memory.backendId],
+          ['mem-merge', config.memory.merge],
         ]
-      : [['memory-backend', memory.backendId]];
+      : [
+          ['memory-backend', memory.backendId],
+          ['mem-merge', config.memory.merge],
+        ];
   const kernelArgs = [...baseKernelArgs(machine, context.host.tscKhz), ...(config.kernelArgs ?? [])].join(' ');
   if (kernelArgs.length > MAX_KERNEL_CMDLINE) {
     throw new InvalidArgumentError('kernelArgs', `the kernel command line is ${kernelArgs.length} bytes, more than ${MAX_KERNEL_CMDLINE}`);

@@ -1,0 +1,31 @@
+/**
+ * Where a device landed in the guest: its PCI path, Kata's form `SS/00` (slot of the PCIe root
+ * port on bus 0, then the slot on the port's bus). The guest finds the device under
+ * `/sys/bus/pci/devices/0000:00:SS.0/0000:BB:00.0/` (BB being the bus number the guest gave the
+ * port), e.g. for a NIC `.../virtio*\/net/IFNAME`. See docs/sriov-vfio.md.
+ *
+ * @internal
+ * @module
+ */
+import type { VirtualMachine } from '../hypervisor/hypervisor.js';
+import { rootPortPciPath } from '../hypervisor/qemu/cmdline.js';
+import { QemuVm } from '../hypervisor/qemu/vm.js';
+
+/**
+ * The guest PCI path of device `id` when it sits on a root port, from QEMU's QOM tree
+ * (`qom-get /machine/peripheral/ID parent_bus` -> `/machine/peripheral/rpN/rpN`); undefined on
+ * the root complex, on microvm, or with another hypervisor.
+ */
+export async function guestPciPath(vm: VirtualMachine, id: string, signal?: AbortSignal): Promise<string | undefined> {
+  const qmp = vm instanceof QemuVm && vm.handle.machine === 'q35' ? vm.qmp : undefined;
+  if (!qmp) return undefined;
+  const bus = await qmp.execute<string>('qom-get', { path: `/machine/peripheral/${id}`, property: 'parent_bus' }, signal ? { signal } : {});
+  const port = /\/machine\/peripheral\/(rp\d+)\/\1$/u.exec(bus)?.[1];
+  return port === undefined ? undefined : rootPortPciPath(port);
+}
+
+/** The guest sysfs directory of the root port of `pciPath` (`12/00` -> `/sys/bus/pci/devices/0000:00:12.0`). */
+export function guestPortDir(pciPath: string): string {
+  const slot = pciPath.split('/')[0] ?? '';
+  return `/sys/bus/pci/devices/0000:00:${slot}.0`;
+}

@@ -1,0 +1,125 @@
+/**
+ * What volumes give a container: OCI bind mounts of the volumes it asks for, a hugetlbfs at
+ * `/dev/hugepages` when its spec sets hugepage limits, and its rootfs as an ext4 image on a
+ * hot-plugged disk (instead of through the virtio-fs share).
+ *
+ * @internal
+ * @module
+ */
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { InvalidArgumentError, NotFoundError, VmpodError } from '../errors.js';
+import type { OciMount, OciSpec } from '../agent/messages.js';
+import type { GuestContext } from '../sandbox/resource.js';
+import { VolumeReadOnlyError } from './errors.js';
+import { hotplugVolume, volumesState, detachVolume, VOLUMES_KIND } from './resource.js';
+import type { ContainerVolume } from './spec.js';
+
+const exec = promisify(execFile);
+
+/** Making a container's rootfs image failed (mkfs.ext4 from e2fsprogs). */
+export class RootfsImageError extends VmpodError {
+  constructor(readonly rootfs: string, message: string, options: { cause?: unknown } = {}) {
+    super('ERR_VMPOD_ROOTFS_IMAGE', `rootfs ${rootfs}: ${message}`, options);
+  }
+}
+
+/** What a container needs of its sandbox to run `fn` under the sandbox lock. */
+export interface VolumeHost {
+  withResource<T>(kind: string, fn: (ctx: GuestContext) => Promise<T>, signal?: AbortSignal): Promise<T>;
+}
+
+/**
+ * The OCI mounts of a container's volumes (`mount --rbind [-o ro] GUEST_PATH DEST` in the
+ * container) and, when `linux.resources.hugepageLimits` sets a limit and no mount is at
+ * `/dev/hugepages`, a hugetlbfs there (`mount -t hugetlbfs -o pagesize=2M,size=LIMIT`).
+ */
+export function containerMounts(volumesStateValue: unknown, wanted: readonly ContainerVolume[], spec: OciSpec, guestPages: number): OciMount[] {
+  const volumes = volumesState(volumesStateValue).volumes;
+  const mounts: OciMount[] = wanted.map((w, i) => {
+    const volume = volumes.find((v) => v.spec.name === w.volume && v.container === undefined);
+    if (!volume || volume.guestPath === undefined) throw new NotFoundError('volume', w.volume);
+    const readOnly = w.readOnly === true;
+    const volumeRo = 'readOnly' in volume.spec && volume.spec.readOnly === true;
+    if (volumeRo && !readOnly) throw new VolumeReadOnlyError(w.volume, undefined);
+    if (volume.spec.kind === 'hugepages' && readOnly) {
+      throw new InvalidArgumentError(`volumes[${i}].readOnly`, 'a hugepages volume cannot be mapped read-only by DPDK programs: leave readOnly off');
+    }
+    return { destination: w.destination, type: 'bind', source: volume.guestPath, options: ['rbind', readOnly ? 'ro' : 'rw'] };
+  });
+  const limits = (spec.linux as { resources?: { hugepageLimits?: { pageSize?: unknown; limit?: unknown }[] } } | undefined)?.resources?.hugepageLimits ?? [];
+  const limit = limits.find((l) => l.pageSize === '2MB' || l.pageSize === '2M');
+  const others = limits.filter((l) => l !== limit && typeof l.limit === 'number' && l.limit > 0);
+  if (others.length > 0) throw new InvalidArgumentError('linux.resources.hugepageLimits', 'the guest has only 2 MiB hugepages ("2MB")');
+  const hasMount = [...(spec.mounts ?? []), ...mounts].some((m) => m.destination.replace(/\/+$/u, '') === '/dev/hugepages');
+  if (limit && typeof limit.limit === 'number' && limit.limit > 0 && !hasMount) {
+    if (guestPages === 0) {
+      throw new InvalidArgumentError('linux.resources.hugepageLimits', 'the sandbox reserves no guest hugepages: create it with hugepages.guestPages');
+    }
+    const size = Math.floor(limit.limit / (2 * 1024 * 1024)) * 2 * 1024 * 1024;
+    mounts.push({ destination: '/dev/hugepages', type: 'hugetlbfs', source: 'nodev', options: ['nosuid', 'nodev', 'pagesize=2M', `size=${size}`] });
+  }
+  return mounts;
+}
+
+/** Bytes under `dir` (allocated blocks), for sizing an image. */
+async function treeSize(dir: string): Promise<number> {
+  let total = 0;
+  for (const entry of await fs.readdir(dir, { withFileTypes: true })) {
+    const p = path.join(dir, entry.name);
+    const st = await fs.lstat(p);
+    total += Math.max(st.blocks * 512, 4096);
+    if (entry.isDirectory()) total += await treeSize(p);
+  }
+  return total;
+}
+
+/** The volume name of a container's rootfs image. */
+export function rootfsVolumeName(containerId: string): string {
+  return `rootfs-${createHash('sha256').update(containerId).digest('hex').slice(0, 8)}`;
+}
+
+/**
+ * Makes an ext4 image of `rootfs` in `disksDir` (`mkfs.ext4 -d ROOTFS IMG SIZE`), hot plugs it
+ * into the running sandbox and has the agent mount it; returns the guest path for the
+ * container's rootfs. Released with the container ({@link releaseContainerVolumes}).
+ */
+export async function blockRootfs(
+  host: VolumeHost,
+  options: { rootfs: string; disksDir: string; containerId: string; readOnly: boolean; signal?: AbortSignal },
+): Promise<string> {
+  const name = rootfsVolumeName(options.containerId);
+  await fs.mkdir(options.disksDir, { recursive: true, mode: 0o700 });
+  const image = path.join(options.disksDir, `${name}.img`);
+  const sizeKiB = Math.ceil(((await treeSize(options.rootfs)) * 1.25 + 16 * 1024 * 1024) / 1024 / 4) * 4;
+  try {
+    await exec('mkfs.ext4', ['-q', '-F', '-O', '^has_journal', '-E', 'root_owner=0:0', '-d', options.rootfs, image, `${sizeKiB}k`], {
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+  } catch (cause) {
+    await fs.rm(image, { force: true });
+    const stderr = (cause as { stderr?: string }).stderr?.trim();
+    throw new RootfsImageError(options.rootfs, `mkfs.ext4 -d failed${stderr ? `: ${stderr}` : ''} (e2fsprogs 1.43+ is needed)`, { cause });
+  }
+  try {
+    const volume = await host.withResource(
+      VOLUMES_KIND,
+      (ctx) => hotplugVolume(ctx, { kind: 'block', name, source: image, format: 'raw', readOnly: options.readOnly }, options.containerId, image),
+      options.signal,
+    );
+    return volume.guestPath!;
+  } catch (error) {
+    await fs.rm(image, { force: true });
+    throw error;
+  }
+}
+
+/** Unmounts, unplugs and removes the volumes that belong to container `id` (its rootfs image). */
+export async function releaseContainerVolumes(host: VolumeHost, containerId: string): Promise<void> {
+  await host.withResource(VOLUMES_KIND, async (ctx) => {
+    for (const v of volumesState(ctx.state).volumes.filter((x) => x.container === containerId)) await detachVolume(ctx, v.spec.name);
+  });
+}

@@ -1,0 +1,54 @@
+/**
+ * What each kind of volume implements (one module per kind), and the persisted state of one
+ * volume of a sandbox.
+ *
+ * @internal
+ * @module
+ */
+import type { VmDevice } from '../hypervisor/hypervisor.js';
+import type { GuestContext, ResourceContext } from '../sandbox/resource.js';
+import type { VolumeSpec } from './spec.js';
+
+/** One volume of a sandbox, as its record keeps it. */
+export interface VolumeState {
+  spec: VolumeSpec;
+  /** Host mount points made for it (recorded before each mount). */
+  hostMounts: string[];
+  /** Where it is in the guest (mounted there, or visible through the share). */
+  guestPath?: string;
+  /** VM device id, when it has one. */
+  device?: string;
+  /** Added to the running sandbox (dropped at stop), rather than from its config. */
+  hotplugged: boolean;
+  /** Belongs to this container (its rootfs image): released with it. */
+  container?: string;
+  /** A file vmpod made for it (a rootfs image), removed on release. */
+  madeFile?: string;
+}
+
+/** Persists the volume's state (call it before each host object is made). */
+export type SaveVolume = () => Promise<void>;
+
+/** One kind of volume. */
+export interface VolumeDriver {
+  /** Host side before the VM starts (a config volume): returns the VM devices it needs. */
+  prepare(ctx: ResourceContext, state: VolumeState, save: SaveVolume): Promise<VmDevice[]>;
+  /** Guest side once the agent answered: mounts it, sets `guestPath`. */
+  attach(ctx: GuestContext, state: VolumeState, save: SaveVolume): Promise<void>;
+  /** Adds it to a running sandbox: host side, hotplug, guest side. */
+  hotplug(ctx: GuestContext, state: VolumeState, save: SaveVolume): Promise<void>;
+  /** Removes it from a running sandbox (guest side first), then releases the host side. */
+  detach(ctx: GuestContext, state: VolumeState, save: SaveVolume): Promise<void>;
+  /** Host side after the VM is gone, from the state alone; idempotent. */
+  release(ctx: ResourceContext, state: VolumeState, save: SaveVolume): Promise<void>;
+}
+
+/** Where the agent mounts volumes in the guest. */
+export function guestVolumeDir(guestStateDir: string, name: string): string {
+  return `${guestStateDir}/volumes/${name}`;
+}
+
+/** `{ signal }` of a context, for agent and VM calls. */
+export function callOptions(ctx: { signal?: AbortSignal }): { signal?: AbortSignal } {
+  return ctx.signal ? { signal: ctx.signal } : {};
+}

@@ -1,0 +1,122 @@
+/**
+ * The {@link Volume} class: a storage volume for a sandbox's containers, of one of four kinds
+ * (see spec.ts): a host directory (virtio-fs, or 9p), a block device or image (virtio-blk),
+ * a tmpfs, or guest hugepages.
+ *
+ * ```ts
+ * const data = Volume.directory('data', '/srv/data', { readOnly: true });
+ * await using sandbox = await Sandbox.create({ volumes: [data, Volume.tmpfs('scratch', { sizeMiB: 64 })] });
+ * await sandbox.start();
+ * const disk = Volume.block('db', '/srv/db.qcow2', { format: 'qcow2' });
+ * await disk.attach(sandbox);                          // hot plug into the running VM
+ * const c = await sandbox.createContainer({
+ *   volumes: [data.at('/data', { readOnly: true }), disk.at('/var/lib/db')],
+ * });
+ * ```
+ *
+ * @module
+ */
+import * as validate from '../validate.js';
+import type { VolumeHost } from './container.js';
+import { detachVolume, hotplugVolume, volumesState, VOLUMES_KIND } from './resource.js';
+import { checkVolumeSpec, type BlockVolume, type ContainerVolume, type DirectoryVolume, type VolumeSpec } from './spec.js';
+
+/** A volume of a running sandbox. */
+export interface VolumeInfo {
+  spec: VolumeSpec;
+  /** Where it is in the guest, once mounted. */
+  guestPath?: string;
+  /** Added to the running sandbox rather than from its config (forgotten at stop). */
+  hotplugged: boolean;
+  /** The container whose rootfs image it is. */
+  container?: string;
+}
+
+/** Options of calls that can be cancelled. */
+export interface VolumeCallOptions {
+  signal?: AbortSignal;
+}
+
+export class Volume {
+  /** The checked description (what the sandbox config and record hold). */
+  readonly spec: VolumeSpec;
+
+  /** A volume from a description (checked: {@link InvalidArgumentError} on bad input). */
+  constructor(spec: VolumeSpec) {
+    this.spec = checkVolumeSpec(spec, 'volume');
+  }
+
+  /**
+   * A host directory. Equivalent: `mount --bind [-o ro] SOURCE SHARED/volumes/NAME` into the
+   * sandbox's virtio-fs share (`transport: '9p'`: `-fsdev local,path=SOURCE -device virtio-9p-pci`).
+   */
+  static directory(name: string, source: string, options: { readOnly?: boolean; transport?: 'virtiofs' | '9p' } = {}): Volume {
+    const spec: DirectoryVolume = { kind: 'directory', name, source, ...options };
+    return new Volume(spec);
+  }
+
+  /**
+   * An ext4 filesystem in a raw/qcow2 image or on a block device. Equivalent: `-blockdev
+   * driver=file,filename=SOURCE -blockdev driver=FORMAT -device virtio-blk-pci,serial=vol-NAME`.
+   */
+  static block(name: string, source: string, options: { format?: 'raw' | 'qcow2'; readOnly?: boolean } = {}): Volume {
+    const spec: BlockVolume = { kind: 'block', name, source, ...options };
+    return new Volume(spec);
+  }
+
+  /** A tmpfs in guest RAM. Equivalent (in the guest): `mount -t tmpfs -o size=NM tmpfs DIR`. */
+  static tmpfs(name: string, options: { sizeMiB?: number } = {}): Volume {
+    return new Volume({ kind: 'tmpfs', name, ...options });
+  }
+
+  /** Guest hugepages. Equivalent (in the guest): `mount -t hugetlbfs -o pagesize=2M,size=NM nodev DIR`. */
+  static hugepages(name: string, sizeMiB: number): Volume {
+    return new Volume({ kind: 'hugepages', name, sizeMiB });
+  }
+
+  get name(): string {
+    return this.spec.name;
+  }
+
+  get kind(): VolumeSpec['kind'] {
+    return this.spec.kind;
+  }
+
+  /** A mount of this volume for `createContainer({ volumes })`. */
+  at(destination: string, options: { readOnly?: boolean } = {}): ContainerVolume {
+    return { volume: this.name, destination: validate.absolutePath(destination, 'destination'), ...options };
+  }
+
+  /**
+   * Adds this volume to a running sandbox (hot plug for a block volume, a bind into the share
+   * for a directory, an agent mount for tmpfs and hugepages). It is forgotten when the
+   * sandbox stops; give it in the sandbox config to have it at every start.
+   */
+  async attach(sandbox: VolumeHost, options: VolumeCallOptions = {}): Promise<VolumeInfo> {
+    const state = await sandbox.withResource(VOLUMES_KIND, (ctx) => hotplugVolume(ctx, this.spec), options.signal);
+    return info(state);
+  }
+
+  /** Removes this volume from a running sandbox (no container may use it any more). */
+  async detach(sandbox: VolumeHost, options: VolumeCallOptions = {}): Promise<void> {
+    await sandbox.withResource(VOLUMES_KIND, (ctx) => detachVolume(ctx, this.name), options.signal);
+  }
+
+  /** The volumes of a running sandbox. */
+  static async list(sandbox: VolumeHost, options: VolumeCallOptions = {}): Promise<VolumeInfo[]> {
+    return sandbox.withResource(VOLUMES_KIND, async (ctx) => volumesState(ctx.state).volumes.map(info), options.signal);
+  }
+
+  toJSON(): VolumeSpec {
+    return this.spec;
+  }
+}
+
+function info(state: { spec: VolumeSpec; guestPath?: string; hotplugged: boolean; container?: string }): VolumeInfo {
+  return {
+    spec: state.spec,
+    hotplugged: state.hotplugged,
+    ...(state.guestPath === undefined ? {} : { guestPath: state.guestPath }),
+    ...(state.container === undefined ? {} : { container: state.container }),
+  };
+}
