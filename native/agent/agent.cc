@@ -61,7 +61,9 @@ std::string Process::label() const {
 
 std::string Container::status() const { return StateName(init->state); }
 
-Agent::Agent(Options options) : opts_(std::move(options)) {}
+Agent::Agent(Options options)
+    : opts_(std::move(options)),
+      net_(std::make_unique<GuestNetwork>(loop_, opts_.stateDir, opts_.pid1 || opts_.manageNetwork, opts_.pid1)) {}
 
 Session* Agent::FindSession(uint64_t id) {
   auto it = sessions_.find(id);
@@ -197,6 +199,10 @@ std::optional<json> Agent::Handle(Session& s, uint32_t stream, const std::string
   if (method == "Mount") return Mount(s, stream, p), std::nullopt;
   if (method == "Unmount") return Unmount(p);
   if (method == "SetTime") return SetTime(p);
+  if (method == "ConfigureInterface") return ConfigureInterface(s, stream, p), std::nullopt;
+  if (method == "RemoveInterface") return net_->RemoveInterface(p);
+  if (method == "ListInterfaces") return net_->ListInterfaces(p);
+  if (method == "SetNetworkConfig") return net_->SetNetworkConfig(p);
   if (method == "Shutdown") {
     CheckKeys(p, "", {});
     StartShutdown(Pending{s.id(), stream});
@@ -226,7 +232,7 @@ json Agent::Hello(Session& s, const json& p) {
           {"maxPayload", kMaxPayload},
           {"maxDataChunk", kMaxDataChunk},
           {"initialWindow", kInitialWindow},
-          {"features", {"containers", "exec", "tty", "stats", "mount", "set-time", "oom"}}};
+          {"features", {"containers", "exec", "tty", "stats", "mount", "set-time", "oom", "network"}}};
 }
 
 Container& Agent::FindContainer(const json& p, const char* key) {
@@ -407,6 +413,7 @@ void Agent::CreateContainer(Session& s, uint32_t stream, const json& p) {
   auto init = std::make_unique<Process>();
   init->container = c.get();
   try {
+    net_->AddContainerFiles(spec, c->dir);  // /etc/resolv.conf, hosts, hostname (once the host set them)
     if (cgroups_.enabled()) c->cgroup = cgroups_.Create(id, spec.resources);
     ChildEnds ends = SetupStdio(*init, OptObject(p, "stdio", ""), spec.process);
     int sv[2];
@@ -751,6 +758,13 @@ json Agent::Unmount(const json& p) {
   mounts_.erase(it);
   rmdir(target.c_str());
   return json::object();
+}
+
+void Agent::ConfigureInterface(Session& s, uint32_t stream, const json& p) {
+  Pending pending{s.id(), stream};
+  net_->ConfigureInterface(
+      p, [this, pending](const json& result) { Reply(pending, result); },
+      [this, pending](const Error& error) { ReplyError(pending, error); });
 }
 
 json Agent::SetTime(const json& p) {

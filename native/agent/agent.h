@@ -16,6 +16,7 @@
 #include "agent/json.h"
 #include "agent/loop.h"
 #include "agent/mounts.h"
+#include "agent/net.h"
 #include "agent/spec.h"
 
 namespace agent {
@@ -34,6 +35,7 @@ struct Options {
   std::string cgroup = "auto";  // auto | none | an absolute cgroup2 directory
   bool pid1 = false;
   bool allowSetTime = false;
+  bool manageNetwork = false;  // network methods allowed (always as PID 1)
 };
 
 class Agent;
@@ -222,6 +224,7 @@ class Agent {
   void Mount(Session& s, uint32_t stream, const json& p);
   json Unmount(const json& p);
   json SetTime(const json& p);
+  void ConfigureInterface(Session& s, uint32_t stream, const json& p);
 
   Container& FindContainer(const json& p, const char* key);
   Process& FindProcess(const json& p);
@@ -251,6 +254,7 @@ class Agent {
 
   Options opts_;
   Loop loop_;
+  std::unique_ptr<GuestNetwork> net_;  // guest networking (net.cc)
   Cgroups cgroups_;
   uint64_t nextSession_ = 1;
   std::map<uint64_t, std::unique_ptr<Session>> sessions_;

@@ -111,6 +111,8 @@ void Usage(FILE* out) {
           "                         /sys/fs/cgroup is cgroup2, else none)\n"
           "  --set-time / --no-set-time\n"
           "                         apply SetTime requests to the clock (default: only as PID 1)\n"
+          "  --manage-network       accept the network methods when not PID 1 (tests: run the agent\n"
+          "                         in a network namespace of its own)\n"
           "  --debug                log every request to stderr\n"
           "  --version, --help\n"
           "kernel command line (read as PID 1): vmpod.debug=1, vmpod.cgroup=auto|none\n");
@@ -139,6 +141,7 @@ int main(int argc, char** argv) {
     else if (a == "--cgroup") o.cgroup = value();
     else if (a == "--set-time") o.allowSetTime = setTimeGiven = true;
     else if (a == "--no-set-time") setTimeGiven = true, o.allowSetTime = false;
+    else if (a == "--manage-network") o.manageNetwork = true;
     else if (a == "--debug") agent::g_debug = true;
     else if (a == "--version") {
       printf("vmpod-agent %s (protocol %d)\n", agent::kAgentVersion, agent::kProtocolVersion);

@@ -33,6 +33,16 @@ import {
   type MountRequest,
   type MountResult,
 } from './messages.js';
+import {
+  configuredInterfaceSchema,
+  guestNetworkSchema,
+  networkConfigSchema,
+  removeInterfaceSchema,
+  type ConfigureInterfaceRequest,
+  type ConfiguredInterface,
+  type GuestNetworkInfo,
+  type NetworkConfigRequest,
+} from './network.js';
 import type { Schema } from './schema.js';
 import { StdioReadable, StdioWritable, type ProcessStdio, type StdioEndpoint, type StdioLink } from './stdio.js';
 
@@ -314,6 +324,42 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
       options,
     );
     return { applied: result.applied, offsetMs: result.offsetNs / 1e6 };
+  }
+
+  /**
+   * Configures the guest NIC that has `mac`: name, MTU, addresses, routes and static neighbours,
+   * replacing what the agent set on it before (`ip link set dev X name NAME mtu M up; ip addr
+   * replace ...; ip route replace ... proto 118; ip neigh replace ... nud permanent`). Waits up
+   * to `timeoutMs` for a hot-plugged NIC to appear. Needs the `network` feature.
+   */
+  async configureInterface(request: ConfigureInterfaceRequest, options: CallOptions = {}): Promise<ConfiguredInterface> {
+    const params: Record<string, unknown> = {
+      ...request,
+      mac: validate.macAddress(request.mac, 'mac'),
+      name: validate.interfaceName(request.name, 'name'),
+    };
+    return this.#call('ConfigureInterface', params, configuredInterfaceSchema, options);
+  }
+
+  /**
+   * Takes down the guest NIC that has `mac` and removes its addresses, the agent's routes and
+   * its static neighbours (before the NIC is unplugged). `found` is false when no NIC has it.
+   */
+  async removeInterface(mac: string, options: CallOptions = {}): Promise<{ found: boolean }> {
+    return this.#call('RemoveInterface', { mac: validate.macAddress(mac, 'mac') }, removeInterfaceSchema, options);
+  }
+
+  /** The guest's hostname, interfaces (addresses, static neighbours) and unicast routes. */
+  async listInterfaces(options: CallOptions = {}): Promise<GuestNetworkInfo> {
+    return this.#call('ListInterfaces', {}, guestNetworkSchema, options);
+  }
+
+  /**
+   * Sets the guest's hostname (as its init) and what containers created from now on get as
+   * /etc/resolv.conf, /etc/hosts and /etc/hostname (existing containers' files are rewritten).
+   */
+  async setNetworkConfig(request: NetworkConfigRequest, options: CallOptions = {}): Promise<{ hostnameApplied: boolean }> {
+    return this.#call('SetNetworkConfig', { ...request }, networkConfigSchema, options);
   }
 
   /**

@@ -23,5 +23,6 @@ export {
   type ProcessStatus,
   type StdioRequest,
 } from './messages.js';
+export type { ConfigureInterfaceRequest, ConfiguredInterface, GuestNeighbor, GuestNetworkInfo, GuestRoute, NetworkConfigRequest } from './network.js';
 export { StdioReadable, StdioWritable, type ProcessStdio } from './stdio.js';
 export { MAX_PAYLOAD, MAX_DATA_CHUNK, INITIAL_WINDOW } from './framing.js';

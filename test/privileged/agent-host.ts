@@ -85,7 +85,11 @@ export interface HostAgent {
   cleanup(): Promise<number | null>;
 }
 
-export async function startHostAgent(options: { cgroups?: boolean } = {}): Promise<HostAgent> {
+/**
+ * Starts the agent on the host. `netns`: run it inside that network namespace (`ip netns exec`)
+ * with --manage-network, so its network methods act there and never on the host's links.
+ */
+export async function startHostAgent(options: { cgroups?: boolean; netns?: string } = {}): Promise<HostAgent> {
   const tag = `vt${randomBytes(2).toString('hex')}`;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${tag}-agent-`));
   const bundle = path.join(dir, 'bundle');
@@ -96,11 +100,10 @@ export async function startHostAgent(options: { cgroups?: boolean } = {}): Promi
   const cg2 = options.cgroups === false ? null : hostCgroup2();
   const cgroupRoot = cg2 ? path.join(cg2, `${tag}-vmpod`) : null;
   let log = '';
-  const child = spawn(
-    AGENT_BINARY,
-    ['--listen', `unix:${socket}`, '--state-dir', stateDir, '--builtin-rootfs', rootfs, '--cgroup', cgroupRoot ?? 'none', '--debug'],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
+  const args = ['--listen', `unix:${socket}`, '--state-dir', stateDir, '--builtin-rootfs', rootfs, '--cgroup', cgroupRoot ?? 'none', '--debug'];
+  const child = options.netns
+    ? spawn('ip', ['netns', 'exec', options.netns, AGENT_BINARY, ...args, '--manage-network'], { stdio: ['ignore', 'ignore', 'pipe'] })
+    : spawn(AGENT_BINARY, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   child.stderr!.setEncoding('utf8').on('data', (s: string) => (log += s));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const clients: AgentClient[] = [];
