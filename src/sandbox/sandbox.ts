@@ -643,6 +643,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       if (record.state !== 'paused') return;
       await this.#requireVm().resume(options);
       record.state = 'running';
+      // The guest clock stood still while paused: set it again.
+      if (this.#agent && !this.#agent.closed) await this.#agent.setTime(new Date(), options).catch(() => undefined);
     }, options.signal);
   }
 
