@@ -12,11 +12,29 @@ function pids(): number[] {
     .map(Number);
 }
 
-/** Pids (other than this process) whose command line contains `text`. */
+function parentOf(pid: number): number | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Field 4 (ppid) follows the parenthesised command name, which may contain spaces.
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  } catch {
+    return undefined; // gone meanwhile
+  }
+}
+
+/** This process and its ancestors (npm, tsx, a shell: their command lines may name our paths). */
+function ourselves(): Set<number> {
+  const own = new Set<number>();
+  for (let pid: number | undefined = process.pid; pid !== undefined && pid > 0 && !own.has(pid); pid = parentOf(pid)) own.add(pid);
+  return own;
+}
+
+/** Pids, other than this process and its ancestors, whose command line contains `text`. */
 export function processesMentioning(text: string): number[] {
+  const own = ourselves();
   const out: number[] = [];
   for (const pid of pids()) {
-    if (pid === process.pid) continue;
+    if (own.has(pid)) continue;
     let cmdline: string;
     try {
       cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
@@ -32,14 +50,8 @@ export function processesMentioning(text: string): number[] {
 export function withDescendants(roots: readonly number[]): number[] {
   const children = new Map<number, number[]>();
   for (const pid of pids()) {
-    try {
-      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-      // Field 4 (ppid) follows the parenthesised command name, which may contain spaces.
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      children.set(ppid, [...(children.get(ppid) ?? []), pid]);
-    } catch {
-      // gone meanwhile
-    }
+    const ppid = parentOf(pid);
+    if (ppid !== undefined) children.set(ppid, [...(children.get(ppid) ?? []), pid]);
   }
   const seen = new Set<number>();
   const todo = [...roots];
