@@ -11,6 +11,8 @@ packages=(
   busybox-static lz4 kmod                       # guest build: busybox, vmlinux extraction, depmod
   nlohmann-json3-dev                            # guest agent: header-only JSON (static build)
   runc                                          # agent tests: `runc spec` makes a real OCI config.json
+  dpdk-dev                                      # vhost-user tests and benchmark: dpdk-testpmd with net_vhost
+  e2fsprogs qemu-utils                          # volumes: mkfs.ext4 -d (block rootfs, images), qemu-img (qcow2)
 )
 missing=()
 for p in "${packages[@]}"; do
