@@ -1,6 +1,6 @@
 /**
  * Host networking: namespaces, links, addresses, routes, tc, tap and macvtap fds, and the
- * sandbox {@link Network}. Every call equals an `ip`/`tc` command, named in its documentation,
+ * sandbox {@link Network} (CNI networks, scanned interfaces, endpoints and inter-network models). Every call equals an `ip`/`tc` command, named in its documentation,
  * and is done through the native addon over rtnetlink (no process is spawned).
  *
  * @module
@@ -56,4 +56,43 @@ export {
 export { connectTcFilter, disconnectTcFilter } from './tcfilter.js';
 export { openPacketSocket, type PacketSocketOptions } from './packet.js';
 export { scanNetns, type Interface } from './scan.js';
-export { Network, NETWORK_LINK_GROUP, type NetworkOptions, type NetworkEndpoint } from './network.js';
+export {
+  Network,
+  NETWORK_LINK_GROUP,
+  type NetworkOptions,
+  type NetworkEndpoint,
+  type NetworkOpenOptions,
+  type NetworkRecord,
+  type CniAttachmentRecord,
+  type PlugOptions,
+} from './network.js';
+export {
+  createEndpoint,
+  isPluggable,
+  undoChanges,
+  ENDPOINT_KINDS,
+  MODELS,
+  VethEndpoint,
+  MacvlanEndpoint,
+  TapEndpoint,
+  MacvtapEndpoint,
+  type Endpoint,
+  type EndpointKind,
+  type EndpointRecord,
+  type EndpointOrigin,
+  type EndpointOptions,
+  type EndpointContext,
+  type AttachedEndpoint,
+  type HostChange,
+  type InterNetworkModel,
+} from './endpoints/index.js';
+export { guestInterface, mergeDns, mirroredAddresses, mirroredRoutes, parseResolvConf, type GuestInterface, type GuestOverrides, type SandboxDns } from './guest-config.js';
+export {
+  resolveNetworkConfig,
+  loadNetworkConfig,
+  type SandboxNetworkConfig,
+  type ResolvedNetworkConfig,
+  type CniNetworkSpec,
+  type InterfaceSettings,
+} from './sandbox-config.js';
+export { NETWORK_KIND, planEndpoints, type AddNetworkOptions, type RescanResult, type SandboxInterfaceInfo } from './sandbox-network.js';

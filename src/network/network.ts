@@ -1,21 +1,36 @@
 /**
- * The `Network` of a sandbox (v1): a network namespace, a veth whose peer lives inside it, a tap
- * inside it for the VM, and tc redirects between peer and tap ("tcfilter"), all up.
+ * The `Network` of a sandbox: a network namespace and the interfaces in it that become the VM's
+ * NICs. Two ways to get one:
  *
- * ```
+ * - {@link Network.create} (v1): a new namespace with one veth made by vmpod, its peer inside,
+ *   a tap, and tc redirects between them ("tcfilter"), all up, in a few ms:
+ *   ```
  *   host namespace          │ sandbox namespace (netns)
- *                           │
  *   veth.name  ◄───veth───► │ peerName (eth0) ◄─tc redirect─► tap (tap0) ◄── fds ── QEMU
- * ```
+ *   ```
+ * - {@link Network.open} / {@link Network.resume}: a namespace vmpod creates or adopts, whose
+ *   interfaces come from CNI networks ({@link Network.addCni}) and from anyone else (found by a
+ *   scan), each plugged into the VM as an endpoint ({@link Network.plug}: veth, macvlan, tap,
+ *   macvtap) by an inter-network model (tcfilter, macvtap, bridge, none). Everything is driven by
+ *   a JSON {@link NetworkRecord}, saved before every change, so that {@link Network.release} can
+ *   remove exactly what vmpod made (and CNI DEL what the plugins made) in any process, even after
+ *   the VM or vmpod died.
  *
  * @module
  */
 import { closeSync } from 'node:fs';
-import { NotFoundError } from '../errors.js';
+import path from 'node:path';
+import { InvalidArgumentError, NotFoundError } from '../errors.js';
 import * as validate from '../validate.js';
 import * as check from './check.js';
+import { CniConfig, type JsonObject } from './cni/config.js';
+import type { CniResult } from './cni/result.js';
+import { CniRuntime } from './cni/runtime.js';
+import type { CniDns } from './cni/result.js';
+import { createEndpoint, openBackend, undoChanges, type AttachedEndpoint, type EndpointOrigin, type EndpointRecord, type InterNetworkModel } from './endpoints/index.js';
+import type { GuestInterface, GuestOverrides } from './guest-config.js';
 import { addVeth, deleteLinkGroup, getLink } from './link.js';
-import { createNetns, deleteNetns, openNetns, type Netns } from './netns.js';
+import { NETNS_DIR, createNetns, deleteNetns, openNetns, type Netns } from './netns.js';
 import { scanNetns, type Interface } from './scan.js';
 import { createTap } from './tap.js';
 import { connectTcFilter } from './tcfilter.js';
@@ -70,6 +85,72 @@ export interface NetworkEndpoint {
   linkGroup: number;
 }
 
+/** A CNI attachment of a {@link Network}, recorded before its ADD ran. */
+export interface CniAttachmentRecord {
+  /** The network's name. */
+  network: string;
+  /** `CNI_IFNAME`: the interface it makes in the namespace. */
+  ifName: string;
+  /** The configuration list ADD ran with, so that DEL runs with it even without a cache entry. */
+  config: JsonObject;
+  args?: [string, string][];
+  capabilityArgs?: JsonObject;
+  /** False until ADD succeeded. */
+  added: boolean;
+  /** The DNS settings of its result. */
+  dns?: CniDns;
+}
+
+/** The persisted record of a {@link Network} opened with {@link Network.open}: JSON, saved before every change. */
+export interface NetworkRecord {
+  format: 1;
+  /** The namespace; `created`: vmpod made it and deletes it on release. */
+  netns: { path: string; name?: string; created: boolean };
+  /** How CNI plugins run for this network (DEL must find the same plugins and cache). */
+  cni: { containerId: string; cacheDir: string; pluginDirs: string[]; timeoutMs?: number };
+  attachments: CniAttachmentRecord[];
+  endpoints: EndpointRecord[];
+  /** The next endpoint number (never reused within a network). */
+  nextIndex: number;
+  /** Link group of the links vmpod creates in the namespace. */
+  linkGroup: number;
+}
+
+/** Options of {@link Network.open}. */
+export interface NetworkOpenOptions {
+  /**
+   * The namespace: a name under /run/netns or an absolute path. With `create`, a new named
+   * namespace (`ip netns add NAME`) that release deletes; otherwise an existing one that is only
+   * ever adopted, never deleted.
+   */
+  netns: string;
+  create?: boolean;
+  /** `CNI_CONTAINERID` of the attachments (the sandbox id). */
+  containerId: string;
+  /** Plugin directories searched first (then /opt/cni/bin, /usr/lib/cni). */
+  cniPluginDirs?: string[];
+  /** The CNI result cache (default /var/lib/vmpod/cni). */
+  cniCacheDir?: string;
+  /** Limit of each plugin run (default 30 s). */
+  cniTimeoutMs?: number;
+  /** Link group of the links vmpod creates (default {@link NETWORK_LINK_GROUP}). */
+  linkGroup?: number;
+  /** Persists the record; called before every change on the host. */
+  save?: (record: NetworkRecord) => Promise<void>;
+}
+
+/** Options of {@link Network.plug}. */
+export interface PlugOptions {
+  /** Where the interface came from. */
+  origin: EndpointOrigin;
+  /** Queues of the NIC: one per vCPU (more than 1 makes a multi-queue tap or macvtap). */
+  queues: number;
+  /** Inter-network model of a veth or macvlan (default tcfilter). */
+  model?: InterNetworkModel | undefined;
+  /** Guest addresses, routes, neighbours that replace what the scan found. */
+  overrides?: GuestOverrides | undefined;
+}
+
 function ignoreNotFound(e: unknown): void {
   if (!(e instanceof NotFoundError)) throw e;
 }
@@ -91,14 +172,24 @@ function closeFds(fds: readonly number[]): void {
 export class Network implements AsyncDisposable {
   /** The sandbox namespace, open (its links can be handled through it). */
   readonly netns: Netns;
-  readonly endpoint: NetworkEndpoint;
+  readonly #endpoint: NetworkEndpoint | undefined;
   #tapFds: number[];
   #destroyed = false;
+  readonly #record: NetworkRecord | undefined;
+  readonly #save: (record: NetworkRecord) => Promise<void>;
 
-  private constructor(netns: Netns, endpoint: NetworkEndpoint, tapFds: number[]) {
+  private constructor(netns: Netns, endpoint: NetworkEndpoint | undefined, tapFds: number[], record?: NetworkRecord, save?: (record: NetworkRecord) => Promise<void>) {
     this.netns = netns;
-    this.endpoint = endpoint;
+    this.#endpoint = endpoint;
     this.#tapFds = tapFds;
+    this.#record = record;
+    this.#save = save ?? (async () => undefined);
+  }
+
+  /** What {@link Network.create} made (v1). A network from {@link Network.open} has {@link Network.endpoints} instead. */
+  get endpoint(): NetworkEndpoint {
+    if (!this.#endpoint) throw new InvalidArgumentError('endpoint', 'this network was opened, not created: see endpoints');
+    return this.#endpoint;
   }
 
   /**
@@ -182,6 +273,252 @@ export class Network implements AsyncDisposable {
     await Promise.all([deleted, gone]);
   }
 
+  // --- Networks driven by a record: open, CNI, endpoints, release. ---------------------------
+
+  /**
+   * Opens a sandbox's network: creates the namespace (`create`, `ip netns add NAME`) or adopts
+   * an existing one, and starts its record. Nothing else is made until {@link addCni} or
+   * {@link plug}.
+   *
+   * @throws {@link AlreadyExistsError} when `create` and the name is taken; {@link NotFoundError}
+   *   when an adopted namespace does not exist.
+   */
+  static async open(options: NetworkOpenOptions): Promise<Network> {
+    const o = check.options(options, 'options');
+    const ref = o.netns as string;
+    const create = check.boolean(o.create ?? false, 'create');
+    if (create) validate.netnsName(ref, 'netns');
+    const containerId = validate.id(o.containerId, 'containerId');
+    const cni = new CniRuntime({
+      ...(o.cniPluginDirs === undefined ? {} : { pluginDirs: o.cniPluginDirs }),
+      ...(o.cniCacheDir === undefined ? {} : { cacheDir: o.cniCacheDir }),
+      ...(o.cniTimeoutMs === undefined ? {} : { timeoutMs: o.cniTimeoutMs }),
+    });
+    const named = !ref.startsWith('/');
+    const record: NetworkRecord = {
+      format: 1,
+      netns: { path: named ? path.join(NETNS_DIR, validate.netnsName(ref, 'netns')) : validate.absolutePath(ref, 'netns'), created: create },
+      cni: { containerId, cacheDir: cni.cacheDir, pluginDirs: o.cniPluginDirs ? [...o.cniPluginDirs] : [], ...(o.cniTimeoutMs === undefined ? {} : { timeoutMs: cni.timeoutMs }) },
+      attachments: [],
+      endpoints: [],
+      nextIndex: 0,
+      linkGroup: check.u32(o.linkGroup ?? NETWORK_LINK_GROUP, 'linkGroup', 1),
+    };
+    if (named) record.netns.name = ref;
+    const save = o.save ?? (async () => undefined);
+    // Recorded first: a crash right after the namespace appears still removes it.
+    await save(record);
+    let netns: Netns;
+    try {
+      netns = create ? await createNetns(ref) : await openNetns(ref);
+    } catch (error) {
+      record.netns.created = false; // never delete a namespace that was someone else's
+      await save(record);
+      throw error;
+    }
+    return new Network(netns, undefined, [], record, save);
+  }
+
+  /** Takes up a network from its record (another process, a new boot of the VM). */
+  static async resume(record: NetworkRecord, save?: (record: NetworkRecord) => Promise<void>): Promise<Network> {
+    const r = checkRecord(record);
+    const netns = await openNetns(r.netns.path);
+    return new Network(netns, undefined, [], r, save);
+  }
+
+  /** The record (live: it changes with the network). */
+  get record(): NetworkRecord {
+    return this.#v2();
+  }
+
+  /** The endpoints plugged (or being plugged) into the VM. */
+  get endpoints(): readonly EndpointRecord[] {
+    return this.#v2().endpoints;
+  }
+
+  #v2(): NetworkRecord {
+    if (!this.#record) throw new InvalidArgumentError('network', 'this network was made by Network.create (v1): it has no record');
+    return this.#record;
+  }
+
+  #cni(): CniRuntime {
+    const c = this.#v2().cni;
+    return new CniRuntime({ pluginDirs: c.pluginDirs, cacheDir: c.cacheDir, ...(c.timeoutMs === undefined ? {} : { timeoutMs: c.timeoutMs }) });
+  }
+
+  /**
+   * Adds the namespace to a CNI network: `cnitool add NET /run/netns/NS` with `CNI_IFNAME`.
+   * The attachment is recorded before ADD runs; a failed ADD is undone by the CNI runtime (DEL
+   * over the chain) and forgotten, and its typed error thrown (`CniPluginError` with the
+   * plugin's code and message, ...).
+   */
+  async addCni(
+    network: CniConfig,
+    options: { ifName: string; args?: [string, string][]; capabilityArgs?: JsonObject; signal?: AbortSignal },
+  ): Promise<CniResult> {
+    const record = this.#v2();
+    const ifName = validate.interfaceName(options.ifName, 'ifName');
+    const known = record.attachments.find((a) => a.ifName === ifName) ?? record.endpoints.find((e) => e.name === ifName);
+    if (known) throw new InvalidArgumentError('ifName', `"${ifName}" is already an interface of this sandbox's network`);
+    const attachment: CniAttachmentRecord = { network: network.name, ifName, config: network.toJSON(), added: false };
+    if (options.args) attachment.args = options.args.map(([k, v]) => [k, v]);
+    if (options.capabilityArgs) attachment.capabilityArgs = options.capabilityArgs;
+    record.attachments.push(attachment);
+    await this.#save(record);
+    try {
+      const result = await this.#cni().add(
+        network,
+        {
+          containerId: record.cni.containerId,
+          netns: record.netns.path,
+          ifName,
+          ...(attachment.args ? { args: attachment.args } : {}),
+          ...(attachment.capabilityArgs ? { capabilityArgs: attachment.capabilityArgs } : {}),
+        },
+        options.signal ? { signal: options.signal } : {},
+      );
+      attachment.added = true;
+      if (Object.keys(result.dns).length > 0) attachment.dns = structuredClone(result.dns) as CniDns;
+      await this.#save(record);
+      return result;
+    } catch (error) {
+      record.attachments = record.attachments.filter((a) => a !== attachment);
+      await this.#save(record);
+      throw error;
+    }
+  }
+
+  /** Removes a CNI attachment: `cnitool del NET /run/netns/NS` (DEL over the chain, from its config and cache). */
+  async removeCni(ifName: string): Promise<void> {
+    const record = this.#v2();
+    const attachment = record.attachments.find((a) => a.ifName === ifName);
+    if (!attachment) throw new NotFoundError('CNI attachment', ifName);
+    await cniDel(this.#cni(), record, attachment);
+    record.attachments = record.attachments.filter((a) => a !== attachment);
+    await this.#save(record);
+  }
+
+  /**
+   * Plugs an interface of the namespace into the VM as an endpoint of its kind: makes what its
+   * model needs (each change recorded first) and returns the record and the queue fds for the
+   * hypervisor (close them once it has its copies). On failure what was made is undone.
+   *
+   * @throws {@link NotFoundError} when the namespace has no such interface;
+   *   {@link InvalidArgumentError} for a kind vmpod does not plug or a model it does not take.
+   */
+  async plug(name: string, options: PlugOptions, interfaces?: readonly Interface[]): Promise<AttachedEndpoint> {
+    const record = this.#v2();
+    validate.interfaceName(name, 'name');
+    if (record.endpoints.some((e) => e.name === name)) throw new InvalidArgumentError('name', `"${name}" is already plugged into the VM`);
+    const iface = (interfaces ?? (await this.scan())).find((i) => i.name === name);
+    if (!iface) throw new NotFoundError('interface', `${name} (in ${record.netns.path})`);
+    const endpoint = createEndpoint(iface, {
+      index: record.nextIndex,
+      origin: options.origin,
+      queues: validate.integer(options.queues, 'queues', 1, check.MAX_QUEUES),
+      model: options.model,
+      overrides: options.overrides,
+    });
+    record.nextIndex += 1;
+    const saved = endpoint.save();
+    record.endpoints.push(saved);
+    await this.#save(record);
+    try {
+      return await endpoint.attach({ netns: this.netns, linkGroup: record.linkGroup, save: async () => this.#save(record) });
+    } catch (error) {
+      await undoChanges(this.netns, saved.changes).catch(() => undefined);
+      record.endpoints = record.endpoints.filter((e) => e !== saved);
+      await this.#save(record);
+      throw error;
+    }
+  }
+
+  /** Opens the queue fds of a plugged endpoint again (a new boot of the VM). */
+  async reopen(name: string): Promise<number[]> {
+    const endpoint = this.#endpointRecord(name);
+    return openBackend(this.netns, endpoint.backend);
+  }
+
+  /** Marks an endpoint's NIC as in the VM (or not), persisted. */
+  async setPlugged(name: string, plugged: boolean): Promise<void> {
+    this.#endpointRecord(name).plugged = plugged;
+    await this.#save(this.#v2());
+  }
+
+  /** Records what the guest now has on an endpoint's interface (after a rescan found changes). */
+  async setGuest(name: string, guest: GuestInterface): Promise<void> {
+    this.#endpointRecord(name).guest = guest;
+    await this.#save(this.#v2());
+  }
+
+  /** Undoes what {@link plug} made for an interface, and forgets the endpoint. */
+  async unplug(name: string): Promise<void> {
+    const record = this.#v2();
+    const endpoint = this.#endpointRecord(name);
+    await undoChanges(this.netns, endpoint.changes);
+    record.endpoints = record.endpoints.filter((e) => e !== endpoint);
+    await this.#save(record);
+  }
+
+  #endpointRecord(name: string): EndpointRecord {
+    const endpoint = this.#v2().endpoints.find((e) => e.name === name);
+    if (!endpoint) throw new NotFoundError('endpoint', name);
+    return endpoint;
+  }
+
+  /** Closes the handle on the namespace (the network stays as it is). */
+  close(): void {
+    this.netns.close();
+  }
+
+  /**
+   * Removes what a network's record names, in any process: every endpoint's changes undone
+   * (last first), CNI DEL of every attachment (reverse order, from the recorded configuration,
+   * so it runs even when the cache or the VM is gone), then the namespace if vmpod created it.
+   * Every step is tried; the first failure is thrown at the end. Idempotent.
+   */
+  static async release(record: NetworkRecord, options: { save?: (record: NetworkRecord) => Promise<void> } = {}): Promise<void> {
+    const r = checkRecord(record);
+    const save = options.save ?? (async () => undefined);
+    const failures: unknown[] = [];
+    let netns: Netns | undefined;
+    try {
+      netns = await openNetns(r.netns.path);
+    } catch (error) {
+      if (!(error instanceof NotFoundError)) failures.push(error);
+    }
+    for (const endpoint of [...r.endpoints].reverse()) {
+      try {
+        if (netns) await undoChanges(netns, endpoint.changes);
+        r.endpoints = r.endpoints.filter((e) => e !== endpoint);
+        await save(r);
+      } catch (error) {
+        failures.push(error);
+      }
+    }
+    netns?.close();
+    const cni = new CniRuntime({ pluginDirs: r.cni.pluginDirs, cacheDir: r.cni.cacheDir, ...(r.cni.timeoutMs === undefined ? {} : { timeoutMs: r.cni.timeoutMs }) });
+    for (const attachment of [...r.attachments].reverse()) {
+      try {
+        await cniDel(cni, r, attachment);
+        r.attachments = r.attachments.filter((a) => a !== attachment);
+        await save(r);
+      } catch (error) {
+        failures.push(error);
+      }
+    }
+    if (r.netns.created && r.netns.name !== undefined && r.attachments.length === 0) {
+      try {
+        await deleteNetns(r.netns.name).catch(ignoreNotFound);
+        r.netns.created = false;
+        await save(r);
+      } catch (error) {
+        failures.push(error);
+      }
+    }
+    if (failures.length > 0) throw failures[0];
+  }
+
   /** The tap's queue fds (O_CLOEXEC), to pass to QEMU; empty once closed. */
   get tapFds(): readonly number[] {
     return this.#tapFds;
@@ -208,12 +545,18 @@ export class Network implements AsyncDisposable {
   /**
    * Removes everything: `ip -n NS link delete group G` (peer, host end and tap in one request,
    * one RCU grace period), then `ip netns delete NS`. Returns once the links are gone; the kernel
-   * frees the emptied namespace in the background. Idempotent.
+   * frees the emptied namespace in the background. Idempotent. For an opened network: {@link
+   * Network.release} of its record.
    */
   async destroy(): Promise<void> {
     if (this.#destroyed) return;
     this.#destroyed = true;
     this.closeTapFds();
+    if (this.#record) {
+      this.netns.close();
+      await Network.release(this.#record, { save: this.#save });
+      return;
+    }
     const deleted = deleteLinkGroup(this.endpoint.linkGroup, { netns: this.netns }).catch(ignoreNotFound);
     const gone = deleteNetns(this.netns.name as string).catch(ignoreNotFound);
     this.netns.close(); // both requests hold the namespace until they ran
@@ -224,3 +567,30 @@ export class Network implements AsyncDisposable {
     await this.destroy();
   }
 }
+
+/** DEL of one attachment, from its recorded configuration (and the cache, for prevResult). */
+async function cniDel(cni: CniRuntime, record: NetworkRecord, attachment: CniAttachmentRecord): Promise<void> {
+  await cni.del(CniConfig.fromObject(attachment.config), {
+    containerId: record.cni.containerId,
+    ifName: attachment.ifName,
+    netns: record.netns.path,
+    ...(attachment.args ? { args: attachment.args } : {}),
+    ...(attachment.capabilityArgs ? { capabilityArgs: attachment.capabilityArgs } : {}),
+  });
+}
+
+/** Checks the shape of a record read back from disk (our own file, but maybe truncated or old). */
+function checkRecord(record: NetworkRecord): NetworkRecord {
+  const ok =
+    typeof record === 'object' &&
+    record !== null &&
+    record.format === 1 &&
+    typeof record.netns?.path === 'string' &&
+    typeof record.cni?.containerId === 'string' &&
+    Array.isArray(record.attachments) &&
+    Array.isArray(record.endpoints) &&
+    Number.isInteger(record.nextIndex);
+  if (!ok) throw new InvalidArgumentError('record', 'is not a network record written by this vmpod');
+  return record;
+}
+

@@ -15,6 +15,7 @@ import { DEFAULT_GUEST_CACHE_DIR } from '../guest/assets.js';
 import { resolveNfvConfig, type NfvConfigInput, type ResolvedNfvConfig } from '../nfv/config.js';
 import { checkVolumes, volumeHugepages, type VolumeSpec } from '../volume/spec.js';
 import type { Volume } from '../volume/volume.js';
+import { resolveNetworkConfig, type ResolvedNetworkConfig, type SandboxNetworkConfig } from '../network/sandbox-config.js';
 
 /** Where the guest kernel and initramfs come from. */
 export interface GuestConfig {
@@ -68,6 +69,11 @@ export interface SandboxConfig extends NfvConfigInput {
   extraDevices?: VmDevice[];
   /** Volumes of the sandbox, mounted at every start; containers use them by name. */
   volumes?: (Volume | VolumeSpec)[];
+  /**
+   * The sandbox's network (see docs/sandbox-networking.md): a namespace (made, or adopted), CNI
+   * networks and scanned interfaces plugged into the VM, mirrored in the guest. Absent: no network.
+   */
+  network?: SandboxNetworkConfig;
 }
 
 /** A checked {@link SandboxConfig} with every default filled in; persisted with the sandbox. */
@@ -83,11 +89,12 @@ export interface ResolvedSandboxConfig extends ResolvedNfvConfig {
   debug: boolean;
   extraDevices: VmDevice[];
   volumes: VolumeSpec[];
+  network?: ResolvedNetworkConfig;
 }
 
 const CONFIG_KEYS = new Set([
   'id', 'stateDir', 'cpus', 'memoryMiB', 'machine', 'guest', 'sharedFs', 'agentPorts', 'debug', 'hypervisor', 'extraDevices',
-  'hugepages', 'vhostUser', 'devices', 'ksm', 'sysfs', 'volumes',
+  'hugepages', 'vhostUser', 'devices', 'ksm', 'sysfs', 'volumes', 'network',
 ]);
 const GUEST_KEYS = new Set(['cacheDir', 'kernel', 'initramfs', 'kernelArgs', 'build']);
 
@@ -151,6 +158,7 @@ export function resolveSandboxConfig(config: SandboxConfig): ResolvedSandboxConf
     volumes,
     ...resolveNfvConfig(config, { memoryMiB, machine, sharedMemory: sharedFs, volumePages: volumeHugepages(volumes) }),
   };
+  if (config.network !== undefined) resolved.network = resolveNetworkConfig(config.network);
   if (guest.kernel !== undefined) resolved.guest.kernel = validate.absolutePath(guest.kernel, 'guest.kernel');
   if (guest.initramfs !== undefined) resolved.guest.initramfs = validate.absolutePath(guest.initramfs, 'guest.initramfs');
   return resolved;

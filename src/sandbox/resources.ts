@@ -9,10 +9,12 @@ import type { ResolvedSandboxConfig } from './config.js';
 import type { SandboxResource } from './resource.js';
 import { SharedFsResource } from './shared-fs.js';
 import { nfvResources } from '../nfv/resources.js';
+import { NetworkResource } from '../network/sandbox-network.js';
 
 export function sandboxResources(config: ResolvedSandboxConfig): SandboxResource[] {
   const resources: SandboxResource[] = [];
   if (config.sharedFs) resources.push(new SharedFsResource());
   resources.push(...nfvResources());
+  if (config.network) resources.push(new NetworkResource());
   return resources;
 }

@@ -54,6 +54,17 @@ import { assertTransition, type SandboxState } from './state-machine.js';
 import { blockRootfs, containerMounts, releaseContainerVolumes } from '../volume/container.js';
 import { VOLUMES_KIND, volumesState } from '../volume/resource.js';
 import { checkContainerVolumes, type ContainerVolume } from '../volume/spec.js';
+import { loadNetworkConfig } from '../network/sandbox-config.js';
+import {
+  NETWORK_KIND,
+  addSandboxNetwork,
+  describeSandboxNetwork,
+  removeSandboxNetwork,
+  rescanSandboxNetwork,
+  type AddNetworkOptions,
+  type RescanResult,
+  type SandboxInterfaceInfo,
+} from '../network/sandbox-network.js';
 
 export type { SandboxConfig, SandboxState };
 
@@ -216,6 +227,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       }
     }
     raceAbort(options.signal, 'sandbox create');
+    // CNI files read, plugins asked (VERSION): an unknown plugin fails here, before anything exists.
+    if (resolved.network) await loadNetworkConfig(resolved.network, options.signal ? { signal: options.signal } : {});
     const store = newStore(resolved.stateDir);
     await store.create(resolved.id);
     const record: SandboxRecord = {
@@ -824,6 +837,30 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     const container = new Container(this, id, state, undefined);
     this.#containers.set(id, container);
     return container;
+  }
+
+  /**
+   * Adds an interface to the running sandbox (q35): CNI ADD of a network, or an interface already
+   * in its namespace, hot plugged as a NIC (QMP `getfd`, `netdev_add`, `device_add`) and
+   * configured in the guest. See docs/sandbox-networking.md.
+   */
+  async addNetwork(options: AddNetworkOptions): Promise<SandboxInterfaceInfo> {
+    return this.withResource(NETWORK_KIND, (ctx) => addSandboxNetwork(ctx, options), options.signal);
+  }
+
+  /** Removes an interface (by its name, or its CNI network's name) from the running sandbox; CNI DEL for a CNI one. */
+  async removeNetwork(name: string, options: SandboxCallOptions = {}): Promise<void> {
+    await this.withResource(NETWORK_KIND, (ctx) => removeSandboxNetwork(ctx, name), options.signal);
+  }
+
+  /** Scans the sandbox's namespace again: plugs new interfaces, unplugs gone ones, mirrors changed addresses and routes. */
+  async rescanNetwork(options: SandboxCallOptions = {}): Promise<RescanResult> {
+    return this.withResource(NETWORK_KIND, (ctx) => rescanSandboxNetwork(ctx), options.signal);
+  }
+
+  /** The interfaces of the sandbox's network, from its record (whatever its state). */
+  async networks(): Promise<SandboxInterfaceInfo[]> {
+    return describeSandboxNetwork((await this.#store.read(this.id)).resources[NETWORK_KIND]);
   }
 
   /** Every container in the sandbox, as the agent reports them. */
