@@ -132,7 +132,7 @@ export function resolveNfvConfig(
       throw new InvalidArgumentError('memoryMiB', `${sandbox.memoryMiB} MiB is not a multiple of the hugepage size (${pageSizeBytes / 1048576} MiB)`);
     }
     const maxGuest = Math.max(0, Math.floor((sandbox.memoryMiB - 128) / 2));
-    const guestPages = h['guestPages'] === undefined ? sandbox.volumePages : validate.integer(h['guestPages'], 'hugepages.guestPages', 0, maxGuest);
+    const guestPages = h['guestPages'] === undefined ? sandbox.volumePages : validate.integer(h['guestPages'], 'hugepages.guestPages', 0, 2 ** 20);
     if (guestPages < sandbox.volumePages) {
       throw new InvalidArgumentError('hugepages.guestPages', `${guestPages} pages are fewer than the sandbox's hugepages volumes need (${sandbox.volumePages})`);
     }
