@@ -69,7 +69,8 @@ export interface PlannedEndpoint {
  * Which interfaces of the namespace become endpoints, in order: those of the CNI attachments
  * (in config order), then, when the scan is on, every other veth, macvlan, tap and macvtap
  * (by ifindex) that is not vmpod's own (its link group), not already plugged, not enslaved to a
- * bridge, and passes the include/exclude filter. The sandbox's model applies to veth and
+ * bridge, not the parent of a macvlan or macvtap in the namespace (infrastructure, not an
+ * endpoint), and passes the include/exclude filter (an include list overrides the last two). The sandbox's model applies to veth and
  * macvlan interfaces; a model set for an interface applies to it whatever its kind.
  *
  * @throws {@link NotFoundError} when a CNI attachment's interface is not in the namespace.
@@ -98,9 +99,10 @@ export function planEndpoints(
   const scan = options.scan ?? config.scan;
   if (scan === false) return planned;
   const found = [...interfaces].sort((a, b) => a.index - b.index);
+  const parents = new Set(found.filter((i) => (i.kind === 'macvlan' || i.kind === 'macvtap') && i.linkNetnsId === undefined).map((i) => i.linkIndex));
   for (const iface of found) {
     if (taken.has(iface.name) || iface.group === options.linkGroup || !isPluggable(iface)) continue;
-    if (scan.include !== undefined ? !scan.include.includes(iface.name) : iface.master !== undefined) continue;
+    if (scan.include !== undefined ? !scan.include.includes(iface.name) : iface.master !== undefined || parents.has(iface.index)) continue;
     if (scan.exclude.includes(iface.name)) continue;
     planned.push({ name: iface.name, origin: { type: 'scan' }, model: modelFor(iface, undefined), settings: config.interfaces[iface.name] });
   }

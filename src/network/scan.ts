@@ -23,6 +23,8 @@ export interface Interface {
   master?: string;
   /** The peer namespace's id, for a veth whose other end lives elsewhere. */
   linkNetnsId?: number;
+  /** IFLA_LINK: the peer of a veth, the parent of a macvlan or macvtap (an ifindex, in `linkNetnsId` if set). */
+  linkIndex?: number;
   addresses: Address[];
   /** Routes through this interface, in every table but the kernel's local one. */
   routes: Route[];
@@ -51,6 +53,7 @@ export async function scanNetns(netns?: NetnsRef): Promise<Interface[]> {
     };
     if (l.master !== undefined) found.master = l.master;
     if (l.linkNetnsId !== undefined) found.linkNetnsId = l.linkNetnsId;
+    if (l.linkIndex !== undefined) found.linkIndex = l.linkIndex;
     return found;
   });
 }
