@@ -8,7 +8,7 @@
  * @module
  */
 import net from 'node:net';
-import { InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError, NotFoundError } from '../errors.js';
 import * as validate from '../validate.js';
 import type { GuestNeighbor, GuestRoute } from '../agent/network.js';
 import * as check from './check.js';
@@ -322,7 +322,16 @@ export async function loadNetworkConfig(config: ResolvedNetworkConfig, options: 
 
 /** Loads one network's file (when not loaded yet) and validates it against its plugins; returns its configuration. */
 export async function loadCniNetwork(network: ResolvedCniNetwork, pluginDirs: readonly string[], options: { signal?: AbortSignal } = {}): Promise<CniConfig> {
-  if (network.network === undefined && network.file !== undefined) network.network = (await CniConfig.loadFile(network.file)).toJSON();
+  if (network.network === undefined && network.file !== undefined) {
+    const file = network.file;
+    const loaded = await CniConfig.loadFile(file).catch((error: unknown) => {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') throw new NotFoundError('CNI configuration file', file, { cause: error });
+      if (code === 'EISDIR' || code === 'EACCES') throw new InvalidArgumentError('file', `${file} cannot be read as a CNI configuration (${code})`, { cause: error });
+      throw error;
+    });
+    network.network = loaded.toJSON();
+  }
   const conf = CniConfig.fromObject(network.network, network.file);
   await new CniRuntime({ pluginDirs }).validate(conf, options.signal ? { signal: options.signal } : {});
   return conf;
