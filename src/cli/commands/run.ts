@@ -8,6 +8,7 @@ import * as validate from '../../validate.js';
 import { COMMON_OPTIONS, type Command } from '../command.js';
 import { printJson, UsageError } from '../io.js';
 import { PROCESS_OPTIONS, PROCESS_USAGE, attachStdio, processOverrides, shellExitCode } from '../process-options.js';
+import { nfvOptions } from '../nfv-options.js';
 
 const FORWARDED_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'];
 
@@ -29,7 +30,18 @@ Options:
       --machine M       q35 (default) or microvm
       --kernel PATH     boot this kernel instead of the built one
       --initramfs PATH  boot this initramfs instead of the built one
+      --network FILE    add the sandbox to the CNI network of a .conflist/.conf file
+                        (repeatable: one interface each, eth0, eth1, ...)
       --debug           agent and kernel debug output in the console log
+  -v, --volume HOST:GUEST[:ro]
+                        share host directory HOST at GUEST in the container
+                        (virtio-fs; ":ro" read-only); repeatable
+      --hugepages       back guest RAM with host hugepages (2 MiB)
+      --guest-hugepages N
+                        reserve N 2 MiB hugepages in the guest and mount a
+                        hugetlbfs at /dev/hugepages in the container
+      --device PCI_ADDR pass host PCI device DDDD:BB:DD.F to the VM (VFIO,
+                        q35); repeatable
 ${PROCESS_USAGE}
       --json            print the result as JSON (with --detach)`,
   spec: {
@@ -45,6 +57,10 @@ ${PROCESS_USAGE}
       { long: 'kernel', type: 'string' },
       { long: 'initramfs', type: 'string' },
       { long: 'debug', type: 'boolean' },
+      { long: 'volume', short: 'v', type: 'string', multiple: true },
+      { long: 'hugepages', type: 'boolean' },
+      { long: 'guest-hugepages', type: 'string' },
+      { long: 'device', type: 'string', multiple: true },
     ],
   },
   async run(parsed) {
@@ -69,10 +85,13 @@ ${PROCESS_USAGE}
       if (typeof o['initramfs'] === 'string') config.guest.initramfs = path.resolve(o['initramfs']);
     }
     if (o['debug']) config.debug = true;
+    if (Array.isArray(o['network'])) config.network = { cni: o['network'].map((file) => ({ file: path.resolve(file) })) };
+    const mounts = nfvOptions(o, config);
 
     const container: ContainerConfig = {
       process: processOverrides(parsed),
       stdio: { stdin: interactive, stdout: !detach, stderr: !detach },
+      volumes: mounts,
     };
     const source = parsed.positionals[0];
     if (source !== undefined) {
