@@ -16,8 +16,9 @@ import { kill } from './commands/kill.js';
 import { remove, stop } from './commands/lifecycle.js';
 import { logs } from './commands/logs.js';
 import { guestBuild } from './commands/guest.js';
+import { networkAdd, networkList, networkRemove, networkRescan } from './commands/network.js';
 
-const COMMANDS: readonly Command[] = [run, ps, exec, kill, stop, remove, logs, guestBuild];
+const COMMANDS: readonly Command[] = [run, ps, exec, kill, stop, remove, logs, guestBuild, networkAdd, networkRemove, networkList, networkRescan];
 
 function help(): string {
   const width = Math.max(...COMMANDS.map((c) => c.words.join(' ').length));

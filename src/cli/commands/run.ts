@@ -61,6 +61,7 @@ ${PROCESS_USAGE}
       { long: 'hugepages', type: 'boolean' },
       { long: 'guest-hugepages', type: 'string' },
       { long: 'device', type: 'string', multiple: true },
+      { long: 'network', type: 'string', multiple: true },
     ],
   },
   async run(parsed) {

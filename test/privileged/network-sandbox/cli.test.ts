@@ -1,0 +1,89 @@
+/**
+ * The network commands of the CLI, as a script would use them: `vmpod run --network FILE`
+ * (twice: two interfaces), `vmpod network ls`, `network add ID FILE`, `network rm`, errors.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { World, skipReason, type BridgeNet, type Peer } from './fixture.js';
+
+const CLI = [path.resolve('node_modules/.bin/tsx'), path.resolve('src/cli/main.ts')];
+
+function vmpod(stateDir: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(CLI[0]!, [CLI[1]!, ...args], { env: { ...process.env, VMPOD_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d));
+    child.stderr.on('data', (d: Buffer) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+describe.skipIf(skipReason)(`vmpod network commands${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
+  const world = new World();
+  const files: string[] = [];
+  const nets: BridgeNet[] = [];
+  const peers: Peer[] = [];
+  const id = `clinet-${world.tag}`;
+
+  beforeAll(async () => {
+    await world.init();
+    for (let i = 0; i < 3; i++) {
+      nets.push(world.bridgeNet());
+      peers.push(await world.peer(nets[i]!, `p${i}`));
+      files.push(path.join(world.dir, `${i}-net.conflist`));
+      await fs.writeFile(files[i]!, JSON.stringify(nets[i]!.config));
+    }
+  });
+
+  afterAll(async () => {
+    try {
+      await vmpod(world.stateDir, ['delete', '-f', id]);
+      await world.expectNothingLeft([id]);
+    } finally {
+      await world.cleanup();
+    }
+  });
+
+  it('runs a container on two CNI networks given with --network, and reaches a peer on each', async () => {
+    const r = await vmpod(world.stateDir, ['run', '--rm', '--network', files[0]!, '--network', files[1]!, '--', 'sh', '-c', `ping -c 1 -W 5 ${peers[0]!.ip} && ping -c 1 -W 5 ${peers[1]!.ip} && ip -o link | grep -c eth`]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim().split('\n').pop()).toBe('2');
+  });
+
+  it('lists, adds and removes interfaces of a running sandbox', async () => {
+    const started = await vmpod(world.stateDir, ['run', '-d', '--name', id, '--network', files[0]!, '--', 'sleep', '600']);
+    expect(started.code, started.stderr).toBe(0);
+    const ls = await vmpod(world.stateDir, ['network', 'ls', id]);
+    expect(ls.code, ls.stderr).toBe(0);
+    expect(ls.stdout).toMatch(new RegExp(`^NAME +KIND +MODEL +ORIGIN[^\\n]*\\neth0 +veth +tcfilter +cni:${nets[0]!.name} `, 'u'));
+
+    const added = await vmpod(world.stateDir, ['network', 'add', id, files[2]!, '--ifname', 'net2', '--json']);
+    expect(added.code, added.stderr).toBe(0);
+    expect(JSON.parse(added.stdout)).toMatchObject({ name: 'net2', origin: 'cni', network: nets[2]!.name, plugged: true });
+    const listed = JSON.parse((await vmpod(world.stateDir, ['network', 'ls', id, '--json'])).stdout) as { name: string }[];
+    expect(listed.map((n) => n.name)).toEqual(['eth0', 'net2']);
+
+    const removed = await vmpod(world.stateDir, ['network', 'rm', id, nets[2]!.name]);
+    expect(removed.code, removed.stderr).toBe(0);
+    expect((JSON.parse((await vmpod(world.stateDir, ['network', 'ls', id, '--json'])).stdout) as { name: string }[]).map((n) => n.name)).toEqual(['eth0']);
+
+    const rescan = await vmpod(world.stateDir, ['network', 'rescan', id, '--json']);
+    expect(JSON.parse(rescan.stdout)).toEqual({ added: [], removed: [], updated: [] });
+  });
+
+  it('explains usage mistakes and unknown interfaces', async () => {
+    const both = await vmpod(world.stateDir, ['network', 'add', id, files[2]!, '--interface', 'eth5']);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toContain('give either a CONFLIST file or --interface NAME');
+    const model = await vmpod(world.stateDir, ['network', 'add', id, files[2]!, '--model', 'ipvlan']);
+    expect(model.code).toBe(2);
+    const gone = await vmpod(world.stateDir, ['network', 'rm', id, 'nothere0']);
+    expect(gone.code).toBe(125);
+    expect(gone.stderr).toContain('sandbox interface "nothere0" does not exist');
+  });
+});
