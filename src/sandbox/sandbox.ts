@@ -258,8 +258,9 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     const store = newStore(stateDirOf(options));
     const record = await store.read(validate.id(id));
     const sandbox = new Sandbox(record, store, options.hypervisor ?? new QemuHypervisor(), false);
-    if (record.vm && (record.state === 'running' || record.state === 'paused')) {
-      if (!isAlive(record.vm)) {
+    if (record.state === 'running' || record.state === 'paused') {
+      // No VM handle while "running" means a release is under way (or crashed midway).
+      if (!record.vm || !isAlive(record.vm)) {
         await sandbox.#recordVmGone({ reason: 'shutdown', detail: 'the VM was found gone' }, true);
       } else {
         const vm = await sandbox.#hypervisor.attach(record.vm, options.signal ? { signal: options.signal } : {});
