@@ -40,7 +40,7 @@ export async function removeStateDir(stateDir: string): Promise<void> {
  * A fresh state directory under /tmp (short, since sockets live in it), removed with
  * everything in it by `cleanup`.
  */
-export async function benchStateDir(cleanup: Cleanup, prefix = 'vb-'): Promise<string> {
+export async function benchStateDir(cleanup: Cleanup, prefix = 'vb-st-'): Promise<string> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), prefix));
   cleanup.add(`state dir ${dir}`, () => removeStateDir(dir));
   return dir;
