@@ -13,7 +13,8 @@ import { DeviceBindError, DeviceBusyError, IommuGroupNotViableError } from '../.
 import { buildQemuCommandLine } from '../../src/hypervisor/qemu/cmdline.js';
 import type { HostFacts } from '../../src/hypervisor/host.js';
 import type { VmDevice } from '../../src/hypervisor/hypervisor.js';
-import { PciDevicesResource, pciDevices } from '../../src/nfv/pci-devices.js';
+import { PciDevicesResource, hotplugPci, pciDevices, unplugPci } from '../../src/nfv/pci-devices.js';
+import type { GuestContext } from '../../src/sandbox/resource.js';
 import { resolveSandboxConfig, type SandboxConfig } from '../../src/sandbox/config.js';
 import type { ResourceContext } from '../../src/sandbox/resource.js';
 import { InvalidArgumentError } from '../../src/errors.js';
@@ -315,5 +316,44 @@ describe('the devices resource binds at prepare and restores at release', () => 
     expect(record.state).toBe('created');
     expect(record.resources.devices).toEqual({ devices: [] });
     await sandbox.delete();
+  });
+
+  it('hot plugs a device (bind, then device_add) and unplugs it (device_del, then restore); a failed device_add restores', async () => {
+    await pfWithVfs();
+    const before = await snapshot();
+    const { ctx, record } = context({});
+    const calls: unknown[] = [];
+    let fail = false;
+    const vm = {
+      hotplug: async (device: VmDevice) => {
+        calls.push(['hotplug', device]);
+        if (fail) throw new Error('device_add: vfio 0000:3b:02.0: group 50 is not viable');
+        return { id: device.id, port: 'rp2', pciPath: '12/00' };
+      },
+      unplug: async (id: string) => {
+        calls.push(['unplug', id]);
+      },
+    };
+    const gctx = Object.assign(Object.create(Object.getPrototypeOf(ctx)), ctx, { vm, agent: {}, guestStateDir: '/run/vmpod' }) as GuestContext;
+    Object.defineProperty(gctx, 'state', { get: () => record.state });
+    const info = await hotplugPci(gctx, { address: '0000:3b:02.0', id: 'vf0', force: false });
+    expect(info).toMatchObject({ id: 'vf0', address: '0000:3b:02.0', pciPath: '12/00', hotplugged: true });
+    expect(calls).toEqual([['hotplug', { kind: 'vfio-pci', id: 'vf0', host: '0000:3b:02.0' }]]);
+    // Bound before device_add.
+    expect(sysfs.writes.slice(0, 3).map(([p]) => p)).toEqual([
+      'bus/pci/devices/0000:3b:02.0/driver_override',
+      'bus/pci/drivers/iavf/unbind',
+      'bus/pci/drivers_probe',
+    ]);
+    expect(pciDevices(record.state).map((d) => d.pciPath)).toEqual(['12/00']);
+    await unplugPci(gctx, 'vf0');
+    expect(calls.at(-1)).toEqual(['unplug', 'vf0']);
+    expect(await snapshot()).toEqual(before);
+    expect(pciDevices(record.state)).toEqual([]);
+
+    fail = true;
+    await expect(hotplugPci(gctx, { address: '0000:3b:02.1', id: 'vf1', force: false })).rejects.toThrow(/not viable/u);
+    expect(await snapshot()).toEqual(before);
+    expect(pciDevices(record.state)).toEqual([]);
   });
 });
