@@ -8,6 +8,16 @@
  * - ip-tc: the same steps by spawning `ip` and `tc`, the ordinary way;
  * - cni-bridge: Debian's containernetworking-plugins bridge + host-local, ADD and DEL into a
  *   fresh netns (made outside the timing), executed per the CNI spec from /usr/lib/cni.
+ * And the full path of a sandbox's network, set up and torn down:
+ * - sandbox-vmpod: what a sandbox's network resource does before its VM boots, through the
+ *   library: `Network.open()` (new netns), `addCni()` (bridge + host-local through CniRuntime,
+ *   result cached on disk), a scan of the namespace, `plug()` of eth0 with the tcfilter model
+ *   (tap + 2 ingress qdiscs + 2 redirect filters, queue fd open); teardown `Network.release()`
+ *   (tc and tap removed, CNI DEL, netns deleted);
+ * - sandbox-tools: the same by spawning tools the ordinary way: `ip netns add`, the bridge plugin
+ *   spawned with the CNI environment, `ip -j addr`/`ip -j route` (what the guest mirrors),
+ *   `ip tuntap add`, `ip link set up`, 2 `tc qdisc add` and 2 `tc filter add`; teardown
+ *   `ip link del`, the plugin's DEL, `ip netns del`.
  *
  * Usage: npm run bench -- network-setup [RUNS]   (default 50)
  */
@@ -17,7 +27,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { createNetns, deleteLink, deleteNetns, Network } from '../src/network/index.js';
+import { closeSync } from 'node:fs';
+import { createNetns, deleteLink, deleteNetns, Network, type NetworkRecord } from '../src/network/index.js';
+import { CniConfig } from '../src/network/cni/index.js';
 import { ratios, report, Samples } from './lib/report.js';
 
 const run = promisify(execFile);
@@ -43,6 +55,27 @@ async function ipTcSetup(ns: string, veth: string): Promise<void> {
   for (const [from, to] of [['eth0', 'tap0'], ['tap0', 'eth0']] as const) {
     await sh('tc', ['-n', ns, 'filter', 'add', 'dev', from, 'parent', 'ffff:', 'protocol', 'all', 'u32', 'match', 'u8', '0', '0', 'action', 'mirred', 'egress', 'redirect', 'dev', to]);
   }
+}
+
+/** The tools equivalent of a sandbox network's setup (see the header). */
+async function toolsSandboxSetup(ns: string, config: object, containerId: string): Promise<void> {
+  await sh('ip', ['netns', 'add', ns]);
+  await cni('ADD', config, containerId, `/run/netns/${ns}`);
+  await sh('ip', ['-n', ns, '-j', 'addr', 'show']);
+  await sh('ip', ['-n', ns, '-j', 'route', 'show', 'table', 'all']);
+  await sh('ip', ['-n', ns, 'tuntap', 'add', 'dev', 'vmtap0', 'mode', 'tap', 'vnet_hdr']);
+  await sh('ip', ['-n', ns, 'link', 'set', 'vmtap0', 'up']);
+  await sh('tc', ['-n', ns, 'qdisc', 'add', 'dev', 'eth0', 'ingress']);
+  await sh('tc', ['-n', ns, 'qdisc', 'add', 'dev', 'vmtap0', 'ingress']);
+  for (const [from, to] of [['eth0', 'vmtap0'], ['vmtap0', 'eth0']] as const) {
+    await sh('tc', ['-n', ns, 'filter', 'add', 'dev', from, 'parent', 'ffff:', 'protocol', 'all', 'u32', 'match', 'u8', '0', '0', 'action', 'mirred', 'egress', 'redirect', 'dev', to]);
+  }
+}
+
+async function toolsSandboxTeardown(ns: string, config: object, containerId: string): Promise<void> {
+  await sh('ip', ['-n', ns, 'link', 'del', 'vmtap0']);
+  await cni('DEL', config, containerId, `/run/netns/${ns}`);
+  await sh('ip', ['netns', 'del', ns]);
 }
 
 async function ipTcTeardown(ns: string): Promise<void> {
@@ -93,7 +126,15 @@ export default async function main(args: string[]): Promise<void> {
     ipam: { type: 'host-local', ranges: [[{ subnet: '10.231.0.0/16' }]], dataDir },
   };
   const samples = new Samples();
-  const leftovers = { networks: new Set<string>(), ipNetns: new Set<string>(), cniNetns: new Set<string>() };
+  const leftovers = {
+    networks: new Set<string>(),
+    ipNetns: new Set<string>(),
+    cniNetns: new Set<string>(),
+    sandboxNetworks: new Map<string, NetworkRecord>(),
+    toolsNetns: new Set<string>(),
+  };
+  const cniCache = path.join(dataDir, 'cache');
+  const conf = CniConfig.fromObject({ cniVersion: cniConfig.cniVersion, name: cniConfig.name, plugins: [{ ...cniConfig, cniVersion: undefined, name: undefined }] });
 
   try {
     for (let i = 0; i <= runs; i++) {
@@ -154,6 +195,46 @@ export default async function main(args: string[]): Promise<void> {
           samples.add('cni-bridge-del', del);
         }
       }
+      // sandbox-vmpod: the network resource's path through the library.
+      {
+        const ns = `vb-${id}-s`;
+        let record: NetworkRecord | undefined;
+        let t = now();
+        const net = await Network.open({ netns: ns, create: true, containerId: `vmpod-bench-${id}-s`, cniCacheDir: cniCache, save: async (r) => void (record = r) });
+        leftovers.sandboxNetworks.set(ns, net.record);
+        await net.addCni(conf, { ifName: 'eth0' });
+        const interfaces = await net.scan();
+        const { fds } = await net.plug('eth0', { origin: { type: 'cni', network: conf.name }, queues: 1, model: 'tcfilter' }, interfaces);
+        const setup = now() - t;
+        for (const fd of fds) closeSync(fd);
+        net.close();
+        t = now();
+        await Network.release(record ?? net.record);
+        const teardown = now() - t;
+        leftovers.sandboxNetworks.delete(ns);
+        if (!warm) {
+          samples.add('sandbox-vmpod-setup', setup);
+          samples.add('sandbox-vmpod-teardown', teardown);
+        }
+      }
+
+      // sandbox-tools: the same by spawning ip, tc and the plugin.
+      {
+        const ns = `vb-${id}-t`;
+        const containerId = `vmpod-bench-${id}-t`;
+        leftovers.toolsNetns.add(ns);
+        let t = now();
+        await toolsSandboxSetup(ns, cniConfig, containerId);
+        const setup = now() - t;
+        t = now();
+        await toolsSandboxTeardown(ns, cniConfig, containerId);
+        const teardown = now() - t;
+        leftovers.toolsNetns.delete(ns);
+        if (!warm) {
+          samples.add('sandbox-tools-setup', setup);
+          samples.add('sandbox-tools-teardown', teardown);
+        }
+      }
       if (!warm && i % 10 === 0) process.stderr.write(`  ${i}/${runs}\n`);
     }
   } finally {
@@ -166,6 +247,11 @@ export default async function main(args: string[]): Promise<void> {
       await cni('DEL', cniConfig, `vmpod-bench-${ns.slice(3, -2)}`, `/run/netns/${ns}`).catch(() => undefined);
       await deleteNetns(ns).catch(() => undefined);
     }
+    for (const record of leftovers.sandboxNetworks.values()) await Network.release(record).catch(() => undefined);
+    for (const ns of leftovers.toolsNetns) {
+      await cni('DEL', cniConfig, `vmpod-bench-${ns.slice(3, -2)}-t`, `/run/netns/${ns}`).catch(() => undefined);
+      await sh('ip', ['netns', 'del', ns]).catch(() => undefined);
+    }
     await deleteLink(bridge).catch(() => undefined);
     await rm(dataDir, { recursive: true, force: true });
   }
@@ -176,6 +262,8 @@ export default async function main(args: string[]): Promise<void> {
     ['cni-bridge-add', 'vmpod-setup'],
     ['ip-tc-teardown', 'vmpod-teardown'],
     ['cni-bridge-del', 'vmpod-teardown'],
+    ['sandbox-tools-setup', 'sandbox-vmpod-setup'],
+    ['sandbox-tools-teardown', 'sandbox-vmpod-teardown'],
   ]);
   const { stdout: kernel } = await run('uname', ['-r']);
   report('network-setup', 'ms', runs, results, r, { machine: { cpus: os.cpus().length, kernel: kernel.trim(), node: process.version } });

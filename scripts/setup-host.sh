@@ -13,6 +13,7 @@ packages=(
   runc                                          # agent tests: `runc spec` makes a real OCI config.json
   dpdk-dev                                      # vhost-user tests and benchmark: dpdk-testpmd with net_vhost
   e2fsprogs qemu-utils                          # volumes: mkfs.ext4 -d (block rootfs, images), qemu-img (qcow2)
+  iperf3                                        # net-throughput benchmark: TCP from a container to a peer netns
 )
 missing=()
 for p in "${packages[@]}"; do

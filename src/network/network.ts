@@ -474,47 +474,59 @@ export class Network implements AsyncDisposable {
   /**
    * Removes what a network's record names, in any process: every endpoint's changes undone
    * (last first), CNI DEL of every attachment (reverse order, from the recorded configuration,
-   * so it runs even when the cache or the VM is gone), then the namespace if vmpod created it.
+   * so it runs even when the cache or the VM is gone), then the namespace if vmpod created it
+   * (in which case the endpoints' links, all inside it, go with it instead of one by one).
    * Every step is tried; the first failure is thrown at the end. Idempotent.
    */
   static async release(record: NetworkRecord, options: { save?: (record: NetworkRecord) => Promise<void> } = {}): Promise<void> {
     const r = checkRecord(record);
     const save = options.save ?? (async () => undefined);
     const failures: unknown[] = [];
-    let netns: Netns | undefined;
-    try {
-      netns = await openNetns(r.netns.path);
-    } catch (error) {
-      if (!(error instanceof NotFoundError)) failures.push(error);
-    }
-    for (const endpoint of [...r.endpoints].reverse()) {
+    const attempt = async (step: () => Promise<void>): Promise<void> => {
       try {
-        if (netns) await undoChanges(netns, endpoint.changes);
-        r.endpoints = r.endpoints.filter((e) => e !== endpoint);
-        await save(r);
+        await step();
       } catch (error) {
         failures.push(error);
       }
-    }
-    netns?.close();
+    };
+    const undoEndpoints = async (): Promise<void> => {
+      let netns: Netns | undefined;
+      await attempt(async () => {
+        netns = await openNetns(r.netns.path).catch((error: unknown) => {
+          if (error instanceof NotFoundError) return undefined;
+          throw error;
+        });
+      });
+      for (const endpoint of [...r.endpoints].reverse()) {
+        await attempt(async () => {
+          if (netns) await undoChanges(netns, endpoint.changes);
+          r.endpoints = r.endpoints.filter((e) => e !== endpoint);
+          await save(r);
+        });
+      }
+      netns?.close();
+    };
+    // Everything vmpod makes lives inside the namespace: when vmpod made the namespace too,
+    // deleting it removes them in the kernel's own time, once CNI DEL has run.
+    const whole = r.netns.created && r.netns.name !== undefined;
+    if (!whole) await undoEndpoints();
     const cni = new CniRuntime({ pluginDirs: r.cni.pluginDirs, cacheDir: r.cni.cacheDir, ...(r.cni.timeoutMs === undefined ? {} : { timeoutMs: r.cni.timeoutMs }) });
     for (const attachment of [...r.attachments].reverse()) {
-      try {
+      await attempt(async () => {
         await cniDel(cni, r, attachment);
         r.attachments = r.attachments.filter((a) => a !== attachment);
         await save(r);
-      } catch (error) {
-        failures.push(error);
-      }
+      });
     }
-    if (r.netns.created && r.netns.name !== undefined && r.attachments.length === 0) {
-      try {
-        await deleteNetns(r.netns.name).catch(ignoreNotFound);
+    if (whole && r.attachments.length === 0) {
+      await attempt(async () => {
+        await deleteNetns(r.netns.name as string).catch(ignoreNotFound);
+        r.endpoints = [];
         r.netns.created = false;
         await save(r);
-      } catch (error) {
-        failures.push(error);
-      }
+      });
+    } else if (whole) {
+      await undoEndpoints(); // the namespace stays until its CNI DEL succeeds: leave only that
     }
     if (failures.length > 0) throw failures[0];
   }
