@@ -34,7 +34,7 @@ export async function hotplugVhostUserNic(sandbox: NfvHost, nic: VhostUserNic, o
     VHOST_USER_KIND,
     async (ctx) => {
       const [resolved] = resolveNfvConfig(
-        { vhostUser: [{ ...nic, id: nic.id ?? `vhu${vhostUserNics(ctx.state).length + ctx.config.vhostUser.length}` }] },
+        { vhostUser: [{ ...nic, id: nic.id ?? `vhu${vhostUserNics(ctx.state).length + (ctx.config.vhostUser ?? []).length}` }] },
         { memoryMiB: ctx.config.memoryMiB, machine: ctx.config.machine, sharedMemory: false, volumePages: 0 },
       ).vhostUser;
       return hotplugNic(ctx, { ...resolved!, rootPort: false });
@@ -58,7 +58,7 @@ export async function hotplugPciDevice(sandbox: NfvHost, device: PciPassthrough,
     PCI_DEVICES_KIND,
     async (ctx) => {
       const [resolved] = resolveNfvConfig(
-        { devices: [{ ...device, id: device.id ?? `hostdev${pciDevices(ctx.state).length + ctx.config.devices.length}` }] },
+        { devices: [{ ...device, id: device.id ?? `hostdev${pciDevices(ctx.state).length + (ctx.config.devices ?? []).length}` }] },
         { memoryMiB: ctx.config.memoryMiB, machine: ctx.config.machine, sharedMemory: false, volumePages: 0 },
       ).devices;
       return hotplugPci(ctx, resolved!);

@@ -96,7 +96,7 @@ export class PciDevicesResource implements SandboxResource {
   readonly kind = PCI_DEVICES_KIND;
 
   async prepare(ctx: ResourceContext): Promise<VmContribution> {
-    const wanted = ctx.config.devices;
+    const wanted = ctx.config.devices ?? []; // records of older versions lack the field
     if (wanted.length === 0) return {};
     const state = stateOf(ctx);
     const bound: PciDeviceInfo[] = [];

@@ -89,14 +89,14 @@ export async function checkVhostUserSocket(nic: { socket: string; mode: 'client'
 
 /** Whether a sandbox's guest RAM is a shared mapping (vhost-user backends need that). */
 export function hasSharedMemory(config: ResolvedSandboxConfig): boolean {
-  return config.sharedFs || config.vhostUser.length > 0 || config.hugepages?.backRam === true;
+  return config.sharedFs || (config.vhostUser ?? []).length > 0 || config.hugepages?.backRam === true;
 }
 
 export class VhostUserResource implements SandboxResource {
   readonly kind = VHOST_USER_KIND;
 
   async prepare(ctx: ResourceContext): Promise<VmContribution> {
-    const nics = ctx.config.vhostUser;
+    const nics = ctx.config.vhostUser ?? []; // records of older versions lack the field
     if (nics.length === 0) return {};
     const state = stateOf(ctx);
     for (const nic of nics) await checkVhostUserSocket(nic, state.serverSockets);

@@ -782,8 +782,11 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     if (this.state !== 'running') throw new SandboxError(this.id, `is ${this.state}: containers can be created only while it runs`);
     const agent = this.agent;
     if (this.#containers.has(id)) throw new AlreadyExistsError('container', id);
+    const guestPages = this.config.hugepages?.guestPages ?? 0;
     adapted.spec.mounts!.push(
-      ...(await this.withResource(VOLUMES_KIND, async (ctx) => containerMounts(ctx.state, volumes, adapted.spec, ctx.config.hugepages?.guestPages ?? 0), signal)),
+      ...(volumes.length === 0
+        ? containerMounts(undefined, [], adapted.spec, guestPages)
+        : await this.withResource(VOLUMES_KIND, async (ctx) => containerMounts(ctx.state, volumes, adapted.spec, guestPages), signal)),
     );
     const terminal = adapted.spec.process.terminal ?? false;
     const stdio = normaliseStdio(options.stdio, terminal);

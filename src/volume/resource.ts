@@ -45,7 +45,7 @@ export class VolumesResource implements SandboxResource {
   readonly kind = VOLUMES_KIND;
 
   async prepare(ctx: ResourceContext): Promise<VmContribution> {
-    const specs = ctx.config.volumes;
+    const specs = ctx.config.volumes ?? []; // records of older versions lack the field
     if (specs.length === 0) return {};
     const state = volumesState(ctx.state);
     const save = saver(ctx, state);
