@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { Volume } from '../../../src/volume/volume.js';
 import { VolumeReadOnlyError } from '../../../src/volume/errors.js';
+import { mountPoints } from '../../../src/state/remove.js';
 import { busyboxRootfs, collect, expectNothingLeft, forceCleanup, makeStateDir, skipReason as vmSkip } from '../sandbox/fixture.js';
 
 const exec = promisify(execFile);
@@ -42,10 +43,19 @@ describe.skipIf(skipReason)(`volumes in a sandbox${skipReason ? ` (skipped: ${sk
     await fs.mkdir(rw);
     await fs.mkdir(ro);
     await fs.writeFile(path.join(ro, 'config.txt'), 'from the host\n');
+    const coldContent = path.join(work, 'cold-content');
+    await fs.mkdir(coldContent);
+    await fs.writeFile(path.join(coldContent, 'boot.txt'), 'there at boot\n');
+    await exec('mkfs.ext4', ['-q', '-F', '-d', coldContent, path.join(work, 'cold.raw'), '8M']);
     sandbox = await Sandbox.create({
       stateDir,
       memoryMiB: 256,
-      volumes: [Volume.directory('data', rw), Volume.directory('conf', ro, { readOnly: true }), Volume.tmpfs('scratch', { sizeMiB: 16 })],
+      volumes: [
+        Volume.directory('data', rw),
+        Volume.directory('conf', ro, { readOnly: true }),
+        Volume.tmpfs('scratch', { sizeMiB: 16 }),
+        Volume.block('cold', path.join(work, 'cold.raw'), { readOnly: true }),
+      ],
     });
     await sandbox.start();
   });
@@ -72,6 +82,23 @@ describe.skipIf(skipReason)(`volumes in a sandbox${skipReason ? ` (skipped: ${sk
     await expect(fs.stat(path.join(ro, 'new.txt'))).rejects.toThrow();
     // A read-only volume cannot be mounted read-write in a container.
     await expect(sandbox.createContainer({ volumes: [{ volume: 'conf', destination: '/conf' }] })).rejects.toThrow(VolumeReadOnlyError);
+  });
+
+  it('adds a directory volume to the running sandbox (a bind that propagates into virtiofsd) and removes it', async () => {
+    const late = path.join(work, 'late');
+    await fs.mkdir(late);
+    await fs.writeFile(path.join(late, 'hello'), 'added later\n');
+    const volume = Volume.directory('late', late);
+    expect(await volume.attach(sandbox)).toMatchObject({ guestPath: '/run/vmpod/shared/volumes/late', hotplugged: true });
+    const r = await run(sandbox, { volumes: [volume.at('/late')] }, 'cat /late/hello');
+    expect(r.out).toBe('added later\n');
+    await volume.detach(sandbox);
+    expect((await mountPoints()).filter((m) => m.includes('/volumes/late'))).toEqual([]);
+  });
+
+  it('mounts a block volume of the config (cold plugged, found by its serial) read-only', async () => {
+    const r = await run(sandbox, { volumes: [{ volume: 'cold', destination: '/cold', readOnly: true }] }, 'cat /cold/boot.txt; grep " /cold " /proc/mounts');
+    expect(r.out).toMatch(/^there at boot\n\/dev\/vd[a-z] \/cold ext4 ro/u);
   });
 
   it('shares a tmpfs volume between two containers', async () => {
@@ -106,9 +133,9 @@ describe.skipIf(skipReason)(`volumes in a sandbox${skipReason ? ` (skipped: ${sk
     await q.attach(sandbox);
     const rq = await run(sandbox, { volumes: [q.at('/q', { readOnly: true })] }, 'cat /q/hello.txt; grep " /q " /proc/mounts');
     expect(rq.out).toMatch(/^on the disk\n\/dev\/vd[a-z] \/q ext4 ro/u);
-    expect((await Volume.list(sandbox)).map((v) => v.spec.name)).toEqual(['data', 'conf', 'scratch', 'qdisk']);
+    expect((await Volume.list(sandbox)).map((v) => v.spec.name)).toEqual(['data', 'conf', 'scratch', 'cold', 'qdisk']);
     await q.detach(sandbox);
-    expect((await Volume.list(sandbox)).map((v) => v.spec.name)).toEqual(['data', 'conf', 'scratch']);
+    expect((await Volume.list(sandbox)).map((v) => v.spec.name)).toEqual(['data', 'conf', 'scratch', 'cold']);
   });
 
   it('refuses to attach a block image that lies on a read-only mount read-write', async () => {
@@ -118,7 +145,7 @@ describe.skipIf(skipReason)(`volumes in a sandbox${skipReason ? ` (skipped: ${sk
     await exec('mount', ['--bind', '-o', 'ro', ro, roMount]);
     try {
       await expect(Volume.block('rodisk', path.join(roMount, 'image.raw')).attach(sandbox)).rejects.toThrow(VolumeReadOnlyError);
-      expect((await Volume.list(sandbox)).map((v) => v.spec.name)).toEqual(['data', 'conf', 'scratch']);
+      expect((await Volume.list(sandbox)).map((v) => v.spec.name)).toEqual(['data', 'conf', 'scratch', 'cold']);
       // Read-only, it attaches.
       const disk = Volume.block('rodisk', path.join(roMount, 'image.raw'), { readOnly: true });
       await disk.attach(sandbox);
@@ -143,6 +170,6 @@ describe.skipIf(skipReason)(`volumes in a sandbox${skipReason ? ` (skipped: ${sk
     console.log(`container start to exit, rootfs through: block ${times['block']!.toFixed(0)} ms, virtio-fs ${times['virtiofs']!.toFixed(0)} ms`);
     // The image and its disk are gone with the container.
     expect(await fs.readdir(path.join(sandbox.dir, 'disks'))).toEqual([]);
-    expect((await Volume.list(sandbox)).map((v) => v.spec.name)).toEqual(['data', 'conf', 'scratch']);
+    expect((await Volume.list(sandbox)).map((v) => v.spec.name)).toEqual(['data', 'conf', 'scratch', 'cold']);
   });
 });
