@@ -158,4 +158,18 @@ describe.skipIf(skipReason)(`vhost-user and hugepages in a sandbox${skipReason ?
       '',
     ]);
   });
+
+  it('gives everything back at stop and makes it again at the next start (pages, mount, the NIC on testpmd)', async () => {
+    await sandbox.stop();
+    expect((await hugepagePool('2M')).total).toBe(poolBefore + 32); // testpmd's only
+    expect(await fs.readFile('/proc/self/mountinfo', 'utf8')).not.toContain(path.join(sandbox.dir, 'hugepages'));
+    await sandbox.start();
+    expect((await hugepagePool('2M')).total).toBe(poolBefore + 32 + 128);
+    const { vhostUser } = await sandboxNfvDevices(sandbox);
+    expect(vhostUser.map((n) => n.id)).toEqual(['vnic0']);
+    const r = await run(sandbox, bundle, pingScript(vhostUser[0]!.pciPath!, '192.0.2.1', '192.0.2.2'));
+    expect(r.code).toBe(0);
+    expect(Number(/(\d+) packets received/u.exec(r.out)?.[1])).toBeGreaterThanOrEqual(4);
+  });
 });
+
