@@ -129,6 +129,7 @@ export class Testpmd {
     await fs.rm(path.join('/var/run/dpdk', this.options.prefix), { recursive: true, force: true });
     if (!this.options.client) await fs.rm(this.options.socket, { force: true });
     await this.mount.unmount({ detach: true });
+    await fs.rmdir(path.dirname(this.mount.path)).catch(() => undefined); // the parent, once no testpmd uses it
     await this.pages.release();
   }
 }
