@@ -48,8 +48,8 @@ describe.skipIf(skipReason)(`vmpod network commands${skipReason ? ` (skipped: ${
     }
   });
 
-  it('runs a container on two CNI networks given with --network, and reaches a peer on each', async () => {
-    const r = await vmpod(world.stateDir, ['run', '--rm', '--network', files[0]!, '--network', files[1]!, '--', 'sh', '-c', `ping -c 1 -W 5 ${peers[0]!.ip} && ping -c 1 -W 5 ${peers[1]!.ip} && ip -o link | grep -c eth`]);
+  it('runs a container on two CNI networks given with --network (microvm: virtio-mmio NICs), and reaches a peer on each', async () => {
+    const r = await vmpod(world.stateDir, ['run', '--rm', '--machine', 'microvm', '--network', files[0]!, '--network', files[1]!, '--', 'sh', '-c', `ping -c 1 -W 5 ${peers[0]!.ip} && ping -c 1 -W 5 ${peers[1]!.ip} && ip -o link | grep -c eth`]);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(r.stdout.trim().split('\n').pop()).toBe('2');
