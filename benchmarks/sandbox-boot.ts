@@ -10,11 +10,15 @@
  *   recorded: vmpod-marker, from create() to the same marker in the sandbox's console log, which
  *   splits vmpod-ready into "until the guest's /init is done" and "agent and set-up after it";
  * - vmpod-run: `node dist/cli/main.js run --rm -- true` end to end (Node start, boot, one
- *   container, teardown), as a script would call the CLI (build it first: npm run build:ts).
+ *   container, teardown), as a script would call the CLI (build it first: npm run build:ts);
+ * - qemu-same-devices (breakdown, q35 only): the sandbox's VM typed by hand
+ *   (benchmarks/lib/by-hand.ts: memfd RAM, 4 root ports, virtio-serial with 4 ports,
+ *   vhost-user-fs on a virtiofsd started beforehand), from spawning QEMU to the marker: what the
+ *   guest's devices add to the bare boot, apart from anything vmpod does.
  * The sandboxes live in a temporary state directory, removed at the end even on failure.
  *
  * Usage: npm run bench -- sandbox-boot [RUNS] [--machine q35|microvm] [--cache GUEST_CACHE_DIR]
- *        (default 8 runs, q35 like a default sandbox, the library's default guest cache)
+ *        (default 10 runs, q35 like a default sandbox, the library's default guest cache)
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -23,6 +27,7 @@ import { packageRoot } from '../src/native.js';
 import { INIT_MARKER } from '../src/guest/index.js';
 import { baseKernelArgs, hostTscKhz, rawQemuBoot } from '../src/hypervisor/index.js';
 import { Sandbox, type SandboxConfig } from '../src/sandbox/index.js';
+import { startVmByHand } from './lib/by-hand.js';
 import { withCleanup } from './lib/cleanup.js';
 import { benchArgs, interleave } from './lib/interleave.js';
 import { machineFacts } from './lib/machine.js';
@@ -79,7 +84,7 @@ function watchFile(dir: string, file: string, marker: string): { seen: Promise<n
 }
 
 export default async function main(args: string[]): Promise<void> {
-  const { runs, options } = benchArgs(args, 8, { machine: 'q35', cache: '' }, USAGE);
+  const { runs, options } = benchArgs(args, 10, { machine: 'q35', cache: '' }, USAGE);
   if (options.machine !== 'q35' && options.machine !== 'microvm') throw new Error(USAGE);
   const machine = options.machine;
   const cli = path.join(packageRoot, 'dist', 'cli', 'main.js');
@@ -133,6 +138,25 @@ export default async function main(args: string[]): Promise<void> {
       return result.markerMs;
     }
 
+    async function sameDevices(): Promise<number> {
+      if (!guest) throw new Error('the guest assets are known after the first vmpod boot');
+      const dir = fs.mkdtempSync(path.join(stateDir, 'by-hand-'));
+      try {
+        const vm = await startVmByHand(cleanup, {
+          kernel: guest.kernel,
+          initramfs: guest.initramfs,
+          append: baseKernelArgs('q35', hostTscKhz()).join(' '),
+          accel: facts.accel,
+          memoryMiB: 256,
+          dir,
+        });
+        await vm.stop();
+        return vm.markerMs;
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    }
+
     function vmpodRun(): Promise<number> {
       return new Promise((resolve, reject) => {
         const t0 = performance.now();
@@ -156,6 +180,7 @@ export default async function main(args: string[]): Promise<void> {
         ['vmpod-ready', vmpodReady],
         ['raw-qemu', rawQemu],
         ['vmpod-run', vmpodRun],
+        ...(machine === 'q35' ? [['qemu-same-devices', sameDevices] as const] : []),
       ],
       { signal, digits: 0 },
     );
@@ -168,6 +193,8 @@ export default async function main(args: string[]): Promise<void> {
       ratios(results, [
         ['vmpod-ready', 'raw-qemu'],
         ['vmpod-marker', 'raw-qemu'],
+        ['qemu-same-devices', 'raw-qemu'],
+        ['vmpod-marker', 'qemu-same-devices'],
         ['vmpod-run', 'raw-qemu'],
         ['vmpod-run', 'vmpod-ready'],
       ]),

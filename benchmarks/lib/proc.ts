@@ -71,6 +71,10 @@ export interface ProcessMemory {
   name: string;
   pssKiB: number;
   rssKiB: number;
+  /** The parts of PSS: anonymous memory, file pages (binaries, libraries, a mapped kernel image), shmem (memfd guest RAM). */
+  pssAnonKiB: number;
+  pssFileKiB: number;
+  pssShmemKiB: number;
 }
 
 /** PSS and RSS of `pid`, or undefined when it is gone. */
@@ -79,10 +83,32 @@ export function processMemory(pid: number): ProcessMemory | undefined {
     const rollup = fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
     const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'mu').exec(rollup)?.[1] ?? NaN);
     const name = fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-    return { pid, name, pssKiB: field('Pss'), rssKiB: field('Rss') };
+    return {
+      pid,
+      name,
+      pssKiB: field('Pss'),
+      rssKiB: field('Rss'),
+      pssAnonKiB: field('Pss_Anon'),
+      pssFileKiB: field('Pss_File'),
+      pssShmemKiB: field('Pss_Shmem'),
+    };
   } catch {
     return undefined;
   }
+}
+
+/** Processes other than `except` that map `file` (e.g. other VMs booting the same kernel image). */
+export function processesMapping(file: string, except: readonly number[] = []): number[] {
+  const out: number[] = [];
+  for (const pid of pids()) {
+    if (except.includes(pid)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${pid}/maps`, 'utf8').includes(` ${file}\n`)) out.push(pid);
+    } catch {
+      // gone meanwhile, or a kernel thread
+    }
+  }
+  return out;
 }
 
 /** SIGKILLs `pids`, ignoring those already gone. */
