@@ -138,7 +138,14 @@ export class NetworkResource implements SandboxResource {
     if (state?.ready) {
       // A later boot: the namespace and its endpoints are there; open their queues again.
       const save = (record: NetworkRecord): Promise<void> => ctx.save({ record, ready: true });
-      const net = await Network.resume(state.record, save);
+      const net = await Network.resume(state.record, save).catch(async (error: unknown) => {
+        if (!(error instanceof NotFoundError)) throw error;
+        // The namespace is gone (deleted by hand, or the host rebooted): set it all up again.
+        await Network.release(state.record).catch(() => undefined);
+        await ctx.save(undefined);
+        return undefined;
+      });
+      if (!net) return this.prepare(ctx);
       try {
         for (const endpoint of net.endpoints) {
           const fds = await net.reopen(endpoint.name);

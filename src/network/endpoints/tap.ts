@@ -3,7 +3,7 @@
  * dev NAME mode tap [multi_queue]`). The hypervisor gets its queues directly (no model). The
  * addresses on a tap are the host side's (e.g. the VM's gateway), so they are not mirrored: the
  * guest gets the addresses and routes given for the interface in the config, and a MAC of its own
- * (random, kept in the record) unless the config gives one through `overrides`.
+ * (random, kept in the record: the tap's is the host side's).
  *
  * @module
  */

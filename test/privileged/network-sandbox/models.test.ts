@@ -2,8 +2,11 @@
  * The inter-network models in one sandbox with three CNI networks, one model each: macvtap
  * (passthru macvtap on the veth), bridge (bridge + tap in the namespace, the veth's MAC moved
  * to the guest) and none (a tap joined to nothing, until the test joins it with tc itself).
- * Traffic to a peer on each network; the endpoints survive a stop and start of the sandbox.
+ * Traffic to a peer on each network; the endpoints survive a stop and start of the sandbox; a
+ * cold-plugged NIC is removed; a namespace deleted behind vmpod's back is set up again.
  */
+import fs from 'node:fs/promises';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { World, ipj, runIn, sh, skipReason, type BridgeNet, type Peer } from './fixture.js';
@@ -90,6 +93,32 @@ describe.skipIf(skipReason)(`inter-network models in a sandbox${skipReason ? ` (
     await sandbox.start();
     const after = await sandbox.networks();
     expect(after.map((n) => [n.name, n.mac, n.addresses, n.plugged])).toEqual(before.map((n) => [n.name, n.mac, n.addresses, true]));
+    for (const i of [0, 1]) {
+      const r = await runIn(sandbox, ['wget', '-q', '-O', '-', `http://${peers[i]!.ip}:8080/who.txt`]);
+      expect(r.stdout, r.stderr).toBe(`peer ${i}\n`);
+    }
+  });
+  it('removes a cold-plugged NIC: unplugged from the VM, its tap gone, CNI DEL run', async () => {
+    await sandbox.removeNetwork('eth2');
+    expect((await sandbox.networks()).map((n) => n.name)).toEqual(['eth0', 'eth1']);
+    expect((await sandbox.agent.listInterfaces()).interfaces.map((i) => i.name)).not.toContain('eth2');
+    const links = (await ipj<any[]>(['link', 'show'], ns)).map((l) => l.ifname);
+    expect(links).not.toContain('eth2');
+    expect(links).not.toContain('vmtap2');
+    const reserved = (await fs.readdir(path.join(world.ipamDir, nets[2]!.name))).filter((f) => /^\d/u.test(f));
+    expect(reserved).toEqual([peers[2]!.ip]);
+  });
+
+  it('sets the network up again at start when its namespace was deleted behind its back', async () => {
+    await sandbox.stop();
+    await sh('ip', ['netns', 'del', ns]);
+    await sandbox.start();
+    const found = await sandbox.networks();
+    expect(found.map((n) => [n.name, n.model, n.plugged])).toEqual([
+      ['eth0', 'macvtap', true],
+      ['eth1', 'bridge', true],
+      ['eth2', 'none', true],
+    ]);
     for (const i of [0, 1]) {
       const r = await runIn(sandbox, ['wget', '-q', '-O', '-', `http://${peers[i]!.ip}:8080/who.txt`]);
       expect(r.stdout, r.stderr).toBe(`peer ${i}\n`);
