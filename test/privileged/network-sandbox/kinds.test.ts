@@ -16,6 +16,7 @@ describe.skipIf(skipReason)(`endpoint kinds in an adopted namespace${skipReason 
   let base: string;
   const far: string[] = [];
   let linksBefore: any[];
+  let farMac: string;
 
   beforeAll(async () => {
     await world.init();
@@ -43,11 +44,12 @@ describe.skipIf(skipReason)(`endpoint kinds in an adopted namespace${skipReason 
     for (const dev of ['v0', 'lower1', 'mv0', 'lower3', 'mvt0']) await ip(ns, 'link', 'set', dev, 'up');
     for (const f of far) await ip(f, 'link', 'set', 'eth0', 'up');
     linksBefore = await ipj<any[]>(['link', 'show'], ns);
+    farMac = (await ipj<any[]>(['link', 'show', 'dev', 'eth0'], far[0]!))[0].address;
 
     sandbox = await Sandbox.create({
       stateDir: world.stateDir,
       cpus: 2,
-      network: { netns: ns, interfaces: { tap0: { addresses: [`${base}.2.2/24`] } } },
+      network: { netns: ns, interfaces: { tap0: { addresses: [`${base}.2.2/24`] }, v0: { neighbors: [{ ip: `${base}.0.1`, mac: farMac }] } } },
     });
     await sandbox.start();
   });
@@ -74,8 +76,11 @@ describe.skipIf(skipReason)(`endpoint kinds in an adopted namespace${skipReason 
     for (const name of ['v0', 'mv0', 'mvt0']) expect(byName[name]!.mac).toBe(links[name].address);
     expect(byName['tap0']!.addresses).toEqual([`${base}.2.2/24`]); // from the config, not the tap's own
     expect(byName['mvt0']!.addresses).toEqual([`${base}.3.2/24`]);
-    const guest = (await sandbox.agent.listInterfaces()).interfaces.map((i) => i.name);
-    expect(guest).toEqual(expect.arrayContaining(['v0', 'mv0', 'tap0', 'mvt0']));
+    const guest = (await sandbox.agent.listInterfaces()).interfaces;
+    expect(guest.map((i) => i.name)).toEqual(expect.arrayContaining(['v0', 'mv0', 'tap0', 'mvt0']));
+    // A static neighbour from the config, next to the mirrored address.
+    expect(guest.find((i) => i.name === 'v0')).toMatchObject({ addresses: expect.arrayContaining([`${base}.0.2/24`]), neighbors: [{ ip: `${base}.0.1`, mac: farMac }] });
+    expect((await runIn(sandbox, ['ip', 'neigh', 'show', 'dev', 'v0'])).stdout).toMatch(new RegExp(`^${base.replaceAll('.', '\\.')}\\.0\\.1 lladdr ${farMac} .*PERMANENT$`, 'mu'));
   });
 
   it('passes traffic through each kind', async () => {
