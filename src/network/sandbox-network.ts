@@ -319,7 +319,12 @@ async function hotplugEndpoint(ctx: GuestContext, net: Network, name: string, op
   }
   closeFds(fds); // QEMU took its copies with getfd
   await net.setPlugged(name, true);
-  await configureNic(ctx.agent, record.guest, ctx.signal);
+  try {
+    await configureNic(ctx.agent, record.guest, ctx.signal);
+  } catch (error) {
+    await hotunplugEndpoint(ctx, net, record).catch(() => undefined);
+    throw error;
+  }
   return record;
 }
 

@@ -9,6 +9,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NotFoundError } from '../../../src/errors.js';
+import { CniPluginNotFoundError } from '../../../src/network/cni/index.js';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { World, ipj, runIn, sh, skipReason, type BridgeNet, type Peer } from './fixture.js';
 
@@ -114,6 +116,12 @@ describe.skipIf(skipReason)(`sandbox networks over CNI bridges${skipReason ? ` (
     const limited = world.bridgeNet({ chain: [{ type: 'bandwidth', ingressRate: rate, ingressBurst: 64 * 1024 * 8, egressRate: rate, egressBurst: 64 * 1024 * 8 }] });
     const peer2 = await world.peer(limited, 'peer2');
     await world.httpd(peer2.netns, { 'big.bin': big });
+
+    // What cannot be added fails with a typed error and changes nothing.
+    await expect(a.addNetwork({ interface: 'nothere0' })).rejects.toBeInstanceOf(NotFoundError);
+    await expect(a.addNetwork({ cni: { config: { cniVersion: '1.0.0', name: 'nope', plugins: [{ type: 'nosuchplugin' }] } } })).rejects.toBeInstanceOf(CniPluginNotFoundError);
+    await expect(a.addNetwork({ cni: { config: limited.config, ifName: 'eth0' } })).rejects.toThrow(/already an interface/u);
+    expect((await a.networks()).map((n) => n.name)).toEqual(['eth0']);
 
     const info = await a.addNetwork({ cni: { config: limited.config, ifName: 'eth1' } });
     expect(info).toMatchObject({ name: 'eth1', origin: 'cni', network: limited.name, plugged: true, kind: 'veth' });
