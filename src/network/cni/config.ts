@@ -10,6 +10,7 @@ import path from 'node:path';
 import { NotFoundError } from '../../errors.js';
 import { CniConfigError, type CniConfigLocation } from './errors.js';
 import { CURRENT_VERSION, SUPPORTED_VERSIONS, compareVersions, isSupportedVersion, isVersion } from './version.js';
+import { jsonErrorOffset } from './json-offset.js';
 
 /** A JSON object. */
 export type JsonObject = { [key: string]: unknown };
@@ -60,13 +61,15 @@ function deepFreeze<T>(value: T): T {
 /** Turns a JSON.parse error into a line and column of `text`. */
 function syntaxLocation(error: unknown, text: string): { line: number; column: number; reason: string } {
   const message = error instanceof Error ? error.message : String(error);
-  const match = /at position (\d+)/u.exec(message);
-  const offset = match ? Math.min(Number(match[1]), text.length) : text.length;
+  const offset = jsonErrorOffset(text) ?? text.length;
   const before = text.slice(0, offset);
   const line = before.split('\n').length;
   const column = offset - before.lastIndexOf('\n');
-  // Node 20 says "... in JSON at position 42"; newer versions add "(line 3 column 5)": keep the reason.
-  const reason = message.replace(/\s*in JSON at position \d+.*$/u, '').replace(/\s*\(line \d+ column \d+\)/u, '');
+  // Keep V8's reason, without its position or its quote of the whole text.
+  const reason = message
+    .replace(/\s*in JSON at position \d+.*$/u, '')
+    .replace(/\s*\(line \d+ column \d+\)/u, '')
+    .replace(/, ".*" is not valid JSON$/su, '');
   return { line, column, reason };
 }
 
