@@ -232,7 +232,7 @@ json Agent::Hello(Session& s, const json& p) {
           {"maxPayload", kMaxPayload},
           {"maxDataChunk", kMaxDataChunk},
           {"initialWindow", kInitialWindow},
-          {"features", {"containers", "exec", "tty", "stats", "mount", "set-time", "oom", "network"}}};
+          {"features", {"containers", "exec", "tty", "stats", "mount", "mount-9p", "set-time", "oom", "network"}}};
 }
 
 Container& Agent::FindContainer(const json& p, const char* key) {
@@ -736,7 +736,7 @@ void Agent::TryMount(GuestMount m, Pending pending, int64_t deadline) {
   try {
     DoGuestMount(m, device);
     mounts_.push_back(m.target);
-    Log("mounted %s (%s) on %s", m.type == "virtiofs" ? m.source.c_str() : device.empty() ? m.type.c_str() : device.c_str(),
+    Log("mounted %s (%s) on %s", m.type == "virtiofs" || m.type == "9p" ? m.source.c_str() : device.empty() ? m.type.c_str() : device.c_str(),
         m.type.c_str(), m.target.c_str());
     json result = {{"target", m.target}};
     if (!device.empty()) result["device"] = device;

@@ -1,5 +1,5 @@
 // Mounts: a container's rootfs and OCI mounts (run in the container's child process), and the
-// agent's own Mount requests (virtio-fs shares, block devices, tmpfs, hugetlbfs).
+// agent's own Mount requests (virtio-fs and 9p shares, block devices, tmpfs, hugetlbfs).
 #pragma once
 #include <string>
 #include <vector>
@@ -28,8 +28,8 @@ void SetupRootfs(const Spec& spec, const RootfsPlan& plan);
 // Mount request of the protocol. `stateDir` bounds the targets. Returns the mounted device or
 // source, for the response. `retry` is set when the block device has not appeared yet.
 struct GuestMount {
-  std::string type;    // virtiofs, ext4, tmpfs, hugetlbfs
-  std::string source;  // virtiofs tag (ignored for tmpfs/hugetlbfs)
+  std::string type;    // virtiofs, 9p, ext4, tmpfs, hugetlbfs
+  std::string source;  // virtiofs or 9p mount tag (ignored for tmpfs/hugetlbfs)
   std::string devicePci, deviceSerial, devicePath;  // block devices: one of them
   std::string target;
   bool readOnly = false;

@@ -296,9 +296,11 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
   }
 
   /**
-   * Mounts a virtio-fs share, an ext4 block device, a tmpfs or a hugetlbfs in the guest, on a
-   * target under the agent's state dir (`mount -t TYPE SOURCE TARGET`). For a hot-plugged block
-   * device the agent waits up to `timeoutMs` for it to appear.
+   * Mounts a virtio-fs or 9p share, an ext4 block device, a tmpfs or a hugetlbfs in the guest,
+   * on a target under the agent's state dir (`mount -t TYPE SOURCE TARGET`; for 9p `mount -t 9p
+   * -o trans=virtio,version=9p2000.L,msize=131072 TAG TARGET`). For a hot-plugged block device
+   * the agent waits up to `timeoutMs` for it to appear. A 9p mount fails with
+   * `FAILED_PRECONDITION` when the guest kernel has no 9p, `NOT_FOUND` when no device has the tag.
    */
   async mount(request: MountRequest, options: CallOptions = {}): Promise<MountResult> {
     const params: Record<string, unknown> = { ...request, target: validate.absolutePath(request.target, 'target') };

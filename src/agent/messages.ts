@@ -27,7 +27,7 @@ export interface AgentInfo {
   maxPayload: number;
   maxDataChunk: number;
   initialWindow: number;
-  /** Optional features, e.g. `tty`, `stats`, `mount`, `set-time`, `oom`. */
+  /** Optional features, e.g. `tty`, `stats`, `mount`, `mount-9p` (Mount type `9p`), `set-time`, `oom`. */
   features: string[];
 }
 
@@ -221,17 +221,27 @@ export const statsSchema: Schema<ContainerStats> = object({
   pids: object({ current: counter, max: counter }),
 });
 
-/** Mount request: a share, a block device, a tmpfs or a hugetlbfs on a target under the agent's state dir. */
+/**
+ * Mount request: a virtio-fs or 9p share, a block device, a tmpfs or a hugetlbfs on a target
+ * under the agent's state dir.
+ */
 export interface MountRequest {
-  type: 'virtiofs' | 'ext4' | 'tmpfs' | 'hugetlbfs';
-  /** The virtio-fs tag (virtiofs only). */
+  type: 'virtiofs' | '9p' | 'ext4' | 'tmpfs' | 'hugetlbfs';
+  /**
+   * The mount tag: of the virtio-fs device (1-36 of `[A-Za-z0-9_.-]`) or of the virtio-9p device
+   * (1-31 of the same). Unused for the other types.
+   */
   source?: string;
   /** The block device (ext4): exactly one of its PCI address, its virtio serial, or a /dev path. */
   device?: { pciAddress?: string; serial?: string; path?: string };
   /** Absolute guest path under the agent's state dir (e.g. /run/vmpod/shared). */
   target: string;
   readOnly?: boolean;
-  /** Mount options, e.g. `size=64m`, `pagesize=2M`, `nosuid`. */
+  /**
+   * Mount options, e.g. `size=64m`, `pagesize=2M`, `nosuid`. For 9p the agent always adds
+   * `trans=virtio`, and `version=9p2000.L` and `msize=131072` unless given (`cache=loose`, ...
+   * pass through); another `trans=` is refused.
+   */
   options?: string[];
   /** How long to wait for a hot-plugged block device to appear (default 10000 ms). */
   timeoutMs?: number;

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentError } from '../../src/agent/errors.js';
 import type { AgentClient } from '../../src/agent/client.js';
-import type { OciSpec, StdioRequest } from '../../src/agent/messages.js';
+import type { MountRequest, OciSpec, StdioRequest } from '../../src/agent/messages.js';
 import {
   AGENT_BINARY,
   BUSYBOX,
@@ -388,6 +388,26 @@ describe.skipIf(!ready)(`vmpod-agent on the host (${ready ? 'root' : reason})`, 
     await expect(client.mount({ type: 'tmpfs', target: path.join(agent.stateDir, 'containers', 'x') })).rejects.toMatchObject({ agentCode: 'PERMISSION_DENIED' });
     await expect(client.mount({ type: 'ext4', target: path.join(agent.stateDir, 'mnt', 'disk'), device: { serial: 'nosuchdisk' }, timeoutMs: 100 })).rejects.toMatchObject({ agentCode: 'NOT_FOUND' });
     await client.unmount(target);
+    expect(fs.readFileSync(`/proc/${agent.process.pid}/mounts`, 'utf8')).not.toContain(` ${target} `);
+  });
+
+  it('checks 9p mounts: the tag, the transport and its options; a kernel without 9p or a missing tag is a clear error', async () => {
+    expect(client.info.features).toContain('mount-9p');
+    const target = path.join(agent.stateDir, 'mnt', 'ninep');
+    for (const bad of [{ source: undefined }, { source: 'a b' }, { source: 'x'.repeat(32) }, { source: 'ok', options: ['trans=tcp'] }, { source: 'ok', options: ['version=9p3000'] }, { source: 'ok', options: ['msize=12'] }]) {
+      await expect(client.mount({ type: '9p', target, ...bad } as MountRequest)).rejects.toMatchObject({ agentCode: 'INVALID_ARGUMENT' });
+    }
+    // This host has no virtio-9p device, and maybe no 9p at all: the mount fails saying which.
+    const error = (await client.mount({ type: '9p', source: 'vmpodtest', target, readOnly: true }).catch((e: unknown) => e)) as AgentError;
+    expect(error).toBeInstanceOf(AgentError);
+    expect(error.message).toMatch(/trans=virtio,version=9p2000\.L,msize=131072/u);
+    if (fs.readFileSync('/proc/filesystems', 'utf8').includes('\t9p\n')) {
+      expect(error).toMatchObject({ agentCode: 'NOT_FOUND', errnoName: 'ENOENT' });
+      expect(error.message).toMatch(/no virtio-9p device has the mount tag vmpodtest/u);
+    } else {
+      expect(error).toMatchObject({ agentCode: 'FAILED_PRECONDITION', errnoName: 'ENODEV' });
+      expect(error.message).toMatch(/this kernel has no 9p filesystem/u);
+    }
     expect(fs.readFileSync(`/proc/${agent.process.pid}/mounts`, 'utf8')).not.toContain(` ${target} `);
   });
 
