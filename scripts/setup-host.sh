@@ -8,7 +8,7 @@ packages=(
   iproute2                                      # ip/tc: tests cross-check every primitive
   containernetworking-plugins                   # CNI plugins in /usr/lib/cni (bridge, host-local, tuning, bandwidth...)
   qemu-system-x86                               # QEMU 7.2 (+ /usr/lib/qemu/virtiofsd from qemu-system-common)
-  busybox-static lz4 kmod                       # guest build: busybox, vmlinux extraction, depmod
+  busybox-static lz4 xz-utils kmod              # guest build: busybox, vmlinux extraction (LZ4, XZ), depmod
   nlohmann-json3-dev                            # guest agent: header-only JSON (static build)
   runc                                          # agent tests: `runc spec` makes a real OCI config.json
   dpdk-dev                                      # vhost-user tests and benchmark: dpdk-testpmd with net_vhost

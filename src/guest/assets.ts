@@ -17,6 +17,7 @@ import path from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
 import * as validate from '../validate.js';
 import { GuestAssetsError } from './errors.js';
+import { GUEST_FEATURES, type GuestFeature } from './features.js';
 import { sha256File } from './hash.js';
 
 /** Where the builder writes, and where the library looks, unless told otherwise. */
@@ -49,12 +50,30 @@ export interface GuestManifest {
     readonly busyboxSha256: string;
     readonly agentSha256: string;
     readonly modules: readonly string[];
+    /** Features asked for (builder version 2). */
+    readonly features?: readonly GuestFeature[];
   };
+  /** What the caller of the build asked for (builder version 2), to build alike again. */
+  readonly request?: GuestBuildRequest;
   /** Modules in the initramfs, in the order /init loads them, and requested ones built in. */
   readonly modules: { readonly load: readonly string[]; readonly builtin: readonly string[] };
+  /**
+   * What the guest can do, from its kernel config and the modules /init loads (builder
+   * version 2; absent in older builds: decide with `guestFeatures` from `config`).
+   */
+  readonly features?: readonly GuestFeature[];
   /** The line /init prints on the console right before it starts the agent. */
   readonly initMarker: string;
   readonly files: { readonly kernel: AssetFile; readonly initramfs: AssetFile; readonly config: AssetFile };
+}
+
+/** The options a build was given that decide what it makes (absent ones took the defaults). */
+export interface GuestBuildRequest {
+  readonly kernelPackage?: string;
+  readonly kernelDeb?: string;
+  readonly modules?: readonly string[];
+  readonly extraModules?: readonly string[];
+  readonly features?: readonly GuestFeature[];
 }
 
 /** Everything a boot needs, with absolute paths. */
@@ -133,6 +152,12 @@ export async function readManifest(dir: string): Promise<GuestManifest> {
   checkFile(dir, files['kernel'], 'kernel');
   checkFile(dir, files['initramfs'], 'initramfs');
   checkFile(dir, files['config'], 'config');
+  const features = value['features'];
+  if (features !== undefined && (!Array.isArray(features) || !features.every((f) => GUEST_FEATURES.includes(f as GuestFeature)))) {
+    throw bad(dir, 'manifest features are malformed');
+  }
+  const request = value['request'];
+  if (request !== undefined && !isRecord(request)) throw bad(dir, 'manifest request is malformed');
   return value as unknown as GuestManifest;
 }
 

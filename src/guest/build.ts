@@ -23,6 +23,7 @@ import {
   verifyGuestAssets,
   type AssetFile,
   type GuestAssets,
+  type GuestBuildRequest,
   type GuestManifest,
 } from './assets.js';
 import { writeCpio, type CpioEntry } from './cpio.js';
@@ -39,11 +40,12 @@ import {
   unpackKernelPackage,
   type KernelPackage,
 } from './kernel.js';
+import { featureModules, GUEST_FEATURES, guestFeatures, type GuestFeature } from './features.js';
 import { DEFAULT_GUEST_MODULES, parseModuleIndex, resolveModules } from './modules.js';
 import { ETC_FILES, builtinRootfsEntries, guestRootEntries } from './rootfs.js';
 
-/** Bumped whenever the builder's output changes for the same inputs. */
-export const BUILDER_VERSION = 1;
+/** Bumped whenever the builder's output changes for the same inputs (2: XZ kernels as vmlinux, `features`). */
+export const BUILDER_VERSION = 2;
 
 /** The kernel options a vmpod guest cannot do without (`=y`). */
 export const REQUIRED_KERNEL_CONFIG: readonly string[] = [
@@ -81,6 +83,12 @@ export interface BuildGuestAssetsOptions {
   readonly modules?: readonly string[];
   /** Modules to load after `modules`. */
   readonly extraModules?: readonly string[];
+  /**
+   * Features the guest must have (`'9p'`): the build loads the modules each needs (after
+   * `extraModules`) or fails naming the kernel options it lacks. The manifest's `features`
+   * lists what the build provides, asked or not.
+   */
+  readonly features?: readonly GuestFeature[];
   /** Run `apt-get update` when apt does not know the kernel package (default false). */
   readonly updateAptLists?: boolean;
   /** Build even when assets with the same inputs exist. */
@@ -103,6 +111,7 @@ const TOOLS: Readonly<Record<string, string>> = {
   'apt-get': 'apt',
   'dpkg-deb': 'dpkg',
   lz4: 'lz4',
+  xz: 'xz-utils',
   depmod: 'kmod',
 };
 
@@ -226,12 +235,40 @@ async function moduleTree(
   return entries;
 }
 
+/** What the caller asked for, as the manifest keeps it (see {@link rebuildOptions}). */
+function buildRequest(options: BuildGuestAssetsOptions): GuestBuildRequest {
+  return {
+    ...(options.kernelPackage === undefined ? {} : { kernelPackage: options.kernelPackage }),
+    ...(options.kernelDeb === undefined ? {} : { kernelDeb: options.kernelDeb }),
+    ...(options.modules === undefined ? {} : { modules: [...options.modules] }),
+    ...(options.extraModules === undefined ? {} : { extraModules: [...options.extraModules] }),
+    ...(options.features === undefined ? {} : { features: [...options.features] }),
+  };
+}
+
+/**
+ * The options that build assets like those of `manifest` again, e.g. when the agent changed:
+ * the same kernel package (or local .deb), modules and features as were asked for, with
+ * today's defaults for what was not. Builds older than the `request` field get the defaults.
+ */
+export function rebuildOptions(manifest: GuestManifest): BuildGuestAssetsOptions {
+  const r = manifest.request;
+  if (r === undefined) return {};
+  return {
+    ...(r.kernelPackage === undefined ? {} : { kernelPackage: r.kernelPackage }),
+    ...(r.kernelDeb === undefined ? {} : { kernelDeb: r.kernelDeb }),
+    ...(r.modules === undefined ? {} : { modules: r.modules }),
+    ...(r.extraModules === undefined ? {} : { extraModules: r.extraModules }),
+    ...(r.features === undefined ? {} : { features: r.features }),
+  };
+}
+
 /**
  * Builds the guest assets (kernel, initramfs) into the cache directory, or returns the existing
  * ones when nothing changed. Equivalent, by hand, of:
  * ```
  * apt-get download linux-image-6.1.0-NN-cloud-amd64 && dpkg-deb -x *.deb pkg
- * lz4 -d <payload of pkg/boot/vmlinuz-*> vmlinux
+ * lz4 -d <payload of pkg/boot/vmlinuz-*> vmlinux        # xz -d for an XZ payload
  * depmod -b pkg RELEASE    # then copy the needed modules, their dependencies, and depmod again
  * find . | sort | cpio -o -H newc --reproducible > initramfs.cpio
  * ```
@@ -262,9 +299,13 @@ async function build(options: BuildGuestAssetsOptions, progress: (step: GuestBui
   for (const [i, name] of requested.entries()) {
     if (!/^[A-Za-z0-9_-]{1,64}$/u.test(name)) throw new InvalidArgumentError(`modules[${i}]`, `${JSON.stringify(name)} is not a module name`);
   }
+  const features = [...new Set(options.features ?? [])].sort();
+  for (const [i, feature] of features.entries()) {
+    if (!GUEST_FEATURES.includes(feature)) throw new InvalidArgumentError(`features[${i}]`, `must be one of ${GUEST_FEATURES.join(', ')}`);
+  }
 
   progress('resolve', 'checking inputs');
-  await requireTools(kernelDeb === undefined ? ['apt-cache', 'apt-get', 'dpkg-deb', 'lz4', 'depmod'] : ['dpkg-deb', 'lz4', 'depmod']);
+  await requireTools(kernelDeb === undefined ? ['apt-cache', 'apt-get', 'dpkg-deb', 'lz4', 'xz', 'depmod'] : ['dpkg-deb', 'lz4', 'xz', 'depmod']);
   await checkGuestExecutable(agent, 'the guest agent', 'build it with "npm run build:native" (it writes build/Release/vmpod-agent)');
   await checkGuestExecutable(busybox, 'busybox', 'install the Debian package busybox-static');
   let pkg: KernelPackage;
@@ -285,6 +326,7 @@ async function build(options: BuildGuestAssetsOptions, progress: (step: GuestBui
     busyboxSha256,
     agentSha256,
     modules: requested,
+    ...(features.length > 0 ? { features } : {}),
     // The templates themselves, so that editing them changes the id even without a version bump.
     init: renderInit({ kernelRelease: 'RELEASE', modules: ['MODULE'] }),
     etc: ETC_FILES,
@@ -324,7 +366,7 @@ async function build(options: BuildGuestAssetsOptions, progress: (step: GuestBui
     progress('kernel', `extracting vmlinux from vmlinuz-${unpacked.release}`);
     let kernelName = 'vmlinux';
     if (config.get('CONFIG_PVH') !== 'y' || !(await extractVmlinux(unpacked.bzImage, path.join(out, kernelName), scratch, signal))) {
-      // No LZ4 payload or no PVH entry point: boot the bzImage as shipped (slower to start).
+      // Neither an LZ4 nor an XZ payload, or no PVH entry point: boot the bzImage as shipped (slower to start).
       kernelName = 'bzImage';
       await fs.copyFile(unpacked.bzImage, path.join(out, kernelName));
     }
@@ -332,12 +374,16 @@ async function build(options: BuildGuestAssetsOptions, progress: (step: GuestBui
 
     progress('modules', `resolving ${requested.length} modules with depmod`);
     await run('depmod', ['-b', unpacked.root, unpacked.release], { signal });
+    const wanted = [...requested];
+    for (const feature of features) {
+      for (const name of featureModules(feature, config, unpacked.release)) if (!wanted.includes(name)) wanted.push(name);
+    }
     const modulesDir = path.join(unpacked.root, 'lib', 'modules', unpacked.release);
     const index = parseModuleIndex(
       await fs.readFile(path.join(modulesDir, 'modules.dep'), 'utf8'),
       await fs.readFile(path.join(modulesDir, 'modules.builtin'), 'utf8').catch(() => ''),
     );
-    const modules = resolveModules(index, requested, unpacked.release);
+    const modules = resolveModules(index, wanted, unpacked.release);
     const moduleEntries = await moduleTree(unpacked.root, path.join(scratch, 'modules'), unpacked.release, modules.load, signal);
 
     progress('initramfs', `writing initramfs.cpio (${modules.load.length} modules)`);
@@ -358,8 +404,10 @@ async function build(options: BuildGuestAssetsOptions, progress: (step: GuestBui
       builderVersion: BUILDER_VERSION,
       kernelRelease: unpacked.release,
       kernelFormat: kernelName === 'vmlinux' ? 'vmlinux' : 'bzImage',
-      inputs: { kernelPackage: { ...pkg }, busyboxSha256, agentSha256, modules: requested },
+      inputs: { kernelPackage: { ...pkg }, busyboxSha256, agentSha256, modules: requested, ...(features.length > 0 ? { features } : {}) },
+      request: buildRequest(options),
       modules: { load: modules.load, builtin: modules.builtin },
+      features: guestFeatures(config, modules.load),
       initMarker: INIT_MARKER,
       files: {
         kernel: await fileRecord(out, kernelName),

@@ -5,9 +5,10 @@
  * @module
  */
 export * from './assets.js';
-export { BUILDER_VERSION, REQUIRED_KERNEL_CONFIG, buildGuestAssets, checkGuestExecutable } from './build.js';
+export { BUILDER_VERSION, REQUIRED_KERNEL_CONFIG, buildGuestAssets, checkGuestExecutable, rebuildOptions } from './build.js';
 export type { BuildGuestAssetsOptions, GuestBuildProgress, GuestBuildResult } from './build.js';
 export { writeCpio, type CpioEntry } from './cpio.js';
+export { GUEST_FEATURES, featureModules, guestFeatures, type GuestFeature } from './features.js';
 export { CommandError, GuestAssetsError, GuestBuildError, type GuestBuildStep } from './errors.js';
 export { GUEST_AGENT_PATH, GUEST_ROOTFS_PATH, INIT_MARKER, renderInit } from './init.js';
 export { DEFAULT_KERNEL_PACKAGE, locateBzImagePayload, resolveKernelPackage, type KernelPackage } from './kernel.js';

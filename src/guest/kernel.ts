@@ -1,7 +1,8 @@
 /**
  * The guest kernel: a Debian kernel package resolved with apt-cache, fetched with
  * `apt-get download` (never installed into the host's /boot), unpacked with `dpkg-deb -x`,
- * and the uncompressed ELF `vmlinux` extracted from its bzImage for a fast PVH boot.
+ * and the uncompressed ELF `vmlinux` extracted from its bzImage (LZ4 or XZ payload) for a fast
+ * PVH boot.
  *
  * @module
  */
@@ -215,18 +216,25 @@ export function locateBzImagePayload(image: Buffer): BzImagePayload {
 }
 
 /**
- * Extracts the uncompressed ELF vmlinux from an LZ4-compressed bzImage (`lz4 -d`), which
- * QEMU boots directly through its PVH entry point, skipping the in-guest decompression.
- * Returns false (and writes nothing) when the payload is not LZ4: boot the bzImage then.
+ * Extracts the uncompressed ELF vmlinux from an LZ4- or XZ-compressed bzImage (`lz4 -d`,
+ * `xz -d`), which QEMU boots directly through its PVH entry point, skipping the in-guest
+ * decompression. Returns false (and writes nothing) for another compression: boot the bzImage
+ * then.
  */
 export async function extractVmlinux(bzImage: string, out: string, scratchDir: string, signal?: AbortSignal): Promise<boolean> {
   const image = await fs.readFile(bzImage);
   const payload = locateBzImagePayload(image);
-  if (payload.compression !== 'lz4') return false;
-  const compressed = path.join(scratchDir, 'vmlinux.lz4');
+  if (payload.compression !== 'lz4' && payload.compression !== 'xz') return false;
+  const compressed = path.join(scratchDir, `vmlinux.${payload.compression}`);
   await fs.writeFile(compressed, image.subarray(payload.offset, payload.offset + payload.length));
   try {
-    await run('lz4', ['-d', '-f', '-q', compressed, out], { signal });
+    if (payload.compression === 'lz4') {
+      await run('lz4', ['-d', '-f', '-q', compressed, out], { signal });
+    } else {
+      // The kernel's xz stream (x86 BCJ + LZMA2, CRC32); `xz -d` checks it and drops the suffix.
+      await run('xz', ['-d', '-f', '-q', '--single-stream', compressed], { signal });
+      await fs.rename(compressed.slice(0, -'.xz'.length), out);
+    }
   } finally {
     await fs.rm(compressed, { force: true });
   }
@@ -236,7 +244,7 @@ export async function extractVmlinux(bzImage: string, out: string, scratchDir: s
     const magic = Buffer.alloc(4);
     await handle.read(magic, 0, 4, 0);
     if (size !== payload.decompressedSize || !magic.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))) {
-      throw new GuestBuildError('kernel', `lz4 gave ${size} bytes, not the ${payload.decompressedSize}-byte ELF the bzImage announces`);
+      throw new GuestBuildError('kernel', `${payload.compression} gave ${size} bytes, not the ${payload.decompressedSize}-byte ELF the bzImage announces`);
     }
   } finally {
     await handle.close();

@@ -21,6 +21,8 @@ export const DEFAULT_GUEST_MODULES: readonly string[] = [
   'virtiofs', // shared directories (pulls in fuse)
   'vmw_vsock_virtio_transport', // vsock (KVM hosts), pulls in vsock
   // file systems a container rootfs or volume may use
+  'crc32c_generic', // ext4's metadata checksums (a soft dependency: modules.dep omits it)
+  'ext4', // block volumes (built into the cloud kernel, a module in the generic one)
   'overlay',
   'squashfs',
   'erofs',

@@ -23,7 +23,7 @@ import { EventEmitter } from 'eventemitter3';
 import { AgentClient } from '../agent/client.js';
 import type { ContainerInfo, ExitStatus } from '../agent/messages.js';
 import { AbortError, AlreadyExistsError, InvalidArgumentError, NotFoundError, VmpodError } from '../errors.js';
-import { buildGuestAssets } from '../guest/build.js';
+import { buildGuestAssets, rebuildOptions } from '../guest/build.js';
 import { resolveGuestAssets, type GuestAssets } from '../guest/assets.js';
 import { sha256File } from '../guest/hash.js';
 import { packageRoot } from '../native.js';
@@ -508,8 +508,10 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     };
     if (config.guest.kernel !== undefined && config.guest.initramfs !== undefined) return resolveGuestAssets(overrides);
     let assets: GuestAssets | undefined;
+    let previous: GuestAssets['manifest'];
     try {
       assets = await resolveGuestAssets(overrides);
+      previous = assets.manifest;
       // The assets carry the agent: when this package's agent was rebuilt, so must they be.
       const agent = path.join(packageRoot, 'build', 'Release', 'vmpod-agent');
       const agentSha = await sha256File(agent).catch(() => undefined);
@@ -523,6 +525,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     }
     this.emit('progress', 'building the guest assets (kernel, initramfs, agent): this happens once');
     await buildGuestAssets({
+      ...(previous ? rebuildOptions(previous) : {}), // the same kernel, modules and features as before
       cacheDir: config.guest.cacheDir,
       onProgress: (p) => this.emit('progress', p.message),
       ...(signal ? { signal } : {}),

@@ -5,22 +5,30 @@
  * under the share at once: no device, no restart. Read-only is enforced by the host bind
  * (the guest gets EROFS), since the C virtiofsd has no read-only mode.
  *
- * Through 9p: a `virtio-9p` device (cold plug only) — where the guest kernel has 9p; Debian's
- * cloud kernel has not, and that is reported before anything is made.
+ * Through 9p: a `virtio-9p` device per volume (`-fsdev local,path=SOURCE[,readonly=on]
+ * -device virtio-9p-pci,mount_tag=vol-NAME`; cold plug only: QEMU 7.2 has no QMP `fsdev_add`),
+ * mounted by the agent (`mount -t 9p -o trans=virtio,version=9p2000.L TAG DIR`). Read-only is
+ * enforced by QEMU (`readonly=on`) and the guest mount. Only guest builds whose kernel has 9p
+ * can (manifest `features`, e.g. Debian's generic kernel with `--feature 9p`); Debian's cloud
+ * kernel has none, and that is reported before anything is made.
  *
  * @internal
  * @module
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { AgentError } from '../agent/errors.js';
 import { InvalidArgumentError } from '../errors.js';
 import { FeatureUnavailableError } from '../devices/errors.js';
 import { resolveGuestAssets } from '../guest/assets.js';
+import { guestFeatures } from '../guest/features.js';
+import { parseKernelConfig } from '../guest/kernel.js';
+import type { Virtio9pDevice } from '../hypervisor/hypervisor.js';
 import { bindIntoSharedDir, releaseMounts } from '../sandbox/shared-dir.js';
 import { guestSharedDir, sharedDirOf } from '../sandbox/shared-fs.js';
 import type { GuestContext, ResourceContext } from '../sandbox/resource.js';
 import { removeTree } from '../state/remove.js';
-import type { SaveVolume, VolumeDriver, VolumeState } from './driver.js';
+import { callOptions, guestVolumeDir, type SaveVolume, type VolumeDriver, type VolumeState } from './driver.js';
 import { checkHostPath } from './host-path.js';
 import type { DirectoryVolume } from './spec.js';
 
@@ -33,30 +41,58 @@ function hostTarget(ctx: ResourceContext, name: string): string {
   return path.join(sharedDirOf(ctx.dir), 'volumes', name);
 }
 
+/** The mount tag (and VM device id) of 9p volume `name`. */
+export function ninepTag(name: string): string {
+  return `vol-${name}`;
+}
+
+const USE_VIRTIOFS = 'use transport "virtiofs", or build the guest with 9p ("vmpod guest build --kernel-package linux-image-amd64 --feature 9p")';
+
 /**
- * Whether the guest kernel the sandbox boots has 9p over virtio, from the kernel config the
- * guest build keeps next to it (`CONFIG_9P_FS`, `CONFIG_NET_9P_VIRTIO`).
+ * Refuses a 9p volume when the guest build the sandbox boots cannot mount 9p, from facts: the
+ * build's manifest `features` (or, for builds older than that field, its kernel config and the
+ * modules /init loads). A kernel given by path is the user's call: the agent's mount then says.
  */
 async function check9p(ctx: ResourceContext): Promise<void> {
+  if (ctx.config.guest.kernel !== undefined) return;
   const assets = await resolveGuestAssets({
     cacheDir: ctx.config.guest.cacheDir,
     verify: 'size',
-    ...(ctx.config.guest.kernel === undefined ? {} : { kernel: ctx.config.guest.kernel }),
     ...(ctx.config.guest.initramfs === undefined ? {} : { initramfs: ctx.config.guest.initramfs }),
-  }).catch(() => undefined);
-  const configFile = assets?.dir !== undefined && ctx.config.guest.kernel === undefined ? path.join(assets.dir, 'config') : undefined;
-  const kconfig = configFile === undefined ? undefined : await fs.readFile(configFile, 'utf8').catch(() => undefined);
-  const release = assets?.manifest?.kernelRelease ?? 'the guest kernel';
-  if (kconfig !== undefined && !(/^CONFIG_9P_FS=[ym]$/mu.test(kconfig) && /^CONFIG_NET_9P_VIRTIO=[ym]$/mu.test(kconfig))) {
-    throw new FeatureUnavailableError(
-      '9p',
-      `the guest kernel ${release} has no 9p filesystem (CONFIG_9P_FS/CONFIG_NET_9P_VIRTIO are off; Debian's cloud kernel lacks them): use transport "virtiofs"`,
-    );
-  }
+  });
+  const manifest = assets.manifest;
+  if (assets.dir === undefined || manifest === undefined) return;
+  const config = parseKernelConfig(await fs.readFile(path.join(assets.dir, manifest.files.config.name), 'utf8'));
+  if ((manifest.features ?? guestFeatures(config, manifest.modules.load)).includes('9p')) return;
+  const modular = ['CONFIG_NET_9P', 'CONFIG_NET_9P_VIRTIO', 'CONFIG_9P_FS'].every((o) => config.get(o) === 'y' || config.get(o) === 'm');
   throw new FeatureUnavailableError(
     '9p',
-    `${kconfig === undefined ? 'the guest kernel was given by path, so whether it has 9p is unknown, and ' : ''}the vmpod guest agent mounts virtio-fs, not 9p: use transport "virtiofs"`,
+    modular
+      ? `the guest kernel ${manifest.kernelRelease} has 9p as modules, but the guest build does not load them: rebuild it with features: ['9p'] ("vmpod guest build --feature 9p"), or use transport "virtiofs"`
+      : `the guest kernel ${manifest.kernelRelease} has no 9p filesystem (CONFIG_9P_FS/CONFIG_NET_9P_VIRTIO are off; Debian's cloud kernel lacks them): ${USE_VIRTIOFS}`,
   );
+}
+
+/** The VM device of a 9p volume. */
+function ninepDevice(spec: DirectoryVolume): Virtio9pDevice {
+  const tag = ninepTag(spec.name);
+  return { kind: 'virtio-9p', id: tag, path: spec.source, tag, securityModel: 'none', ...(spec.readOnly ? { readOnly: true } : {}) };
+}
+
+/** Mounts a 9p volume in the guest; a guest kernel without 9p is a FeatureUnavailableError. */
+async function mount9p(ctx: GuestContext, state: VolumeState, save: SaveVolume): Promise<void> {
+  const spec = specOf(state);
+  const target = guestVolumeDir(ctx.guestStateDir, spec.name);
+  try {
+    await ctx.agent.mount({ type: '9p', source: ninepTag(spec.name), target, readOnly: spec.readOnly === true }, callOptions(ctx));
+  } catch (error) {
+    if (error instanceof AgentError && error.agentCode === 'FAILED_PRECONDITION' && error.errnoName === 'ENODEV') {
+      throw new FeatureUnavailableError('9p', `volume "${spec.name}": the guest kernel cannot mount 9p: ${USE_VIRTIOFS}`, { cause: error });
+    }
+    throw error;
+  }
+  state.guestPath = target;
+  await save();
 }
 
 async function bindShare(ctx: ResourceContext, state: VolumeState, save: SaveVolume): Promise<void> {
@@ -77,12 +113,19 @@ async function bindShare(ctx: ResourceContext, state: VolumeState, save: SaveVol
 export const directoryDriver: VolumeDriver = {
   async prepare(ctx, state, save) {
     const spec = specOf(state);
-    if (spec.transport === '9p') await check9p(ctx);
-    await bindShare(ctx, state, save);
-    return [];
+    if (spec.transport !== '9p') {
+      await bindShare(ctx, state, save);
+      return [];
+    }
+    await check9p(ctx);
+    await checkHostPath(spec.name, spec.source, 'directory', spec.readOnly === true);
+    state.device = ninepTag(spec.name);
+    await save();
+    return [ninepDevice(spec)];
   },
 
   async attach(ctx: GuestContext, state, save) {
+    if (specOf(state).transport === '9p') return mount9p(ctx, state, save);
     state.guestPath = `${guestSharedDir(ctx.guestStateDir)}/volumes/${specOf(state).name}`;
     await save();
   },
@@ -96,10 +139,23 @@ export const directoryDriver: VolumeDriver = {
   },
 
   async detach(ctx, state, save) {
+    // A 9p volume is unmounted in the guest; its device stays until the VM stops (no unplug).
+    if (specOf(state).transport === '9p' && state.guestPath !== undefined) {
+      await ctx.agent.unmount(state.guestPath, callOptions(ctx));
+      delete state.guestPath;
+      await save();
+    }
     await directoryDriver.release(ctx, state, save);
   },
 
   async release(ctx, state, save) {
+    if (specOf(state).transport === '9p') {
+      // Nothing on the host: the device went with the VM.
+      delete state.guestPath;
+      delete state.device;
+      await save();
+      return;
+    }
     const released = await releaseMounts(state.hostMounts);
     state.hostMounts = state.hostMounts.filter((m) => !released.includes(m));
     delete state.guestPath;
