@@ -23,9 +23,9 @@ export interface Started {
 }
 
 /** Spawns a child (killed on cleanup) and resolves once `line` appears on its stdout or stderr. */
-export async function spawnUntil(cleanup: Cleanup, binary: string, args: string[], line: string, timeoutMs: number): Promise<Started> {
+export async function spawnUntil(cleanup: Cleanup, binary: string, args: string[], line: string, timeoutMs: number, detached = false): Promise<Started> {
   const start = performance.now();
-  const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'], detached });
   const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
   const remove = cleanup.add(`${path.basename(binary)} ${child.pid}`, async () => {
     child.kill('SIGKILL');
@@ -83,6 +83,8 @@ export interface ByHandOptions {
   readonly sharedFs?: boolean;
   /** More QEMU arguments, appended (to try what an option costs). */
   readonly extraArgs?: readonly string[];
+  /** Start virtiofsd and QEMU in a session of their own (setsid), as vmpod does (default false). */
+  readonly detached?: boolean;
 }
 
 /** A VM started by hand, booted to the init marker. */
@@ -110,7 +112,7 @@ export async function startVmByHand(cleanup: Cleanup, options: ByHandOptions): P
     if (withFs) {
       const shared = path.join(dir, 'shared');
       await fs.mkdir(shared, { recursive: true });
-      started.push(await spawnUntil(cleanup, DEFAULT_VIRTIOFSD, [`--socket-path=${fsSocket}`, '-o', `source=${shared}`, '-o', 'cache=auto'], 'Waiting for vhost-user socket connection', 10_000));
+      started.push(await spawnUntil(cleanup, DEFAULT_VIRTIOFSD, [`--socket-path=${fsSocket}`, '-o', `source=${shared}`, '-o', 'cache=auto'], 'Waiting for vhost-user socket connection', 10_000, options.detached));
     }
     const args = [
       '-M', withFs ? 'q35,memory-backend=mem0' : 'q35',
@@ -133,7 +135,7 @@ export async function startVmByHand(cleanup: Cleanup, options: ByHandOptions): P
     }
     if (withFs) args.push('-chardev', `socket,id=fs,path=${fsSocket}`, '-device', 'vhost-user-fs-pci,chardev=fs,tag=vmpod');
     args.push(...(options.extraArgs ?? []));
-    const qemu = await spawnUntil(cleanup, DEFAULT_QEMU_BINARY, args, INIT_MARKER, 120_000);
+    const qemu = await spawnUntil(cleanup, DEFAULT_QEMU_BINARY, args, INIT_MARKER, 120_000, options.detached);
     started.unshift(qemu);
     return { pids: started.map((p) => p.pid), markerMs: qemu.lineMs, stop };
   } catch (error) {
