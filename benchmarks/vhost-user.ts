@@ -27,7 +27,7 @@ import { promisify } from 'node:util';
 import { Sandbox } from '../src/sandbox/index.js';
 import { Network } from '../src/network/network.js';
 import type { Container } from '../src/container/container.js';
-import { Testpmd, TESTPMD } from '../test/privileged/helpers/testpmd.js';
+import { Testpmd, TESTPMD } from './lib/testpmd.js';
 import { busyboxBundle } from './lib/bundle.js';
 import { withCleanup } from './lib/cleanup.js';
 import { benchArgs, interleave } from './lib/interleave.js';

@@ -17,7 +17,7 @@ import { hugepagePool } from '../../../src/devices/hugepages.js';
 import { hotplugVhostUserNic, sandboxNfvDevices, unplugVhostUserNic } from '../../../src/nfv/api.js';
 import { Volume } from '../../../src/volume/volume.js';
 import { collect, expectNothingLeft, forceCleanup, makeStateDir, runcSpecBundle, skipReason as vmSkip } from '../sandbox/fixture.js';
-import { Testpmd, testpmdSkipReason } from '../helpers/testpmd.js';
+import { Testpmd, testpmdSkipReason } from '../../../benchmarks/lib/testpmd.js';
 
 const exec = promisify(execFile);
 const skipReason = vmSkip ?? (await testpmdSkipReason());

@@ -3,12 +3,15 @@
  * and read back), its own hugetlbfs mount, file prefix and mbuf pool, a `net_vhost` vdev on a
  * socket, run interactively so that its port counters can be read; {@link Testpmd.stop} quits
  * it and removes everything (the mount, /var/run/dpdk/PREFIX, the pages).
+ *
+ * A harness of the vhost-user benchmark and of test/privileged/nfv/data-plane.test.ts, not a
+ * vmpod API: in production the vhost-user peer is OVS-DPDK, VPP or the user's own DPDK app.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { mountHugetlbfs, reserveHugepages, type HugepageReservation, type HugetlbfsMount } from '../../../src/devices/hugepages.js';
+import { mountHugetlbfs, reserveHugepages, type HugepageReservation, type HugetlbfsMount } from '../../src/devices/hugepages.js';
 
 export const TESTPMD = '/usr/bin/dpdk-testpmd';
 
