@@ -372,12 +372,12 @@ async function build(options: BuildGuestAssetsOptions, progress: (step: GuestBui
     }
     await fs.copyFile(unpacked.config, path.join(out, 'config'));
 
-    progress('modules', `resolving ${requested.length} modules with depmod`);
-    await run('depmod', ['-b', unpacked.root, unpacked.release], { signal });
     const wanted = [...requested];
     for (const feature of features) {
       for (const name of featureModules(feature, config, unpacked.release)) if (!wanted.includes(name)) wanted.push(name);
     }
+    progress('modules', `resolving ${wanted.length} modules with depmod`);
+    await run('depmod', ['-b', unpacked.root, unpacked.release], { signal });
     const modulesDir = path.join(unpacked.root, 'lib', 'modules', unpacked.release);
     const index = parseModuleIndex(
       await fs.readFile(path.join(modulesDir, 'modules.dep'), 'utf8'),

@@ -18,7 +18,10 @@ export interface DirectoryVolume {
   /** Host directory. */
   source: string;
   readOnly?: boolean;
-  /** Default `virtiofs`. Debian's cloud guest kernel has no 9p. */
+  /**
+   * Default `virtiofs`. `9p` needs a guest build whose kernel has 9p (Debian's generic kernel
+   * built with `features: ['9p']`; the cloud kernel has none) and cannot be hot plugged.
+   */
   transport?: 'virtiofs' | '9p';
 }
 

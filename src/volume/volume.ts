@@ -48,7 +48,9 @@ export class Volume {
 
   /**
    * A host directory. Equivalent: `mount --bind [-o ro] SOURCE SHARED/volumes/NAME` into the
-   * sandbox's virtio-fs share (`transport: '9p'`: `-fsdev local,path=SOURCE -device virtio-9p-pci`).
+   * sandbox's virtio-fs share. With `transport: '9p'` (sandbox config only, and a guest build
+   * with 9p: see docs/volumes.md): `-fsdev local,path=SOURCE[,readonly=on] -device
+   * virtio-9p-pci,mount_tag=vol-NAME`, then in the guest `mount -t 9p -o trans=virtio vol-NAME DIR`.
    */
   static directory(name: string, source: string, options: { readOnly?: boolean; transport?: 'virtiofs' | '9p' } = {}): Volume {
     const spec: DirectoryVolume = { kind: 'directory', name, source, ...options };

@@ -13,7 +13,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FeatureUnavailableError } from '../../../src/devices/errors.js';
 import { InvalidArgumentError, NotFoundError } from '../../../src/errors.js';
-import { buildGuestAssets, type GuestBuildResult } from '../../../src/guest/index.js';
+import { buildGuestAssets, GuestBuildError, type GuestBuildResult } from '../../../src/guest/index.js';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { Volume } from '../../../src/volume/volume.js';
 import { VolumeReadOnlyError } from '../../../src/volume/errors.js';
@@ -178,6 +178,18 @@ describe.skipIf(skipReason)(`9p volumes on a guest kernel that has 9p${skipReaso
 });
 
 describe.skipIf(vmSkip)(`9p volumes on the cloud kernel${vmSkip ? ` (skipped: ${vmSkip})` : ''}`, () => {
+  it('a guest build asked for 9p from the cloud kernel fails naming the missing options, leaving the cache as it was', async () => {
+    const current = await fs.readlink(path.join(NINEP_CACHE_DIR, 'current')).catch(() => '');
+    const error = await buildGuestAssets({ cacheDir: NINEP_CACHE_DIR, kernelPackage: 'linux-image-cloud-amd64', features: ['9p'], updateAptLists: true }).catch(
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(GuestBuildError);
+    expect(error).toMatchObject({ step: 'modules' });
+    expect((error as Error).message).toMatch(/kernel \S+-cloud-amd64 cannot provide 9p: CONFIG_NET_9P, CONFIG_NET_9P_VIRTIO, CONFIG_9P_FS are not set/u);
+    expect(await fs.readlink(path.join(NINEP_CACHE_DIR, 'current')).catch(() => '')).toBe(current);
+    expect(await fs.readdir(path.join(NINEP_CACHE_DIR, 'tmp'))).toEqual([]);
+  });
+
   it('fails start() with FeatureUnavailableError naming the kernel, before anything is made', async () => {
     const stateDir = await makeStateDir();
     try {
