@@ -3,8 +3,9 @@
  * (`linux-image-amd64`, 9p as modules) with `features: ['9p']` into a cache of its own, kept
  * across runs (the build is skipped when no input changed). Read-write and read-only shares,
  * files written on each side seen on the other, next to a virtio-fs volume and an ext4 block
- * volume (ext4 is a module in that kernel); hot plug and detach; and the cloud kernel, which
- * has no 9p, refused before anything is made.
+ * volume (ext4 is a module in that kernel); hot plug and detach; a sandbox rebuilding that
+ * guest for a new agent keeps its kernel and 9p; and the cloud kernel, which has no 9p,
+ * refused before anything is made.
  */
 import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
@@ -13,7 +14,8 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FeatureUnavailableError } from '../../../src/devices/errors.js';
 import { InvalidArgumentError, NotFoundError } from '../../../src/errors.js';
-import { buildGuestAssets, GuestBuildError, type GuestBuildResult } from '../../../src/guest/index.js';
+import { buildGuestAssets, GuestBuildError, resolveGuestAssets, type GuestBuildResult } from '../../../src/guest/index.js';
+import { packageRoot } from '../../../src/native.js';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { Volume } from '../../../src/volume/volume.js';
 import { VolumeReadOnlyError } from '../../../src/volume/errors.js';
@@ -30,9 +32,23 @@ const skipReason =
     ? undefined
     : 'apt does not know linux-image-amd64 (run apt-get update)');
 
-/** The generic-kernel guest with the real agent (built once, then reused). */
-function ninepGuest(): Promise<GuestBuildResult> {
-  return buildGuestAssets({ cacheDir: NINEP_CACHE_DIR, kernelPackage: 'linux-image-amd64', features: ['9p'], updateAptLists: true });
+/** The generic-kernel guest with the real agent, or `agent` (built once each, then reused). */
+function ninepGuest(agent?: string): Promise<GuestBuildResult> {
+  return buildGuestAssets({
+    cacheDir: NINEP_CACHE_DIR,
+    kernelPackage: 'linux-image-amd64',
+    features: ['9p'],
+    updateAptLists: true,
+    ...(agent === undefined ? {} : { agent }),
+  });
+}
+
+/** This package's agent with bytes appended: another agent, as after an upgrade of vmpod. */
+async function otherAgent(): Promise<string> {
+  const file = path.join(NINEP_CACHE_DIR, 'agent-variant');
+  const bytes = Buffer.concat([await fs.readFile(path.join(packageRoot, 'build', 'Release', 'vmpod-agent')), Buffer.from('\nvmpod test variant\n')]);
+  if (!(await fs.readFile(file).catch(() => Buffer.alloc(0))).equals(bytes)) await fs.writeFile(file, bytes, { mode: 0o755 });
+  return file;
 }
 
 async function run(sandbox: Sandbox, options: Parameters<Sandbox['createContainer']>[0], script: string) {
@@ -64,9 +80,13 @@ describe.skipIf(skipReason)(`9p volumes on a guest kernel that has 9p${skipReaso
   let ro: string;
   let shared: string;
   let sandbox: Sandbox;
+  let realBuild: string | undefined;
+  let oldBuild: string | undefined;
+  const progress: string[] = [];
 
   beforeAll(async () => {
     const { assets } = await ninepGuest();
+    realBuild = assets.id;
     expect(assets.manifest).toMatchObject({ kernelFormat: 'vmlinux', features: expect.arrayContaining(['9p', 'virtiofs']) });
     expect(assets.manifest?.kernelRelease).toMatch(/^\d+\.\d+\.\d+-\d+-amd64$/u);
     expect(assets.manifest?.modules.load).toEqual(expect.arrayContaining(['kernel/net/9p/9pnet.ko', 'kernel/net/9p/9pnet_virtio.ko', 'kernel/fs/9p/9p.ko']));
@@ -93,6 +113,9 @@ describe.skipIf(skipReason)(`9p volumes on a guest kernel that has 9p${skipReaso
         Volume.block('disk', path.join(work, 'disk.raw'), { readOnly: true }),
       ],
     });
+    // The cache's current build carries another agent: start() must build again, alike.
+    oldBuild = (await ninepGuest(await otherAgent())).assets.id;
+    sandbox.on('progress', (message) => progress.push(message));
     await sandbox.start();
   });
 
@@ -103,6 +126,15 @@ describe.skipIf(skipReason)(`9p volumes on a guest kernel that has 9p${skipReaso
     } finally {
       if (stateDir) await forceCleanup(stateDir);
     }
+  });
+
+  it('rebuilt its guest for this agent with the same kernel and 9p (the request of the build it replaced)', async () => {
+    expect(oldBuild).not.toBe(realBuild);
+    expect(progress.some((m) => m.includes('building the guest assets'))).toBe(true);
+    const now = await resolveGuestAssets({ cacheDir: NINEP_CACHE_DIR });
+    expect(now.id).toBe(realBuild);
+    expect(now.manifest).toMatchObject({ kernelRelease: expect.stringMatching(/-amd64$/u), request: { kernelPackage: 'linux-image-amd64', features: ['9p'] } });
+    expect(now.manifest?.kernelRelease).not.toMatch(/cloud/u);
   });
 
   it('mounts each 9p volume in the guest by its tag, read-write and read-only, and binds it into a container', async () => {
