@@ -104,7 +104,11 @@ export default async function main(args: string[]): Promise<void> {
       try {
         await sandbox.start({ signal });
         const ready = performance.now() - t0;
-        const markerAt = await Promise.race([marker.seen, new Promise<number>((r) => setTimeout(() => r(NaN), 2_000))]);
+        // The agent answers after /init printed the marker, so it is in the log by now (give inotify a moment).
+        let timer: NodeJS.Timeout | undefined;
+        const markerAt = await Promise.race([marker.seen, new Promise<number>((r) => (timer = setTimeout(() => r(NaN), 2_000)))]);
+        clearTimeout(timer);
+        if (Number.isNaN(markerAt)) throw new Error(`no "${INIT_MARKER}" in ${sandbox.consoleLog} although the sandbox is ready`);
         const booted = await bootedGuest(sandbox);
         guest ??= booted;
         if (booted.kernel !== guest.kernel || booted.initramfs !== guest.initramfs) {
