@@ -25,7 +25,7 @@ import type { ContainerInfo, ExitStatus } from '../agent/messages.js';
 import { AbortError, AlreadyExistsError, InvalidArgumentError, NotFoundError, VmpodError } from '../errors.js';
 import { buildGuestAssets, rebuildOptions } from '../guest/build.js';
 import { resolveGuestAssets, type GuestAssets } from '../guest/assets.js';
-import { sha256File } from '../guest/hash.js';
+import { sha256FileStamped } from '../guest/hash.js';
 import { packageRoot } from '../native.js';
 import type { Hypervisor, MemoryConfig, VirtualMachine, VmConfig, VmDevice, VmExit } from '../hypervisor/hypervisor.js';
 import { QemuHypervisor } from '../hypervisor/qemu/hypervisor.js';
@@ -378,10 +378,9 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       assertTransition('sandbox', this.label, record.state, 'running');
       const config = record.config;
       const paths = this.#paths();
-      const assets = await this.#guestAssets(config, signal);
-      record.guest = { kernel: assets.kernel, initramfs: assets.initramfs };
-      if (assets.id !== undefined) record.guest.id = assets.id;
-      if (assets.manifest) record.guest.kernelRelease = assets.manifest.kernelRelease;
+      // The asset check runs while the resources are prepared: neither needs the other.
+      const pendingAssets = this.#guestAssets(config, signal);
+      pendingAssets.catch(() => undefined);
       for (const socket of paths.agentSockets) await fs.rm(socket, { force: true });
       const resources = sandboxResources(config);
       const prepared: SandboxResource[] = [];
@@ -391,6 +390,10 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
           prepared.push(resource);
           contributions.push(await resource.prepare(this.#resourceContext(record, resource, signal)));
         }
+        const assets = await pendingAssets;
+        record.guest = { kernel: assets.kernel, initramfs: assets.initramfs };
+        if (assets.id !== undefined) record.guest.id = assets.id;
+        if (assets.manifest) record.guest.kernelRelease = assets.manifest.kernelRelease;
         const vm = await this.#hypervisor.start(this.#vmConfig(record, assets, contributions), signal ? { signal } : {});
         record.vm = vm.handle;
         record.state = 'running';
@@ -398,8 +401,11 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
         await this.#store.write(record);
         this.#adoptVm(vm);
         await unlessVmExits(vm, this.#connectAgent(signal, 120_000), this.id, paths.consoleLog);
-        await this.agent.setTime(new Date(), signal ? { signal } : {});
+        // Setting the clock needs no round trip of its own: it overlaps the resources' guest setup.
+        const clockSet = this.agent.setTime(new Date(), signal ? { signal } : {});
+        clockSet.catch(() => undefined);
         for (const resource of resources) await resource.attach?.(this.#guestContext(record, resource, signal));
+        await clockSet;
       } catch (error) {
         if (record.state === 'running') {
           record.state = 'stopped';
@@ -514,7 +520,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       previous = assets.manifest;
       // The assets carry the agent: when this package's agent was rebuilt, so must they be.
       const agent = path.join(packageRoot, 'build', 'Release', 'vmpod-agent');
-      const agentSha = await sha256File(agent).catch(() => undefined);
+      const agentSha = await sha256FileStamped(agent, path.join(config.guest.cacheDir, 'agent.stamp')).catch(() => undefined);
       if (agentSha !== undefined && assets.manifest && agentSha !== assets.manifest.inputs.agentSha256) assets = undefined;
     } catch (error) {
       if (config.guest.build === 'never') throw error;
