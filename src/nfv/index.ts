@@ -4,7 +4,7 @@
  *
  * @module
  */
-export type { PciPassthrough, SandboxHugepages, VhostUserNic } from './config.js';
+export type { NfvConfigInput, PciPassthrough, SandboxHugepages, VhostUserNic } from './config.js';
 export { VhostUserSocketError } from './errors.js';
 export type { VhostUserNicInfo } from './vhost-user.js';
 export type { PciDeviceInfo } from './pci-devices.js';
