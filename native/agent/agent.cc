@@ -232,7 +232,7 @@ json Agent::Hello(Session& s, const json& p) {
           {"maxPayload", kMaxPayload},
           {"maxDataChunk", kMaxDataChunk},
           {"initialWindow", kInitialWindow},
-          {"features", {"containers", "exec", "tty", "stats", "mount", "mount-9p", "set-time", "oom", "network"}}};
+          {"features", {"containers", "exec", "tty", "stats", "mount", "mount-9p", "set-time", "oom", "network", "direct-stdio"}}};
 }
 
 Container& Agent::FindContainer(const json& p, const char* key) {
@@ -317,7 +317,7 @@ static ChildIo IoFor(const ChildEnds& ends, int sync) {
 }
 
 void Agent::CreateContainer(Session& s, uint32_t stream, const json& p) {
-  CheckKeys(p, "", {"id", "bundle", "config", "rootfs", "stdio"});
+  CheckKeys(p, "", {"id", "bundle", "config", "rootfs", "stdio", "direct"});
   std::string id = CheckId(GetString(p, "id", ""), "id");
   if (containers_.count(id)) throw Error(Code::kAlreadyExists, "container \"" + id + "\" already exists");
   auto bundle = OptString(p, "bundle", "");
@@ -343,6 +343,8 @@ void Agent::CreateContainer(Session& s, uint32_t stream, const json& p) {
     BadField("config", "give a config (an OCI runtime spec) or a bundle holding config.json");
   }
   Spec spec = ParseSpec(config);
+  const json* stdio = OptObject(p, "stdio", "");
+  auto direct = ParseDirect(OptObject(p, "direct", ""), stdio, spec);
 
   auto c = std::make_unique<Container>();
   c->id = id;
@@ -415,7 +417,15 @@ void Agent::CreateContainer(Session& s, uint32_t stream, const json& p) {
   try {
     net_->AddContainerFiles(spec, c->dir);  // /etc/resolv.conf, hosts, hostname (once the host set them)
     if (cgroups_.enabled()) c->cgroup = cgroups_.Create(id, spec.resources);
-    ChildEnds ends = SetupStdio(*init, OptObject(p, "stdio", ""), spec.process);
+    // A direct output gets no pipe: the child writes to its stream port.
+    json pipes = stdio ? *stdio : json::object();
+    for (int i = 0; i < 2; i++) {
+      if (direct[i]) pipes[i == 0 ? "stdout" : "stderr"] = false;
+    }
+    ChildEnds ends = SetupStdio(*init, &pipes, spec.process);
+    for (int i = 0; i < 2; i++) {
+      if (direct[i]) (i == 0 ? ends.out : ends.err) = direct_.Claim(id, i, *direct[i]);
+    }
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) ThrowErrno("socketpair");
     init->sync.reset(sv[0]);
@@ -433,6 +443,7 @@ void Agent::CreateContainer(Session& s, uint32_t stream, const json& p) {
     if (pidNs.valid()) setns(selfPidNs_.get(), CLONE_NEWPID);
     init->pid = pid;
   } catch (...) {
+    direct_.Abandon(id);
     if (!c->cgroup.empty()) cgroups_.Remove(c->cgroup);
     RemoveTree(c->dir);
     throw;
@@ -525,9 +536,35 @@ void Agent::StartContainer(Session& s, uint32_t stream, const json& p) {
   if (init.state != Process::kCreated || init.pending) {
     throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" is " + StateName(init.state) + ", not created");
   }
-  if (send(init.sync.get(), "start", 5, MSG_NOSIGNAL) != 5) ThrowErrno("signal the container's init to start");
-  init.pending = Pending{s.id(), stream};
-  init.startedAt = NowMs();
+  Pending pending{s.id(), stream};
+  init.pending = pending;
+  std::string id = c.id;
+  // The container may write only once the start markers of its direct streams are out.
+  auto current = [this, id, pending]() -> Process* {
+    auto it = containers_.find(id);
+    if (it == containers_.end()) return nullptr;
+    Process& p = *it->second->init;
+    bool same = p.pending.session == pending.session && p.pending.stream == pending.stream;
+    return same && p.state == Process::kCreated ? &p : nullptr;
+  };
+  direct_.WhenStarted(
+      id,
+      [this, current, pending] {
+        Process* p = current();
+        if (!p) return;
+        if (send(p->sync.get(), "start", 5, MSG_NOSIGNAL) != 5) {
+          p->pending = Pending{};
+          ReplyError(pending, Error(Code::kInternal, std::string("signal the container's init to start: ") + strerror(errno), errno));
+          return;
+        }
+        p->startedAt = NowMs();
+      },
+      [this, current, pending](const Error& e) {
+        if (Process* p = current()) {
+          p->pending = Pending{};
+          ReplyError(pending, e);
+        }
+      });
 }
 
 void Agent::Exec(Session& s, uint32_t stream, const json& p) {
@@ -601,6 +638,10 @@ std::optional<json> Agent::OpenStdio(Session& s, uint32_t stream, const json& p)
   if (which != "stdout" && which != "stderr") BadField("fd", "must be stdin, stdout or stderr");
   if (which == "stderr" && proc.terminal) {
     throw Error(Code::kInvalidArgument, proc.label() + ": a terminal process has no separate stderr");
+  }
+  if (auto port = proc.execId.empty() ? direct_.PortOf(proc.container->id, which == "stdout" ? 0 : 1) : std::nullopt) {
+    throw Error(Code::kFailedPrecondition, proc.label() + ": " + which + " goes straight to stream port " + *port +
+                                               ": read it from that port's host end");
   }
   Output& o = which == "stdout" ? proc.out : proc.err;
   if (o.fd < 0 && !o.eof) throw Error(Code::kFailedPrecondition, proc.label() + ": " + which + " was not requested");
@@ -818,6 +859,9 @@ void Agent::OnExit(Process& p, int status) {
     p.exitSignal = WTERMSIG(status);
     p.exitCode = 128 + p.exitSignal;
   }
+  // The init of a new pid namespace is reaped only after every process of the namespace has
+  // gone, so nothing of the container can still write: end its direct streams.
+  if (p.execId.empty()) direct_.End(p.container->id);
   if (!p.container->cgroup.empty()) p.oomKilled = cgroups_.OomKills(p.container->cgroup) > p.oomBaseline;
   Log("%s: pid %d exited (code %d, signal %d%s)", p.label().c_str(), p.pid, p.exitCode, p.exitSignal,
       p.oomKilled ? ", OOM kill in its cgroup" : "");
@@ -877,6 +921,7 @@ void Agent::ReleaseProcess(Process& p) {
 
 void Agent::FinishDelete(Container& c) {
   std::string id = c.id;
+  direct_.Forget(id);
   for (auto& [eid, e] : c.execs) ReleaseProcess(*e);
   ReleaseProcess(*c.init);
   auto waiters = c.deleteWaiters;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "agent/cgroup.h"
+#include "agent/direct_stream.h"
 #include "agent/frame.h"
 #include "agent/json.h"
 #include "agent/loop.h"
@@ -254,6 +255,7 @@ class Agent {
 
   Options opts_;
   Loop loop_;
+  DirectStreams direct_{loop_};  // containers' outputs on their own ports (direct_stream.cc)
   std::unique_ptr<GuestNetwork> net_;  // guest networking (net.cc)
   Cgroups cgroups_;
   uint64_t nextSession_ = 1;

@@ -181,6 +181,7 @@ void Agent::FinishShutdown() {
     for (int i = 0; i < 100 && !c.cgroup.empty() && !cgroups_.Remove(c.cgroup); i++) usleep(10000);
     FinishDelete(c);
   }
+  direct_.Shutdown();
   for (auto it = mounts_.rbegin(); it != mounts_.rend(); ++it) {
     if (umount2(it->c_str(), MNT_DETACH) < 0) Log("umount %s: %s", it->c_str(), strerror(errno));
   }

@@ -28,6 +28,7 @@ import {
   type ContainerInfo,
   type ContainerStats,
   type CreateContainerRequest,
+  type DirectStdioRequest,
   type ExecRequest,
   type ExitStatus,
   type MountRequest,
@@ -181,6 +182,7 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
       params['rootfs'] = request.rootfs === 'builtin' ? 'builtin' : validate.absolutePath(request.rootfs, 'rootfs');
     }
     if (request.stdio !== undefined) params['stdio'] = request.stdio;
+    if (request.direct !== undefined) params['direct'] = checkDirect(request.direct);
     if (params['bundle'] === undefined && params['config'] === undefined) {
       throw new InvalidArgumentError('bundle', 'give a bundle path or a config');
     }
@@ -522,6 +524,18 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
     this.#transport.destroy();
     this.emit('close', error ?? undefined);
   }
+}
+
+function checkDirect(direct: NonNullable<CreateContainerRequest['direct']>): Record<string, DirectStdioRequest> {
+  const out: Record<string, DirectStdioRequest> = {};
+  for (const fd of ['stdout', 'stderr'] as const) {
+    const d = direct[fd];
+    if (d === undefined) continue;
+    if (!/^vmpod\.stream\.[0-9]{1,2}$/u.test(d.port)) throw new InvalidArgumentError(`direct.${fd}.port`, 'must be vmpod.stream.N');
+    if (!/^[0-9a-f]{64}$/u.test(d.cookie)) throw new InvalidArgumentError(`direct.${fd}.cookie`, 'must be 64 lowercase hex digits');
+    out[fd] = { port: d.port, cookie: d.cookie };
+  }
+  return out;
 }
 
 function parseJson(payload: Buffer, what: string): Record<string, unknown> {

@@ -12,6 +12,7 @@ export {
   type ContainerInfo,
   type ContainerStats,
   type CreateContainerRequest,
+  type DirectStdioRequest,
   type ExecInfo,
   type ExecRequest,
   type ExitStatus,
@@ -25,4 +26,5 @@ export {
 } from './messages.js';
 export type { ConfigureInterfaceRequest, ConfiguredInterface, GuestNeighbor, GuestNetworkInfo, GuestRoute, NetworkConfigRequest } from './network.js';
 export { StdioReadable, StdioWritable, type ProcessStdio } from './stdio.js';
+export { DirectStreamReadable, MarkerMatcher, MARKER_SIZE, newMarker, type DirectStreamOptions } from './direct-stream.js';
 export { MAX_PAYLOAD, MAX_DATA_CHUNK, INITIAL_WINDOW } from './framing.js';

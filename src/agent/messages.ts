@@ -122,6 +122,19 @@ export interface CreateContainerRequest {
   /** Root filesystem: an absolute guest path, or `builtin` (copy-on-write busybox rootfs). Overrides `root.path`. */
   rootfs?: string;
   stdio?: StdioRequest;
+  /**
+   * Outputs of the init that go straight to a stream port instead of a pipe (needs the agent
+   * feature `direct-stdio`; docs/agent-protocol.md, "Direct streams").
+   */
+  direct?: { stdout?: DirectStdioRequest; stderr?: DirectStdioRequest };
+}
+
+/** A stream port for one output, and the marker that the agent writes at its start and end. */
+export interface DirectStdioRequest {
+  /** `vmpod.stream.N`. */
+  port: string;
+  /** The 32-byte marker as 64 lowercase hex digits. */
+  cookie: string;
 }
 
 /** Exec: a new process in a running container. */

@@ -16,6 +16,7 @@ import { resolveNfvConfig, type NfvConfigInput, type ResolvedNfvConfig } from '.
 import { checkVolumes, volumeHugepages, type VolumeSpec } from '../volume/spec.js';
 import type { Volume } from '../volume/volume.js';
 import { resolveNetworkConfig, type ResolvedNetworkConfig, type SandboxNetworkConfig } from '../network/sandbox-config.js';
+import { checkStreamPorts } from './stream-ports.js';
 
 /** Where the guest kernel and initramfs come from. */
 export interface GuestConfig {
@@ -58,13 +59,19 @@ export interface SandboxConfig extends NfvConfigInput {
   sharedFs?: boolean;
   /** Host processes that can talk to the agent at once (virtio-serial ports, default 4). */
   agentPorts?: number;
+  /**
+   * Stream ports (default 8, at most 30; 0 turns them off): virtio-serial ports on a device of
+   * their own that containers' init stdout and stderr use instead of the agent while they are
+   * free, one port per output (docs/sandbox.md, "Output streams").
+   */
+  streamPorts?: number;
   /** Agent and guest kernel debug output on the console log (default false). */
   debug?: boolean;
   /** The VM backend (default: QEMU). */
   hypervisor?: Hypervisor;
   /**
    * Extra VM devices, added as given (for devices vmpod does not manage itself, e.g. a spare
-   * virtio-serial port). Their ids must not collide with vmpod's (`agent`, `sharedfs`, ...).
+   * virtio-serial port). Their ids must not collide with vmpod's (`agent`, `streams`, `sharedfs`, ...).
    */
   extraDevices?: VmDevice[];
   /** Volumes of the sandbox, mounted at every start; containers use them by name. */
@@ -86,6 +93,8 @@ export interface ResolvedSandboxConfig extends ResolvedNfvConfig {
   guest: { cacheDir: string; kernel?: string; initramfs?: string; kernelArgs: string[]; build: 'if-missing' | 'never' };
   sharedFs: boolean;
   agentPorts: number;
+  /** Absent in records of older versions: no stream ports. */
+  streamPorts?: number;
   debug: boolean;
   extraDevices: VmDevice[];
   volumes: VolumeSpec[];
@@ -93,7 +102,7 @@ export interface ResolvedSandboxConfig extends ResolvedNfvConfig {
 }
 
 const CONFIG_KEYS = new Set([
-  'id', 'stateDir', 'cpus', 'memoryMiB', 'machine', 'guest', 'sharedFs', 'agentPorts', 'debug', 'hypervisor', 'extraDevices',
+  'id', 'stateDir', 'cpus', 'memoryMiB', 'machine', 'guest', 'sharedFs', 'agentPorts', 'streamPorts', 'debug', 'hypervisor', 'extraDevices',
   'hugepages', 'vhostUser', 'devices', 'ksm', 'sysfs', 'volumes', 'network',
 ]);
 const GUEST_KEYS = new Set(['cacheDir', 'kernel', 'initramfs', 'kernelArgs', 'build']);
@@ -153,6 +162,7 @@ export function resolveSandboxConfig(config: SandboxConfig): ResolvedSandboxConf
     },
     sharedFs,
     agentPorts: validate.integer(config.agentPorts ?? 4, 'agentPorts', 1, 16),
+    streamPorts: checkStreamPorts(config.streamPorts),
     debug: bool(config.debug, 'debug', false),
     extraDevices: checkExtraDevices(config.extraDevices),
     volumes,

@@ -10,11 +10,13 @@ import type { SandboxResource } from './resource.js';
 import { SharedFsResource } from './shared-fs.js';
 import { nfvResources } from '../nfv/resources.js';
 import { NetworkResource } from '../network/sandbox-network.js';
+import { StreamPortsResource } from './stream-ports.js';
 
 export function sandboxResources(config: ResolvedSandboxConfig): SandboxResource[] {
   const resources: SandboxResource[] = [];
   if (config.sharedFs) resources.push(new SharedFsResource());
   resources.push(...nfvResources());
   if (config.network) resources.push(new NetworkResource());
+  if ((config.streamPorts ?? 0) > 0) resources.push(new StreamPortsResource());
   return resources;
 }

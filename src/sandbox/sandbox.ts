@@ -34,7 +34,7 @@ import { FileLock } from '../state/lock.js';
 import { DEFAULT_STATE_DIR, StateStore } from '../state/store.js';
 import { removeTree } from '../state/remove.js';
 import * as validate from '../validate.js';
-import { Container, Process, normaliseStdio, type ContainerHost, type StdioOptions } from '../container/container.js';
+import { Container, Process, normaliseStdio, type ContainerHost } from '../container/container.js';
 import {
   adaptSpecForGuest,
   applyOverrides,
@@ -49,6 +49,7 @@ import { RECORD_FORMAT, checkRecord, type SandboxRecord } from './record.js';
 import { bindIntoSharedDir, releaseMounts } from './shared-dir.js';
 import type { GuestContext, ResourceContext, SandboxResource, VmContribution } from './resource.js';
 import { sandboxResources } from './resources.js';
+import { createInit, releaseStreamPorts, stdioTransport, type InitStdioOptions } from './stream-ports.js';
 import { guestSharedDir, sharedDirOf } from './shared-fs.js';
 import { assertTransition, type SandboxState } from './state-machine.js';
 import { blockRootfs, containerMounts, releaseContainerVolumes } from '../volume/container.js';
@@ -141,8 +142,11 @@ export interface ContainerConfig extends SandboxCallOptions {
   process?: ProcessOverrides;
   /** Hostname (default: the container id, or the bundle's). */
   hostname?: string;
-  /** Which stdio streams of the init to open (default: stdout and stderr). */
-  stdio?: StdioOptions;
+  /**
+   * Which stdio streams of the init to open (default: stdout and stderr), and how its stdout
+   * and stderr travel (`transport`: stream ports when free, or always the agent).
+   */
+  stdio?: InitStdioOptions;
   /** Volumes of the sandbox to mount in the container (see {@link Volume.at}). */
   volumes?: ContainerVolume[];
   /**
@@ -761,6 +765,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     const overrides = checkOverrides(options.process ?? {});
     const volumes = checkContainerVolumes(options.volumes);
     const transport = options.rootfsTransport ?? 'virtiofs';
+    const stdioVia = stdioTransport(options.stdio);
     if (transport !== 'virtiofs' && transport !== 'block') throw new InvalidArgumentError('rootfsTransport', 'must be "virtiofs" or "block"');
     if (options.bundle !== undefined && options.rootfs !== undefined) {
       throw new InvalidArgumentError('rootfs', 'give either a bundle or a rootfs, not both');
@@ -789,7 +794,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       throw new InvalidArgumentError('sharedFs', 'this sandbox has no shared filesystem: only the builtin rootfs can be used');
     }
     if (this.state !== 'running') throw new SandboxError(this.id, `is ${this.state}: containers can be created only while it runs`);
-    const agent = this.agent;
+    void this.agent; // fails here, before anything is mounted, when this process has no agent connection
     if (this.#containers.has(id)) throw new AlreadyExistsError('container', id);
     const guestPages = this.config.hugepages?.guestPages ?? 0;
     adapted.spec.mounts!.push(
@@ -827,8 +832,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
         await bindIntoSharedDir(share.source, path.join(hostBase, 'mounts', String(share.index)), { readOnly: share.readOnly, record });
         adapted.spec.mounts![share.index]!.source = `${guestBase}/mounts/${share.index}`;
       }
-      const { pid } = await agent.createContainer({ id, config: adapted.spec, rootfs, stdio }, signal ? { signal } : {});
-      const streams = await agent.openStdio(id, stdio, signal ? { signal } : {});
+      const { pid, stdio: streams } = await createInit(this, { id, config: adapted.spec, rootfs, stdio, transport: stdioVia }, signal);
       const init = new Process(this, id, undefined, pid, streams);
       const container = new Container(this, id, 'created', init);
       this.#containers.set(id, container);
@@ -891,6 +895,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       const mine = record.mounts.filter((m) => m === hostBase || m.startsWith(`${hostBase}/`));
       const released = await releaseMounts(mine);
       record.mounts = record.mounts.filter((m) => !released.includes(m));
+      releaseStreamPorts(record, id);
     });
     await removeTree(hostBase);
   }
