@@ -13,8 +13,9 @@
  *   container, teardown), as a script would call the CLI (build it first: npm run build:ts);
  * - qemu-same-devices (breakdown, q35 only): the sandbox's VM typed by hand
  *   (benchmarks/lib/by-hand.ts: memfd RAM, 4 root ports, virtio-serial with 4 ports,
- *   vhost-user-fs on a virtiofsd started beforehand), from spawning QEMU to the marker: what the
- *   guest's devices add to the bare boot, apart from anything vmpod does.
+ *   vhost-user-fs on a virtiofsd started beforehand, virtio-serial with 8 stream ports), from
+ *   spawning QEMU to the marker: what the guest's devices add to the bare boot, apart from
+ *   anything vmpod does.
  * The sandboxes live in a temporary state directory, removed at the end even on failure.
  *
  * Usage: npm run bench -- sandbox-boot [RUNS] [--machine q35|microvm] [--cache GUEST_CACHE_DIR]

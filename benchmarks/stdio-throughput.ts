@@ -8,8 +8,11 @@
  * gets that device through OCI `linux.devices`, as /dev/vbraw. Variants, interleaved after one
  * warm-up round, each moving the same bytes (`dd if=/dev/zero bs=64k count=N`) from a
  * container of that bundle:
- * - vmpod: dd to stdout; the agent carries it over its own virtio-serial port; Node reads the
- *   container's `stdout` stream;
+ * - vmpod: dd to stdout, with the sandbox's defaults: the container's stdout is a stream port
+ *   of its own (src/sandbox/stream-ports.ts); Node reads the container's `stdout` stream (the
+ *   run fails if the container did not get a stream port);
+ * - vmpod-agent: the same with `stdio: { transport: 'agent' }`: a pipe read by the agent and
+ *   multiplexed over the agent's virtio-serial port (the only path before stream ports);
  * - raw-virtio-serial: dd of=/dev/vbraw; Node reads the spare port's socket;
  * - raw-virtio-serial-piped (breakdown): `dd | dd of=/dev/vbraw`, the same pipe hop in the guest
  *   as vmpod's (container -> pipe -> reader -> port) but without the agent.
@@ -25,7 +28,8 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { Sandbox } from '../src/sandbox/index.js';
+import { Sandbox, type InitStdioOptions } from '../src/sandbox/index.js';
+import { DirectStreamReadable } from '../src/agent/direct-stream.js';
 import { busyboxBundle } from './lib/bundle.js';
 import { withCleanup } from './lib/cleanup.js';
 import { benchArgs, interleave } from './lib/interleave.js';
@@ -148,8 +152,13 @@ export default async function main(args: string[]): Promise<void> {
     socket.on('close', () => raw.abort(new Error('the raw port socket closed')));
     socket.on('error', (error) => raw.abort(error));
 
-    async function run(argv: string[], shared: Meter | undefined): Promise<number> {
-      const container = await sandbox.createContainer({ bundle, process: { args: argv }, signal });
+    async function run(argv: string[], shared: Meter | undefined, stdio?: InitStdioOptions): Promise<number> {
+      const container = await sandbox.createContainer({ bundle, process: { args: argv }, ...(stdio ? { stdio } : {}), signal });
+      const direct = container.stdout instanceof DirectStreamReadable;
+      if (!shared && direct !== (stdio?.transport !== 'agent')) {
+        await container.delete({ force: true, signal });
+        throw new Error(`the container's stdout ${direct ? 'took' : 'did not take'} a stream port`);
+      }
       const meter = shared ?? new Meter();
       try {
         const errors = text(container.stderr);
@@ -182,6 +191,7 @@ export default async function main(args: string[]): Promise<void> {
       runs,
       [
         ['vmpod', () => run(dd, undefined)],
+        ['vmpod-agent', () => run(dd, undefined, { transport: 'agent' })],
         ['raw-virtio-serial', () => run([...dd, 'of=/dev/vbraw'], raw)],
         ['raw-virtio-serial-piped', () => run(['sh', '-c', `${dd.join(' ')} | dd of=/dev/vbraw bs=${BLOCK}`], raw)],
       ],
@@ -195,10 +205,15 @@ export default async function main(args: string[]): Promise<void> {
       results,
       ratios(results, [
         ['vmpod', 'raw-virtio-serial'],
-        ['vmpod', 'raw-virtio-serial-piped'],
+        ['vmpod-agent', 'raw-virtio-serial'],
+        ['vmpod-agent', 'raw-virtio-serial-piped'],
         ['raw-virtio-serial-piped', 'raw-virtio-serial'],
       ]),
-      { machine: facts, bytes_per_run: bytes, vm: { machine: sandbox.config.machine, cpus: 1, memory_mib: sandbox.config.memoryMiB } },
+      {
+        machine: facts,
+        bytes_per_run: bytes,
+        vm: { machine: sandbox.config.machine, cpus: 1, memory_mib: sandbox.config.memoryMiB, stream_ports: sandbox.config.streamPorts },
+      },
     );
   });
 }
