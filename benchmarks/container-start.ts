@@ -10,8 +10,11 @@
  *   deletes its container before it exits, so this is the like-for-like total);
  * - vmpod-builtin: the same with the builtin rootfs (`process.args` only, no bundle): the bundle's
  *   cost is the bind of its rootfs into the virtio-fs share plus the guest's lookups through it;
+ * - vmpod-cache-always: `vmpod` in a second sandbox whose shared filesystem is cached by the
+ *   guest (`sharedFsCache: 'always'`): containers of the bundle share one bind of its rootfs, so
+ *   from the second one on, busybox comes from the guest's page cache;
  * - runc-run: `runc --root TMP run --bundle BUNDLE ID`, spawned from Node.
- * The sandbox boots once before the rounds (not timed). Everything lives in temporary
+ * The sandboxes boot once before the rounds (not timed). Everything lives in temporary
  * directories, removed at the end even on failure.
  *
  * Usage: npm run bench -- container-start [RUNS] [--cache GUEST_CACHE_DIR]   (default 30)
@@ -57,10 +60,13 @@ export default async function main(args: string[]): Promise<void> {
     const sandbox = await Sandbox.create({ stateDir, ...(options.cache ? { guest: { cacheDir: options.cache } } : {}) }, { signal });
     cleanup.add(`sandbox ${sandbox.id}`, () => sandbox.delete({ force: true }));
     await sandbox.start({ signal });
+    const cached = await Sandbox.create({ stateDir, sharedFsCache: 'always', ...(options.cache ? { guest: { cacheDir: options.cache } } : {}) }, { signal });
+    cleanup.add(`sandbox ${cached.id}`, () => cached.delete({ force: true }));
+    await cached.start({ signal });
 
-    async function inSandbox(prefix: string, from: ContainerConfig): Promise<Record<string, number>> {
+    async function inSandbox(prefix: string, from: ContainerConfig, where = sandbox): Promise<Record<string, number>> {
       const t0 = performance.now();
-      const container = await sandbox.createContainer({ ...from, signal });
+      const container = await where.createContainer({ ...from, signal });
       container.stdout?.resume();
       container.stderr?.resume();
       await container.start({ signal });
@@ -85,6 +91,7 @@ export default async function main(args: string[]): Promise<void> {
       [
         ['vmpod', () => inSandbox('vmpod', { bundle })],
         ['vmpod-builtin', () => inSandbox('vmpod-builtin', { process: { args: ['/bin/true'] } })],
+        ['vmpod-cache-always', () => inSandbox('vmpod-cache-always', { bundle }, cached)],
         ['runc-run', runcRun],
       ],
       { signal },
@@ -99,7 +106,9 @@ export default async function main(args: string[]): Promise<void> {
         ['vmpod', 'runc-run'],
         ['vmpod-with-delete', 'runc-run'],
         ['vmpod-builtin', 'runc-run'],
+        ['vmpod-cache-always', 'runc-run'],
         ['vmpod', 'vmpod-builtin'],
+        ['vmpod-cache-always', 'vmpod'],
       ]),
       { machine: facts, runc: /runc version (\S+)/u.exec(runcVersion)?.[1], vm: { machine: sandbox.config.machine, cpus: 1, memory_mib: sandbox.config.memoryMiB } },
     );

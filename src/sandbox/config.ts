@@ -39,6 +39,9 @@ export interface GuestConfig {
  * Configuration of {@link Sandbox.create}. The NFV fields (`hugepages`, `vhostUser`, `devices`,
  * `ksm`) are described in {@link NfvConfigInput}.
  */
+/** Guest caching of the shared filesystem: see {@link SandboxConfig.sharedFsCache}. */
+export type SharedFsCache = 'auto' | 'always' | 'none';
+
 export interface SandboxConfig extends NfvConfigInput {
   /** Sandbox id (default: random). 1-64 characters of [A-Za-z0-9_.-]. */
   id?: string;
@@ -57,6 +60,16 @@ export interface SandboxConfig extends NfvConfigInput {
    * (default true). Without it only the builtin rootfs can be used.
    */
   sharedFs?: boolean;
+  /**
+   * How the guest caches the shared filesystem (virtiofsd `-o cache=`, default `auto`):
+   * - `auto`: metadata trusted for 1 s, a file's pages dropped each time it is opened, so
+   *   changes made on the host show up in the guest;
+   * - `always`: metadata and pages kept (`keep_cache`): repeated execs and reads of the same
+   *   files skip virtiofsd, but a file changed on the host while the guest has it cached may be
+   *   seen stale. For rootfs and volumes that only the guest changes (docs/volumes.md);
+   * - `none`: nothing cached, every read goes to the host (direct I/O).
+   */
+  sharedFsCache?: SharedFsCache;
   /** Host processes that can talk to the agent at once (virtio-serial ports, default 4). */
   agentPorts?: number;
   /**
@@ -92,6 +105,8 @@ export interface ResolvedSandboxConfig extends ResolvedNfvConfig {
   machine: MachineProfile;
   guest: { cacheDir: string; kernel?: string; initramfs?: string; kernelArgs: string[]; build: 'if-missing' | 'never' };
   sharedFs: boolean;
+  /** Absent in records of older versions: `auto`. */
+  sharedFsCache?: SharedFsCache;
   agentPorts: number;
   /** Absent in records of older versions: no stream ports. */
   streamPorts?: number;
@@ -102,7 +117,7 @@ export interface ResolvedSandboxConfig extends ResolvedNfvConfig {
 }
 
 const CONFIG_KEYS = new Set([
-  'id', 'stateDir', 'cpus', 'memoryMiB', 'machine', 'guest', 'sharedFs', 'agentPorts', 'streamPorts', 'debug', 'hypervisor', 'extraDevices',
+  'id', 'stateDir', 'cpus', 'memoryMiB', 'machine', 'guest', 'sharedFs', 'sharedFsCache', 'agentPorts', 'streamPorts', 'debug', 'hypervisor', 'extraDevices',
   'hugepages', 'vhostUser', 'devices', 'ksm', 'sysfs', 'volumes', 'network',
 ]);
 const GUEST_KEYS = new Set(['cacheDir', 'kernel', 'initramfs', 'kernelArgs', 'build']);
@@ -124,6 +139,12 @@ function checkExtraDevices(devices: unknown): VmDevice[] {
   if (!Array.isArray(devices)) throw new InvalidArgumentError('extraDevices', 'must be an array of devices');
   devices.forEach((d, i) => checkDevice(d as VmDevice, `extraDevices[${i}]`));
   return structuredClone(devices) as VmDevice[];
+}
+
+function checkSharedFsCache(value: unknown): SharedFsCache {
+  if (value === undefined) return 'auto';
+  if (value !== 'auto' && value !== 'always' && value !== 'none') throw new InvalidArgumentError('sharedFsCache', 'must be "auto", "always" or "none"');
+  return value;
 }
 
 /** A fresh random sandbox id. */
@@ -161,6 +182,7 @@ export function resolveSandboxConfig(config: SandboxConfig): ResolvedSandboxConf
       build,
     },
     sharedFs,
+    sharedFsCache: checkSharedFsCache(config.sharedFsCache),
     agentPorts: validate.integer(config.agentPorts ?? 4, 'agentPorts', 1, 16),
     streamPorts: checkStreamPorts(config.streamPorts),
     debug: bool(config.debug, 'debug', false),

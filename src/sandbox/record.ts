@@ -33,6 +33,8 @@ export interface SandboxRecord {
   resources: Record<string, unknown>;
   /** Host mount points made for containers (rootfs, bind sources), in creation order; released in reverse. */
   mounts: string[];
+  /** Containers using each shared rootfs bind (a mount point of `mounts`), by mount point. */
+  rootfsUsers?: Record<string, string[]>;
 }
 
 const STATES = new Set(['created', 'running', 'paused', 'stopped', 'deleted']);
@@ -52,6 +54,10 @@ export function checkRecord(value: unknown, file: string): SandboxRecord {
   if (typeof value['state'] !== 'string' || !STATES.has(value['state'])) bad('state is invalid');
   if (!isObject(value['config']) || value['config']['id'] !== value['id']) bad('config is missing or names another sandbox');
   if (!Array.isArray(value['mounts']) || value['mounts'].some((m) => typeof m !== 'string' || !m.startsWith('/'))) bad('mounts is invalid');
+  const users = value['rootfsUsers'];
+  if (users !== undefined && (!isObject(users) || Object.values(users).some((u) => !Array.isArray(u) || u.some((id) => typeof id !== 'string')))) {
+    bad('rootfsUsers is invalid');
+  }
   const vm = value['vm'];
   if (vm !== undefined && (!isObject(vm) || typeof vm['pid'] !== 'number' || !Array.isArray(vm['controlSockets']))) bad('vm is invalid');
   if (!isObject(value['resources'])) bad('resources is invalid');

@@ -33,6 +33,7 @@ import { isAlive, logTail, signalProcess, waitForProcessExit } from '../hypervis
 import { FileLock } from '../state/lock.js';
 import { DEFAULT_STATE_DIR, StateStore } from '../state/store.js';
 import { removeTree } from '../state/remove.js';
+import { mount } from '../devices/mount.js';
 import * as validate from '../validate.js';
 import { Container, Process, normaliseStdio, type ContainerHost } from '../container/container.js';
 import {
@@ -643,6 +644,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       const released = await releaseMounts(record.mounts);
       record.mounts = record.mounts.filter((m) => !released.includes(m));
     });
+    delete record.rootfsUsers; // their containers died with the VM
     this.#containers.clear();
     for (const resource of [...(resources ?? sandboxResources(record.config))].reverse()) {
       await attempt(() => resource.release(this.#resourceContext(record, resource), phase));
@@ -822,11 +824,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
           ...(signal ? { signal } : {}),
         });
       } else if (hostRootfs !== undefined) {
-        await bindIntoSharedDir(hostRootfs, path.join(hostBase, 'rootfs'), {
-          readOnly: adapted.spec.root?.readonly === true,
-          record,
-        });
-        rootfs = `${guestBase}/rootfs`;
+        rootfs = await this.#acquireRootfsShare(id, hostRootfs, adapted.spec.root?.readonly === true, signal);
       }
       for (const share of adapted.shares) {
         await bindIntoSharedDir(share.source, path.join(hostBase, 'mounts', String(share.index)), { readOnly: share.readOnly, record });
@@ -885,19 +883,58 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     return this.agent.listContainers(options);
   }
 
-  /** @internal Releases the host mounts of container `id`. */
+  /**
+   * Binds a container's rootfs directory into the shared directory, once per source directory
+   * and read-only flag (`shared/rootfs/DEV-INO-ro|rw`), for every container that uses it: the
+   * guest tells files apart by the mount they come through, so containers of one bundle then
+   * share the guest's dentry and page caches instead of reading the binaries again (with
+   * `sharedFsCache: 'always'` a second container's exec reads nothing from the host). Writes
+   * are shared too, as with `runc run` of one bundle twice. Returns the guest path.
+   */
+  async #acquireRootfsShare(id: string, source: string, readOnly: boolean, signal?: AbortSignal): Promise<string> {
+    const stat = await fs.stat(source);
+    const key = `${stat.dev.toString(16)}-${stat.ino.toString(16)}-${readOnly ? 'ro' : 'rw'}`;
+    const point = path.join(this.#paths().sharedDir, 'rootfs', key);
+    await this.#update(async (record) => {
+      const users = ((record.rootfsUsers ??= {})[point] ??= []);
+      if (!users.includes(id)) users.push(id);
+      if (!record.mounts.includes(point)) record.mounts.push(point);
+      await this.#store.write(record); // before the mount: a crash leaves a note for release
+      // Under the lock, so two containers of one bundle created at once bind it once. The point
+      // shows the source's own inode once the bind is there.
+      const there = await fs.stat(point).catch(() => undefined);
+      if (there?.dev !== stat.dev || there.ino !== stat.ino) await bindIntoSharedDir(source, point, { readOnly, record: async () => undefined });
+      else if (readOnly) await mount(point, { source: null, flags: ['remount', 'bind', 'ro'] }); // in case a crash came between bind and remount
+    }, signal);
+    return `${this.#guestShared()}/rootfs/${key}`;
+  }
+
+  /** @internal Releases the host mounts of container `id` (and its rootfs bind when it was the last user). */
   async releaseContainer(id: string): Promise<void> {
     this.#containers.delete(id);
     const ownVolumes = volumesState(this.#record.resources[VOLUMES_KIND]).volumes.some((v) => v.container === id);
     if (ownVolumes && this.state === 'running') await releaseContainerVolumes(this, id);
     const hostBase = path.join(this.#paths().sharedDir, 'containers', id);
+    const unusedRootfs: string[] = [];
     await this.#update(async (record) => {
       const mine = record.mounts.filter((m) => m === hostBase || m.startsWith(`${hostBase}/`));
+      for (const [point, users] of Object.entries(record.rootfsUsers ?? {})) {
+        if (!users.includes(id)) continue;
+        const others = users.filter((u) => u !== id);
+        if (others.length > 0) {
+          record.rootfsUsers![point] = others;
+        } else {
+          delete record.rootfsUsers![point];
+          mine.push(point);
+          unusedRootfs.push(point);
+        }
+      }
       const released = await releaseMounts(mine);
       record.mounts = record.mounts.filter((m) => !released.includes(m));
       releaseStreamPorts(record, id);
     });
     await removeTree(hostBase);
+    for (const point of unusedRootfs) await removeTree(point);
   }
 
   /** @internal */

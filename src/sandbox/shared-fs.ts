@@ -57,6 +57,7 @@ export class SharedFsResource implements SandboxResource {
       socket,
       logFile: path.join(ctx.dir, 'virtiofsd.log'),
       announceSubmounts: true,
+      cache: ctx.config.sharedFsCache ?? 'auto',
       ...(ctx.signal ? { signal: ctx.signal } : {}),
     });
     state.virtiofsd = virtiofsd.handle;

@@ -5,9 +5,10 @@ import { InvalidArgumentError } from '../../src/errors.js';
 describe('sandbox config', () => {
   it('fills in defaults', () => {
     const c = resolveSandboxConfig({ id: 'a', stateDir: '/tmp/x' });
-    expect(c).toMatchObject({ id: 'a', stateDir: '/tmp/x', cpus: 1, memoryMiB: 256, machine: 'q35', sharedFs: true, agentPorts: 4, debug: false, extraDevices: [] });
+    expect(c).toMatchObject({ id: 'a', stateDir: '/tmp/x', cpus: 1, memoryMiB: 256, machine: 'q35', sharedFs: true, sharedFsCache: 'auto', agentPorts: 4, debug: false, extraDevices: [] });
     expect(c.guest).toMatchObject({ kernelArgs: [], build: 'if-missing' });
     expect(resolveSandboxConfig({}).id).toMatch(/^vp-[0-9a-f]{12}$/);
+    expect(resolveSandboxConfig({ sharedFsCache: 'always' }).sharedFsCache).toBe('always');
   });
   it('rejects every bad field with its name', () => {
     const cases: [object, RegExp][] = [
@@ -23,6 +24,7 @@ describe('sandbox config', () => {
       [{ guest: { build: 'always' } }, /^guest.build: /],
       [{ guest: { nope: 1 } }, /^guest.nope: unknown field/],
       [{ sharedFs: 'yes' }, /^sharedFs: /],
+      [{ sharedFsCache: 'loose' }, /^sharedFsCache: must be "auto", "always" or "none"/],
       [{ agentPorts: 0 }, /^agentPorts: /],
       [{ extraDevices: [{ kind: 'virtio-serial', id: 'x', ports: [] }] }, /^extraDevices\[0\]\.ports: /],
       [{ colour: 'red' }, /^colour: unknown field/],

@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Sandbox } from '../../sandbox/sandbox.js';
 import type { ContainerConfig } from '../../sandbox/sandbox.js';
-import type { SandboxConfig } from '../../sandbox/config.js';
+import type { SandboxConfig, SharedFsCache } from '../../sandbox/config.js';
 import * as validate from '../../validate.js';
 import { COMMON_OPTIONS, type Command } from '../command.js';
 import { printJson, UsageError } from '../io.js';
@@ -33,6 +33,9 @@ Options:
       --network FILE    add the sandbox to the CNI network of a .conflist/.conf file
                         (repeatable: one interface each, eth0, eth1, ...)
       --debug           agent and kernel debug output in the console log
+      --shared-fs-cache MODE
+                        guest caching of the shared filesystem: auto (default),
+                        always (fastest; host changes may be seen late) or none
   -v, --volume HOST:GUEST[:ro]
                         share host directory HOST at GUEST in the container
                         (virtio-fs; ":ro" read-only); repeatable
@@ -57,6 +60,7 @@ ${PROCESS_USAGE}
       { long: 'kernel', type: 'string' },
       { long: 'initramfs', type: 'string' },
       { long: 'debug', type: 'boolean' },
+      { long: 'shared-fs-cache', type: 'string' },
       { long: 'volume', short: 'v', type: 'string', multiple: true },
       { long: 'hugepages', type: 'boolean' },
       { long: 'guest-hugepages', type: 'string' },
@@ -78,6 +82,7 @@ ${PROCESS_USAGE}
     if (typeof o['name'] === 'string') config.id = validate.id(o['name'], '--name');
     if (typeof o['cpus'] === 'string') config.cpus = Number(o['cpus']);
     if (typeof o['memory'] === 'string') config.memoryMiB = Number(o['memory']);
+    if (typeof o['shared-fs-cache'] === 'string') config.sharedFsCache = o['shared-fs-cache'] as SharedFsCache;
     if (o['machine'] === 'q35' || o['machine'] === 'microvm') config.machine = o['machine'];
     else if (o['machine'] !== undefined) throw new UsageError('--machine must be q35 or microvm');
     if (typeof o['kernel'] === 'string' || typeof o['initramfs'] === 'string') {

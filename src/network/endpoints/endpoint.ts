@@ -186,6 +186,24 @@ export async function openBackend(netns: Netns, backend: EndpointRecord['backend
   return (await openTap(backend.name, { netns, queues: backend.queues, multiQueue: backend.multiQueue, vnetHdr: true })).fds;
 }
 
+/**
+ * Brings a link that the VM uses directly (a tap or macvtap) up unless it already is, with the
+ * change recorded first; on failure its just-opened queue fds are closed. Returns them.
+ * Equivalent to `ip link set DEV up`.
+ */
+export async function upWithFds(ctx: EndpointContext, record: EndpointRecord, dev: string, alreadyUp: boolean, fds: number[]): Promise<number[]> {
+  try {
+    if (!alreadyUp) {
+      await recordChange(ctx, record, { type: 'up', dev });
+      await setLink(dev, { netns: ctx.netns, up: true });
+    }
+  } catch (error) {
+    closeFds(fds);
+    throw error;
+  }
+  return fds;
+}
+
 /** Closes fds, ignoring those already closed. */
 export function closeFds(fds: readonly number[]): void {
   for (const fd of fds) {

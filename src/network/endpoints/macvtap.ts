@@ -12,7 +12,7 @@ import { setLink } from '../link.js';
 import type { Netns } from '../netns.js';
 import type { Interface } from '../scan.js';
 import { openMacvtap } from '../tap.js';
-import { closeFds, newRecord, recordChange, undoChanges, type AttachedEndpoint, type Endpoint, type EndpointContext, type EndpointOptions, type EndpointRecord } from './endpoint.js';
+import { newRecord, undoChanges, type AttachedEndpoint, type Endpoint, type EndpointContext, type EndpointOptions, type EndpointRecord, upWithFds } from './endpoint.js';
 
 export class MacvtapEndpoint implements Endpoint {
   readonly kind = 'macvtap';
@@ -32,16 +32,7 @@ export class MacvtapEndpoint implements Endpoint {
 
   async attach(ctx: EndpointContext): Promise<AttachedEndpoint> {
     const fds = await openMacvtap(this.name, { netns: ctx.netns, queues: this.#record.backend.queues, vnetHdr: true });
-    try {
-      if (!this.#up) {
-        await recordChange(ctx, this.#record, { type: 'up', dev: this.name });
-        await setLink(this.name, { netns: ctx.netns, up: true });
-      }
-    } catch (error) {
-      closeFds(fds);
-      throw error;
-    }
-    return { record: this.#record, fds };
+    return { record: this.#record, fds: await upWithFds(ctx, this.#record, this.name, this.#up, fds) };
   }
 
   async detach(netns: Netns): Promise<void> {

@@ -13,7 +13,7 @@ import { getLink, setLink } from '../link.js';
 import type { Netns } from '../netns.js';
 import type { Interface } from '../scan.js';
 import { openTap } from '../tap.js';
-import { closeFds, newRecord, recordChange, undoChanges, type AttachedEndpoint, type Endpoint, type EndpointContext, type EndpointOptions, type EndpointRecord } from './endpoint.js';
+import { newRecord, undoChanges, type AttachedEndpoint, type Endpoint, type EndpointContext, type EndpointOptions, type EndpointRecord, upWithFds } from './endpoint.js';
 import { randomMac } from './model.js';
 
 export class TapEndpoint implements Endpoint {
@@ -39,16 +39,7 @@ export class TapEndpoint implements Endpoint {
     this.#record.backend = { type: 'tap', name: this.name, queues: multiQueue ? this.#queues : 1, multiQueue };
     await ctx.save(this.#record);
     const { fds } = await openTap(this.name, { netns: ctx.netns, queues: this.#record.backend.queues, multiQueue, vnetHdr: true });
-    try {
-      if (!link.up) {
-        await recordChange(ctx, this.#record, { type: 'up', dev: this.name });
-        await setLink(this.name, { netns: ctx.netns, up: true });
-      }
-    } catch (error) {
-      closeFds(fds);
-      throw error;
-    }
-    return { record: this.#record, fds };
+    return { record: this.#record, fds: await upWithFds(ctx, this.#record, this.name, link.up, fds) };
   }
 
   async detach(netns: Netns): Promise<void> {

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { InvalidBundleError } from '../../../src/container/spec.js';
 import { AlreadyExistsError, InvalidArgumentError, InvalidStateError, NotFoundError } from '../../../src/errors.js';
+import { mountPoints } from '../../../src/state/remove.js';
 import { busyboxRootfs, collect, expectNothingLeft, forceCleanup, makeStateDir, runcSpecBundle, skipReason } from './fixture.js';
 
 describe.skipIf(skipReason)(`containers in a sandbox${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
@@ -190,6 +191,34 @@ describe.skipIf(skipReason)(`containers in a sandbox${skipReason ? ` (skipped: $
     expect((await bOut).toString()).toBe(''); // beta's /tmp is its own
     await b.delete();
     expect((await sandbox.containers()).map((c) => c.id)).not.toContain('alpha');
+  });
+
+  it('binds a rootfs once for all the containers that use it, and releases it with the last', async () => {
+    const rootfs = await busyboxRootfs(path.join(work, 'shared-rootfs'));
+    const binds = async (): Promise<string[]> => {
+      const dir = path.join(sandbox.dir, 'shared', 'rootfs');
+      return (await mountPoints()).filter((m) => m.startsWith(`${dir}/`));
+    };
+    const one = await sandbox.createContainer({ id: 'one', rootfs, process: { args: ['sleep', '30'] } });
+    await one.start();
+    expect(await binds()).toHaveLength(1);
+    const two = await sandbox.createContainer({ id: 'two', rootfs, process: { args: ['sh', '-c', 'echo from two > /work/marker'] } });
+    await two.start();
+    expect((await two.wait()).exitCode).toBe(0);
+    expect(await binds()).toHaveLength(1);
+    // The same directory, as with `runc run` of one bundle twice: the write is on the host.
+    expect(await fs.readFile(path.join(rootfs, 'work/marker'), 'utf8')).toBe('from two\n');
+    await two.delete();
+    expect(await binds()).toHaveLength(1); // "one" still runs from it
+    const exec = await one.exec({ args: ['cat', '/work/marker'] });
+    const execOut = collect(exec.stdout);
+    expect((await exec.wait()).exitCode).toBe(0);
+    expect((await execOut).toString()).toBe('from two\n');
+    await one.delete({ force: true });
+    expect(await binds()).toEqual([]);
+    expect(await fs.readdir(path.join(sandbox.dir, 'shared', 'rootfs'))).toEqual([]);
+    const record = JSON.parse(await fs.readFile(path.join(sandbox.dir, 'state.json'), 'utf8'));
+    expect(record.rootfsUsers).toEqual({});
   });
 
   it('rejects bad input with typed errors and leaves nothing behind', async () => {
