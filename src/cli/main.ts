@@ -6,6 +6,7 @@
  * @internal
  * @module
  */
+import { readFile } from 'node:fs/promises';
 import { parseArgs } from './args.js';
 import type { Command } from './command.js';
 import { EXIT_USAGE, UsageError, reportError } from './io.js';
@@ -29,7 +30,7 @@ Runs OCI containers inside lightweight VMs.
 Commands:
 ${COMMANDS.map((c) => `  ${c.words.join(' ').padEnd(width)}   ${c.summary}`).join('\n')}
 
-Run "vmpod COMMAND --help" for a command's options.
+Run "vmpod COMMAND --help" for a command's options, "vmpod --version" for the version.
 Environment: VMPOD_STATE_DIR (default /run/vmpod), VMPOD_GUEST_CACHE (default /var/cache/vmpod/guest).
 `;
 }
@@ -41,11 +42,21 @@ function findCommand(argv: readonly string[]): { command: Command; rest: string[
   return undefined;
 }
 
+/** This package's version, from its package.json (two levels above dist/cli or src/cli). */
+async function packageVersion(): Promise<string> {
+  const file = new URL('../../package.json', import.meta.url);
+  return (JSON.parse(await readFile(file, 'utf8')) as { version: string }).version;
+}
+
 /** Runs the CLI on `argv` (without node and the script); resolves with the exit code. */
 export async function main(argv: readonly string[]): Promise<number> {
   if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
     process.stdout.write(help());
     return argv.length === 0 ? EXIT_USAGE : 0;
+  }
+  if (argv[0] === '--version' || argv[0] === 'version') {
+    process.stdout.write(`vmpod ${await packageVersion()}\n`);
+    return 0;
   }
   const found = findCommand(argv);
   if (!found) {
