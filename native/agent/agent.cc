@@ -232,7 +232,7 @@ json Agent::Hello(Session& s, const json& p) {
           {"maxPayload", kMaxPayload},
           {"maxDataChunk", kMaxDataChunk},
           {"initialWindow", kInitialWindow},
-          {"features", {"containers", "exec", "tty", "stats", "mount", "mount-9p", "set-time", "oom", "network", "direct-stdio"}}};
+          {"features", {"containers", "exec", "tty", "stats", "mount", "mount-9p", "set-time", "oom", "network", "direct-stdio", "rootfs-overlay"}}};
 }
 
 Container& Agent::FindContainer(const json& p, const char* key) {
@@ -317,7 +317,7 @@ static ChildIo IoFor(const ChildEnds& ends, int sync) {
 }
 
 void Agent::CreateContainer(Session& s, uint32_t stream, const json& p) {
-  CheckKeys(p, "", {"id", "bundle", "config", "rootfs", "stdio", "direct"});
+  CheckKeys(p, "", {"id", "bundle", "config", "rootfs", "overlay", "stdio", "direct"});
   std::string id = CheckId(GetString(p, "id", ""), "id");
   if (containers_.count(id)) throw Error(Code::kAlreadyExists, "container \"" + id + "\" already exists");
   auto bundle = OptString(p, "bundle", "");
@@ -369,8 +369,16 @@ void Agent::CreateContainer(Session& s, uint32_t stream, const json& p) {
     }
     plan.rootfs = NormalizePath(rootfs);
     if (!IsDirectory(plan.rootfs)) throw Error(Code::kNotFound, "rootfs \"" + plan.rootfs + "\" is not a directory", ENOENT);
+    // A read-only tree (a rootfs image the host mounted) as the lower layer of a per-container
+    // copy-on-write rootfs, as the builtin one is.
+    if (OptBool(p, "overlay", "", false)) {
+      plan.overlayLower = plan.rootfs;
+      plan.overlayUpper = c->dir + "/upper";
+      plan.overlayWork = c->dir + "/work";
+      plan.rootfs = c->dir + "/rootfs";
+    }
   }
-  c->rootfs = rootfs == "builtin" ? "builtin" : plan.rootfs;
+  c->rootfs = rootfs == "builtin" ? "builtin" : plan.overlayLower.empty() ? plan.rootfs : plan.overlayLower;
   plan.reroot = c->dir + "/reroot";
   plan.cgroup2 = cgroups_.enabled();
   if (spec.resources.any() && !cgroups_.enabled()) {

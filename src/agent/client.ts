@@ -181,6 +181,13 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
     if (request.rootfs !== undefined) {
       params['rootfs'] = request.rootfs === 'builtin' ? 'builtin' : validate.absolutePath(request.rootfs, 'rootfs');
     }
+    if (request.overlay !== undefined) {
+      if (typeof request.overlay !== 'boolean') throw new InvalidArgumentError('overlay', 'must be true or false');
+      if (request.overlay && (params['rootfs'] === undefined || params['rootfs'] === 'builtin')) {
+        throw new InvalidArgumentError('overlay', 'needs a rootfs path (the builtin rootfs is copy-on-write already)');
+      }
+      params['overlay'] = request.overlay;
+    }
     if (request.stdio !== undefined) params['stdio'] = request.stdio;
     if (request.direct !== undefined) params['direct'] = checkDirect(request.direct);
     if (params['bundle'] === undefined && params['config'] === undefined) {

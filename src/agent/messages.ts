@@ -121,6 +121,11 @@ export interface CreateContainerRequest {
   config?: OciSpec;
   /** Root filesystem: an absolute guest path, or `builtin` (copy-on-write busybox rootfs). Overrides `root.path`. */
   rootfs?: string;
+  /**
+   * Use `rootfs` (an absolute guest path) as the read-only lower layer of a copy-on-write
+   * rootfs of the container's own, as `builtin` is (agent feature `rootfs-overlay`).
+   */
+  overlay?: boolean;
   stdio?: StdioRequest;
   /**
    * Outputs of the init that go straight to a stream port instead of a pipe (needs the agent

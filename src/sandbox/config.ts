@@ -26,6 +26,13 @@ export interface GuestConfig {
   kernel?: string;
   /** Boot this initramfs instead of the built one. It must start the vmpod agent. */
   initramfs?: string;
+  /**
+   * Use this ext4 filesystem (a raw or qcow2 image file, or a host block device) instead of the
+   * builtin busybox rootfs: attached read-only as a virtio-blk disk, and each container made
+   * without a bundle or rootfs directory gets a copy-on-write rootfs over it. One image can
+   * serve many sandboxes. QEMU `-device virtio-blk-pci,serial=vmpod-rootfs` (read-only).
+   */
+  rootfsImage?: string;
   /** Extra kernel command-line arguments. */
   kernelArgs?: string[];
   /**
@@ -103,7 +110,7 @@ export interface ResolvedSandboxConfig extends ResolvedNfvConfig {
   cpus: number;
   memoryMiB: number;
   machine: MachineProfile;
-  guest: { cacheDir: string; kernel?: string; initramfs?: string; kernelArgs: string[]; build: 'if-missing' | 'never' };
+  guest: { cacheDir: string; kernel?: string; initramfs?: string; rootfsImage?: string; kernelArgs: string[]; build: 'if-missing' | 'never' };
   sharedFs: boolean;
   /** Absent in records of older versions: `auto`. */
   sharedFsCache?: SharedFsCache;
@@ -120,7 +127,7 @@ const CONFIG_KEYS = new Set([
   'id', 'stateDir', 'cpus', 'memoryMiB', 'machine', 'guest', 'sharedFs', 'sharedFsCache', 'agentPorts', 'streamPorts', 'debug', 'hypervisor', 'extraDevices',
   'hugepages', 'vhostUser', 'devices', 'ksm', 'sysfs', 'volumes', 'network',
 ]);
-const GUEST_KEYS = new Set(['cacheDir', 'kernel', 'initramfs', 'kernelArgs', 'build']);
+const GUEST_KEYS = new Set(['cacheDir', 'kernel', 'initramfs', 'rootfsImage', 'kernelArgs', 'build']);
 
 function rejectUnknownKeys(value: object, allowed: Set<string>, prefix: string): void {
   for (const key of Object.keys(value)) {
@@ -193,5 +200,6 @@ export function resolveSandboxConfig(config: SandboxConfig): ResolvedSandboxConf
   if (config.network !== undefined) resolved.network = resolveNetworkConfig(config.network);
   if (guest.kernel !== undefined) resolved.guest.kernel = validate.absolutePath(guest.kernel, 'guest.kernel');
   if (guest.initramfs !== undefined) resolved.guest.initramfs = validate.absolutePath(guest.initramfs, 'guest.initramfs');
+  if (guest.rootfsImage !== undefined) resolved.guest.rootfsImage = validate.absolutePath(guest.rootfsImage, 'guest.rootfsImage');
   return resolved;
 }

@@ -11,10 +11,12 @@ import { SharedFsResource } from './shared-fs.js';
 import { nfvResources } from '../nfv/resources.js';
 import { NetworkResource } from '../network/sandbox-network.js';
 import { StreamPortsResource } from './stream-ports.js';
+import { GuestRootfsResource } from './guest-rootfs.js';
 
 export function sandboxResources(config: ResolvedSandboxConfig): SandboxResource[] {
   const resources: SandboxResource[] = [];
   if (config.sharedFs) resources.push(new SharedFsResource());
+  if (config.guest.rootfsImage !== undefined) resources.push(new GuestRootfsResource());
   resources.push(...nfvResources());
   if (config.network) resources.push(new NetworkResource());
   if ((config.streamPorts ?? 0) > 0) resources.push(new StreamPortsResource());

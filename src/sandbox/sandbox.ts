@@ -48,6 +48,7 @@ import {
 import { resolveSandboxConfig, type ResolvedSandboxConfig, type SandboxConfig } from './config.js';
 import { RECORD_FORMAT, checkRecord, type SandboxRecord } from './record.js';
 import { bindIntoSharedDir, releaseMounts } from './shared-dir.js';
+import { guestRootfsImageDir } from './guest-rootfs.js';
 import type { GuestContext, ResourceContext, SandboxResource, VmContribution } from './resource.js';
 import { sandboxResources } from './resources.js';
 import { createInit, releaseStreamPorts, stdioTransport, type InitStdioOptions } from './stream-ports.js';
@@ -137,7 +138,10 @@ export interface ContainerConfig extends SandboxCallOptions {
   id?: string;
   /** Host path of an OCI bundle (config.json + rootfs), as for `runc run --bundle`. */
   bundle?: string;
-  /** Host path of a root filesystem directory, or `builtin` (busybox; the default without a bundle). */
+  /**
+   * Host path of a root filesystem directory, or `builtin` (the default without a bundle):
+   * busybox, or the sandbox's `guest.rootfsImage` when it has one; copy-on-write either way.
+   */
   rootfs?: string;
   /** Overrides of the bundle's process (or the process of a rootfs container: args default to `/bin/sh`). */
   process?: ProcessOverrides;
@@ -815,6 +819,9 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
         });
       };
       let rootfs = 'builtin';
+      // The user's rootfs image replaces the builtin rootfs: copy-on-write over its mount.
+      const overImage = hostRootfs === undefined && this.config.guest.rootfsImage !== undefined;
+      if (overImage) rootfs = guestRootfsImageDir(this.#guestStateDir);
       if (hostRootfs !== undefined && transport === 'block') {
         rootfs = await blockRootfs(this, {
           rootfs: hostRootfs,
@@ -830,7 +837,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
         await bindIntoSharedDir(share.source, path.join(hostBase, 'mounts', String(share.index)), { readOnly: share.readOnly, record });
         adapted.spec.mounts![share.index]!.source = `${guestBase}/mounts/${share.index}`;
       }
-      const { pid, stdio: streams } = await createInit(this, { id, config: adapted.spec, rootfs, stdio, transport: stdioVia }, signal);
+      const { pid, stdio: streams } = await createInit(this, { id, config: adapted.spec, rootfs, ...(overImage ? { overlay: true } : {}), stdio, transport: stdioVia }, signal);
       const init = new Process(this, id, undefined, pid, streams);
       const container = new Container(this, id, 'created', init);
       this.#containers.set(id, container);

@@ -156,6 +156,8 @@ export interface InitRequest {
   id: string;
   config: OciSpec;
   rootfs: string;
+  /** `rootfs` is the read-only lower layer of a copy-on-write rootfs (a guest rootfs image). */
+  overlay?: boolean;
   stdio: Required<StdioOptions>;
   transport: StdioTransport;
 }
@@ -250,7 +252,7 @@ export async function createInit(host: StreamHost, request: InitRequest, signal?
         ...options,
       });
     }
-    const base = { id: request.id, config: request.config, rootfs: request.rootfs, stdio: request.stdio };
+    const base = { id: request.id, config: request.config, rootfs: request.rootfs, stdio: request.stdio, ...(request.overlay ? { overlay: true } : {}) };
     let pid: number;
     try {
       const ports = Object.fromEntries(claims.map((c) => [c.fd, { port: `${STREAM_PORT_PREFIX}${c.index}`, cookie: c.marker.toString('hex') }]));

@@ -29,7 +29,7 @@ const reason = !isRoot ? 'needs root' : !haveAgent ? `no agent binary at ${AGENT
 async function run(
   client: AgentClient,
   id: string,
-  request: { config?: OciSpec; bundle?: string; rootfs?: string; stdio?: StdioRequest },
+  request: { config?: OciSpec; bundle?: string; rootfs?: string; overlay?: boolean; stdio?: StdioRequest },
   stdin?: Buffer,
 ) {
   await client.createContainer({ id, ...request, stdio: { stdin: stdin !== undefined, ...request.stdio } });
@@ -323,6 +323,15 @@ describe.skipIf(!ready)(`vmpod-agent on the host (${ready ? 'root' : reason})`, 
   it('gives a builtin-rootfs container a copy-on-write root that never changes the original', async () => {
     const id = uniqueId();
     const r = await run(client, id, { config: minimalSpec(['sh', '-c', 'echo x > /written; rm /bin/ls; cat /written; ls /bin/ls 2>&1 | cut -c1-3']), rootfs: 'builtin' });
+    expect(r.stdout).toBe('x\nls:\n');
+    expect(fs.existsSync(path.join(agent.rootfs, 'written'))).toBe(false);
+    expect(fs.existsSync(path.join(agent.rootfs, 'bin', 'ls'))).toBe(true);
+    expect(fs.existsSync(path.join(agent.stateDir, 'containers', id))).toBe(false);
+  });
+
+  it('with overlay, gives a rootfs path the same copy-on-write root over it (a rootfs image)', async () => {
+    const id = uniqueId();
+    const r = await run(client, id, { config: minimalSpec(['sh', '-c', 'echo x > /written; rm /bin/ls; cat /written; ls /bin/ls 2>&1 | cut -c1-3']), rootfs: agent.rootfs, overlay: true });
     expect(r.stdout).toBe('x\nls:\n');
     expect(fs.existsSync(path.join(agent.rootfs, 'written'))).toBe(false);
     expect(fs.existsSync(path.join(agent.rootfs, 'bin', 'ls'))).toBe(true);

@@ -122,6 +122,9 @@ describe('AgentClient against a scripted agent', () => {
     await expect(client.createContainer({ id: 'a/b', bundle: '/b' })).rejects.toBeInstanceOf(InvalidArgumentError);
     await expect(client.createContainer({ id: 'ok', bundle: 'relative' })).rejects.toBeInstanceOf(InvalidArgumentError);
     await expect(client.createContainer({ id: 'ok' })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(client.createContainer({ id: 'ok', config: {} as never, rootfs: 'builtin', overlay: true })).rejects.toThrow(/^overlay: needs a rootfs path/u);
+    await expect(client.createContainer({ id: 'ok', config: {} as never, overlay: true })).rejects.toThrow(/^overlay: /u);
+    await expect(client.createContainer({ id: 'ok', config: {} as never, rootfs: '/r', overlay: 'yes' as never })).rejects.toThrow(/^overlay: must be true or false/u);
     await expect(client.resizeTty('ok', { rows: 0, cols: 80 })).rejects.toBeInstanceOf(InvalidArgumentError);
     await expect(client.signal('ok', 'SIGNOPE' as NodeJS.Signals)).rejects.toBeInstanceOf(InvalidArgumentError);
     expect(fake.requests).toHaveLength(1); // only Hello

@@ -20,6 +20,7 @@ describe('sandbox config', () => {
       [{ machine: 'pc' }, /^machine: /],
       [{ stateDir: 'relative' }, /^stateDir: /],
       [{ guest: { kernel: 'vmlinux' } }, /^guest.kernel: /],
+      [{ guest: { rootfsImage: 'rootfs.ext4' } }, /^guest.rootfsImage: /],
       [{ guest: { kernelArgs: ['a b'] } }, /^guest.kernelArgs: /],
       [{ guest: { build: 'always' } }, /^guest.build: /],
       [{ guest: { nope: 1 } }, /^guest.nope: unknown field/],

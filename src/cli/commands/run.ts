@@ -30,6 +30,9 @@ Options:
       --machine M       q35 (default) or microvm
       --kernel PATH     boot this kernel instead of the built one
       --initramfs PATH  boot this initramfs instead of the built one
+      --rootfs-image PATH
+                        an ext4 image (raw or qcow2 file, or block device) in
+                        place of the builtin rootfs, copy-on-write per container
       --network FILE    add the sandbox to the CNI network of a .conflist/.conf file
                         (repeatable: one interface each, eth0, eth1, ...)
       --debug           agent and kernel debug output in the console log
@@ -59,6 +62,7 @@ ${PROCESS_USAGE}
       { long: 'machine', type: 'string' },
       { long: 'kernel', type: 'string' },
       { long: 'initramfs', type: 'string' },
+      { long: 'rootfs-image', type: 'string' },
       { long: 'debug', type: 'boolean' },
       { long: 'shared-fs-cache', type: 'string' },
       { long: 'volume', short: 'v', type: 'string', multiple: true },
@@ -85,10 +89,11 @@ ${PROCESS_USAGE}
     if (typeof o['shared-fs-cache'] === 'string') config.sharedFsCache = o['shared-fs-cache'] as SharedFsCache;
     if (o['machine'] === 'q35' || o['machine'] === 'microvm') config.machine = o['machine'];
     else if (o['machine'] !== undefined) throw new UsageError('--machine must be q35 or microvm');
-    if (typeof o['kernel'] === 'string' || typeof o['initramfs'] === 'string') {
+    if (typeof o['kernel'] === 'string' || typeof o['initramfs'] === 'string' || typeof o['rootfs-image'] === 'string') {
       config.guest = {};
       if (typeof o['kernel'] === 'string') config.guest.kernel = path.resolve(o['kernel']);
       if (typeof o['initramfs'] === 'string') config.guest.initramfs = path.resolve(o['initramfs']);
+      if (typeof o['rootfs-image'] === 'string') config.guest.rootfsImage = path.resolve(o['rootfs-image']);
     }
     if (o['debug']) config.debug = true;
     if (Array.isArray(o['network'])) config.network = { cni: o['network'].map((file) => ({ file: path.resolve(file) })) };
