@@ -48,7 +48,7 @@ import {
 import { resolveSandboxConfig, type ResolvedSandboxConfig, type SandboxConfig } from './config.js';
 import { RECORD_FORMAT, checkRecord, type SandboxRecord } from './record.js';
 import { bindIntoSharedDir, releaseMounts } from './shared-dir.js';
-import { guestRootfsImageDir } from './guest-rootfs.js';
+import { guestRootfsImageDir, rootfsImageFormat } from './guest-rootfs.js';
 import type { GuestContext, ResourceContext, SandboxResource, VmContribution } from './resource.js';
 import { sandboxResources } from './resources.js';
 import { createInit, releaseStreamPorts, stdioTransport, type InitStdioOptions } from './stream-ports.js';
@@ -235,6 +235,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
         throw new InvalidArgumentError(`guest.${field}`, `${file} does not exist or is not a file`);
       }
     }
+    if (resolved.guest.rootfsImage !== undefined) await rootfsImageFormat(resolved.guest.rootfsImage); // checked again at each start
     raceAbort(options.signal, 'sandbox create');
     // CNI files read, plugins asked (VERSION): an unknown plugin fails here, before anything exists.
     if (resolved.network) await loadNetworkConfig(resolved.network, options.signal ? { signal: options.signal } : {});
