@@ -77,13 +77,23 @@ export class SystemError extends VmpodError {
 
 /** An operation was called in a state that does not allow it. */
 export class InvalidStateError extends VmpodError {
+  /**
+   * `from` is the current state; `to` the state the call would go to, or, with `action` (a call
+   * that needs a state rather than changing it), the state that call needs.
+   */
   constructor(
     readonly object: string,
     readonly from: string,
     readonly to: string,
-    options: VmpodErrorOptions = {},
+    options: VmpodErrorOptions & { action?: string; hint?: string } = {},
   ) {
-    super('ERR_VMPOD_INVALID_STATE', `${object}: cannot go from "${from}" to "${to}"`, options);
+    super(
+      'ERR_VMPOD_INVALID_STATE',
+      (options.action === undefined
+        ? `${object}: cannot go from "${from}" to "${to}"`
+        : `${object}: is "${from}"; ${options.action} needs "${to}"`) + (options.hint === undefined ? '' : ` (${options.hint})`),
+      options,
+    );
   }
 }
 

@@ -22,7 +22,7 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'eventemitter3';
 import { AgentClient } from '../agent/client.js';
 import type { ContainerInfo, ExitStatus } from '../agent/messages.js';
-import { AbortError, AlreadyExistsError, InvalidArgumentError, NotFoundError, VmpodError } from '../errors.js';
+import { AbortError, AlreadyExistsError, InvalidArgumentError, InvalidStateError, NotFoundError, VmpodError } from '../errors.js';
 import { buildGuestAssets, rebuildOptions } from '../guest/build.js';
 import { resolveGuestAssets, type GuestAssets } from '../guest/assets.js';
 import { sha256FileStamped } from '../guest/hash.js';
@@ -352,7 +352,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   /** @internal The agent connection of this process (only while the sandbox runs). */
   get agent(): AgentClient {
     if (!this.#agent || this.#agent.closed) {
-      throw new SandboxError(this.id, `is ${this.state}, not running: there is no agent to talk to`);
+      throw new InvalidStateError(this.label, this.state, 'running', { action: 'talking to the agent' });
     }
     return this.#agent;
   }
@@ -385,6 +385,10 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   async start(options: SandboxCallOptions = {}): Promise<void> {
     const { signal } = options;
     await this.#update(async (record) => {
+      // Only a VM that does not run can be started (a paused one is resumed).
+      if (record.state !== 'created' && record.state !== 'stopped') {
+        throw new InvalidStateError(this.label, record.state, 'running', { hint: record.state === 'paused' ? 'start() boots a VM: resume() a paused one' : 'start() boots a VM that does not run' });
+      }
       assertTransition('sandbox', this.label, record.state, 'running');
       const config = record.config;
       const paths = this.#paths();
@@ -509,7 +513,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
    */
   async withResource<T>(kind: string, fn: (ctx: GuestContext) => Promise<T>, signal?: AbortSignal): Promise<T> {
     return this.#update(async (record) => {
-      if (record.state !== 'running') throw new SandboxError(this.id, `is ${record.state}: devices can be changed only while it runs`);
+      if (record.state !== 'running') throw new InvalidStateError(this.label, record.state, 'running', { action: 'changing devices' });
       const resource = sandboxResources(record.config).find((r) => r.kind === kind) ?? { kind, prepare: async () => ({}), release: async () => undefined };
       return fn(this.#guestContext(record, resource, signal));
     }, signal);
@@ -673,8 +677,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   /** Thaws the VM's vCPUs (`paused` -> `running`); QMP `cont`. */
   async resume(options: SandboxCallOptions = {}): Promise<void> {
     await this.#update(async (record) => {
-      assertTransition('sandbox', this.label, record.state, 'running');
-      if (record.state !== 'paused') return;
+      if (record.state !== 'paused') throw new InvalidStateError(this.label, record.state, 'paused', { action: 'resume()' });
       await this.#requireVm().resume(options);
       record.state = 'running';
       // The guest clock stood still while paused: set it again.
@@ -800,7 +803,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     if (((hostRootfs !== undefined && transport === 'virtiofs') || adapted.shares.length > 0) && !this.config.sharedFs) {
       throw new InvalidArgumentError('sharedFs', 'this sandbox has no shared filesystem: only the builtin rootfs can be used');
     }
-    if (this.state !== 'running') throw new SandboxError(this.id, `is ${this.state}: containers can be created only while it runs`);
+    if (this.state !== 'running') throw new InvalidStateError(this.label, this.state, 'running', { action: 'creating a container' });
     void this.agent; // fails here, before anything is mounted, when this process has no agent connection
     if (this.#containers.has(id)) throw new AlreadyExistsError('container', id);
     const guestPages = this.config.hugepages?.guestPages ?? 0;

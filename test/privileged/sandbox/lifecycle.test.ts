@@ -48,11 +48,19 @@ describe.skipIf(skipReason)(`sandbox lifecycle${skipReason ? ` (skipped: ${skipR
     await ticker.start();
     await sandbox.pause();
     expect(sandbox.state).toBe('paused');
-    await expect(sandbox.createContainer()).rejects.toThrow(/is paused/);
+    await expect(sandbox.createContainer()).rejects.toThrow('sandbox "life": is "paused"; creating a container needs "running"');
+    // A paused VM is resumed, never booted a second time; and only a paused one resumes.
+    const pid = sandbox.pid;
+    await expect(sandbox.start()).rejects.toThrow('cannot go from "paused" to "running" (start() boots a VM: resume() a paused one)');
+    await expect(sandbox.start()).rejects.toBeInstanceOf(InvalidStateError);
+    expect(sandbox.state).toBe('paused');
+    expect(sandbox.pid).toBe(pid);
     // The vCPUs are frozen: the agent cannot answer until resume.
     await expect(ticker.stats({ signal: AbortSignal.timeout(1500) })).rejects.toThrow(/aborted/);
     await sandbox.resume();
     expect(sandbox.state).toBe('running');
+    await expect(sandbox.resume()).rejects.toThrow('is "running"; resume() needs "paused"');
+    await expect(sandbox.start()).rejects.toBeInstanceOf(InvalidStateError);
     expect((await ticker.stats()).pids.current).toBeGreaterThan(0);
     await ticker.kill('SIGKILL');
     await ticker.wait();
