@@ -15,4 +15,4 @@ export * from './container/index.js';
 export * from './nfv/index.js';
 export * from './volume/index.js';
 export { AgentClosedError, AgentError, AgentProtocolError, type AgentErrorCode } from './agent/errors.js';
-export type { ContainerInfo } from './agent/messages.js';
+export type { ContainerInfo, GuestDevice } from './agent/messages.js';

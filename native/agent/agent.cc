@@ -19,6 +19,7 @@
 #include <regex>
 
 #include "agent/child.h"
+#include "agent/pci.h"
 
 namespace agent {
 
@@ -197,6 +198,7 @@ std::optional<json> Agent::Handle(Session& s, uint32_t stream, const std::string
     return ListContainers();
   }
   if (method == "Mount") return Mount(s, stream, p), std::nullopt;
+  if (method == "FindDevice") return FindDevice(s, stream, p), std::nullopt;
   if (method == "Unmount") return Unmount(p);
   if (method == "SetTime") return SetTime(p);
   if (method == "ConfigureInterface") return ConfigureInterface(s, stream, p), std::nullopt;
@@ -232,7 +234,7 @@ json Agent::Hello(Session& s, const json& p) {
           {"maxPayload", kMaxPayload},
           {"maxDataChunk", kMaxDataChunk},
           {"initialWindow", kInitialWindow},
-          {"features", {"containers", "exec", "tty", "stats", "mount", "mount-9p", "set-time", "oom", "network", "direct-stdio", "rootfs-overlay"}}};
+          {"features", {"containers", "exec", "tty", "stats", "mount", "mount-9p", "set-time", "oom", "network", "direct-stdio", "rootfs-overlay", "find-device"}}};
 }
 
 Container& Agent::FindContainer(const json& p, const char* key) {
@@ -768,7 +770,7 @@ void Agent::TryMount(GuestMount m, Pending pending, int64_t deadline) {
   std::string device;
   bool block = !m.devicePci.empty() || !m.deviceSerial.empty() || !m.devicePath.empty();
   if (block) {
-    device = FindBlockDevice(m);
+    device = FindBlockDevice(m, opts_.sysRoot);
     if (device.empty()) {
       if (MonotonicMs() >= deadline) {
         ReplyError(pending, Error(Code::kNotFound, "no block device with " +
@@ -793,6 +795,33 @@ void Agent::TryMount(GuestMount m, Pending pending, int64_t deadline) {
   } catch (const Error& e) {
     ReplyError(pending, e);
   }
+}
+
+void Agent::FindDevice(Session& s, uint32_t stream, const json& p) {
+  CheckKeys(p, "", {"pciPath", "netdev", "timeoutMs"});
+  std::string path = GetString(p, "pciPath", "");
+  if (!ValidPciPath(path)) BadField("pciPath", "must be slots of two hex digits (00-1f) joined by '/', e.g. \"02/00\"");
+  bool wantNetdev = OptBool(p, "netdev", "", false);
+  int64_t timeout = OptInt(p, "timeoutMs", "", 0, 600000).value_or(10000);
+  TryFindDevice(path, wantNetdev, Pending{s.id(), stream}, MonotonicMs() + timeout);
+}
+
+// A device plugged by the host appears after the guest's PCI hotplug handling, its network
+// interface after the driver probed it: look again every 50 ms until the deadline.
+void Agent::TryFindDevice(std::string pciPath, bool wantNetdev, Pending pending, int64_t deadline) {
+  auto device = FindPciDevice(pciPath, opts_.sysRoot);
+  if (!device || (wantNetdev && device->netdevs.empty())) {
+    if (MonotonicMs() >= deadline) {
+      ReplyError(pending, Error(Code::kNotFound, "no " + std::string(device ? "network interface on the device" : "device") +
+                                                     " at PCI path " + pciPath + " appeared in time"));
+      return;
+    }
+    loop_.AddTimer(50, [this, pciPath, wantNetdev, pending, deadline] { TryFindDevice(pciPath, wantNetdev, pending, deadline); });
+    return;
+  }
+  json result = {{"pciAddress", device->address}, {"sysfsPath", device->sysfsPath}, {"netdevs", device->netdevs}};
+  if (!device->driver.empty()) result["driver"] = device->driver;
+  Reply(pending, result);
 }
 
 json Agent::Unmount(const json& p) {

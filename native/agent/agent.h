@@ -37,6 +37,7 @@ struct Options {
   bool pid1 = false;
   bool allowSetTime = false;
   bool manageNetwork = false;  // network methods allowed (always as PID 1)
+  std::string sysRoot = "/sys";  // where devices are looked up (tests point it at a fake tree)
 };
 
 class Agent;
@@ -245,6 +246,8 @@ class Agent {
   void ReplyError(const Pending& pending, const Error& error);
   std::vector<Process*> AllProcesses();
   void TryMount(GuestMount m, Pending pending, int64_t deadline);
+  void FindDevice(Session& s, uint32_t stream, const json& p);
+  void TryFindDevice(std::string pciPath, bool wantNetdev, Pending pending, int64_t deadline);
 
   void StartTransports();
   void ScanPorts();

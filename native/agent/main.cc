@@ -113,6 +113,7 @@ void Usage(FILE* out) {
           "                         apply SetTime requests to the clock (default: only as PID 1)\n"
           "  --manage-network       accept the network methods when not PID 1 (tests: run the agent\n"
           "                         in a network namespace of its own)\n"
+          "  --sys-root DIR         look devices up under DIR instead of /sys (tests)\n"
           "  --debug                log every request to stderr\n"
           "  --version, --help\n"
           "kernel command line (read as PID 1): vmpod.debug=1, vmpod.cgroup=auto|none\n");
@@ -142,6 +143,7 @@ int main(int argc, char** argv) {
     else if (a == "--set-time") o.allowSetTime = setTimeGiven = true;
     else if (a == "--no-set-time") setTimeGiven = true, o.allowSetTime = false;
     else if (a == "--manage-network") o.manageNetwork = true;
+    else if (a == "--sys-root") o.sysRoot = agent::NormalizePath(value());
     else if (a == "--debug") agent::g_debug = true;
     else if (a == "--version") {
       printf("vmpod-agent %s (protocol %d)\n", agent::kAgentVersion, agent::kProtocolVersion);
@@ -168,7 +170,7 @@ int main(int argc, char** argv) {
     }
     umask(022);
   }
-  if (o.stateDir.empty() || o.builtinRootfs.empty() ||
+  if (o.stateDir.empty() || o.builtinRootfs.empty() || o.sysRoot.empty() ||
       (o.cgroup != "auto" && o.cgroup != "none" && agent::NormalizePath(o.cgroup) != o.cgroup)) {
     fprintf(stderr, "vmpod-agent: --state-dir, --builtin-rootfs and --cgroup DIR must be absolute paths\n");
     return 2;

@@ -21,6 +21,9 @@ import {
   errorSchema,
   exitStatusSchema,
   mountResultSchema,
+  guestDeviceSchema,
+  type FindDeviceRequest,
+  type GuestDevice,
   pidSchema,
   setTimeSchema,
   statsSchema,
@@ -314,6 +317,24 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
   async mount(request: MountRequest, options: CallOptions = {}): Promise<MountResult> {
     const params: Record<string, unknown> = { ...request, target: validate.absolutePath(request.target, 'target') };
     return this.#call('Mount', params, mountResultSchema, options);
+  }
+
+  /**
+   * Waits until the device the host plugged at guest PCI path `pciPath` (`SS/DD`: the root
+   * port's slot, then the slot behind it) shows up in the guest, and with `netdev` until it has
+   * a network interface; the agent gives up after `timeoutMs` (default 10000) with NOT_FOUND.
+   * Reports its guest address, driver and interfaces (agent feature `find-device`). Like
+   * `ls /sys/bus/pci/devices/0000:00:SS.0/*\/net` in the guest.
+   */
+  async findDevice(request: FindDeviceRequest, options: CallOptions = {}): Promise<GuestDevice> {
+    const { pciPath } = request;
+    if (typeof pciPath !== 'string' || !/^[01][0-9a-f](\/[01][0-9a-f]){0,7}$/u.test(pciPath)) {
+      throw new InvalidArgumentError('pciPath', `${JSON.stringify(pciPath)} is not a PCI path like "02/00"`);
+    }
+    const params: Record<string, unknown> = { pciPath };
+    if (request.netdev !== undefined) params['netdev'] = request.netdev === true;
+    if (request.timeoutMs !== undefined) params['timeoutMs'] = validate.integer(request.timeoutMs, 'timeoutMs', 0, 600_000);
+    return this.#call('FindDevice', params, guestDeviceSchema, options);
   }
 
   /** Unmounts what {@link mount} mounted (`umount TARGET`). */

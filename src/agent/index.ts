@@ -16,6 +16,8 @@ export {
   type ExecInfo,
   type ExecRequest,
   type ExitStatus,
+  type FindDeviceRequest,
+  type GuestDevice,
   type MountRequest,
   type MountResult,
   type OciMount,

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { array, bool, int, nullable, num, object, oneOf, str, type Schema } from './schema.js';
+import { array, bool, int, matching, nullable, num, object, oneOf, str, type Schema } from './schema.js';
 
 /** Protocol version this client speaks. */
 export const PROTOCOL_VERSION = 1;
@@ -270,6 +270,35 @@ export interface MountResult {
   /** The block device that was mounted, e.g. /dev/vdb. */
   device: string | null;
 }
+
+/** What {@link AgentClient.findDevice} looks for. */
+export interface FindDeviceRequest {
+  /** Guest PCI path: `SS/DD` (root port slot on bus 0, then the slot behind it), up to 8 levels. */
+  pciPath: string;
+  /** Also wait until the device has a network interface. */
+  netdev?: boolean;
+  /** How long the agent waits for it (default 10000 ms). */
+  timeoutMs?: number;
+}
+
+/** Where a device the host plugged landed in the guest ({@link AgentClient.findDevice}). */
+export interface GuestDevice {
+  /** Its guest PCI address, DDDD:BB:DD.F. */
+  pciAddress: string;
+  /** Its directory in the guest's sysfs, e.g. /sys/devices/pci0000:00/0000:00:10.0/0000:01:00.0. */
+  sysfsPath: string;
+  /** The guest driver bound to it (`virtio-pci`, `vfio-pci`, ...), or null. */
+  driver: string | null;
+  /** Its network interfaces in the guest (direct, or through its virtio device). */
+  netdevs: string[];
+}
+
+export const guestDeviceSchema: Schema<GuestDevice> = object({
+  pciAddress: matching(/^[0-9a-f]{4}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]$/u, 'a PCI address DDDD:BB:DD.F', 12),
+  sysfsPath: matching(/^\/[^\0]*$/u, 'an absolute path'),
+  driver: nullable(matching(/^[A-Za-z0-9_.-]{1,64}$/u, 'a driver name', 64)),
+  netdevs: array(matching(/^[^/\s\0]{1,15}$/u, 'an interface name', 15), 64),
+});
 
 export const mountResultSchema: Schema<MountResult> = object({ target: str(4096), device: nullable(str(4096)) });
 export const pidSchema: Schema<{ pid: number }> = object({ pid: int(1, 0x7fffffff) });

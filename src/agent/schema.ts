@@ -23,6 +23,16 @@ export function str(maxLength = 65536): Schema<string> {
   };
 }
 
+/** A string of at most `maxLength` characters that matches `pattern` (anchor it). */
+export function matching(pattern: RegExp, what: string, maxLength = 4096): Schema<string> {
+  const string = str(maxLength);
+  return (v, path) => {
+    const value = string(v, path);
+    if (!pattern.test(value)) fail(path, `must be ${what}`);
+    return value;
+  };
+}
+
 export function oneOf<const T extends string>(values: readonly T[]): Schema<T> {
   return (v, path) => {
     if (typeof v !== 'string' || !(values as readonly string[]).includes(v)) fail(path, `must be one of ${values.join(', ')}`);

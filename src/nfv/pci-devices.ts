@@ -16,7 +16,8 @@ import { InvalidArgumentError, NotFoundError } from '../errors.js';
 import type { VfioPassthroughDevice } from '../hypervisor/hypervisor.js';
 import { bindVfio, checkVfioGroup, releaseVfio, type VfioBindingRecord } from '../devices/vfio.js';
 import type { GuestContext, ResourceContext, SandboxResource, VmContribution } from '../sandbox/resource.js';
-import { guestPciPath } from './pci-path.js';
+import { guestPciPath, locateInGuest } from './pci-path.js';
+import type { GuestDevice } from '../agent/messages.js';
 
 /** Key of this resource's state in the sandbox record. */
 export const PCI_DEVICES_KIND = 'devices';
@@ -31,6 +32,8 @@ export interface PciDeviceInfo {
   binding: VfioBindingRecord;
   /** Guest PCI path (`SS/00`), once the VM runs. */
   pciPath?: string;
+  /** What the guest made of it (address, driver, interfaces), once it found it. */
+  guest?: GuestDevice;
   hotplugged: boolean;
 }
 
@@ -110,6 +113,9 @@ export class PciDevicesResource implements SandboxResource {
     for (const d of state.devices) {
       const pciPath = await guestPciPath(ctx.vm, d.id, ctx.signal);
       if (pciPath !== undefined) d.pciPath = pciPath;
+      // No netdev wait: the guest may have no driver for the device (the VNF brings its own).
+      const guest = await locateInGuest(ctx, pciPath, false);
+      if (guest) d.guest = guest;
     }
     await ctx.save(state);
   }
@@ -136,11 +142,22 @@ export async function hotplugPci(ctx: GuestContext, device: { address: string; i
   const state = stateOf(ctx);
   if (state.devices.some((d) => d.id === device.id)) throw new InvalidArgumentError('id', `the sandbox already has a device "${device.id}"`);
   const info = await bind(ctx, state, device, true);
+  let plugged = false;
   try {
     const placed = await ctx.vm.hotplug({ kind: 'vfio-pci', id: info.id, host: info.address }, ctx.signal ? { signal: ctx.signal } : {});
+    plugged = true;
     info.pciPath = placed.pciPath;
+    const guest = await locateInGuest(ctx, placed.pciPath, false);
+    if (guest) info.guest = guest;
   } catch (error) {
-    await releaseVfio(info.binding, { sysfs: ctx.config.sysfs });
+    try {
+      if (plugged) await ctx.vm.unplug(info.id, ctx.signal ? { signal: ctx.signal } : {});
+      await releaseVfio(info.binding, { sysfs: ctx.config.sysfs });
+    } catch (rollback) {
+      // Keep the record (release retries it) and say both what failed and what could not be undone.
+      await ctx.save(state);
+      throw Object.assign(error as Error, { rollbackError: rollback });
+    }
     state.devices = state.devices.filter((d) => d !== info);
     await ctx.save(state);
     throw error;

@@ -7,7 +7,9 @@
  * @internal
  * @module
  */
+import type { GuestDevice } from '../agent/messages.js';
 import type { VirtualMachine } from '../hypervisor/hypervisor.js';
+import type { GuestContext } from '../sandbox/resource.js';
 import { rootPortPciPath } from '../hypervisor/qemu/cmdline.js';
 import { QemuVm } from '../hypervisor/qemu/vm.js';
 
@@ -28,4 +30,14 @@ export async function guestPciPath(vm: VirtualMachine, id: string, signal?: Abor
 export function guestPortDir(pciPath: string): string {
   const slot = pciPath.split('/')[0] ?? '';
   return `/sys/bus/pci/devices/0000:00:${slot}.0`;
+}
+
+/**
+ * Tells the agent where a device landed and waits until the guest has it (with `netdev`, until
+ * it has a network interface): what the guest calls it. Undefined when the device has no PCI
+ * path (microvm, the root complex) or the agent predates `find-device`.
+ */
+export async function locateInGuest(ctx: GuestContext, pciPath: string | undefined, netdev: boolean): Promise<GuestDevice | undefined> {
+  if (pciPath === undefined || !ctx.agent.info.features.includes('find-device')) return undefined;
+  return ctx.agent.findDevice({ pciPath, netdev, timeoutMs: 30_000 }, ctx.signal ? { signal: ctx.signal } : {});
 }

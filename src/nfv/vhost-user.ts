@@ -22,7 +22,8 @@ import type { GuestContext, ResourceContext, SandboxResource, VmContribution } f
 import type { ResolvedSandboxConfig } from '../sandbox/config.js';
 import type { ResolvedVhostUserNic } from './config.js';
 import { VhostUserSocketError } from './errors.js';
-import { guestPciPath } from './pci-path.js';
+import { guestPciPath, locateInGuest } from './pci-path.js';
+import type { GuestDevice } from '../agent/messages.js';
 
 /** Key of this resource's state in the sandbox record. */
 export const VHOST_USER_KIND = 'vhostUser';
@@ -34,6 +35,8 @@ export interface VhostUserNicInfo {
   mode: 'client' | 'server';
   /** Guest PCI path (`SS/00`) when the NIC sits on a root port. */
   pciPath?: string;
+  /** What the guest made of it (address, driver, interface name), once it found it. */
+  guest?: GuestDevice;
   /** Added to the running sandbox (dropped at stop), rather than from its config. */
   hotplugged: boolean;
 }
@@ -113,6 +116,8 @@ export class VhostUserResource implements SandboxResource {
     for (const nic of state.nics) {
       const pciPath = await guestPciPath(ctx.vm, nic.id, ctx.signal);
       if (pciPath !== undefined) nic.pciPath = pciPath;
+      const guest = await locateInGuest(ctx, pciPath, true);
+      if (guest) nic.guest = guest;
     }
     await ctx.save(state);
   }
@@ -144,6 +149,14 @@ export async function hotplugNic(ctx: GuestContext, nic: ResolvedVhostUserNic): 
   const placed = await ctx.vm.hotplug(vhostUserDevice(nic), ctx.signal ? { signal: ctx.signal } : {});
   const info: VhostUserNicInfo = { id: nic.id, socket: nic.socket, mode: nic.mode, pciPath: placed.pciPath, hotplugged: true };
   state.nics.push(info);
+  await ctx.save(state);
+  try {
+    const guest = await locateInGuest(ctx, placed.pciPath, true);
+    if (guest) info.guest = guest;
+  } catch (error) {
+    await unplugNic(ctx, nic.id).catch(() => undefined); // the guest never saw it: take it back
+    throw error;
+  }
   await ctx.save(state);
   return info;
 }

@@ -89,7 +89,7 @@ export interface HostAgent {
  * Starts the agent on the host. `netns`: run it inside that network namespace (`ip netns exec`)
  * with --manage-network, so its network methods act there and never on the host's links.
  */
-export async function startHostAgent(options: { cgroups?: boolean; netns?: string } = {}): Promise<HostAgent> {
+export async function startHostAgent(options: { cgroups?: boolean; netns?: string; sysRoot?: string } = {}): Promise<HostAgent> {
   const tag = `vt${randomBytes(2).toString('hex')}`;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${tag}-agent-`));
   const bundle = path.join(dir, 'bundle');
@@ -101,6 +101,7 @@ export async function startHostAgent(options: { cgroups?: boolean; netns?: strin
   const cgroupRoot = cg2 ? path.join(cg2, `${tag}-vmpod`) : null;
   let log = '';
   const args = ['--listen', `unix:${socket}`, '--state-dir', stateDir, '--builtin-rootfs', rootfs, '--cgroup', cgroupRoot ?? 'none', '--debug'];
+  if (options.sysRoot !== undefined) args.push('--sys-root', options.sysRoot);
   const child = options.netns
     ? spawn('ip', ['netns', 'exec', options.netns, AGENT_BINARY, ...args, '--manage-network'], { stdio: ['ignore', 'ignore', 'pipe'] })
     : spawn(AGENT_BINARY, args, { stdio: ['ignore', 'ignore', 'pipe'] });

@@ -61,9 +61,9 @@ describe.skipIf(!ready)(`vmpod-agent under hostile input (${ready ? 'root' : `ne
   });
 
   it('answers wrong types and unknown fields in every method with INVALID_ARGUMENT, never INTERNAL', async () => {
-    const methods = ['CreateContainer', 'StartContainer', 'Exec', 'OpenStdio', 'Signal', 'Wait', 'ResizeTty', 'Stats', 'DeleteContainer', 'Mount', 'Unmount', 'SetTime'];
+    const methods = ['CreateContainer', 'StartContainer', 'Exec', 'OpenStdio', 'Signal', 'Wait', 'ResizeTty', 'Stats', 'DeleteContainer', 'Mount', 'Unmount', 'SetTime', 'FindDevice'];
     const badValues: unknown[] = [null, 1.5, -1, 2 ** 70, '', 'x'.repeat(300), '\u0000', [], {}, true, '../..', '/etc/passwd'];
-    const fields = ['id', 'containerId', 'execId', 'bundle', 'config', 'rootfs', 'stdio', 'process', 'fd', 'signal', 'rows', 'cols', 'type', 'target', 'sec', 'nsec', 'device', 'options', 'bogus'];
+    const fields = ['id', 'containerId', 'execId', 'bundle', 'config', 'rootfs', 'stdio', 'process', 'fd', 'signal', 'rows', 'cols', 'type', 'target', 'sec', 'nsec', 'device', 'options', 'overlay', 'pciPath', 'netdev', 'timeoutMs', 'bogus'];
     const next = rng(7);
     const bytes = [hello];
     let stream = 3;

@@ -334,11 +334,22 @@ describe('the devices resource binds at prepare and restores at release', () => 
         calls.push(['unplug', id]);
       },
     };
-    const gctx = Object.assign(Object.create(Object.getPrototypeOf(ctx)), ctx, { vm, agent: {}, guestStateDir: '/run/vmpod' }) as GuestContext;
+    // The agent is told where the device landed and says what the guest made of it.
+    let guestSees = true;
+    const guestDevice = { pciAddress: '0000:01:00.0', sysfsPath: '/sys/devices/pci0000:00/0000:00:12.0/0000:01:00.0', driver: null, netdevs: [] };
+    const agent = {
+      info: { features: ['find-device'] },
+      findDevice: async (request: { pciPath: string; netdev?: boolean }) => {
+        calls.push(['findDevice', request.pciPath, request.netdev]);
+        if (!guestSees) throw new Error('no device at PCI path 12/00 appeared in time');
+        return guestDevice;
+      },
+    };
+    const gctx = Object.assign(Object.create(Object.getPrototypeOf(ctx)), ctx, { vm, agent, guestStateDir: '/run/vmpod' }) as GuestContext;
     Object.defineProperty(gctx, 'state', { get: () => record.state });
     const info = await hotplugPci(gctx, { address: '0000:3b:02.0', id: 'vf0', force: false });
-    expect(info).toMatchObject({ id: 'vf0', address: '0000:3b:02.0', pciPath: '12/00', hotplugged: true });
-    expect(calls).toEqual([['hotplug', { kind: 'vfio-pci', id: 'vf0', host: '0000:3b:02.0' }]]);
+    expect(info).toMatchObject({ id: 'vf0', address: '0000:3b:02.0', pciPath: '12/00', hotplugged: true, guest: guestDevice });
+    expect(calls).toEqual([['hotplug', { kind: 'vfio-pci', id: 'vf0', host: '0000:3b:02.0' }], ['findDevice', '12/00', false]]);
     // Bound before device_add.
     expect(sysfs.writes.slice(0, 3).map(([p]) => p)).toEqual([
       'bus/pci/devices/0000:3b:02.0/driver_override',
@@ -348,6 +359,13 @@ describe('the devices resource binds at prepare and restores at release', () => 
     expect(pciDevices(record.state).map((d) => d.pciPath)).toEqual(['12/00']);
     await unplugPci(gctx, 'vf0');
     expect(calls.at(-1)).toEqual(['unplug', 'vf0']);
+    expect(await snapshot()).toEqual(before);
+    expect(pciDevices(record.state)).toEqual([]);
+
+    // A device the guest never sees is unplugged again and its drivers restored.
+    guestSees = false;
+    await expect(hotplugPci(gctx, { address: '0000:3b:02.0', id: 'vf0', force: false })).rejects.toThrow(/appeared in time/u);
+    expect(calls.slice(-2)).toEqual([['findDevice', '12/00', false], ['unplug', 'vf0']]);
     expect(await snapshot()).toEqual(before);
     expect(pciDevices(record.state)).toEqual([]);
 

@@ -34,16 +34,27 @@ async function run(sandbox: Sandbox, bundle: string, script: string): Promise<{ 
   return { out: (await out).toString(), err: (await err).toString(), code: status.exitCode };
 }
 
-/** The script that configures the NIC behind guest PCI path `pciPath` and pings testpmd. */
-function pingScript(pciPath: string, address: string, peer: string): string {
-  const slot = pciPath.split('/')[0];
+/**
+ * The script that checks the guest interface the agent found for a NIC (its MAC), configures
+ * it and pings testpmd.
+ */
+function pingScript(ifname: string, mac: string, address: string, peer: string): string {
   return [
-    `IF=$(basename $(ls -d /sys/bus/pci/devices/0000:00:${slot}.0/0000:*/virtio*/net/* | head -n1))`,
-    'echo "if=$IF"',
-    'ip link set "$IF" up',
-    `ip addr add ${address}/24 dev "$IF"`,
+    `test "$(cat /sys/class/net/${ifname}/address)" = ${mac}`,
+    `ip link set ${ifname} up`,
+    `ip addr add ${address}/24 dev ${ifname}`,
     `ping -c 5 -W 3 ${peer}`,
   ].join(' && ');
+}
+
+/** What the agent reports for a virtio-net NIC on the root port of `pciPath`. */
+function guestNic(pciPath: string): unknown {
+  return {
+    pciAddress: expect.stringMatching(/^0000:[0-9a-f]{2}:00\.0$/u),
+    sysfsPath: expect.stringContaining(`/sys/devices/pci0000:00/0000:00:${pciPath.split('/')[0]}.0/0000:`),
+    driver: 'virtio-pci',
+    netdevs: [expect.stringMatching(/^eth\d+$/u)],
+  };
 }
 
 describe.skipIf(skipReason)(`vhost-user and hugepages in a sandbox${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
@@ -102,11 +113,14 @@ describe.skipIf(skipReason)(`vhost-user and hugepages in a sandbox${skipReason ?
     expect(mounts).toMatch(new RegExp(`${mountPoint} .* hugetlbfs .*pagesize=2M`, 'u'));
   });
 
-  it('exchanges packets with testpmd over a cold-plugged vhost-user NIC, found by its guest PCI path', async () => {
+  it('exchanges packets with testpmd over a cold-plugged vhost-user NIC, found by the agent at its guest PCI path', async () => {
     const { vhostUser } = await sandboxNfvDevices(sandbox);
-    expect(vhostUser).toEqual([{ id: 'vnic0', socket: testpmd.options.socket, mode: 'client', pciPath: expect.stringMatching(/^1[0-9a-e]\/00$/u), hotplugged: false }]);
+    const pciPath = vhostUser[0]?.pciPath ?? '';
+    expect(vhostUser).toEqual([
+      { id: 'vnic0', socket: testpmd.options.socket, mode: 'client', pciPath: expect.stringMatching(/^1[0-9a-e]\/00$/u), guest: guestNic(pciPath), hotplugged: false },
+    ]);
     const before = await testpmd.stats();
-    const r = await run(sandbox, bundle, pingScript(vhostUser[0]!.pciPath!, '192.0.2.1', '192.0.2.2'));
+    const r = await run(sandbox, bundle, pingScript(vhostUser[0]!.guest!.netdevs[0]!, '52:54:00:77:00:01', '192.0.2.1', '192.0.2.2'));
     expect(r.err).toBe('');
     expect(r.code).toBe(0);
     const received = Number(/(\d+) packets received/u.exec(r.out)?.[1]);
@@ -125,7 +139,8 @@ describe.skipIf(skipReason)(`vhost-user and hugepages in a sandbox${skipReason ?
     try {
       const nic = await hotplugVhostUserNic(sandbox, { id: 'vnic1', socket, mode: 'server', mac: '52:54:00:77:00:02' });
       expect(nic).toMatchObject({ id: 'vnic1', mode: 'server', hotplugged: true, pciPath: expect.stringMatching(/^1[0-9a-e]\/00$/u) });
-      const r = await run(sandbox, bundle, pingScript(nic.pciPath!, '198.51.100.1', '198.51.100.2'));
+      expect(nic.guest).toEqual(guestNic(nic.pciPath!));
+      const r = await run(sandbox, bundle, pingScript(nic.guest!.netdevs[0]!, '52:54:00:77:00:02', '198.51.100.1', '198.51.100.2'));
       expect(r.code).toBe(0);
       expect(Number(/(\d+) packets received/u.exec(r.out)?.[1])).toBeGreaterThanOrEqual(4);
       expect((await client.stats()).rxPackets).toBeGreaterThanOrEqual(5);
@@ -167,7 +182,8 @@ describe.skipIf(skipReason)(`vhost-user and hugepages in a sandbox${skipReason ?
     expect((await hugepagePool('2M')).total).toBe(poolBefore + 32 + 128);
     const { vhostUser } = await sandboxNfvDevices(sandbox);
     expect(vhostUser.map((n) => n.id)).toEqual(['vnic0']);
-    const r = await run(sandbox, bundle, pingScript(vhostUser[0]!.pciPath!, '192.0.2.1', '192.0.2.2'));
+    expect(vhostUser[0]!.guest).toEqual(guestNic(vhostUser[0]!.pciPath!));
+    const r = await run(sandbox, bundle, pingScript(vhostUser[0]!.guest!.netdevs[0]!, '52:54:00:77:00:01', '192.0.2.1', '192.0.2.2'));
     expect(r.code).toBe(0);
     expect(Number(/(\d+) packets received/u.exec(r.out)?.[1])).toBeGreaterThanOrEqual(4);
   });
