@@ -97,11 +97,17 @@ export interface SandboxEvents {
   started: () => void;
   paused: () => void;
   resumed: () => void;
-  /** The VM is gone, on request or not (a VM killed from outside gives `unexpected`). */
+  /**
+   * The VM is gone, on request or not (a VM killed from outside gives `unexpected`), also when
+   * another process stopped or deleted the sandbox (with the reason it recorded).
+   */
   stopped: (info: StopInfo) => void;
   /** A container's init process exited. */
   containerExit: (containerId: string, status: ExitStatus) => void;
-  /** A background failure (e.g. recording that the VM died). */
+  /**
+   * A background failure: recording that the VM died, the agent connection broken by the guest
+   * (a protocol violation, a hang-up while the VM runs), the hypervisor's control channel lost.
+   */
   error: (error: Error) => void;
 }
 
@@ -565,6 +571,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       if (this.#stopping) return;
       this.#recordVmGone(exit, false).catch((error: unknown) => this.emit('error', error as Error));
     });
+    // QMP broke while QEMU lives on: calls that need it will fail; say so now.
+    vm.on('error', (error) => this.emit('error', error));
   }
 
   /** Connects to the first agent port no other process holds. */
@@ -586,8 +594,10 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
         this.#agent = agent;
         this.#agentLock = lock;
         this.#guestStateDir = agent.info.stateDir;
-        agent.on('close', () => {
+        agent.on('close', (error) => {
           void lock.release();
+          // The agent hung up or broke the protocol while this process still used it.
+          if (error && this.#agent === agent && !this.#stopping) this.emit('error', error);
         });
         return;
       } catch (error) {
@@ -601,16 +611,26 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   /** Records that the VM is gone and releases what it used; `found` when discovered at attach. */
   async #recordVmGone(exit: VmExit, found: boolean): Promise<void> {
     let info: StopInfo | undefined;
-    await this.#update(async (record) => {
-      if (record.state !== 'running' && record.state !== 'paused') return;
-      info = {
-        reason: exit.reason === 'unexpected' ? 'unexpected' : found ? 'unexpected' : 'guest',
-        detail: exit.detail,
-      };
-      await this.#releaseVm(record);
-      record.state = 'stopped';
-      record.stopReason = info;
-    });
+    try {
+      await this.#update(async (record) => {
+        if (record.state !== 'running' && record.state !== 'paused') {
+          // Another process stopped it (and recorded why): this one still hears of it.
+          if (!found && record.state === 'stopped') info = record.stopReason ?? { reason: 'requested', detail: 'stopped by another process' };
+          return;
+        }
+        info = {
+          reason: exit.reason === 'unexpected' ? 'unexpected' : found ? 'unexpected' : 'guest',
+          detail: exit.detail,
+        };
+        await this.#releaseVm(record);
+        record.state = 'stopped';
+        record.stopReason = info;
+      });
+    } catch (error) {
+      if (!(error instanceof NotFoundError)) throw error;
+      info = { reason: 'requested', detail: 'deleted by another process' }; // its record is gone too
+      this.#record.state = 'deleted';
+    }
     this.#closeAgent();
     if (info) this.emit('stopped', info);
   }

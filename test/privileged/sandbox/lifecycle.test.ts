@@ -120,6 +120,24 @@ describe.skipIf(skipReason)(`sandbox lifecycle${skipReason ? ` (skipped: ${skipR
     await sandbox.delete();
   });
 
+  it('tells the creator "stopped" when another holder stops or deletes the sandbox', async () => {
+    const creator = await Sandbox.create({ stateDir, id: 'told' });
+    await creator.start();
+    const other = await Sandbox.attach('told', { stateDir });
+    const stopped = new Promise<StopInfo>((resolve) => creator.once('stopped', resolve));
+    await other.stop();
+    expect(await stopped).toEqual({ reason: 'requested', detail: 'stop' });
+    expect(creator.state).toBe('stopped');
+
+    await other.start();
+    const again = await Sandbox.attach('told', { stateDir });
+    const gone = new Promise<StopInfo>((resolve) => other.once('stopped', resolve));
+    await again.delete({ force: true });
+    expect(await gone).toEqual({ reason: 'requested', detail: 'deleted by another process' });
+    expect(other.state).toBe('deleted');
+    creator.detach();
+  });
+
   it('finds a VM that died while nobody watched, from another process', async () => {
     const sandbox = await Sandbox.create({ stateDir, id: 'orphan' });
     await sandbox.start();
