@@ -245,6 +245,14 @@ export class Container extends EventEmitter<ContainerEvents> {
     this.#state = 'deleted';
     await this.host.releaseContainer(this.id);
   }
+
+  /**
+   * `await using c = await sandbox.createContainer(...)`: the container is deleted (its
+   * processes killed) when the scope ends, unless it already was; `runc delete --force`.
+   */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.delete({ force: true });
+  }
 }
 
 /** The stdio to open for a process: defaults, and what a terminal allows. @internal */

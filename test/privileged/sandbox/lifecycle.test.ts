@@ -9,8 +9,8 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Sandbox, type StopInfo } from '../../../src/sandbox/sandbox.js';
-import { AlreadyExistsError, InvalidArgumentError, InvalidStateError, NotFoundError } from '../../../src/errors.js';
-import { collect, expectNothingLeft, forceCleanup, makeStateDir, skipReason } from './fixture.js';
+import { AbortError, AlreadyExistsError, InvalidArgumentError, InvalidStateError, NotFoundError } from '../../../src/errors.js';
+import { collect, expectNothingLeft, forceCleanup, makeStateDir, processesMentioning, skipReason } from './fixture.js';
 
 const exec = promisify(execFile);
 
@@ -136,6 +136,37 @@ describe.skipIf(skipReason)(`sandbox lifecycle${skipReason ? ` (skipped: ${skipR
     expect(await gone).toEqual({ reason: 'requested', detail: 'deleted by another process' });
     expect(other.state).toBe('deleted');
     creator.detach();
+  });
+
+  it('cleans up with await using: a container when its scope ends, then the sandbox when its own does', async () => {
+    let dir = '';
+    {
+      await using sandbox = await Sandbox.create({ stateDir, id: 'scoped' });
+      await sandbox.start();
+      dir = sandbox.dir;
+      {
+        await using c = await sandbox.createContainer({ id: 'inner', process: { args: ['sleep', '300'] } });
+        await c.start();
+        expect((await sandbox.containers()).map((x) => x.id)).toEqual(['inner']);
+      }
+      expect(await sandbox.containers()).toEqual([]);
+      expect(sandbox.state).toBe('running');
+    }
+    expect(await fs.stat(dir).then(() => true, () => false)).toBe(false);
+    expect(await processesMentioning(dir)).toEqual([]);
+  });
+
+  it('aborts start() midway through an AbortSignal: AbortError, the VM killed, a sandbox that delete removes', async () => {
+    const sandbox = await Sandbox.create({ stateDir, id: 'aborted' });
+    const controller = new AbortController();
+    const starting = sandbox.start({ signal: controller.signal });
+    // Abort once QEMU runs next to virtiofsd (its two processes); the boot takes seconds under TCG.
+    while ((await processesMentioning(sandbox.dir)).length < 3) await new Promise((r) => setTimeout(r, 20));
+    controller.abort();
+    await expect(starting).rejects.toBeInstanceOf(AbortError);
+    expect(['created', 'stopped']).toContain(sandbox.state); // 'created' when QEMU had not answered yet
+    expect(await processesMentioning(sandbox.dir)).toEqual([]);
+    await sandbox.delete();
   });
 
   it('finds a VM that died while nobody watched, from another process', async () => {
