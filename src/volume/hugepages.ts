@@ -30,10 +30,14 @@ export const hugepagesDriver: VolumeDriver = {
   async hotplug(ctx, state, save) {
     const reserved = ctx.config.hugepages?.guestPages ?? 0;
     const spec = state.spec as HugepagesVolume;
-    if (spec.sizeMiB / 2 > reserved) {
+    // The other hugepages volumes' sizes are already promised out of the same guest pages.
+    const volumes = (ctx.state as { volumes?: VolumeState[] } | undefined)?.volumes ?? [];
+    const promised = volumes.filter((v) => v !== state && v.spec.kind === 'hugepages')
+      .reduce((pages, v) => pages + (v.spec as HugepagesVolume).sizeMiB / 2, 0);
+    if (promised + spec.sizeMiB / 2 > reserved) {
       throw new InvalidArgumentError(
         'volume.sizeMiB',
-        `the guest kernel of this sandbox reserved ${reserved} hugepages (2 MiB) at boot, fewer than ${spec.sizeMiB / 2}: set hugepages.guestPages when creating the sandbox`,
+        `the guest kernel of this sandbox reserved ${reserved} hugepages (2 MiB) at boot, ${promised} of them for other hugepages volumes: ${spec.sizeMiB / 2} more do not fit (set hugepages.guestPages when creating the sandbox)`,
       );
     }
     await hugepagesDriver.attach(ctx, state, save);

@@ -129,10 +129,16 @@ describe.skipIf(skipReason)(`volumes in a sandbox${skipReason ? ` (skipped: ${sk
     const { stdout } = await exec('debugfs', ['-R', 'cat /new.txt', raw]);
     expect(stdout).toBe('from the guest\n');
 
+    // qcow2 read-write: the guest's write lands in the image (read back through a read-only attach).
+    const qw = Volume.block('qdisk', qcow2, { format: 'qcow2' });
+    await qw.attach(sandbox);
+    const wq = await run(sandbox, { volumes: [qw.at('/q')] }, 'echo into qcow2 > /q/q.txt && grep " /q " /proc/mounts');
+    expect(wq.out).toMatch(/^\/dev\/vd[a-z] \/q ext4 rw/u);
+    await qw.detach(sandbox);
     const q = Volume.block('qdisk', qcow2, { format: 'qcow2', readOnly: true });
     await q.attach(sandbox);
-    const rq = await run(sandbox, { volumes: [q.at('/q', { readOnly: true })] }, 'cat /q/hello.txt; grep " /q " /proc/mounts');
-    expect(rq.out).toMatch(/^on the disk\n\/dev\/vd[a-z] \/q ext4 ro/u);
+    const rq = await run(sandbox, { volumes: [q.at('/q', { readOnly: true })] }, 'cat /q/hello.txt /q/q.txt; grep " /q " /proc/mounts');
+    expect(rq.out).toMatch(/^on the disk\ninto qcow2\n\/dev\/vd[a-z] \/q ext4 ro/u);
     expect((await Volume.list(sandbox)).map((v) => v.spec.name)).toEqual(['data', 'conf', 'scratch', 'cold', 'qdisk']);
     await q.detach(sandbox);
     expect((await Volume.list(sandbox)).map((v) => v.spec.name)).toEqual(['data', 'conf', 'scratch', 'cold']);
