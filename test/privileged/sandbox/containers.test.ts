@@ -193,6 +193,28 @@ describe.skipIf(skipReason)(`containers in a sandbox${skipReason ? ` (skipped: $
     expect((await sandbox.containers()).map((c) => c.id)).not.toContain('alpha');
   });
 
+  it("runs on the host's time: start() set the guest clock", async () => {
+    const c = await sandbox.createContainer({ process: { args: ['date', '+%s'] } });
+    const out = collect(c.stdout);
+    await c.start();
+    await c.wait();
+    await c.delete();
+    expect(Math.abs(Number((await out).toString()) - Date.now() / 1000)).toBeLessThan(3);
+  });
+
+  it('reports an OOM kill through wait() when a container passes its memory limit', async () => {
+    const bundle = await runcSpecBundle(path.join(work, 'oom-bundle'), (spec) => {
+      spec.process.terminal = false;
+      // dd fills one 64 MiB buffer: twice the limit.
+      spec.process.args = ['dd', 'if=/dev/zero', 'of=/dev/null', 'bs=64M', 'count=1'];
+      spec.linux.resources = { memory: { limit: 32 * 1024 * 1024 } };
+    });
+    const c = await sandbox.createContainer({ bundle });
+    await c.start();
+    expect(await c.wait()).toEqual({ exitCode: 137, signal: 9, oomKilled: true });
+    await c.delete();
+  });
+
   it('binds a rootfs once for all the containers that use it, and releases it with the last', async () => {
     const rootfs = await busyboxRootfs(path.join(work, 'shared-rootfs'));
     const binds = async (): Promise<string[]> => {
