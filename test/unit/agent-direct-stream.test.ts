@@ -142,22 +142,31 @@ describe('MarkerMatcher', () => {
   it('keeps random data intact across random chunkings (seeded)', () => {
     const seed = Number(process.env['VMPOD_FUZZ_SEED'] ?? 20261128);
     const random = rng(seed);
+    const bytes = (n: number): Buffer => Buffer.from(Array.from({ length: n }, () => Math.floor(random() * 256)));
+    const fixedMarker = bytes(marker.length); // seeded too, so a run is reproducible
+    let whole = 0;
     for (let round = 0; round < 200; round++) {
       const pieces: Buffer[] = [];
       for (let i = 0; i < 20; i++) {
         const r = random();
-        if (r < 0.2) pieces.push(marker.subarray(0, 1 + Math.floor(random() * 31)));
+        if (r < 0.2) pieces.push(fixedMarker.subarray(0, 1 + Math.floor(random() * 31)));
         else if (r < 0.3) pieces.push(Buffer.alloc(1 + Math.floor(random() * 8), 0xff));
-        else pieces.push(randomBytes(Math.floor(random() * 300)));
+        else pieces.push(bytes(Math.floor(random() * 300)));
       }
       const body = Buffer.concat(pieces);
-      const stream = Buffer.concat([randomBytes(Math.floor(random() * 100)), marker, body, marker, randomBytes(10)]);
+      const stream = Buffer.concat([bytes(Math.floor(random() * 100)), fixedMarker, body, fixedMarker, bytes(10)]);
+      // What the matcher must deliver: from the first marker to the next one. Marker prefixes
+      // next to each other can (rarely) form a whole marker inside the body: then it ends there.
+      const start = stream.indexOf(fixedMarker) + fixedMarker.length;
+      const expected = stream.subarray(start, stream.indexOf(fixedMarker, start));
+      if (expected.equals(body)) whole++;
       const cuts = Array.from({ length: Math.floor(random() * 30) }, () => Math.floor(random() * stream.length));
-      const m = new MarkerMatcher(marker);
+      const m = new MarkerMatcher(fixedMarker);
       const out = run(m, split(stream, cuts));
-      expect({ seed, round, same: out.equals(body) }).toEqual({ seed, round, same: true });
+      expect({ seed, round, same: out.equals(expected) }).toEqual({ seed, round, same: true });
       expect(m.ended).toBe(true);
     }
+    expect(whole).toBeGreaterThan(180); // the generator mostly makes bodies without a marker
   });
 });
 
