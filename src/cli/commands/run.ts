@@ -1,5 +1,6 @@
 /** `vmpod run`: a container in a new sandbox. */
 import fs from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { Sandbox } from '../../sandbox/sandbox.js';
 import type { ContainerConfig } from '../../sandbox/sandbox.js';
@@ -11,6 +12,21 @@ import { PROCESS_OPTIONS, PROCESS_USAGE, attachStdio, processOverrides, shellExi
 import { nfvOptions } from '../nfv-options.js';
 
 const FORWARDED_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'];
+/** Signals that interrupt a run whose container does not run yet. */
+const INTERRUPT_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+
+/**
+ * Cleans up after a run interrupted by `name` before its container ran: deletes the sandbox
+ * with `rm`, else stops it if it got to run (`vmpod delete` removes it). Resolves with the
+ * exit code a shell gives a process killed by `name`.
+ */
+async function interrupted(sandbox: Sandbox | undefined, name: NodeJS.Signals, rm: boolean): Promise<number> {
+  const cleanup = !sandbox ? '' : rm ? `, deleting sandbox ${sandbox.id}` : `; "vmpod delete ${sandbox.id}" removes the sandbox`;
+  process.stderr.write(`vmpod: interrupted by ${name}${cleanup}\n`);
+  if (rm) await sandbox?.delete({ force: true });
+  else if (sandbox?.state === 'running' || sandbox?.state === 'paused') await sandbox.stop();
+  return 128 + os.constants.signals[name];
+}
 
 export const run: Command = {
   words: ['run'],
@@ -112,26 +128,41 @@ ${PROCESS_USAGE}
       else container.rootfs = dir;
     }
 
-    const sandbox = await Sandbox.create(config);
-    if (container.id === undefined) container.id = sandbox.id;
-    sandbox.on('progress', (message) => process.stderr.write(`vmpod: ${message}\n`));
+    // From here on SIGINT, SIGTERM and SIGHUP must not kill the CLI half way: until the container
+    // runs they abort the boot and the sandbox is deleted (--rm) or stopped; once it runs they are
+    // forwarded to it (without a tty).
+    const interrupt = new AbortController();
+    const { signal } = interrupt;
+    const onInterrupt = (name: NodeJS.Signals): void => {
+      if (!signal.aborted) interrupt.abort(name); // a second signal is ignored: the cleanup must finish
+    };
+    const stopInterrupts = (): void => {
+      for (const s of INTERRUPT_SIGNALS) process.off(s, onInterrupt);
+    };
+    for (const s of INTERRUPT_SIGNALS) process.on(s, onInterrupt);
+    let sandbox: Sandbox | undefined;
     let exitCode = 0;
     try {
-      await sandbox.start();
-      const ctr = await sandbox.createContainer(container);
+      sandbox = await Sandbox.create(config, { signal });
+      if (container.id === undefined) container.id = sandbox.id;
+      sandbox.on('progress', (message) => process.stderr.write(`vmpod: ${message}\n`));
+      await sandbox.start({ signal });
+      const ctr = await sandbox.createContainer({ ...container, signal });
       const done = detach ? undefined : attachStdio(ctr.init!, { interactive, tty });
-      const forward = (signal: NodeJS.Signals): void => {
-        void ctr.kill(signal).catch(() => undefined);
+      await ctr.start({ signal });
+      signal.throwIfAborted(); // a signal that came while it started still counts as an interrupted run
+      stopInterrupts();
+      if (detach) {
+        if (o['json']) printJson({ id: sandbox.id, container: ctr.id, pid: sandbox.pid });
+        else process.stdout.write(`${sandbox.id}\n`);
+        sandbox.detach();
+        return 0;
+      }
+      const forward = (s: NodeJS.Signals): void => {
+        void ctr.kill(s).catch(() => undefined);
       };
-      if (!detach && !tty) for (const s of FORWARDED_SIGNALS) process.on(s, forward);
+      if (!tty) for (const s of FORWARDED_SIGNALS) process.on(s, forward);
       try {
-        await ctr.start();
-        if (detach) {
-          if (o['json']) printJson({ id: sandbox.id, container: ctr.id, pid: sandbox.pid });
-          else process.stdout.write(`${sandbox.id}\n`);
-          sandbox.detach();
-          return 0;
-        }
         const status = await ctr.wait();
         await done?.();
         exitCode = shellExitCode(status);
@@ -140,8 +171,11 @@ ${PROCESS_USAGE}
         for (const s of FORWARDED_SIGNALS) process.off(s, forward);
       }
     } catch (error) {
-      await sandbox.delete({ force: true }).catch(() => undefined);
+      if (signal.aborted) return await interrupted(sandbox, signal.reason as NodeJS.Signals, o['rm'] === true);
+      await sandbox?.delete({ force: true }).catch(() => undefined);
       throw error;
+    } finally {
+      stopInterrupts();
     }
     if (o['rm']) await sandbox.delete({ force: true });
     else await sandbox.stop();

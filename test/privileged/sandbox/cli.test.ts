@@ -1,14 +1,18 @@
 /**
  * The vmpod CLI end to end, as a script would call it: run (with and without a bundle, exit
- * codes, stdin), detached run + ps + exec + kill + logs + stop + delete, and its errors.
+ * codes, stdin), detached run + ps + exec + kill + logs + stop + delete, its errors, and a run
+ * interrupted by a signal while its sandbox boots.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildGuestAssets } from '../../../src/guest/build.js';
-import { expectNothingLeft, forceCleanup, makeStateDir, runcSpecBundle, skipReason } from './fixture.js';
+import { expectNothingLeft, forceCleanup, makeStateDir, processesMentioning, runcSpecBundle, skipReason } from './fixture.js';
 
-const CLI = [path.resolve('node_modules/.bin/tsx'), path.resolve('src/cli/main.ts')];
+// Node with tsx's loader: one process that gets the signals sent to it (the tsx command relays
+// them to a child, and kills it if it does not acknowledge within 30 ms).
+const CLI = [process.execPath, '--import', 'tsx', path.resolve('src/cli/main.ts')];
 
 interface Result {
   code: number | null;
@@ -16,20 +20,72 @@ interface Result {
   stderr: string;
 }
 
-function vmpod(stateDir: string, args: string[], input?: string): Promise<Result> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(CLI[0]!, [CLI[1]!, ...args], {
-      env: { ...process.env, VMPOD_STATE_DIR: stateDir },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
+/** Starts `vmpod ARGS` with its state under `stateDir`; `result` settles when it exits. */
+function spawnVmpod(stateDir: string, args: string[], input?: string): { child: ChildProcess; result: Promise<Result> } {
+  const child = spawn(CLI[0]!, [...CLI.slice(1), ...args], {
+    env: { ...process.env, VMPOD_STATE_DIR: stateDir },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  const result = new Promise<Result>((resolve, reject) => {
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d));
-    child.stderr.on('data', (d: Buffer) => (stderr += d));
+    child.stdout!.on('data', (d: Buffer) => (stdout += d));
+    child.stderr!.on('data', (d: Buffer) => (stderr += d));
     child.on('error', reject);
     child.on('close', (code) => resolve({ code, stdout, stderr }));
-    child.stdin.end(input ?? '');
   });
+  child.stdin!.end(input ?? '');
+  return { child, result };
+}
+
+function vmpod(stateDir: string, args: string[], input?: string): Promise<Result> {
+  return spawnVmpod(stateDir, args, input).result;
+}
+
+/** Polls `check` until it holds (or fails after `timeoutMs`). */
+async function until(what: string, check: () => Promise<boolean>, timeoutMs = 120_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** Pids of the QEMU processes of the sandboxes under `stateDir`. */
+async function qemuPids(stateDir: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const pid of await processesMentioning(stateDir)) {
+    const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.includes('qemu-system')) pids.push(pid);
+  }
+  return pids;
+}
+
+/** The state of sandbox `id` as its record says, or undefined before the record exists. */
+async function recordedState(stateDir: string, id: string): Promise<string | undefined> {
+  const file = path.join(stateDir, 'sandboxes', id, 'state.json');
+  const text = await fs.readFile(file, 'utf8').catch(() => undefined);
+  try {
+    return text === undefined ? undefined : (JSON.parse(text) as { state: string }).state;
+  } catch {
+    return undefined; // caught between two writes
+  }
+}
+
+/**
+ * Runs `test` on a state directory of its own, then checks that nothing is left; kills the CLI
+ * and everything under the directory even if the test failed.
+ */
+async function withOwnStateDir(test: (stateDir: string, spawned: ChildProcess[]) => Promise<void>): Promise<void> {
+  const stateDir = await makeStateDir();
+  const spawned: ChildProcess[] = [];
+  try {
+    await test(stateDir, spawned);
+    await expectNothingLeft(stateDir);
+  } finally {
+    for (const child of spawned) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    await forceCleanup(stateDir);
+  }
 }
 
 describe.skipIf(skipReason)(`vmpod CLI${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
@@ -108,5 +164,35 @@ describe.skipIf(skipReason)(`vmpod CLI${skipReason ? ` (skipped: ${skipReason})`
     expect(missing.stderr).toContain('sandbox "nosuch" does not exist');
     const json = await vmpod(stateDir, ['stop', 'nosuch', '--json']);
     expect(JSON.parse(json.stderr)).toEqual({ error: { code: 'ERR_VMPOD_NOT_FOUND', message: 'sandbox "nosuch" does not exist' } });
+  });
+
+  it('deletes the sandbox of a --rm run interrupted by SIGINT while it boots, and exits with 130', async () => {
+    await withOwnStateDir(async (dir, spawned) => {
+      const { child, result } = spawnVmpod(dir, ['run', '--rm', '--', 'sleep', '100']);
+      spawned.push(child);
+      await until('the QEMU of the sandbox', async () => (await qemuPids(dir)).length > 0 || child.exitCode !== null);
+      child.kill('SIGINT');
+      const r = await result;
+      expect(r.stderr).toMatch(/^vmpod: interrupted by SIGINT, deleting sandbox \S+\n$/);
+      expect(r.code).toBe(130);
+      // withOwnStateDir then checks that no QEMU, virtiofsd, mount or sandbox folder is left.
+    });
+  });
+
+  it('stops the sandbox of a run interrupted by SIGTERM while it boots, and exits with 143', async () => {
+    await withOwnStateDir(async (dir, spawned) => {
+      const { child, result } = spawnVmpod(dir, ['run', '--name', 'cliint', '--', 'sleep', '100']);
+      spawned.push(child);
+      // The VM is up (so there is one to stop), but the agent is still coming up: no container yet.
+      await until('the sandbox to run', async () => (await recordedState(dir, 'cliint')) === 'running' || child.exitCode !== null);
+      child.kill('SIGTERM');
+      const r = await result;
+      expect(r.stderr).toBe('vmpod: interrupted by SIGTERM; "vmpod delete cliint" removes the sandbox\n');
+      expect(r.code).toBe(143);
+      expect(await qemuPids(dir)).toEqual([]);
+      const listed = JSON.parse((await vmpod(dir, ['ps', '--json'])).stdout);
+      expect(listed).toMatchObject([{ id: 'cliint', state: 'stopped' }]);
+      expect((await vmpod(dir, ['delete', 'cliint'])).code).toBe(0);
+    });
   });
 });
