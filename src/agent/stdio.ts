@@ -201,7 +201,9 @@ export class StdioWritable extends Writable implements StdioEndpoint {
     const pending = this.#pending;
     this.#pending = null;
     this.#finish();
-    pending?.callback();
+    // A write still waiting for credit did not go out: say so when the connection failed (a
+    // destroy() by the user, without an error, drops it quietly as Node's streams do).
+    pending?.callback(error);
     callback(error);
   }
 }

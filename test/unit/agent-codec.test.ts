@@ -251,4 +251,16 @@ describe('AgentClient against a scripted agent', () => {
     expect(fake.data.at(-1)).toMatchObject({ stream, flags: FLAG_CLOSE });
     client.close();
   });
+
+  it('fails a stdin write still waiting for credit when the connection goes, instead of reporting it sent', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport);
+    fake.onRequest = (r) => fake.respond(r.stream, {});
+    const { stdin } = await client.openStdio('c1', { stdin: true });
+    stdin!.on('error', () => undefined);
+    const written = new Promise<Error | null | undefined>((r) => stdin!.write(Buffer.alloc(INITIAL_WINDOW + 4096, 1), r));
+    await new Promise((r) => setImmediate(r));
+    fake.end(); // the guest hangs up: 4096 bytes never left
+    expect(await written).toBeInstanceOf(AgentClosedError);
+  });
 });
