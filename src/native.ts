@@ -85,6 +85,10 @@ export interface NativeAddon {
   /** Every route of every table, cloned cache entries excluded. */
   routeList(ns: NativeNs): Promise<NativeRoute[]>;
 
+  // neigh.cc
+  /** Every IPv4/IPv6 neighbour entry (RTM_GETNEIGH dump). */
+  neighList(ns: NativeNs): Promise<NativeNeighbor[]>;
+
   // tc.cc
   qdiscAddIngress(ns: NativeNs, dev: string): Promise<void>;
   qdiscDeleteIngress(ns: NativeNs, dev: string): Promise<void>;
@@ -254,6 +258,17 @@ export interface NativeRouteSpec {
   protocol?: number | undefined;
   type?: number | undefined;
   onlink?: boolean | undefined;
+}
+
+export interface NativeNeighbor {
+  family: 4 | 6;
+  dst: string;
+  lladdr?: string;
+  dev?: string;
+  /** NUD_* bits (NUD_PERMANENT = 0x80). */
+  state: number;
+  /** NTF_* bits. */
+  flags: number;
 }
 
 export interface NativeRoute {

@@ -11,6 +11,7 @@ void InitNetns(Napi::Env, Napi::Object);
 void InitLink(Napi::Env, Napi::Object);
 void InitAddress(Napi::Env, Napi::Object);
 void InitRoute(Napi::Env, Napi::Object);
+void InitNeigh(Napi::Env, Napi::Object);
 void InitTc(Napi::Env, Napi::Object);
 void InitTap(Napi::Env, Napi::Object);
 void InitPacket(Napi::Env, Napi::Object);
@@ -26,6 +27,7 @@ static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
   vmpod::InitLink(env, exports);
   vmpod::InitAddress(env, exports);
   vmpod::InitRoute(env, exports);
+  vmpod::InitNeigh(env, exports);
   vmpod::InitTc(env, exports);
   vmpod::InitTap(env, exports);
   vmpod::InitPacket(env, exports);

@@ -27,6 +27,7 @@ const char* TypeName(uint16_t type) {
     case RTM_NEWROUTE: return "RTM_NEWROUTE";
     case RTM_DELROUTE: return "RTM_DELROUTE";
     case RTM_GETROUTE: return "RTM_GETROUTE";
+    case RTM_GETNEIGH: return "RTM_GETNEIGH";
     case RTM_NEWQDISC: return "RTM_NEWQDISC";
     case RTM_DELQDISC: return "RTM_DELQDISC";
     case RTM_GETQDISC: return "RTM_GETQDISC";

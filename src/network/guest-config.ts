@@ -75,9 +75,17 @@ function guestRoute(r: Route): GuestRoute {
 }
 
 /**
+ * The neighbours the guest takes over: the namespace's permanent entries on the interface that
+ * have a link-layer address (someone pinned them: a gateway's MAC, a peer without ARP).
+ */
+export function mirroredNeighbors(iface: Interface): GuestNeighbor[] {
+  return (iface.neighbors ?? []).filter((n) => n.mac !== undefined && n.states.includes('permanent')).map((n) => ({ ip: n.address, mac: n.mac! }));
+}
+
+/**
  * The guest interface of an endpoint: the scanned interface's name, the MAC and MTU the guest NIC
  * keeps, its addresses (unless `mirrorAddresses` is false: a tap's addresses are the host's
- * side) and routes, with `overrides` replacing any of them.
+ * side), routes and permanent neighbours, with `overrides` replacing any of them.
  */
 export function guestInterface(
   iface: Interface,
@@ -91,7 +99,7 @@ export function guestInterface(
     mtu: nic.mtu,
     addresses: o.addresses ?? (options.mirrorAddresses ? mirroredAddresses(iface) : []),
     routes: o.routes ?? (options.mirrorAddresses ? mirroredRoutes(iface) : []),
-    neighbors: o.neighbors ?? [],
+    neighbors: o.neighbors ?? (options.mirrorAddresses ? mirroredNeighbors(iface) : []),
   };
 }
 

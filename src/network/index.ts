@@ -39,6 +39,7 @@ export {
 } from './tap.js';
 export { addAddress, deleteAddress, listAddresses, type Address, type AddressOptions, type Scope } from './address.js';
 export { addRoute, deleteRoute, listRoutes, MAIN_TABLE, LOCAL_TABLE, type Route, type RouteSpec, type RouteType, type RouteProtocol } from './route.js';
+export { listNeighbors, type Neighbor, type NeighborState } from './neighbor.js';
 export {
   addIngressQdisc,
   deleteIngressQdisc,

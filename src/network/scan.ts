@@ -8,6 +8,7 @@
 import { listAddresses, type Address } from './address.js';
 import { listLinks, type LinkKind } from './link.js';
 import { nsArg, type NetnsRef } from './netns.js';
+import { listNeighbors, type Neighbor } from './neighbor.js';
 import { LOCAL_TABLE, listRoutes, type Route } from './route.js';
 
 /** One interface of a namespace, as the scan finds it. */
@@ -28,17 +29,24 @@ export interface Interface {
   addresses: Address[];
   /** Routes through this interface, in every table but the kernel's local one. */
   routes: Route[];
+  /** Permanent neighbour entries on this interface (`ip neigh add ... nud permanent`). */
+  neighbors: Neighbor[];
 }
 
 /**
- * Lists every interface of a namespace with its addresses and routes:
- * `ip -n NS -d link show; ip -n NS address show; ip -n NS route show table all`.
- * The three dumps are queued together.
+ * Lists every interface of a namespace with its addresses, routes and permanent neighbours:
+ * `ip -n NS -d link show; ip -n NS address show; ip -n NS route show table all; ip -n NS neigh
+ * show nud permanent`. The four dumps are queued together.
  */
 export async function scanNetns(netns?: NetnsRef): Promise<Interface[]> {
   nsArg(netns);
   const opts = netns === undefined ? {} : { netns };
-  const [links, addresses, routes] = await Promise.all([listLinks(opts), listAddresses(opts), listRoutes({ ...opts, table: 'all' })]);
+  const [links, addresses, routes, neighbors] = await Promise.all([
+    listLinks(opts),
+    listAddresses(opts),
+    listRoutes({ ...opts, table: 'all' }),
+    listNeighbors({ ...opts, permanentOnly: true }),
+  ]);
   return links.map((l) => {
     const found: Interface = {
       name: l.name,
@@ -50,6 +58,7 @@ export async function scanNetns(netns?: NetnsRef): Promise<Interface[]> {
       group: l.group,
       addresses: addresses.filter((a) => a.index === l.index),
       routes: routes.filter((r) => r.dev === l.name && r.table !== LOCAL_TABLE),
+      neighbors: neighbors.filter((n) => n.dev === l.name),
     };
     if (l.master !== undefined) found.master = l.master;
     if (l.linkNetnsId !== undefined) found.linkNetnsId = l.linkNetnsId;

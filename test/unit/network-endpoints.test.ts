@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError, NotFoundError } from '../../src/errors.js';
 import { createEndpoint, isPluggable, MacvlanEndpoint, MacvtapEndpoint, TapEndpoint, VethEndpoint } from '../../src/network/endpoints/index.js';
-import { guestInterface, mergeDns, mirroredAddresses, mirroredRoutes, parseResolvConf } from '../../src/network/guest-config.js';
+import { guestInterface, mergeDns, mirroredAddresses, mirroredNeighbors, mirroredRoutes, parseResolvConf } from '../../src/network/guest-config.js';
 import type { Address } from '../../src/network/address.js';
 import type { Route } from '../../src/network/route.js';
 import type { Interface } from '../../src/network/scan.js';
@@ -25,7 +25,7 @@ function route(dst: string, extra: Partial<Route> = {}): Route {
 }
 
 function iface(name: string, index: number, kind: Interface['kind'], extra: Partial<Interface> = {}): Interface {
-  return { name, index, kind, mac: `02:00:00:00:00:${index.toString(16).padStart(2, '0')}`, mtu: 1500, up: true, group: 0, addresses: [], routes: [], ...extra };
+  return { name, index, kind, mac: `02:00:00:00:00:${index.toString(16).padStart(2, '0')}`, mtu: 1500, up: true, group: 0, addresses: [], routes: [], neighbors: [], ...extra };
 }
 
 const scan: Interface[] = [
@@ -161,6 +161,23 @@ describe('what the guest mirrors', () => {
       { dst: '10.8.0.0/16', gateway: '10.1.0.1', table: 100 },
       { dst: 'default', family: 6, gateway: 'fd00::1', metric: 1024 },
     ]);
+  });
+
+  it('mirrors permanent neighbours that have a MAC, and nothing the kernel learned', () => {
+    const pinned = iface('eth0', 2, 'veth', {
+      neighbors: [
+        { family: 4, address: '10.1.0.1', mac: '02:00:00:00:00:fe', dev: 'eth0', states: ['permanent'] },
+        { family: 6, address: 'fd00::1', mac: '02:00:00:00:00:fd', dev: 'eth0', states: ['permanent'] },
+        { family: 4, address: '10.1.0.7', mac: '02:00:00:00:00:07', dev: 'eth0', states: ['reachable'] },
+        { family: 4, address: '10.1.0.8', dev: 'eth0', states: ['permanent'] },
+      ],
+    });
+    expect(mirroredNeighbors(pinned)).toEqual([
+      { ip: '10.1.0.1', mac: '02:00:00:00:00:fe' },
+      { ip: 'fd00::1', mac: '02:00:00:00:00:fd' },
+    ]);
+    expect(guestInterface(pinned, { mac: pinned.mac, mtu: 1500 }, { mirrorAddresses: true }).neighbors).toHaveLength(2);
+    expect(guestInterface(pinned, { mac: pinned.mac, mtu: 1500 }, { mirrorAddresses: false }).neighbors).toEqual([]);
   });
 
   it('lets overrides replace any part', () => {

@@ -42,6 +42,8 @@ describe.skipIf(skipReason)(`endpoint kinds in an adopted namespace${skipReason 
     await ip(ns, 'addr', 'add', `${base}.3.2/24`, 'dev', 'mvt0');
     await ip(far[2]!, 'addr', 'add', `${base}.3.1/24`, 'dev', 'eth0');
     for (const dev of ['v0', 'lower1', 'mv0', 'lower3', 'mvt0']) await ip(ns, 'link', 'set', dev, 'up');
+    // A neighbour someone pinned in the namespace: the guest gets it too.
+    await ip(ns, 'neigh', 'add', `${base}.1.9`, 'lladdr', '02:00:00:00:01:09', 'dev', 'mv0', 'nud', 'permanent');
     for (const f of far) await ip(f, 'link', 'set', 'eth0', 'up');
     linksBefore = await ipj<any[]>(['link', 'show'], ns);
     farMac = (await ipj<any[]>(['link', 'show', 'dev', 'eth0'], far[0]!))[0].address;
@@ -81,6 +83,9 @@ describe.skipIf(skipReason)(`endpoint kinds in an adopted namespace${skipReason 
     // A static neighbour from the config, next to the mirrored address.
     expect(guest.find((i) => i.name === 'v0')).toMatchObject({ addresses: expect.arrayContaining([`${base}.0.2/24`]), neighbors: [{ ip: `${base}.0.1`, mac: farMac }] });
     expect((await runIn(sandbox, ['ip', 'neigh', 'show', 'dev', 'v0'])).stdout).toMatch(new RegExp(`^${base.replaceAll('.', '\\.')}\\.0\\.1 lladdr ${farMac} .*PERMANENT$`, 'mu'));
+    // A permanent neighbour of the namespace, mirrored.
+    expect(guest.find((i) => i.name === 'mv0')?.neighbors).toEqual([{ ip: `${base}.1.9`, mac: '02:00:00:00:01:09' }]);
+    expect((await runIn(sandbox, ['ip', 'neigh', 'show', 'dev', 'mv0'])).stdout).toMatch(new RegExp(`^${base.replaceAll('.', '\\.')}\\.1\\.9 lladdr 02:00:00:00:01:09 .*PERMANENT$`, 'mu'));
   });
 
   it('passes traffic through each kind', async () => {

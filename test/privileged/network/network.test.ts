@@ -3,7 +3,7 @@
 import { fstatSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { AlreadyExistsError, InvalidArgumentError } from '../../../src/errors.js';
-import { addBridge, createNetns, Network, NETWORK_LINK_GROUP, scanNetns } from '../../../src/network/index.js';
+import { addBridge, createNetns, listNeighbors, Network, NETWORK_LINK_GROUP, scanNetns } from '../../../src/network/index.js';
 import { ipJson, ipLinkNames, ipNetnsNames, KernelObjects, run, skipReason, tcJson, uniquePrefix } from '../helpers/net.js';
 
 interface IpLink {
@@ -70,6 +70,8 @@ describe.skipIf(skipReason !== undefined)(`Network${skipReason ? ` (skipped: ${s
     await run('ip', ['-n', nsName, 'link', 'set', 'cni1', 'up']);
     await run('ip', ['-n', nsName, 'address', 'add', '10.210.0.2/24', 'dev', 'cni0']);
     await run('ip', ['-n', nsName, 'route', 'add', 'default', 'via', '10.210.0.1', 'dev', 'cni0']);
+    await run('ip', ['-n', nsName, 'neigh', 'add', '10.210.0.9', 'lladdr', '02:00:00:00:09:09', 'dev', 'cni0', 'nud', 'permanent']);
+    await run('ip', ['-n', nsName, 'neigh', 'add', '10.210.0.10', 'lladdr', '02:00:00:00:09:10', 'dev', 'cni0', 'nud', 'reachable']);
 
     const found = await net.scan();
     expect(found.map((i) => i.name).sort()).toEqual(['cni0', 'cni1', 'eth0', 'lo', 'tap0']);
@@ -87,6 +89,13 @@ describe.skipIf(skipReason !== undefined)(`Network${skipReason ? ` (skipped: ${s
         expect.objectContaining({ dst: '10.210.0.0/24', protocol: 'kernel' }),
       ]),
     );
+    // Only the permanent neighbour is part of the interface; both are listed, as `ip neigh` shows them.
+    expect(cni0?.neighbors).toEqual([{ family: 4, address: '10.210.0.9', mac: '02:00:00:00:09:09', dev: 'cni0', states: ['permanent'] }]);
+    // IPv4 only: IPv6 multicast entries (NOARP) come and go on their own.
+    const neighbors = (await listNeighbors({ netns: nsName, dev: 'cni0' })).filter((n) => n.family === 4);
+    const ipNeighbors = await ipJson<{ dst: string; lladdr?: string; state: string[] }[]>(['-4', 'neigh', 'show', 'nud', 'all', 'dev', 'cni0'], nsName);
+    expect(neighbors.map((n) => [n.address, n.mac, n.states.map((x) => x.toUpperCase())]).sort()).toEqual(ipNeighbors.map((n) => [n.dst, n.lladdr, n.state]).sort());
+    expect(neighbors.map((n) => n.address).sort()).toEqual(['10.210.0.10', '10.210.0.9']);
     expect(found.find((i) => i.name === 'tap0')).toMatchObject({ kind: 'tap', group: NETWORK_LINK_GROUP });
     expect(found.find((i) => i.name === 'eth0')).toMatchObject({ kind: 'veth', group: NETWORK_LINK_GROUP, linkNetnsId: expect.any(Number) });
     expect(found.find((i) => i.name === 'lo')).toMatchObject({ kind: 'loopback' });
