@@ -17,9 +17,9 @@ import { kill } from './commands/kill.js';
 import { remove, stop } from './commands/lifecycle.js';
 import { logs } from './commands/logs.js';
 import { guestBuild } from './commands/guest.js';
-import { networkAdd, networkList, networkRemove, networkRescan } from './commands/network.js';
+import { networkAdd, networkCheck, networkList, networkRemove, networkRescan } from './commands/network.js';
 
-const COMMANDS: readonly Command[] = [run, ps, exec, kill, stop, remove, logs, guestBuild, networkAdd, networkRemove, networkList, networkRescan];
+const COMMANDS: readonly Command[] = [run, ps, exec, kill, stop, remove, logs, guestBuild, networkAdd, networkRemove, networkList, networkRescan, networkCheck];
 
 function help(): string {
   const width = Math.max(...COMMANDS.map((c) => c.words.join(' ').length));

@@ -65,6 +65,7 @@ export {
   type NetworkOpenOptions,
   type NetworkRecord,
   type CniAttachmentRecord,
+  type CniCheckOutcome,
   type PlugOptions,
 } from './network.js';
 export {

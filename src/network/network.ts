@@ -101,6 +101,17 @@ export interface CniAttachmentRecord {
   dns?: CniDns;
 }
 
+/** What CNI CHECK said of one attachment ({@link Network.checkCni}). */
+export interface CniCheckOutcome {
+  network: string;
+  ifName: string;
+  /** `failed`: the plugin's error is in `error` (a `CniPluginError` with its code and message). */
+  status: 'ok' | 'failed' | 'skipped';
+  error?: Error;
+  /** Why it was skipped. */
+  reason?: string;
+}
+
 /** The persisted record of a {@link Network} opened with {@link Network.open}: JSON, saved before every change. */
 export interface NetworkRecord {
   format: 1;
@@ -389,6 +400,34 @@ export class Network implements AsyncDisposable {
   }
 
   /** Removes a CNI attachment: `cnitool del NET /run/netns/NS` (DEL over the chain, from its config and cache). */
+  /**
+   * Runs CNI CHECK for each attachment (or the one of `ifName`) with the result of its ADD,
+   * as `cnitool check` would: the plugins verify that what they made is still there. An
+   * interface the bridge model gave another MAC is skipped (its plugin would compare the MAC
+   * with its result). Never throws for a plugin's verdict: each outcome is in the list.
+   */
+  async checkCni(ifName?: string): Promise<CniCheckOutcome[]> {
+    const record = this.#v2();
+    const attachments = record.attachments.filter((a) => a.added && (ifName === undefined || a.ifName === ifName));
+    if (ifName !== undefined && attachments.length === 0) throw new NotFoundError('CNI attachment', ifName);
+    const outcomes: CniCheckOutcome[] = [];
+    for (const attachment of attachments) {
+      const base = { network: attachment.network, ifName: attachment.ifName };
+      const endpoint = record.endpoints.find((e) => e.name === attachment.ifName);
+      if (endpoint?.changes.some((c) => c.type === 'mac')) {
+        outcomes.push({ ...base, status: 'skipped', reason: `the ${endpoint.model} model gave ${attachment.ifName} another MAC than the plugin's result` });
+        continue;
+      }
+      try {
+        await this.#cni().check(CniConfig.fromObject(attachment.config), attachmentArgs(record, attachment));
+        outcomes.push({ ...base, status: 'ok' });
+      } catch (error) {
+        outcomes.push({ ...base, status: 'failed', error: error as Error });
+      }
+    }
+    return outcomes;
+  }
+
   async removeCni(ifName: string): Promise<void> {
     const record = this.#v2();
     const attachment = record.attachments.find((a) => a.ifName === ifName);
@@ -581,14 +620,19 @@ export class Network implements AsyncDisposable {
 }
 
 /** DEL of one attachment, from its recorded configuration (and the cache, for prevResult). */
-async function cniDel(cni: CniRuntime, record: NetworkRecord, attachment: CniAttachmentRecord): Promise<void> {
-  await cni.del(CniConfig.fromObject(attachment.config), {
+/** The runtime arguments of an attachment, as ADD had them. */
+function attachmentArgs(record: NetworkRecord, attachment: CniAttachmentRecord) {
+  return {
     containerId: record.cni.containerId,
     ifName: attachment.ifName,
     netns: record.netns.path,
     ...(attachment.args ? { args: attachment.args } : {}),
     ...(attachment.capabilityArgs ? { capabilityArgs: attachment.capabilityArgs } : {}),
-  });
+  };
+}
+
+async function cniDel(cni: CniRuntime, record: NetworkRecord, attachment: CniAttachmentRecord): Promise<void> {
+  await cni.del(CniConfig.fromObject(attachment.config), attachmentArgs(record, attachment));
 }
 
 /** Checks the shape of a record read back from disk (our own file, but maybe truncated or old). */

@@ -23,7 +23,7 @@ import * as validate from '../validate.js';
 import { CniConfig } from './cni/config.js';
 import { closeFds, isPluggable, type EndpointKind, type EndpointRecord, type InterNetworkModel } from './endpoints/index.js';
 import { guestInterface, hostResolvConf, mergeDns, networkConfigRequest, type GuestInterface } from './guest-config.js';
-import { Network, type CniAttachmentRecord, type NetworkRecord } from './network.js';
+import { Network, type CniAttachmentRecord, type CniCheckOutcome, type NetworkRecord } from './network.js';
 import type { Interface } from './scan.js';
 import { loadCniNetwork, resolveCniNetwork, resolveInterfaceSettings, type CniNetworkSpec, type InterfaceSettings, type ResolvedNetworkConfig } from './sandbox-config.js';
 
@@ -422,6 +422,20 @@ export async function removeSandboxNetwork(ctx: GuestContext, name: string): Pro
     if (endpoint) await hotunplugEndpoint(ctx, net, endpoint);
     if (attachment) await net.removeCni(attachment.ifName);
     await configureDns(ctx.agent, config, net.record, ctx.sandboxId, ctx.signal);
+  } finally {
+    net.close();
+  }
+}
+
+/**
+ * CNI CHECK of a running sandbox's CNI attachments (or the one of interface or network
+ * `name`): see {@link Network.checkCni}.
+ */
+export async function checkSandboxNetwork(ctx: GuestContext, name?: string): Promise<CniCheckOutcome[]> {
+  const { net } = await hotplugContext(ctx);
+  try {
+    const ifName = name === undefined ? undefined : (net.record.attachments.find((a) => a.ifName === name || a.network === name)?.ifName ?? name);
+    return await net.checkCni(ifName);
   } finally {
     net.close();
   }

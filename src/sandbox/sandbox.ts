@@ -58,9 +58,11 @@ import { blockRootfs, containerMounts, releaseContainerVolumes } from '../volume
 import { VOLUMES_KIND, volumesState } from '../volume/resource.js';
 import { checkContainerVolumes, type ContainerVolume } from '../volume/spec.js';
 import { loadNetworkConfig } from '../network/sandbox-config.js';
+import type { CniCheckOutcome } from '../network/network.js';
 import {
   NETWORK_KIND,
   addSandboxNetwork,
+  checkSandboxNetwork,
   describeSandboxNetwork,
   removeSandboxNetwork,
   rescanSandboxNetwork,
@@ -897,6 +899,15 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   /** Removes an interface (by its name, or its CNI network's name) from the running sandbox; CNI DEL for a CNI one. */
   async removeNetwork(name: string, options: SandboxCallOptions = {}): Promise<void> {
     await this.withResource(NETWORK_KIND, (ctx) => removeSandboxNetwork(ctx, name), options.signal);
+  }
+
+  /**
+   * Runs CNI CHECK for the sandbox's CNI networks (or the one of interface or network `name`),
+   * as `cnitool check`: each plugin verifies what it made. One outcome per attachment; a plugin's
+   * failure is in its outcome (`CniPluginError`), not thrown.
+   */
+  async checkNetwork(name?: string, options: SandboxCallOptions = {}): Promise<CniCheckOutcome[]> {
+    return this.withResource(NETWORK_KIND, (ctx) => checkSandboxNetwork(ctx, name), options.signal);
   }
 
   /** Scans the sandbox's namespace again: plugs new interfaces, unplugs gone ones, mirrors changed addresses and routes. */

@@ -135,3 +135,28 @@ went, and mirrors changed addresses and routes in the guest.`,
     return 0;
   },
 };
+
+export const networkCheck: Command = {
+  words: ['network', 'check'],
+  summary: "run CNI CHECK for a running sandbox's CNI networks",
+  usage: `Usage: vmpod network check ID [NAME] [--json]
+
+Runs CNI CHECK, as cnitool check does, for each CNI network of running sandbox ID (or the one
+of interface or network NAME): its plugins verify that what they made is still there. Prints
+one line per network; exits 1 when a check failed.`,
+  spec: { options: [...COMMON_OPTIONS] },
+  async run(parsed) {
+    const [id, name, extra] = parsed.positionals;
+    if (extra !== undefined) throw new UsageError(`unexpected argument "${extra}"`);
+    const outcomes = await withSandbox(id, (sandbox) => sandbox.checkNetwork(name));
+    if (parsed.options['json']) {
+      printJson(outcomes.map((o) => ({ ...o, ...(o.error ? { error: { code: (o.error as { code?: string }).code, message: o.error.message } } : {}) })));
+    } else {
+      for (const o of outcomes) {
+        const detail = o.status === 'failed' ? `: ${o.error?.message}` : o.status === 'skipped' ? `: ${o.reason}` : '';
+        process.stdout.write(`${o.ifName} (${o.network}): ${o.status}${detail}\n`);
+      }
+    }
+    return outcomes.some((o) => o.status === 'failed') ? 1 : 0;
+  },
+};

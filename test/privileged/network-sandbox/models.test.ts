@@ -9,6 +9,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
+import { CniPluginError } from '../../../src/network/cni/index.js';
 import { World, ipj, runIn, sh, skipReason, type BridgeNet, type Peer } from './fixture.js';
 
 describe.skipIf(skipReason)(`inter-network models in a sandbox${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
@@ -64,6 +65,26 @@ describe.skipIf(skipReason)(`inter-network models in a sandbox${skipReason ? ` (
     expect(links['vmtap2'].master).toBeUndefined();
     const guest = Object.fromEntries((await sandbox.agent.listInterfaces()).interfaces.map((i) => [i.name, i]));
     for (const name of ['eth0', 'eth1', 'eth2']) expect(guest[name]?.mac).toBe(byName[name]!.mac);
+  });
+
+  it('runs CNI CHECK per network: ok, skipped where the bridge model changed the MAC, failed (typed) once an address went', async () => {
+    expect(await sandbox.checkNetwork()).toEqual([
+      { network: nets[0]!.name, ifName: 'eth0', status: 'ok' },
+      { network: nets[1]!.name, ifName: 'eth1', status: 'skipped', reason: expect.stringMatching(/bridge model gave eth1 another MAC/u) },
+      { network: nets[2]!.name, ifName: 'eth2', status: 'ok' },
+    ]);
+    // Someone removes the address the plugin gave eth2: its CHECK says so.
+    const [address] = (await sandbox.networks()).find((n) => n.name === 'eth2')!.addresses;
+    await sh('ip', ['-n', ns, 'addr', 'del', address!, 'dev', 'eth2']);
+    try {
+      const [outcome] = await sandbox.checkNetwork('eth2');
+      expect(outcome).toMatchObject({ ifName: 'eth2', status: 'failed' });
+      expect(outcome!.error).toBeInstanceOf(CniPluginError);
+      expect(outcome!.error!.message).toMatch(/bridge/u);
+    } finally {
+      await sh('ip', ['-n', ns, 'addr', 'add', address!, 'dev', 'eth2']);
+    }
+    expect(await sandbox.checkNetwork(nets[2]!.name)).toEqual([{ network: nets[2]!.name, ifName: 'eth2', status: 'ok' }]);
   });
 
   it('passes traffic through the macvtap and bridge models', async () => {
