@@ -16,6 +16,8 @@ export default defineConfig({
         test: {
           name: 'privileged',
           include: ['test/privileged/**/*.test.ts'],
+          // Fails the run when anything a test made is still there at the end.
+          globalSetup: ['test/privileged/global-setup.ts'],
           testTimeout: 180_000,
           hookTimeout: 180_000,
           // Real VMs under TCG are CPU-bound: keep them from starving each other on 2 cores.
