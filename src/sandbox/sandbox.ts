@@ -927,7 +927,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
 
   /**
    * Binds a container's rootfs directory into the shared directory, once per source directory
-   * and read-only flag (`shared/rootfs/DEV-INO-ro|rw`), for every container that uses it: the
+   * and read-only flag (`shared/rootfs/DEV-INO-ro|rw.RANDOM`), for every container that uses it: the
    * guest tells files apart by the mount they come through, so containers of one bundle then
    * share the guest's dentry and page caches instead of reading the binaries again (with
    * `sharedFsCache: 'always'` a second container's exec reads nothing from the host). Writes
@@ -936,19 +936,31 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   async #acquireRootfsShare(id: string, source: string, readOnly: boolean, signal?: AbortSignal): Promise<string> {
     const stat = await fs.stat(source);
     const key = `${stat.dev.toString(16)}-${stat.ino.toString(16)}-${readOnly ? 'ro' : 'rw'}`;
-    const point = path.join(this.#paths().sharedDir, 'rootfs', key);
+    const isBound = async (point: string): Promise<boolean> => {
+      const there = await fs.stat(point).catch(() => undefined); // a bind shows the source's own inode
+      return there?.dev === stat.dev && there.ino === stat.ino;
+    };
+    let point = '';
+    // Under the lock, so two containers of one bundle created at once bind it once.
     await this.#update(async (record) => {
-      const users = ((record.rootfsUsers ??= {})[point] ??= []);
-      if (!users.includes(id)) users.push(id);
-      if (!record.mounts.includes(point)) record.mounts.push(point);
+      const users = (record.rootfsUsers ??= {});
+      const existing = Object.keys(users).find((p) => path.basename(p).startsWith(`${key}.`));
+      if (existing !== undefined && (await isBound(existing))) {
+        point = existing;
+        users[point]!.push(id);
+        await this.#store.write(record);
+        if (readOnly) await mount(point, { source: null, flags: ['remount', 'bind', 'ro'] }); // in case a crash came between bind and remount
+        return;
+      }
+      // A new bind gets a path the guest has never seen: the guest keeps its view of a path
+      // (a FUSE submount) after the host unbinds it, so a path is never used twice.
+      point = path.join(this.#paths().sharedDir, 'rootfs', `${key}.${randomBytes(4).toString('hex')}`);
+      users[point] = [id];
+      record.mounts.push(point);
       await this.#store.write(record); // before the mount: a crash leaves a note for release
-      // Under the lock, so two containers of one bundle created at once bind it once. The point
-      // shows the source's own inode once the bind is there.
-      const there = await fs.stat(point).catch(() => undefined);
-      if (there?.dev !== stat.dev || there.ino !== stat.ino) await bindIntoSharedDir(source, point, { readOnly, record: async () => undefined });
-      else if (readOnly) await mount(point, { source: null, flags: ['remount', 'bind', 'ro'] }); // in case a crash came between bind and remount
+      await bindIntoSharedDir(source, point, { readOnly, record: async () => undefined });
     }, signal);
-    return `${this.#guestShared()}/rootfs/${key}`;
+    return `${this.#guestShared()}/rootfs/${path.basename(point)}`;
   }
 
   /** @internal Releases the host mounts of container `id` (and its rootfs bind when it was the last user). */
