@@ -271,7 +271,7 @@ export interface MountResult {
   device: string | null;
 }
 
-/** What {@link AgentClient.findDevice} looks for. */
+/** What `AgentClient.findDevice` looks for. */
 export interface FindDeviceRequest {
   /** Guest PCI path: `SS/DD` (root port slot on bus 0, then the slot behind it), up to 8 levels. */
   pciPath: string;
@@ -281,7 +281,7 @@ export interface FindDeviceRequest {
   timeoutMs?: number;
 }
 
-/** Where a device the host plugged landed in the guest ({@link AgentClient.findDevice}). */
+/** Where a device the host plugged landed in the guest (`AgentClient.findDevice`). */
 export interface GuestDevice {
   /** Its guest PCI address, DDDD:BB:DD.F. */
   pciAddress: string;
