@@ -87,7 +87,10 @@ export class SandboxError extends VmpodError {
 export interface StopInfo {
   /** `requested`: stop() or delete(); `guest`: the guest powered off; `unexpected`: the VM died. */
   reason: 'requested' | 'unexpected' | 'guest';
-  /** e.g. `SIGKILL`, `guest-shutdown`. */
+  /**
+   * e.g. `SIGKILL`, `guest-shutdown`; for stop(), `stop` when the guest powered off in time,
+   * else a sentence saying the hypervisor was told to quit or killed.
+   */
   detail: string;
 }
 
@@ -717,30 +720,34 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
    * the guest off; after `timeoutMs` (default 10 s) the hypervisor is told to quit, then killed.
    */
   async stop(options: SandboxCallOptions & { timeoutMs?: number } = {}): Promise<void> {
-    let stopped = false;
+    let stopped: StopInfo | undefined;
     await this.#update(async (record) => {
       assertTransition('sandbox', this.label, record.state, 'stopped');
       this.#stopping = true;
       try {
         const vm = this.#vm;
         const agent = this.#agent;
+        let detail = 'stop';
         if (vm && !vm.exited) {
           if (record.state === 'paused') await vm.resume().catch(() => undefined);
-          await vm.shutdown({
+          const { method } = await vm.shutdown({
             gracefulTimeoutMs: options.timeoutMs ?? 10_000,
             ...(agent && !agent.closed ? { graceful: async (signal: AbortSignal) => agent.shutdown({ signal }) } : {}),
             ...(options.signal ? { signal: options.signal } : {}),
           });
+          // Say when the guest did not power off in time and the hypervisor had to be ended.
+          if (method === 'quit') detail = 'stop: the guest did not power off in time, the hypervisor was told to quit';
+          if (method === 'kill') detail = 'stop: the guest did not power off in time, the hypervisor was killed';
         }
         await this.#releaseVm(record);
         record.state = 'stopped';
-        record.stopReason = { reason: 'requested', detail: 'stop' };
-        stopped = true;
+        stopped = { reason: 'requested', detail };
+        record.stopReason = stopped;
       } finally {
         this.#stopping = false;
       }
     }, options.signal);
-    if (stopped) this.emit('stopped', { reason: 'requested', detail: 'stop' });
+    if (stopped) this.emit('stopped', stopped);
   }
 
   /**
