@@ -338,6 +338,31 @@ describe.skipIf(!ready)(`vmpod-agent on the host (${ready ? 'root' : reason})`, 
     expect(fs.existsSync(path.join(agent.stateDir, 'containers', id))).toBe(false);
   });
 
+  it("reaps the processes left when a container's init exits (they come to the agent as orphans)", async () => {
+    const agentPid = agent.process.pid!;
+    /** Children of the agent in /proc (a subreaper here, PID 1 in a guest), with their state. */
+    const children = (): { pid: number; state: string; name: string }[] =>
+      fs.readdirSync('/proc').filter((p) => /^\d+$/u.test(p)).flatMap((p) => {
+        try {
+          const status = fs.readFileSync(`/proc/${p}/status`, 'utf8');
+          if (Number(/^PPid:\s+(\d+)/mu.exec(status)?.[1]) !== agentPid) return [];
+          return [{ pid: Number(p), state: /^State:\s+(\S)/mu.exec(status)?.[1] ?? '?', name: /^Name:\s+(\S+)/mu.exec(status)?.[1] ?? '?' }];
+        } catch {
+          return [];
+        }
+      });
+    const r = await run(client, uniqueId(), { config: minimalSpec(['sh', '-c', 'sleep 30 & sleep 31 & echo started; exit 0']), rootfs: agent.rootfs });
+    expect(r.stdout).toBe('started\n');
+    expect(r.status.exitCode).toBe(0);
+    // The kernel killed the two sleeps with their pid namespace; the agent must have reaped them.
+    let left = children();
+    for (let i = 0; i < 50 && left.length > 0; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      left = children();
+    }
+    expect(left).toEqual([]);
+  });
+
   it('rejects bad bundles and configs with clear errors and leaves nothing behind', async () => {
     const cases: [string, Parameters<AgentClient['createContainer']>[0], string, RegExp][] = [
       ['missing bundle', { id: uniqueId(), bundle: path.join(agent.dir, 'nope') }, 'NOT_FOUND', /is not a directory/],
