@@ -16,7 +16,7 @@ import { InvalidArgumentError, NotFoundError } from '../errors.js';
 import type { VfioPassthroughDevice } from '../hypervisor/hypervisor.js';
 import { bindVfio, checkVfioGroup, releaseVfio, type VfioBindingRecord } from '../devices/vfio.js';
 import type { GuestContext, ResourceContext, SandboxResource, VmContribution } from '../sandbox/resource.js';
-import { guestPciPath, locateInGuest } from './pci-path.js';
+import { locateInGuest, placeInGuest } from './pci-path.js';
 import type { GuestDevice } from '../agent/messages.js';
 
 /** Key of this resource's state in the sandbox record. */
@@ -110,13 +110,8 @@ export class PciDevicesResource implements SandboxResource {
   async attach(ctx: GuestContext): Promise<void> {
     const state = stateOf(ctx);
     if (state.devices.length === 0) return;
-    for (const d of state.devices) {
-      const pciPath = await guestPciPath(ctx.vm, d.id, ctx.signal);
-      if (pciPath !== undefined) d.pciPath = pciPath;
-      // No netdev wait: the guest may have no driver for the device (the VNF brings its own).
-      const guest = await locateInGuest(ctx, pciPath, false);
-      if (guest) d.guest = guest;
-    }
+    // No netdev wait: the guest may have no driver for the device (the VNF brings its own).
+    for (const d of state.devices) Object.assign(d, await placeInGuest(ctx, d.id, false));
     await ctx.save(state);
   }
 

@@ -41,3 +41,10 @@ export async function locateInGuest(ctx: GuestContext, pciPath: string | undefin
   if (pciPath === undefined || !ctx.agent.info.features.includes('find-device')) return undefined;
   return ctx.agent.findDevice({ pciPath, netdev, timeoutMs: 30_000 }, ctx.signal ? { signal: ctx.signal } : {});
 }
+
+/** Where device `id` landed after a cold plug: its guest PCI path (from QEMU) and what the guest made of it. */
+export async function placeInGuest(ctx: GuestContext, id: string, netdev: boolean): Promise<{ pciPath?: string; guest?: GuestDevice }> {
+  const pciPath = await guestPciPath(ctx.vm, id, ctx.signal);
+  const guest = await locateInGuest(ctx, pciPath, netdev);
+  return { ...(pciPath === undefined ? {} : { pciPath }), ...(guest ? { guest } : {}) };
+}

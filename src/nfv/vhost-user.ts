@@ -22,7 +22,7 @@ import type { GuestContext, ResourceContext, SandboxResource, VmContribution } f
 import type { ResolvedSandboxConfig } from '../sandbox/config.js';
 import type { ResolvedVhostUserNic } from './config.js';
 import { VhostUserSocketError } from './errors.js';
-import { guestPciPath, locateInGuest } from './pci-path.js';
+import { locateInGuest, placeInGuest } from './pci-path.js';
 import type { GuestDevice } from '../agent/messages.js';
 
 /** Key of this resource's state in the sandbox record. */
@@ -113,12 +113,7 @@ export class VhostUserResource implements SandboxResource {
   async attach(ctx: GuestContext): Promise<void> {
     const state = stateOf(ctx);
     if (state.nics.length === 0) return;
-    for (const nic of state.nics) {
-      const pciPath = await guestPciPath(ctx.vm, nic.id, ctx.signal);
-      if (pciPath !== undefined) nic.pciPath = pciPath;
-      const guest = await locateInGuest(ctx, pciPath, true);
-      if (guest) nic.guest = guest;
-    }
+    for (const nic of state.nics) Object.assign(nic, await placeInGuest(ctx, nic.id, true));
     await ctx.save(state);
   }
 

@@ -5,6 +5,7 @@
  * @internal
  * @module
  */
+import type { MountRequest } from '../agent/messages.js';
 import type { VmDevice } from '../hypervisor/hypervisor.js';
 import type { GuestContext, ResourceContext } from '../sandbox/resource.js';
 import type { VolumeSpec } from './spec.js';
@@ -51,4 +52,40 @@ export function guestVolumeDir(guestStateDir: string, name: string): string {
 /** `{ signal }` of a context, for agent and VM calls. */
 export function callOptions(ctx: { signal?: AbortSignal }): { signal?: AbortSignal } {
   return ctx.signal ? { signal: ctx.signal } : {};
+}
+
+/**
+ * The driver of a volume that lives in guest memory only (tmpfs, hugetlbfs): the agent mounts
+ * what `mount` says at the volume's guest directory; the host has nothing to prepare or release.
+ * `checkHotplug` refuses a volume that cannot be added to the running sandbox, before any mount.
+ */
+export function guestMemoryDriver(
+  mount: (spec: VolumeSpec) => Pick<MountRequest, 'type' | 'options'>,
+  checkHotplug: (ctx: GuestContext, state: VolumeState) => void = () => undefined,
+): VolumeDriver {
+  const driver: VolumeDriver = {
+    async prepare() {
+      return [];
+    },
+    async attach(ctx, state, save) {
+      const target = guestVolumeDir(ctx.guestStateDir, state.spec.name);
+      await ctx.agent.mount({ ...mount(state.spec), target }, callOptions(ctx));
+      state.guestPath = target;
+      await save();
+    },
+    async hotplug(ctx, state, save) {
+      checkHotplug(ctx, state);
+      await driver.attach(ctx, state, save);
+    },
+    async detach(ctx, state, save) {
+      if (state.guestPath !== undefined) await ctx.agent.unmount(state.guestPath, callOptions(ctx));
+      delete state.guestPath;
+      await save();
+    },
+    async release(_ctx, state, save) {
+      delete state.guestPath;
+      await save();
+    },
+  };
+  return driver;
 }

@@ -5,36 +5,10 @@
  * @internal
  * @module
  */
-import { callOptions, guestVolumeDir, type VolumeDriver, type VolumeState } from './driver.js';
+import { guestMemoryDriver } from './driver.js';
 import type { TmpfsVolume } from './spec.js';
-import type { GuestContext } from '../sandbox/resource.js';
 
-async function mountTmpfs(ctx: GuestContext, state: VolumeState): Promise<void> {
-  const spec = state.spec as TmpfsVolume;
-  const target = guestVolumeDir(ctx.guestStateDir, spec.name);
-  const options = ['mode=1777', 'nosuid', 'nodev', ...(spec.sizeMiB === undefined ? [] : [`size=${spec.sizeMiB}m`])];
-  await ctx.agent.mount({ type: 'tmpfs', target, options }, callOptions(ctx));
-  state.guestPath = target;
-}
-
-export const tmpfsDriver: VolumeDriver = {
-  async prepare() {
-    return [];
-  },
-  async attach(ctx, state, save) {
-    await mountTmpfs(ctx, state);
-    await save();
-  },
-  async hotplug(ctx, state, save) {
-    await tmpfsDriver.attach(ctx, state, save);
-  },
-  async detach(ctx, state, save) {
-    if (state.guestPath !== undefined) await ctx.agent.unmount(state.guestPath, callOptions(ctx));
-    delete state.guestPath;
-    await save();
-  },
-  async release(_ctx, state, save) {
-    delete state.guestPath;
-    await save();
-  },
-};
+export const tmpfsDriver = guestMemoryDriver((spec) => {
+  const { sizeMiB } = spec as TmpfsVolume;
+  return { type: 'tmpfs', options: ['mode=1777', 'nosuid', 'nodev', ...(sizeMiB === undefined ? [] : [`size=${sizeMiB}m`])] };
+});

@@ -20,7 +20,22 @@ import { addBridge, setLink } from '../link.js';
 import { listQdiscs } from '../tc.js';
 import { connectTcFilter } from '../tcfilter.js';
 import { createMacvtap, createTap } from '../tap.js';
-import { closeFds, endpointNames, recordChange, type EndpointContext, type EndpointRecord, type InterNetworkModel } from './endpoint.js';
+import { guestInterface } from '../guest-config.js';
+import type { Netns } from '../netns.js';
+import type { Interface } from '../scan.js';
+import {
+  closeFds,
+  endpointNames,
+  newRecord,
+  recordChange,
+  undoChanges,
+  type AttachedEndpoint,
+  type Endpoint,
+  type EndpointContext,
+  type EndpointOptions,
+  type EndpointRecord,
+  type InterNetworkModel,
+} from './endpoint.js';
 
 /** A random locally administered unicast MAC (`x2:...`). */
 export function randomMac(): string {
@@ -124,4 +139,39 @@ export function modelBackend(model: InterNetworkModel, index: number, queues: nu
   return model === 'macvtap'
     ? { type: 'macvtap', name: names.macvtap, queues, multiQueue: queues > 1 }
     : { type: 'tap', name: names.tap, queues, multiQueue: queues > 1 };
+}
+
+/**
+ * An endpoint joined to the VM's NIC by an inter-network model (a veth or a macvlan): the NIC
+ * keeps the interface's MAC and MTU, its addresses, routes and permanent neighbours are
+ * mirrored in the guest, and `attach` makes what the model needs.
+ */
+export class ModelEndpoint implements Endpoint {
+  readonly name: string;
+  readonly #model: InterNetworkModel;
+  readonly #record: EndpointRecord;
+
+  constructor(
+    readonly kind: 'veth' | 'macvlan',
+    iface: Interface,
+    options: EndpointOptions,
+  ) {
+    this.name = iface.name;
+    this.#model = options.model ?? 'tcfilter';
+    const guest = guestInterface(iface, { mac: iface.mac, mtu: iface.mtu }, { mirrorAddresses: true, overrides: options.overrides });
+    this.#record = newRecord(iface, kind, this.#model, options, guest, modelBackend(this.#model, options.index, options.queues));
+  }
+
+  async attach(ctx: EndpointContext): Promise<AttachedEndpoint> {
+    const fds = await connectModel(this.#model, ctx, this.#record);
+    return { record: this.#record, fds };
+  }
+
+  async detach(netns: Netns): Promise<void> {
+    await undoChanges(netns, this.#record.changes);
+  }
+
+  save(): EndpointRecord {
+    return this.#record;
+  }
 }
