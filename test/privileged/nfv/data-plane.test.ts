@@ -16,7 +16,7 @@ import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { hugepagePool } from '../../../src/devices/hugepages.js';
 import { hotplugVhostUserNic, sandboxNfvDevices, unplugVhostUserNic } from '../../../src/nfv/api.js';
 import { Volume } from '../../../src/volume/volume.js';
-import { collect, expectNothingLeft, forceCleanup, makeStateDir, runcSpecBundle, skipReason as vmSkip } from '../sandbox/fixture.js';
+import { collect, expectNothingLeft, forceCleanup, makeStateDir, runcSpecBundle, skipReason as vmSkip , runScript } from '../sandbox/fixture.js';
 import { Testpmd, testpmdSkipReason } from '../../../benchmarks/lib/testpmd.js';
 
 const exec = promisify(execFile);
@@ -24,14 +24,8 @@ const skipReason = vmSkip ?? (await testpmdSkipReason());
 const tag = `vt${randomBytes(2).toString('hex')}`;
 
 /** Runs a shell script in a new container of `sandbox` from `bundle`; returns its output and exit code. */
-async function run(sandbox: Sandbox, bundle: string, script: string): Promise<{ out: string; err: string; code: number }> {
-  const c = await sandbox.createContainer({ bundle, process: { args: ['sh', '-c', script] } });
-  const out = collect(c.stdout);
-  const err = collect(c.stderr);
-  await c.start();
-  const status = await c.wait();
-  await c.delete();
-  return { out: (await out).toString(), err: (await err).toString(), code: status.exitCode };
+function run(sandbox: Sandbox, bundle: string, script: string): Promise<{ out: string; err: string; code: number }> {
+  return runScript(sandbox, { bundle }, script);
 }
 
 /**

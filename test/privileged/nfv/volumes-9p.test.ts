@@ -19,7 +19,7 @@ import { packageRoot } from '../../../src/native.js';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { Volume } from '../../../src/volume/volume.js';
 import { VolumeReadOnlyError } from '../../../src/volume/errors.js';
-import { collect, expectNothingLeft, forceCleanup, makeStateDir, processesMentioning, skipReason as vmSkip } from '../sandbox/fixture.js';
+import { collect, expectNothingLeft, forceCleanup, makeStateDir, processesMentioning, skipReason as vmSkip , runScript } from '../sandbox/fixture.js';
 
 const exec = promisify(execFile);
 
@@ -51,15 +51,7 @@ async function otherAgent(): Promise<string> {
   return file;
 }
 
-async function run(sandbox: Sandbox, options: Parameters<Sandbox['createContainer']>[0], script: string) {
-  const c = await sandbox.createContainer({ ...options, process: { args: ['sh', '-c', script] } });
-  const out = collect(c.stdout);
-  const err = collect(c.stderr);
-  await c.start();
-  const status = await c.wait();
-  await c.delete();
-  return { out: (await out).toString(), err: (await err).toString(), code: status.exitCode };
-}
+const run = runScript;
 
 /** The mountinfo line of `dest` in a container's view: `... DEST MOUNT_OPTS ... - FSTYPE SOURCE SUPER_OPTS`. */
 function mountinfo(text: string, dest: string): { options: string; fstype: string; source: string; superOptions: string } | undefined {

@@ -13,20 +13,12 @@ import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { Volume } from '../../../src/volume/volume.js';
 import { VolumeReadOnlyError } from '../../../src/volume/errors.js';
 import { mountPoints } from '../../../src/state/remove.js';
-import { busyboxRootfs, collect, expectNothingLeft, forceCleanup, makeStateDir, skipReason as vmSkip } from '../sandbox/fixture.js';
+import { busyboxRootfs, collect, expectNothingLeft, forceCleanup, makeStateDir, skipReason as vmSkip , runScript } from '../sandbox/fixture.js';
 
 const exec = promisify(execFile);
 const skipReason = vmSkip ?? ((await fs.stat('/usr/bin/qemu-img').catch(() => undefined)) ? undefined : 'needs qemu-img (qemu-utils)');
 
-async function run(sandbox: Sandbox, options: Parameters<Sandbox['createContainer']>[0], script: string) {
-  const c = await sandbox.createContainer({ ...options, process: { args: ['sh', '-c', script] } });
-  const out = collect(c.stdout);
-  const err = collect(c.stderr);
-  await c.start();
-  const status = await c.wait();
-  await c.delete();
-  return { out: (await out).toString(), err: (await err).toString(), code: status.exitCode };
-}
+const run = runScript;
 
 describe.skipIf(skipReason)(`volumes in a sandbox${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
   let stateDir: string;

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { expect } from 'vitest';
 import { mountPoints } from '../../../src/state/remove.js';
+import type { ContainerConfig, Sandbox } from '../../../src/sandbox/sandbox.js';
 
 const exec = promisify(execFile);
 
@@ -97,4 +98,15 @@ export async function collect(stream: NodeJS.ReadableStream | null): Promise<Buf
   const chunks: Buffer[] = [];
   for await (const chunk of stream) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
+}
+
+/** Runs `sh -c SCRIPT` in a new container of `sandbox` made from `options`, then deletes it. */
+export async function runScript(sandbox: Sandbox, options: ContainerConfig, script: string): Promise<{ out: string; err: string; code: number }> {
+  const c = await sandbox.createContainer({ ...options, process: { ...options.process, args: ['sh', '-c', script] } });
+  const out = collect(c.stdout);
+  const err = collect(c.stderr);
+  await c.start();
+  const status = await c.wait();
+  await c.delete();
+  return { out: (await out).toString(), err: (await err).toString(), code: status.exitCode };
 }

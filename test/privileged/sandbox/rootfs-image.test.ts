@@ -11,7 +11,7 @@ import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { InvalidArgumentError, NotFoundError } from '../../../src/errors.js';
-import { busyboxRootfs, collect, expectNothingLeft, forceCleanup, makeStateDir, skipReason } from './fixture.js';
+import { busyboxRootfs, collect, expectNothingLeft, forceCleanup, makeStateDir, skipReason , runScript } from './fixture.js';
 
 const exec = promisify(execFile);
 
@@ -20,13 +20,8 @@ async function sha256(file: string): Promise<string> {
 }
 
 async function run(sandbox: Sandbox, script: string): Promise<{ code: number; out: string }> {
-  const c = await sandbox.createContainer({ process: { args: ['sh', '-c', script] } });
-  const out = collect(c.stdout);
-  await c.start();
-  const { exitCode } = await c.wait();
-  const text = (await out).toString();
-  await c.delete();
-  return { code: exitCode, out: text };
+  const { code, out } = await runScript(sandbox, {}, script);
+  return { code, out };
 }
 
 describe.skipIf(skipReason)(`a rootfs image in place of the builtin rootfs${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
