@@ -2,25 +2,11 @@
  * The network commands of the CLI, as a script would use them: `vmpod run --network FILE`
  * (twice: two interfaces), `vmpod network ls`, `network add ID FILE`, `network rm`, errors.
  */
-import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { World, skipReason, type BridgeNet, type Peer } from './fixture.js';
-
-const CLI = [path.resolve('node_modules/.bin/tsx'), path.resolve('src/cli/main.ts')];
-
-function vmpod(stateDir: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(CLI[0]!, [CLI[1]!, ...args], { env: { ...process.env, VMPOD_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d));
-    child.stderr.on('data', (d: Buffer) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+import { vmpod } from '../sandbox/fixture.js';
 
 describe.skipIf(skipReason)(`vmpod network commands${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
   const world = new World();

@@ -3,26 +3,11 @@
  * `--hugepages` (guest RAM on host hugepages), `--guest-hugepages N` (a hugetlbfs at
  * /dev/hugepages), and `--device` on a host without VFIO (a clear error, nothing left).
  */
-import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hugepagePool } from '../../../src/devices/hugepages.js';
-import { expectNothingLeft, forceCleanup, makeStateDir, skipReason } from '../sandbox/fixture.js';
-
-const CLI = [path.resolve('node_modules/.bin/tsx'), path.resolve('src/cli/main.ts')];
-
-function vmpod(stateDir: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(CLI[0]!, [CLI[1]!, ...args], { env: { ...process.env, VMPOD_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d));
-    child.stderr.on('data', (d: Buffer) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+import { expectNothingLeft, forceCleanup, makeStateDir, skipReason, vmpod } from '../sandbox/fixture.js';
 
 describe.skipIf(skipReason)(`vmpod run with volumes and NFV options${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
   let stateDir: string;

@@ -3,44 +3,12 @@
  * codes, stdin), detached run + ps + exec + kill + logs + stop + delete, its errors, and a run
  * interrupted by a signal while its sandbox boots.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildGuestAssets } from '../../../src/guest/build.js';
-import { expectNothingLeft, forceCleanup, makeStateDir, processesMentioning, runcSpecBundle, skipReason } from './fixture.js';
-
-// Node with tsx's loader: one process that gets the signals sent to it (the tsx command relays
-// them to a child, and kills it if it does not acknowledge within 30 ms).
-const CLI = [process.execPath, '--import', 'tsx', path.resolve('src/cli/main.ts')];
-
-interface Result {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Starts `vmpod ARGS` with its state under `stateDir`; `result` settles when it exits. */
-function spawnVmpod(stateDir: string, args: string[], input?: string): { child: ChildProcess; result: Promise<Result> } {
-  const child = spawn(CLI[0]!, [...CLI.slice(1), ...args], {
-    env: { ...process.env, VMPOD_STATE_DIR: stateDir },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
-  const result = new Promise<Result>((resolve, reject) => {
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.on('data', (d: Buffer) => (stdout += d));
-    child.stderr!.on('data', (d: Buffer) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-  child.stdin!.end(input ?? '');
-  return { child, result };
-}
-
-function vmpod(stateDir: string, args: string[], input?: string): Promise<Result> {
-  return spawnVmpod(stateDir, args, input).result;
-}
+import { expectNothingLeft, forceCleanup, makeStateDir, processesMentioning, runcSpecBundle, skipReason, spawnVmpod, vmpod } from './fixture.js';
 
 /** Polls `check` until it holds (or fails after `timeoutMs`). */
 async function until(what: string, check: () => Promise<boolean>, timeoutMs = 120_000): Promise<void> {

@@ -3,7 +3,7 @@
  * from busybox (with `runc spec`, an OCI tool, or by hand), and the leftover check every test
  * file ends with: no VM, virtiofsd, mount, socket or state folder may survive.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -109,4 +109,38 @@ export async function runScript(sandbox: Sandbox, options: ContainerConfig, scri
   const status = await c.wait();
   await c.delete();
   return { out: (await out).toString(), err: (await err).toString(), code: status.exitCode };
+}
+
+// The CLI as Node with tsx's loader: one process that gets the signals sent to it (the tsx
+// command relays them to a child, and kills it if it does not acknowledge within 30 ms).
+const CLI = [process.execPath, '--import', 'tsx', path.resolve('src/cli/main.ts')];
+
+/** How a `vmpod` command ended. */
+export interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Starts `vmpod ARGS` with its state under `stateDir`; `result` settles when it exits. */
+export function spawnVmpod(stateDir: string, args: string[], input?: string): { child: ChildProcess; result: Promise<CliResult> } {
+  const child = spawn(CLI[0]!, [...CLI.slice(1), ...args], {
+    env: { ...process.env, VMPOD_STATE_DIR: stateDir },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  const result = new Promise<CliResult>((resolve, reject) => {
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d: Buffer) => (stdout += d));
+    child.stderr!.on('data', (d: Buffer) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+  child.stdin!.end(input ?? '');
+  return { child, result };
+}
+
+/** Runs `vmpod ARGS` (stdin: `input`, or nothing) with its state under `stateDir`. */
+export function vmpod(stateDir: string, args: string[], input?: string): Promise<CliResult> {
+  return spawnVmpod(stateDir, args, input).result;
 }
