@@ -14,7 +14,7 @@ import path from 'node:path';
 import { AddonError } from './errors.js';
 
 /** Must equal `kAbiVersion` in native/addon/common.h. */
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;
 
 /** The raw surface of the addon. */
 export interface NativeAddon {
@@ -33,6 +33,41 @@ export interface NativeAddon {
   tryLock(fd: number, exclusive: boolean): boolean;
   /** `flock(fd, LOCK_UN)`. */
   unlock(fd: number): void;
+
+  // pathfd.cc — path operations by fd (openat2 RESOLVE_*, the new mount API, statx mount ids),
+  // on the worker thread; pidfds on the main thread. Reject/throw a NativeSystemError.
+  /** `openat2(dirFd, path, {flags|O_CLOEXEC, mode, resolve})`: a new fd. */
+  openAt(dirFd: number, path: string, flags: number, resolve: number, mode?: number): Promise<number>;
+  /** `mkdirat(dirFd, name, mode)`; `name` is one path component. */
+  mkdirAt(dirFd: number, name: string, mode: number): Promise<void>;
+  /** An empty regular file that did not exist (`O_CREAT|O_EXCL|O_NOFOLLOW`). */
+  createFileAt(dirFd: number, name: string, mode: number): Promise<void>;
+  /** `statx(dirFd, name, AT_SYMLINK_NOFOLLOW)` with the mount id; `name` "" is dirFd itself. */
+  statAt(dirFd: number, name: string): Promise<NativeStat>;
+  /** `unlinkat` of `name` if it is still the object (dev, ino) and a directory or not as `dir` says (else ESTALE). */
+  unlinkAt(dirFd: number, name: string, dir: boolean, dev: number, ino: number): Promise<void>;
+  /** `open_tree(dirFd, path, OPEN_TREE_CLONE [|AT_RECURSIVE])`: a detached copy of the mount tree. */
+  openTree(dirFd: number, path: string, recursive: boolean): Promise<number>;
+  /** `mount_setattr(fd, "", AT_EMPTY_PATH [|AT_RECURSIVE], {attr_set, attr_clr})`. */
+  mountSetattr(fd: number, recursive: boolean, set: number, clear: number): Promise<void>;
+  /** `move_mount(fromFd, "", toFd, "", F_EMPTY_PATH|T_EMPTY_PATH)`. */
+  moveMount(fromFd: number, toFd: number): Promise<void>;
+  /** Detaches the mount whose root `fd` is, if it is mount `mntId` (else ESTALE). */
+  unmountFd(fd: number, mntId: number): Promise<void>;
+  /** `rm -r dirFd/name` without following symlinks or entering other mounts (EBUSY naming them). */
+  removeTreeAt(dirFd: number, name: string): Promise<void>;
+  /** `close(fd)`. */
+  closeFd(fd: number): void;
+  /** `pidfd_open(pid, 0)`, close-on-exec. */
+  pidfdOpen(pid: number): number;
+  /** `pidfd_send_signal(pidfd, signal, NULL, 0)`. */
+  pidfdSendSignal(pidfd: number, signal: number): void;
+  readonly pathConstants: Readonly<Record<
+    | 'AT_FDCWD' | 'O_RDONLY' | 'O_PATH' | 'O_DIRECTORY' | 'O_NOFOLLOW'
+    | 'RESOLVE_BENEATH' | 'RESOLVE_NO_SYMLINKS' | 'RESOLVE_NO_MAGICLINKS' | 'RESOLVE_NO_XDEV'
+    | 'MOUNT_ATTR_RDONLY' | 'MOUNT_ATTR_NOSUID' | 'MOUNT_ATTR_NODEV' | 'MOUNT_ATTR_NOEXEC',
+    number
+  >>;
 
   // mount.cc — mount(2)/umount2(2) on the libuv pool; rejects with an Error carrying code/errno/syscall.
   mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): Promise<void>;
@@ -306,6 +341,20 @@ export interface NativeFilter {
   kind: string;
   chain?: number;
   actions: Array<{ kind: string; eaction?: number; action?: number; ifindex?: number; dev?: string }>;
+}
+
+/** What `statAt` reports (statx, without following a final symlink). */
+export interface NativeStat {
+  /** `major * 2^32 + minor`. */
+  dev: number;
+  ino: number;
+  /** st_mode: type and permission bits. */
+  mode: number;
+  /** The id of the mount the object is on (as in /proc/self/mountinfo). */
+  mntId: number;
+  /** The object is the root of its mount. */
+  mountRoot: boolean;
+  size: number;
 }
 
 export interface NativeTapSpec {

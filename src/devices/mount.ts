@@ -6,8 +6,9 @@
  *
  * @module
  */
-import { InvalidArgumentError, SystemError } from '../errors.js';
+import { InvalidArgumentError, type SystemError } from '../errors.js';
 import { native } from '../native.js';
+import { systemError } from '../native-call.js';
 import { absolutePath } from '../validate.js';
 
 /** Mount flags by their `mount -o` names. */
@@ -78,7 +79,7 @@ export async function mount(target: string, options: MountOptions = {}): Promise
   try {
     await addon.mount(source, where, fstype, bits, data);
   } catch (cause) {
-    throw fromNative(cause);
+    throw systemError(cause);
   }
 }
 
@@ -103,14 +104,6 @@ export async function unmount(target: string, options: UnmountOptions = {}): Pro
   try {
     await addon.umount(where, flags);
   } catch (cause) {
-    throw fromNative(cause);
+    throw systemError(cause);
   }
-}
-
-/** Converts an addon rejection (Error with code/errno/syscall) into a {@link SystemError}. */
-export function fromNative(cause: unknown): unknown {
-  const e = cause as { code?: unknown; errno?: unknown; syscall?: unknown; message?: unknown };
-  if (typeof e?.code !== 'string' || typeof e.errno !== 'number' || typeof e.syscall !== 'string') return cause;
-  const message = typeof e.message === 'string' ? e.message.replace(`${e.syscall} `, '') : e.code;
-  return new SystemError(e.syscall, e.errno, e.code, message, { cause });
 }

@@ -6,9 +6,9 @@
  */
 import { InvalidArgumentError, NotFoundError, SystemError } from '../errors.js';
 import { native } from '../native.js';
+import { systemError } from '../native-call.js';
 import { integer, interfaceName, macAddress, pciAddress } from '../validate.js';
 import { DeviceBusyError, FeatureUnavailableError, SysfsReadbackError } from './errors.js';
-import { fromNative } from './mount.js';
 import { devicePath, pciDevice, type PciDevice, type SriovCapability } from './pci.js';
 import { sysfsOf, type SysfsOptions } from './sysfs.js';
 
@@ -135,7 +135,7 @@ export async function setVf(pfNetdev: string, vf: number, settings: VfSettings):
   try {
     await native().sriovSetVf(name, s.vf, s.mac, s.vlan, s.qos);
   } catch (cause) {
-    const error = fromNative(cause);
+    const error = systemError(cause);
     if (error instanceof SystemError && error.errnoName === 'ENODEV') throw new NotFoundError('interface', name, { cause: error });
     if (error instanceof SystemError && error.errnoName === 'EOPNOTSUPP') {
       throw new FeatureUnavailableError('SR-IOV VF configuration', `${name} cannot configure VFs (its driver has no ndo_set_vf_mac/vlan: not an SR-IOV PF)`, { cause: error });

@@ -60,12 +60,3 @@ export class DaemonError extends VmpodError {
     super('ERR_VMPOD_DAEMON', `${daemon}: ${message}${logTail ? `\n--- log ---\n${logTail}` : ''}`, options);
   }
 }
-
-/** Wraps an error thrown by the addon (Node-style `code`/`errno`/`syscall`) in a {@link SystemError}. */
-export function toSystemError(error: unknown, target: string): Error {
-  const e = error as Partial<NodeJS.ErrnoException>;
-  if (typeof e.code === 'string' && typeof e.errno === 'number' && typeof e.syscall === 'string') {
-    return new SystemError(e.syscall, Math.abs(e.errno), e.code, `${target}: ${e.message ?? e.code}`, { cause: error });
-  }
-  return error instanceof Error ? error : new Error(String(error));
-}

@@ -16,10 +16,11 @@
 import fs from 'node:fs';
 import { AbortError, InvalidArgumentError } from '../errors.js';
 import { native } from '../native.js';
+import { systemError } from '../native-call.js';
 import * as validate from '../validate.js';
 import { socketPath } from './config.js';
 import { waitForConsoleLine } from './console.js';
-import { DaemonError, toSystemError } from './errors.js';
+import { DaemonError } from './errors.js';
 import { isAlive, logTail, signalProcess, spawnDetached, waitForProcessExit, type ProcessIdentity } from './process.js';
 
 /** Debian's virtiofsd (package qemu-system-common, pulled in by qemu-system-x86). */
@@ -105,7 +106,7 @@ export class Virtiofsd {
     try {
       listener = native().unixListen(socket, 1);
     } catch (error) {
-      throw toSystemError(error, socket);
+      throw systemError(error);
     }
     let proc;
     try {

@@ -6,10 +6,10 @@
 import { AlreadyExistsError, InvalidArgumentError, NotFoundError } from '../errors.js';
 import type { NativeAddress } from '../native.js';
 import * as validate from '../validate.js';
-import { call, maps } from './call.js';
 import * as check from './check.js';
 import { linkErrors } from './link.js';
 import { netnsErrors, nsArg, type NetnsOption } from './netns.js';
+import { callNative, combineErrorMaps } from '../native-call.js';
 
 /** Address and route scopes, as `ip` names them. */
 export type Scope = 'global' | 'site' | 'link' | 'host' | 'nowhere';
@@ -129,9 +129,9 @@ export async function addAddress(dev: string, cidr: string, options?: AddressOpt
   const s = spec(dev, cidr, o);
   const replace = check.boolean(o.replace ?? false, 'replace');
   const ns = nsArg(o.netns);
-  await call(
+  await callNative(
     (n) => n.addrAdd(ns, s, replace),
-    maps((e, system) => (e.code === 'EEXIST' ? new AlreadyExistsError('address', `${cidr} on ${s.dev}`, { cause: system }) : undefined), linkErrors(s.dev)),
+    combineErrorMaps((e, system) => (e.code === 'EEXIST' ? new AlreadyExistsError('address', `${cidr} on ${s.dev}`, { cause: system }) : undefined), linkErrors(s.dev)),
   );
 }
 
@@ -144,9 +144,9 @@ export async function deleteAddress(dev: string, cidr: string, options?: NetnsOp
   const o = check.options(options, 'options');
   const { scope: _scope, ...s } = spec(dev, cidr, {});
   const ns = nsArg(o.netns);
-  await call(
+  await callNative(
     (n) => n.addrDelete(ns, s),
-    maps((e, system) => (e.code === 'EADDRNOTAVAIL' ? new NotFoundError('address', `${cidr} on ${s.dev}`, { cause: system }) : undefined), linkErrors(s.dev)),
+    combineErrorMaps((e, system) => (e.code === 'EADDRNOTAVAIL' ? new NotFoundError('address', `${cidr} on ${s.dev}`, { cause: system }) : undefined), linkErrors(s.dev)),
   );
 }
 
@@ -156,6 +156,6 @@ export async function listAddresses(options?: NetnsOption & { dev?: string; fami
   const dev = check.optional(o.dev, (v) => validate.interfaceName(v, 'dev'));
   const family = check.optional(o.family, (v) => Number(check.oneOf(String(v), 'family', ['4', '6'])));
   const ns = nsArg(o.netns);
-  const all = await call((n) => n.addrList(ns), netnsErrors);
+  const all = await callNative((n) => n.addrList(ns), netnsErrors);
   return all.filter((a) => (dev === undefined || a.dev === dev) && (family === undefined || a.family === family)).map(toAddress);
 }

@@ -8,9 +8,9 @@
 import { AlreadyExistsError, InvalidArgumentError, NotFoundError } from '../errors.js';
 import type { NativeLink, NativeLinkAttributes } from '../native.js';
 import * as validate from '../validate.js';
-import { call, maps, type ErrorMap } from './call.js';
 import * as check from './check.js';
 import { netnsErrors, nsArg, type NetnsOption, type NetnsRef } from './netns.js';
+import { callNative, combineErrorMaps, type NativeErrorMap } from '../native-call.js';
 
 /** Modes of macvlan and macvtap links (`ip link add ... type macvlan mode MODE`). */
 export type MacvlanMode = 'private' | 'vepa' | 'bridge' | 'passthru' | 'source';
@@ -158,15 +158,15 @@ export function linkAttributes(o: check.Loose<LinkAttributes>, field: string): N
 }
 
 /** @internal "No such link" from a name lookup or a request about `name`. */
-export function linkErrors(name: string): ErrorMap {
-  return maps(netnsErrors, (e, system) =>
+export function linkErrors(name: string): NativeErrorMap {
+  return combineErrorMaps(netnsErrors, (e, system) =>
     e.code === 'ENODEV' ? new NotFoundError('link', e.target ?? name, { cause: system }) : undefined,
   );
 }
 
 /** @internal "Name taken" on creation. */
-export function createErrors(kind: string, name: string): ErrorMap {
-  return maps(
+export function createErrors(kind: string, name: string): NativeErrorMap {
+  return combineErrorMaps(
     (e, system) => (e.code === 'EEXIST' ? new AlreadyExistsError(kind, name, { cause: system }) : undefined),
     linkErrors(name),
   );
@@ -191,7 +191,7 @@ export async function addVeth(options: VethOptions): Promise<number> {
   if (peerNs === ns && peerName === name) throw new InvalidArgumentError('peer.name', `both ends are named "${name}" in one namespace`);
   const attrs = linkAttributes(o, 'options');
   const { master: _peerMaster, ...peerAttrs } = linkAttributes({ ...o.peer, mtu: o.peer.mtu ?? o.mtu }, 'peer');
-  return call(
+  return callNative(
     (n) => n.linkAdd(ns, { kind: 'veth', name, ...attrs, peer: { name: peerName, ...peerAttrs, netns: peerNs } }),
     createErrors('veth', `${name}" or its peer "${peerName}`),
   );
@@ -216,7 +216,7 @@ export async function addOnLower(kind: 'macvlan' | 'macvtap', options: MacvlanOp
   const ns = nsArg(o.netns);
   const into = o.into === undefined ? undefined : nsArg(o.into, 'into');
   const attrs = linkAttributes(o, 'options');
-  return call((n) => n.linkAdd(ns, { kind, name, link: lower, mode, ...attrs, netns: into }), createErrors('link', name));
+  return callNative((n) => n.linkAdd(ns, { kind, name, link: lower, mode, ...attrs, netns: into }), createErrors('link', name));
 }
 
 /**
@@ -230,7 +230,7 @@ export async function addBridge(options: BridgeOptions): Promise<number> {
   const ns = nsArg(o.netns);
   const into = o.into === undefined ? undefined : nsArg(o.into, 'into');
   const attrs = linkAttributes(o, 'options');
-  return call((n) => n.linkAdd(ns, { kind: 'bridge', name, ...attrs, netns: into }), createErrors('link', name));
+  return callNative((n) => n.linkAdd(ns, { kind: 'bridge', name, ...attrs, netns: into }), createErrors('link', name));
 }
 
 /**
@@ -247,9 +247,9 @@ export async function setLink(name: string, change: LinkChange): Promise<void> {
   const master = c.master === null ? null : check.optional(c.master, (v) => validate.interfaceName(v, 'change.master'));
   const newName = check.optional(c.name, (v) => check.newInterfaceName(v, 'change.name'));
   const moveTo = c.moveTo === undefined ? undefined : nsArg(c.moveTo, 'change.moveTo');
-  await call(
+  await callNative(
     (n) => n.linkSet(ns, dev, { ...attrs, master, newName, netns: moveTo }),
-    maps(
+    combineErrorMaps(
       (e, system) => (e.code === 'EEXIST' && newName ? new AlreadyExistsError('link', newName, { cause: system }) : undefined),
       linkErrors(dev),
     ),
@@ -264,7 +264,7 @@ export async function setLink(name: string, change: LinkChange): Promise<void> {
 export async function deleteLink(name: string, options?: NetnsOption): Promise<void> {
   const dev = validate.interfaceName(name, 'name');
   const ns = nsArg(check.options(options, 'options').netns);
-  await call((n) => n.linkDelete(ns, dev), linkErrors(dev));
+  await callNative((n) => n.linkDelete(ns, dev), linkErrors(dev));
 }
 
 /**
@@ -276,16 +276,16 @@ export async function deleteLink(name: string, options?: NetnsOption): Promise<v
 export async function deleteLinkGroup(group: number, options?: NetnsOption): Promise<void> {
   const g = check.u32(group, 'group', 1);
   const ns = nsArg(check.options(options, 'options').netns);
-  await call(
+  await callNative(
     (n) => n.linkDeleteGroup(ns, g),
-    maps(netnsErrors, (e, system) => (e.code === 'ENODEV' ? new NotFoundError('link group', String(g), { cause: system }) : undefined)),
+    combineErrorMaps(netnsErrors, (e, system) => (e.code === 'ENODEV' ? new NotFoundError('link group', String(g), { cause: system }) : undefined)),
   );
 }
 
 /** Every link of the namespace: `ip [-n NS] -d link show`. */
 export async function listLinks(options?: NetnsOption): Promise<Link[]> {
   const ns = nsArg(check.options(options, 'options').netns);
-  return (await call((n) => n.linkList(ns), netnsErrors)).map(toLink);
+  return (await callNative((n) => n.linkList(ns), netnsErrors)).map(toLink);
 }
 
 /**
@@ -296,5 +296,5 @@ export async function listLinks(options?: NetnsOption): Promise<Link[]> {
 export async function getLink(name: string, options?: NetnsOption): Promise<Link> {
   const dev = validate.interfaceName(name, 'name');
   const ns = nsArg(check.options(options, 'options').netns);
-  return toLink(await call((n) => n.linkGet(ns, dev), linkErrors(dev)));
+  return toLink(await callNative((n) => n.linkGet(ns, dev), linkErrors(dev)));
 }

@@ -7,9 +7,9 @@
  */
 import type { NativeNeighbor } from '../native.js';
 import * as validate from '../validate.js';
-import { call } from './call.js';
 import * as check from './check.js';
 import { netnsErrors, nsArg, type NetnsOption } from './netns.js';
+import { callNative } from '../native-call.js';
 
 /** NUD_* states of neighbour entries (linux/neighbour.h). */
 const NUD_STATES: ReadonlyArray<[number, NeighborState]> = [
@@ -49,6 +49,6 @@ export async function listNeighbors(options?: NetnsOption & { dev?: string; perm
   const o = check.options(options, 'options');
   const dev = check.optional(o.dev, (v) => validate.interfaceName(v, 'dev'));
   const ns = nsArg(o.netns);
-  const all = (await call((n) => n.neighList(ns), netnsErrors)).map(toNeighbor);
+  const all = (await callNative((n) => n.neighList(ns), netnsErrors)).map(toNeighbor);
   return all.filter((n) => (dev === undefined || n.dev === dev) && (o.permanentOnly !== true || n.states.includes('permanent')));
 }

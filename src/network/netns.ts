@@ -8,7 +8,7 @@ import { readdir } from 'node:fs/promises';
 import { AlreadyExistsError, InvalidArgumentError, NotFoundError, SystemError } from '../errors.js';
 import type { NativeNetns, NativeNs } from '../native.js';
 import * as validate from '../validate.js';
-import { call, type ErrorMap } from './call.js';
+import { callNative, type NativeErrorMap } from '../native-call.js';
 
 /** Where named namespaces live, as for iproute2. */
 export const NETNS_DIR = '/run/netns';
@@ -93,7 +93,7 @@ export function nsArg(ref: NetnsRef | undefined, field = 'netns'): NativeNs {
 }
 
 /** @internal Maps "the namespace file is missing / not a namespace" to typed errors. */
-export const netnsErrors: ErrorMap = (e, system) => {
+export const netnsErrors: NativeErrorMap = (e, system) => {
   if (e.syscall !== 'open' || e.target === undefined) return undefined;
   const shown = e.target.startsWith(`${NETNS_DIR}/`) ? e.target.slice(NETNS_DIR.length + 1) : e.target;
   if (e.code === 'ENOENT') return new NotFoundError('netns', shown, { cause: system });
@@ -111,7 +111,7 @@ export const netnsErrors: ErrorMap = (e, system) => {
  */
 export async function createNetns(name: string): Promise<Netns> {
   const valid = validate.netnsName(name, 'name');
-  const handle = await call(
+  const handle = await callNative(
     (n) => n.netnsCreate(NETNS_DIR, valid),
     (e, system) => (e.code === 'EEXIST' ? new AlreadyExistsError('netns', valid, { cause: system }) : undefined),
   );
@@ -126,7 +126,7 @@ export async function createNetns(name: string): Promise<Netns> {
  */
 export async function openNetns(ref: string): Promise<Netns> {
   const path = nsArg(ref, 'netns') as string;
-  const handle = await call((n) => n.netnsOpen(path), netnsErrors);
+  const handle = await callNative((n) => n.netnsOpen(path), netnsErrors);
   return new Netns(handle, ref.startsWith('/') ? undefined : ref);
 }
 
@@ -138,7 +138,7 @@ export async function openNetns(ref: string): Promise<Netns> {
  */
 export async function deleteNetns(name: string): Promise<void> {
   const valid = validate.netnsName(name, 'name');
-  await call(
+  await callNative(
     (n) => n.netnsDelete(NETNS_DIR, valid),
     (e, system) => (e.code === 'ENOENT' ? new NotFoundError('netns', valid, { cause: system }) : undefined),
   );

@@ -6,10 +6,10 @@
  * @module
  */
 import * as validate from '../validate.js';
-import { call } from './call.js';
 import * as check from './check.js';
 import { linkErrors } from './link.js';
 import { nsArg, type NetnsOption } from './netns.js';
+import { callNative } from '../native-call.js';
 
 export interface PacketSocketOptions extends NetnsOption {
   /** Receive only frames arriving on the link, not those it sends (PACKET_IGNORE_OUTGOING). */
@@ -31,5 +31,5 @@ export async function openPacketSocket(dev: string, options?: PacketSocketOption
   const ignoreOutgoing = check.boolean(o.ignoreOutgoing ?? false, 'ignoreOutgoing');
   const nonBlocking = check.boolean(o.nonBlocking ?? false, 'nonBlocking');
   const ns = nsArg(o.netns);
-  return call((n) => n.packetOpen(ns, name, { ignoreOutgoing, nonBlocking }), linkErrors(name));
+  return callNative((n) => n.packetOpen(ns, name, { ignoreOutgoing, nonBlocking }), linkErrors(name));
 }

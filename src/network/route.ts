@@ -8,10 +8,10 @@ import { AlreadyExistsError, InvalidArgumentError, NotFoundError } from '../erro
 import type { NativeRoute, NativeRouteSpec } from '../native.js';
 import * as validate from '../validate.js';
 import { SCOPES, scopeName, type Scope } from './address.js';
-import { call, maps } from './call.js';
 import * as check from './check.js';
 import { linkErrors } from './link.js';
 import { netnsErrors, nsArg, type NetnsOption } from './netns.js';
+import { callNative, combineErrorMaps } from '../native-call.js';
 
 /** Route types, as `ip route` names them. */
 export type RouteType = 'unicast' | 'local' | 'broadcast' | 'anycast' | 'multicast' | 'blackhole' | 'unreachable' | 'prohibit' | 'throw';
@@ -143,9 +143,9 @@ export async function addRoute(route: RouteSpec, options?: { replace?: boolean }
   const replace = check.boolean(check.options(options, 'options').replace ?? false, 'replace');
   const spec = toSpec(r, true);
   const ns = nsArg(r.netns);
-  await call(
+  await callNative(
     (n) => n.routeAdd(ns, spec, replace),
-    maps((e, system) => (e.code === 'EEXIST' ? new AlreadyExistsError('route', r.dst as string, { cause: system }) : undefined), linkErrors(spec.dev ?? '')),
+    combineErrorMaps((e, system) => (e.code === 'EEXIST' ? new AlreadyExistsError('route', r.dst as string, { cause: system }) : undefined), linkErrors(spec.dev ?? '')),
   );
 }
 
@@ -159,9 +159,9 @@ export async function deleteRoute(route: RouteSpec): Promise<void> {
   const r = check.options(route, 'route');
   const spec = toSpec(r, false);
   const ns = nsArg(r.netns);
-  await call(
+  await callNative(
     (n) => n.routeDelete(ns, spec),
-    maps((e, system) => (e.code === 'ESRCH' ? new NotFoundError('route', r.dst as string, { cause: system }) : undefined), linkErrors(spec.dev ?? '')),
+    combineErrorMaps((e, system) => (e.code === 'ESRCH' ? new NotFoundError('route', r.dst as string, { cause: system }) : undefined), linkErrors(spec.dev ?? '')),
   );
 }
 
@@ -176,7 +176,7 @@ export async function listRoutes(options?: NetnsOption & { table?: number | 'all
   const family = check.optional(o.family, (v) => Number(check.oneOf(String(v), 'family', ['4', '6'])));
   const dev = check.optional(o.dev, (v) => validate.interfaceName(v, 'dev'));
   const ns = nsArg(o.netns);
-  const all = await call((n) => n.routeList(ns), netnsErrors);
+  const all = await callNative((n) => n.routeList(ns), netnsErrors);
   return all
     .filter((r) => (table === undefined || r.table === table) && (family === undefined || r.family === family) && (dev === undefined || r.dev === dev))
     .map(toRoute);

@@ -10,10 +10,10 @@
 import { closeSync } from 'node:fs';
 import { AlreadyExistsError, InvalidArgumentError } from '../errors.js';
 import * as validate from '../validate.js';
-import { call, maps } from './call.js';
 import * as check from './check.js';
 import { addOnLower, deleteLink, linkAttributes, linkErrors, type LinkAttributes, type MacvlanOptions } from './link.js';
 import { nsArg, type NetnsOption } from './netns.js';
+import { callNative, combineErrorMaps } from '../native-call.js';
 
 /** Queue fds of a tap or macvtap. */
 export interface TapDevice {
@@ -94,11 +94,11 @@ export async function createTap(options: TapOptions): Promise<TapDevice> {
   const setAttrs = Object.values(attrs).some((v) => v !== undefined);
 
   // Both requests are queued at once: the worker runs them in order without a round trip between.
-  const opened = call(
+  const opened = callNative(
     (n) => n.tapOpen(ns, { name, ...q, vnetHdr, persist, owner: uid, group: gid, nonBlocking, exclusive: true }),
-    maps((e, system) => (e.syscall === 'TUNSETIFF' && e.code === 'EBUSY' ? new AlreadyExistsError('link', name, { cause: system }) : undefined), linkErrors(name)),
+    combineErrorMaps((e, system) => (e.syscall === 'TUNSETIFF' && e.code === 'EBUSY' ? new AlreadyExistsError('link', name, { cause: system }) : undefined), linkErrors(name)),
   );
-  const set = setAttrs ? call((n) => n.linkSet(ns, name, attrs), linkErrors(name)) : Promise.resolve();
+  const set = setAttrs ? callNative((n) => n.linkSet(ns, name, attrs), linkErrors(name)) : Promise.resolve();
   const [tap, done] = await Promise.allSettled([opened, set]);
   if (tap.status === 'rejected') {
     await set.catch(() => undefined);
@@ -125,7 +125,7 @@ export async function openTap(name: string, options?: OpenTapOptions): Promise<T
   const vnetHdr = check.boolean(o.vnetHdr ?? false, 'vnetHdr');
   const nonBlocking = check.boolean(o.nonBlocking ?? false, 'nonBlocking');
   const ns = nsArg(o.netns);
-  return call((n) => n.tapOpen(ns, { name: dev, ...q, vnetHdr, nonBlocking, exclusive: false }), linkErrors(dev));
+  return callNative((n) => n.tapOpen(ns, { name: dev, ...q, vnetHdr, nonBlocking, exclusive: false }), linkErrors(dev));
 }
 
 /**
@@ -144,7 +144,7 @@ export async function openMacvtap(name: string, options?: OpenMacvtapOptions): P
   const nonBlocking = check.boolean(o.nonBlocking ?? false, 'nonBlocking');
   const devDir = check.optional(o.devDir, (v) => validate.absolutePath(v, 'devDir'));
   const ns = nsArg(o.netns);
-  return call((n) => n.macvtapOpen(ns, { name: dev, queues: count, vnetHdr, nonBlocking, devDir }), linkErrors(dev));
+  return callNative((n) => n.macvtapOpen(ns, { name: dev, queues: count, vnetHdr, nonBlocking, devDir }), linkErrors(dev));
 }
 
 /**

@@ -7,10 +7,10 @@
 import { AlreadyExistsError, InvalidArgumentError, NotFoundError } from '../errors.js';
 import type { NativeFilter, NativeQdisc } from '../native.js';
 import * as validate from '../validate.js';
-import { call, maps } from './call.js';
 import * as check from './check.js';
 import { linkErrors } from './link.js';
 import { netnsErrors, nsArg, type NetnsOption } from './netns.js';
+import { callNative, combineErrorMaps } from '../native-call.js';
 
 /** The ingress qdisc's handle and its filters' parent, `ffff:`. */
 export const INGRESS_PARENT = 0xffff0000;
@@ -116,9 +116,9 @@ function toFilter(dev: string, f: NativeFilter): Filter {
 export async function addIngressQdisc(dev: string, options?: NetnsOption): Promise<void> {
   const name = validate.interfaceName(dev, 'dev');
   const ns = nsArg(check.options(options, 'options').netns);
-  await call(
+  await callNative(
     (n) => n.qdiscAddIngress(ns, name),
-    maps((e, system) => (e.code === 'EEXIST' ? new AlreadyExistsError('ingress qdisc', name, { cause: system }) : undefined), linkErrors(name)),
+    combineErrorMaps((e, system) => (e.code === 'EEXIST' ? new AlreadyExistsError('ingress qdisc', name, { cause: system }) : undefined), linkErrors(name)),
   );
 }
 
@@ -130,9 +130,9 @@ export async function addIngressQdisc(dev: string, options?: NetnsOption): Promi
 export async function deleteIngressQdisc(dev: string, options?: NetnsOption): Promise<void> {
   const name = validate.interfaceName(dev, 'dev');
   const ns = nsArg(check.options(options, 'options').netns);
-  await call(
+  await callNative(
     (n) => n.qdiscDeleteIngress(ns, name),
-    maps((e, system) => (e.code === 'ENOENT' || e.code === 'EINVAL' ? new NotFoundError('ingress qdisc', name, { cause: system }) : undefined), linkErrors(name)),
+    combineErrorMaps((e, system) => (e.code === 'ENOENT' || e.code === 'EINVAL' ? new NotFoundError('ingress qdisc', name, { cause: system }) : undefined), linkErrors(name)),
   );
 }
 
@@ -141,7 +141,7 @@ export async function listQdiscs(options?: NetnsOption & { dev?: string }): Prom
   const o = check.options(options, 'options');
   const dev = check.optional(o.dev, (v) => validate.interfaceName(v, 'dev'));
   const ns = nsArg(o.netns);
-  const all = await call((n) => n.qdiscList(ns), netnsErrors);
+  const all = await callNative((n) => n.qdiscList(ns), netnsErrors);
   return all.filter((q) => dev === undefined || q.dev === dev).map(toQdisc);
 }
 
@@ -158,9 +158,9 @@ export async function addRedirectFilter(dev: string, to: string, options?: Netns
   const o = check.options(options, 'options');
   const prio = check.optional(o.prio, (v) => validate.integer(v, 'prio', 1, 0xffff));
   const ns = nsArg(o.netns);
-  await call(
+  await callNative(
     (n) => n.filterAddRedirect(ns, { dev: from, to: target, prio }),
-    maps(
+    combineErrorMaps(
       linkErrors(from),
       (e, system) => (e.syscall === 'RTM_NEWTFILTER' && (e.code === 'EINVAL' || e.code === 'ENOENT') && /qdisc/iu.test(e.detail ?? '') ? new NotFoundError('ingress qdisc', from, { cause: system }) : undefined),
       (e, system) => (e.code === 'EEXIST' ? new AlreadyExistsError('filter', `${from} prio ${prio ?? 'auto'}`, { cause: system }) : undefined),
@@ -177,7 +177,7 @@ export async function listFilters(dev: string, options?: NetnsOption & { parent?
   const o = check.options(options, 'options');
   const parent = parseHandle(o.parent ?? 'ffff:');
   const ns = nsArg(o.netns);
-  const all = await call((n) => n.filterList(ns, name, parent), maps(linkErrors(name), (e, system) => (e.code === 'EINVAL' || e.code === 'ENOENT' ? new NotFoundError('qdisc', `${o.parent ?? 'ffff:'} on ${name}`, { cause: system }) : undefined)));
+  const all = await callNative((n) => n.filterList(ns, name, parent), combineErrorMaps(linkErrors(name), (e, system) => (e.code === 'EINVAL' || e.code === 'ENOENT' ? new NotFoundError('qdisc', `${o.parent ?? 'ffff:'} on ${name}`, { cause: system }) : undefined)));
   return all.map((f) => toFilter(name, f));
 }
 
@@ -193,8 +193,8 @@ export async function deleteFilters(dev: string, options?: NetnsOption & { paren
   const parent = parseHandle(o.parent ?? 'ffff:');
   const prio = check.optional(o.prio, (v) => validate.integer(v, 'prio', 1, 0xffff));
   const ns = nsArg(o.netns);
-  await call(
+  await callNative(
     (n) => n.filterDelete(ns, { dev: name, parent, prio }),
-    maps(linkErrors(name), (e, system) => (e.code === 'ENOENT' || e.code === 'EINVAL' ? new NotFoundError('filter', `${name} parent ${formatHandle(parent)}${prio ? ` prio ${prio}` : ''}`, { cause: system }) : undefined)),
+    combineErrorMaps(linkErrors(name), (e, system) => (e.code === 'ENOENT' || e.code === 'EINVAL' ? new NotFoundError('filter', `${name} parent ${formatHandle(parent)}${prio ? ` prio ${prio}` : ''}`, { cause: system }) : undefined)),
   );
 }

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError, SystemError } from '../../src/errors.js';
-import { fromNative, mount, unmount } from '../../src/devices/mount.js';
+import { mount, unmount } from '../../src/devices/mount.js';
+import { systemError } from '../../src/native-call.js';
 
 describe('mount input checks (before any syscall)', () => {
   it('rejects relative targets, odd filesystem types, NUL bytes and unknown flags', async () => {
@@ -14,10 +15,10 @@ describe('mount input checks (before any syscall)', () => {
 
   it('turns an addon rejection into a SystemError and leaves other errors alone', () => {
     const raw = Object.assign(new Error('umount2 /x: Device or resource busy'), { code: 'EBUSY', errno: 16, syscall: 'umount2' });
-    const e = fromNative(raw);
+    const e = systemError(raw);
     expect(e).toBeInstanceOf(SystemError);
     expect(e).toMatchObject({ errnoName: 'EBUSY', errno: 16, syscall: 'umount2', message: 'umount2: /x: Device or resource busy (EBUSY)', cause: raw });
     const other = new TypeError('flags must be a number');
-    expect(fromNative(other)).toBe(other);
+    expect(systemError(other)).toBe(other);
   });
 });

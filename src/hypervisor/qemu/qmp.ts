@@ -14,7 +14,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { EventEmitter } from 'eventemitter3';
 import { AbortError, TimeoutError } from '../../errors.js';
 import { native } from '../../native.js';
-import { QmpError, QmpProtocolError, toSystemError } from '../errors.js';
+import { systemError } from '../../native-call.js';
+import { QmpError, QmpProtocolError } from '../errors.js';
 
 /** Data of the events vmpod reacts to; other events carry an unchecked object. */
 export interface QmpEventData {
@@ -123,7 +124,7 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
     try {
       fd = native().unixConnect(socketPath);
     } catch (error) {
-      throw toSystemError(error, socketPath);
+      throw systemError(error);
     }
     const client = new QmpClient(fd, options);
     try {
