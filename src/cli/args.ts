@@ -8,6 +8,7 @@
  * @module
  */
 import { InvalidArgumentError } from '../errors.js';
+import { UsageError } from './io.js';
 
 /** One option of a command. */
 export interface OptionSpec {
@@ -105,4 +106,23 @@ export function parseArgs(argv: readonly string[], spec: CommandSpec): ParsedArg
   }
   result.rest = argv.slice(i);
   return result;
+}
+
+// ASCII digits without a sign or a leading zero: what `Number()` and `parseInt` also take
+// ("1e3", "0x100", " 12", "12abc", "", "Infinity", "-3") is not a count of anything.
+const DECIMAL_INTEGER = /^(?:0|[1-9][0-9]*)$/u;
+
+/**
+ * The value of numeric option `name`: a plain decimal integer (digits only: no sign, no leading
+ * zero, no spaces, exponent, fraction or hex) from `min` to `max`. Throws {@link UsageError}
+ * naming the option, the value and the range; `hint` is added to the message (e.g. what the
+ * range depends on).
+ */
+export function integerOption(name: string, value: string, min: number, max: number, hint?: string): number {
+  // 16 digits is past every range here, and below 2^53, where Number() stops being exact.
+  if (DECIMAL_INTEGER.test(value) && value.length <= 16) {
+    const n = Number(value);
+    if (n >= min && n <= max) return n;
+  }
+  throw new UsageError(`${name} ${JSON.stringify(value)}: expected a decimal integer from ${min} to ${max}${hint === undefined ? '' : ` (${hint})`}`);
 }

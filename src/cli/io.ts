@@ -33,9 +33,12 @@ export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
-/** Prints an error on stderr (with its code and causes) and returns the exit code to use. */
-export function reportError(error: unknown, json: boolean): number {
-  const code = error instanceof UsageError ? EXIT_USAGE : EXIT_FAILURE;
+/**
+ * Prints an error on stderr (with its code and causes) and returns the exit code to use:
+ * {@link EXIT_USAGE} for a {@link UsageError} or when `usage` says it is one.
+ */
+export function reportError(error: unknown, json: boolean, usage = false): number {
+  const code = usage || error instanceof UsageError ? EXIT_USAGE : EXIT_FAILURE;
   if (json) {
     const e = error as { code?: unknown; message?: unknown };
     process.stderr.write(`${JSON.stringify({ error: { code: e.code ?? 'ERR_UNKNOWN', message: String(e.message ?? error) } })}\n`);

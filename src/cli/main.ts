@@ -7,7 +7,7 @@
  * @module
  */
 import { readFile } from 'node:fs/promises';
-import { parseArgs } from './args.js';
+import { parseArgs, type ParsedArgs } from './args.js';
 import type { Command } from './command.js';
 import { EXIT_USAGE, UsageError, reportError } from './io.js';
 import { run } from './commands/run.js';
@@ -64,15 +64,17 @@ export async function main(argv: readonly string[]): Promise<number> {
     return EXIT_USAGE;
   }
   const json = found.rest.includes('--json');
+  let parsed: ParsedArgs | undefined;
   try {
-    const parsed = parseArgs(found.rest, found.command.spec);
+    parsed = parseArgs(found.rest, found.command.spec);
     if (parsed.options['help']) {
       process.stdout.write(`${found.command.usage}\n`);
       return 0;
     }
     return await found.command.run(parsed);
   } catch (error) {
-    const code = reportError(error, json);
+    // What parseArgs rejects (an unknown option, a missing value) is a usage error too.
+    const code = reportError(error, json, parsed === undefined);
     if (error instanceof UsageError || (error as { code?: string }).code === 'ERR_VMPOD_INVALID_ARGUMENT') {
       if (!json) process.stderr.write(`\n${found.command.usage}\n`);
     }

@@ -6,7 +6,9 @@ import path from 'node:path';
 import type { SandboxConfig } from '../sandbox/config.js';
 import type { ContainerVolume, VolumeSpec } from '../volume/spec.js';
 import * as validate from '../validate.js';
+import { integerOption } from './args.js';
 import { UsageError } from './io.js';
+import { DEFAULT_MEMORY_MIB, GUEST_HUGEPAGE_MIB, GUEST_RESERVED_MIB, guestHugepages } from './limits.js';
 
 /**
  * `HOST:GUEST[:ro|:rw]` as Docker's `-v` takes it; HOST is resolved against the working
@@ -29,7 +31,10 @@ export function parseVolumeOption(value: string, index: number): { spec: VolumeS
   };
 }
 
-/** Applies the options to `config`; returns the container's volume mounts. */
+/**
+ * Applies the options to `config` (whose `memoryMiB`, if the user gave one, is already set:
+ * the hugepages options depend on it); returns the container's volume mounts.
+ */
 export function nfvOptions(o: Record<string, boolean | string | string[]>, config: SandboxConfig): ContainerVolume[] {
   const specs: VolumeSpec[] = [];
   const mounts: ContainerVolume[] = [];
@@ -38,13 +43,21 @@ export function nfvOptions(o: Record<string, boolean | string | string[]>, confi
     specs.push(spec);
     mounts.push(mount);
   });
+  const memoryMiB = config.memoryMiB ?? DEFAULT_MEMORY_MIB;
   if (typeof o['guest-hugepages'] === 'string') {
-    const pages = Number(o['guest-hugepages']);
-    if (!Number.isInteger(pages) || pages < 1) throw new UsageError('--guest-hugepages needs a number of pages (1 or more)');
-    specs.push({ kind: 'hugepages', name: 'hugepages', sizeMiB: pages * 2 });
+    const { min, max } = guestHugepages(memoryMiB);
+    if (max < min) {
+      throw new UsageError(`--guest-hugepages: the guest must keep ${GUEST_RESERVED_MIB} MiB of its RAM; with --memory ${memoryMiB} there is no room for hugepages`);
+    }
+    const pages = integerOption('--guest-hugepages', o['guest-hugepages'], min, max, `2 MiB pages; the guest keeps ${GUEST_RESERVED_MIB} MiB of --memory ${memoryMiB}`);
+    specs.push({ kind: 'hugepages', name: 'hugepages', sizeMiB: pages * GUEST_HUGEPAGE_MIB });
     mounts.push({ volume: 'hugepages', destination: '/dev/hugepages' });
   }
-  if (o['hugepages'] === true) config.hugepages = { backRam: true };
+  if (o['hugepages'] === true) {
+    // Guest RAM on 2 MiB host pages: a whole number of them.
+    if (memoryMiB % 2 !== 0) throw new UsageError(`--memory ${memoryMiB}: with --hugepages guest RAM must be a multiple of 2 MiB`);
+    config.hugepages = { backRam: true };
+  }
   const devices = (o['device'] as string[] | undefined) ?? [];
   if (devices.length > 0) config.devices = devices.map((d, i) => ({ address: validate.pciAddress(d, `--device[${i}]`) }));
   if (specs.length > 0) config.volumes = specs;

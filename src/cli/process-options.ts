@@ -7,9 +7,10 @@
  */
 import { finished } from 'node:stream/promises';
 import type { Readable, Writable } from 'node:stream';
-import type { OptionSpec, ParsedArgs } from './args.js';
+import { integerOption, type OptionSpec, type ParsedArgs } from './args.js';
 import type { ProcessOverrides } from '../container/spec.js';
 import { UsageError } from './io.js';
+import { USER_ID } from './limits.js';
 
 export const PROCESS_OPTIONS: readonly OptionSpec[] = [
   { long: 'interactive', short: 'i', type: 'boolean' },
@@ -23,7 +24,7 @@ export const PROCESS_USAGE = `  -i, --interactive     keep stdin open and send i
   -t, --tty             allocate a pseudo-terminal
   -e, --env KEY=VALUE   set an environment variable (repeatable)
   -w, --workdir DIR     working directory inside the container
-  -u, --user UID[:GID]  run as this numeric user (and group)`;
+  -u, --user UID[:GID]  run as this numeric user (and group), 0-${USER_ID.max}`;
 
 /** The process overrides the options ask for. */
 export function processOverrides(parsed: ParsedArgs): ProcessOverrides {
@@ -34,9 +35,11 @@ export function processOverrides(parsed: ParsedArgs): ProcessOverrides {
   if (o['workdir']) overrides.cwd = o['workdir'] as string;
   if (o['tty']) overrides.terminal = true;
   if (typeof o['user'] === 'string') {
-    const match = /^(\d+)(?::(\d+))?$/u.exec(o['user']);
-    if (!match) throw new UsageError(`--user ${o['user']}: give a numeric UID or UID:GID`);
-    overrides.user = { uid: Number(match[1]), gid: Number(match[2] ?? match[1]) };
+    const parts = o['user'].split(':');
+    if (parts.length > 2) throw new UsageError(`--user ${JSON.stringify(o['user'])}: give a numeric UID or UID:GID`);
+    const uid = integerOption('--user UID', parts[0]!, USER_ID.min, USER_ID.max);
+    const gid = parts[1] === undefined ? uid : integerOption('--user GID', parts[1], USER_ID.min, USER_ID.max);
+    overrides.user = { uid, gid };
   }
   return overrides;
 }

@@ -19,10 +19,11 @@ ${PROCESS_USAGE}`,
     if (parsed.rest.length === 0) throw new UsageError('give the command to run after the id');
     const interactive = parsed.options['interactive'] === true;
     const tty = parsed.options['tty'] === true;
+    const overrides = processOverrides(parsed); // usage errors before the sandbox is touched
     const { sandbox, container } = await resolveContainer(parsed.positionals[0]);
     try {
       const proc = await container.exec({
-        ...processOverrides(parsed),
+        ...overrides,
         stdio: { stdin: interactive, stdout: true, stderr: true },
       });
       const done = attachStdio(proc, { interactive, tty });

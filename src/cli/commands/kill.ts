@@ -1,19 +1,20 @@
 /** `vmpod kill`: signal a container. */
 import os from 'node:os';
+import { integerOption } from '../args.js';
 import { COMMON_OPTIONS, type Command } from '../command.js';
 import { UsageError } from '../io.js';
+import { SIGNAL_NUMBER } from '../limits.js';
 import { resolveContainer } from '../target.js';
 
-/** `TERM`, `SIGTERM` or `15` -> a signal name or number. */
+/** `TERM`, `SIGTERM` or `15` -> a signal name or number; throws {@link UsageError}. */
 export function parseSignal(value: string | undefined): NodeJS.Signals | number {
   if (value === undefined) return 'SIGTERM';
-  if (/^\d+$/u.test(value)) {
-    const n = Number(value);
-    if (n < 1 || n > 64) throw new UsageError(`signal ${value} is out of range (1-64)`);
-    return n;
+  if (/^[0-9]+$/u.test(value)) return integerOption('SIGNAL', value, SIGNAL_NUMBER.min, SIGNAL_NUMBER.max);
+  const upper = value.toUpperCase();
+  const name = (upper.startsWith('SIG') ? upper : `SIG${upper}`) as NodeJS.Signals;
+  if (!Object.hasOwn(os.constants.signals, name)) {
+    throw new UsageError(`SIGNAL ${JSON.stringify(value)}: expected a signal name (TERM, KILL, ...) or a decimal integer from ${SIGNAL_NUMBER.min} to ${SIGNAL_NUMBER.max}`);
   }
-  const name = (value.toUpperCase().startsWith('SIG') ? value.toUpperCase() : `SIG${value.toUpperCase()}`) as NodeJS.Signals;
-  if (!(name in os.constants.signals)) throw new UsageError(`unknown signal ${value}`);
   return name;
 }
 
@@ -22,8 +23,8 @@ export const kill: Command = {
   summary: 'send a signal to a container',
   usage: `Usage: vmpod kill [--all] ID[/CONTAINER] [SIGNAL]
 
-Sends SIGNAL (default SIGTERM; a name such as KILL or a number) to the container's init
-process, or with --all to every process in it.`,
+Sends SIGNAL (default SIGTERM; a name such as KILL or a number from ${SIGNAL_NUMBER.min} to ${SIGNAL_NUMBER.max}) to the
+container's init process, or with --all to every process in it.`,
   spec: { options: [...COMMON_OPTIONS, { long: 'all', short: 'a', type: 'boolean' }] },
   async run(parsed) {
     if (parsed.positionals.length > 2) throw new UsageError('too many arguments');

@@ -1,7 +1,9 @@
 /** `vmpod stop` and `vmpod delete`. */
 import { Sandbox } from '../../sandbox/sandbox.js';
+import { integerOption, type ParsedArgs } from '../args.js';
 import { COMMON_OPTIONS, type Command } from '../command.js';
 import { UsageError } from '../io.js';
+import { STOP_TIMEOUT_S } from '../limits.js';
 import { parseTarget } from '../target.js';
 
 function oneId(positionals: string[]): string {
@@ -9,18 +11,27 @@ function oneId(positionals: string[]): string {
   return parseTarget(positionals[0]).sandbox;
 }
 
+/** `stop`'s options as {@link Sandbox.stop} takes them; throws {@link UsageError}. */
+export function stopOptions(o: ParsedArgs['options']): { timeoutMs?: number } {
+  const timeout = o['timeout'];
+  if (typeof timeout !== 'string') return {};
+  return { timeoutMs: integerOption('--timeout', timeout, STOP_TIMEOUT_S.min, STOP_TIMEOUT_S.max) * 1000 };
+}
+
 export const stop: Command = {
   words: ['stop'],
   summary: 'stop a sandbox (its containers and its VM)',
   usage: `Usage: vmpod stop [--timeout SECONDS] ID
 
-Asks the guest to stop every container and power off; after the timeout (default 10 s) the VM
-is forced off. The sandbox stays listed (stopped) until "vmpod delete".`,
+Asks the guest to stop every container and power off; after the timeout (default 10 s; 0 to
+${STOP_TIMEOUT_S.max} s, 0 forces it off at once) the VM is forced off. The sandbox stays listed
+(stopped) until "vmpod delete".`,
   spec: { options: [...COMMON_OPTIONS, { long: 'timeout', type: 'string' }] },
   async run(parsed) {
-    const sandbox = await Sandbox.attach(oneId(parsed.positionals));
-    const timeout = parsed.options['timeout'];
-    await sandbox.stop(typeof timeout === 'string' ? { timeoutMs: Number(timeout) * 1000 } : {});
+    const id = oneId(parsed.positionals);
+    const options = stopOptions(parsed.options);
+    const sandbox = await Sandbox.attach(id);
+    await sandbox.stop(options);
     return 0;
   },
 };

@@ -5,9 +5,12 @@ import path from 'node:path';
 import { Sandbox } from '../../sandbox/sandbox.js';
 import type { ContainerConfig } from '../../sandbox/sandbox.js';
 import type { SandboxConfig, SharedFsCache } from '../../sandbox/config.js';
+import type { ContainerVolume } from '../../volume/spec.js';
 import * as validate from '../../validate.js';
+import { integerOption, type ParsedArgs } from '../args.js';
 import { COMMON_OPTIONS, type Command } from '../command.js';
 import { printJson, UsageError } from '../io.js';
+import { CPUS, DEFAULT_MEMORY_MIB, MEMORY_MIB } from '../limits.js';
 import { PROCESS_OPTIONS, PROCESS_USAGE, attachStdio, processOverrides, shellExitCode } from '../process-options.js';
 import { nfvOptions } from '../nfv-options.js';
 
@@ -28,6 +31,30 @@ async function interrupted(sandbox: Sandbox | undefined, name: NodeJS.Signals, r
   return 128 + os.constants.signals[name];
 }
 
+/**
+ * The sandbox config and the container's volume mounts that `run`'s options ask for; throws
+ * {@link UsageError} (or InvalidArgumentError for a bad id) before anything is made.
+ */
+export function runSandboxConfig(o: ParsedArgs['options']): { config: SandboxConfig; mounts: ContainerVolume[] } {
+  const config: SandboxConfig = {};
+  if (typeof o['name'] === 'string') config.id = validate.id(o['name'], '--name');
+  if (typeof o['cpus'] === 'string') config.cpus = integerOption('--cpus', o['cpus'], CPUS.min, CPUS.max);
+  if (typeof o['memory'] === 'string') config.memoryMiB = integerOption('--memory', o['memory'], MEMORY_MIB.min, MEMORY_MIB.max);
+  if (typeof o['shared-fs-cache'] === 'string') config.sharedFsCache = o['shared-fs-cache'] as SharedFsCache;
+  if (o['machine'] === 'q35' || o['machine'] === 'microvm') config.machine = o['machine'];
+  else if (o['machine'] !== undefined) throw new UsageError('--machine must be q35 or microvm');
+  if (typeof o['kernel'] === 'string' || typeof o['initramfs'] === 'string' || typeof o['rootfs-image'] === 'string') {
+    config.guest = {};
+    if (typeof o['kernel'] === 'string') config.guest.kernel = path.resolve(o['kernel']);
+    if (typeof o['initramfs'] === 'string') config.guest.initramfs = path.resolve(o['initramfs']);
+    if (typeof o['rootfs-image'] === 'string') config.guest.rootfsImage = path.resolve(o['rootfs-image']);
+  }
+  if (o['debug']) config.debug = true;
+  if (Array.isArray(o['network'])) config.network = { cni: o['network'].map((file) => ({ file: path.resolve(file) })) };
+  const mounts = nfvOptions(o, config);
+  return { config, mounts };
+}
+
 export const run: Command = {
   words: ['run'],
   summary: 'run a container in a new sandbox (VM)',
@@ -41,8 +68,8 @@ Options:
       --rm              delete the sandbox when the container exits
   -d, --detach          start the container and exit (the sandbox keeps running)
       --name ID         sandbox and container id (default: random)
-      --cpus N          vCPUs (default 1)
-      --memory MIB      guest RAM in MiB (default 256)
+      --cpus N          vCPUs, ${CPUS.min}-${CPUS.max} (default 1)
+  -m, --memory MIB      guest RAM in MiB, ${MEMORY_MIB.min}-${MEMORY_MIB.max} (default ${DEFAULT_MEMORY_MIB})
       --machine M       q35 (default) or microvm
       --kernel PATH     boot this kernel instead of the built one
       --initramfs PATH  boot this initramfs instead of the built one
@@ -61,7 +88,8 @@ Options:
       --hugepages       back guest RAM with host hugepages (2 MiB)
       --guest-hugepages N
                         reserve N 2 MiB hugepages in the guest and mount a
-                        hugetlbfs at /dev/hugepages in the container
+                        hugetlbfs at /dev/hugepages in the container; N is
+                        1 to (MIB - 128) / 2, so that the guest keeps 128 MiB
       --device PCI_ADDR pass host PCI device DDDD:BB:DD.F to the VM (VFIO,
                         q35); repeatable
 ${PROCESS_USAGE}
@@ -98,22 +126,7 @@ ${PROCESS_USAGE}
     const tty = o['tty'] === true;
     const detach = o['detach'] === true;
 
-    const config: SandboxConfig = {};
-    if (typeof o['name'] === 'string') config.id = validate.id(o['name'], '--name');
-    if (typeof o['cpus'] === 'string') config.cpus = Number(o['cpus']);
-    if (typeof o['memory'] === 'string') config.memoryMiB = Number(o['memory']);
-    if (typeof o['shared-fs-cache'] === 'string') config.sharedFsCache = o['shared-fs-cache'] as SharedFsCache;
-    if (o['machine'] === 'q35' || o['machine'] === 'microvm') config.machine = o['machine'];
-    else if (o['machine'] !== undefined) throw new UsageError('--machine must be q35 or microvm');
-    if (typeof o['kernel'] === 'string' || typeof o['initramfs'] === 'string' || typeof o['rootfs-image'] === 'string') {
-      config.guest = {};
-      if (typeof o['kernel'] === 'string') config.guest.kernel = path.resolve(o['kernel']);
-      if (typeof o['initramfs'] === 'string') config.guest.initramfs = path.resolve(o['initramfs']);
-      if (typeof o['rootfs-image'] === 'string') config.guest.rootfsImage = path.resolve(o['rootfs-image']);
-    }
-    if (o['debug']) config.debug = true;
-    if (Array.isArray(o['network'])) config.network = { cni: o['network'].map((file) => ({ file: path.resolve(file) })) };
-    const mounts = nfvOptions(o, config);
+    const { config, mounts } = runSandboxConfig(o);
 
     const container: ContainerConfig = {
       process: processOverrides(parsed),
