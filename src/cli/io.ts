@@ -1,11 +1,13 @@
 /**
  * Output helpers of the CLI: one place that decides how results and errors are printed and
- * which exit code they give.
+ * which exit code they give. What they print goes through {@link printable}: table cells, JSON
+ * and error messages may carry text from a guest (container ids, a console tail).
  *
  * @internal
  * @module
  */
 import { VmpodError } from '../errors.js';
+import { printable, printableField, printableJson } from '../printable.js';
 
 /** Exit code of a failure of vmpod itself (docker's convention: 125). */
 export const EXIT_FAILURE = 125;
@@ -19,30 +21,33 @@ export class UsageError extends VmpodError {
   }
 }
 
-/** Prints a table with aligned columns. */
-export function printTable(headers: readonly string[], rows: readonly (readonly string[])[]): void {
-  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: readonly string[]): string =>
-    cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('   ').trimEnd();
-  process.stdout.write(`${line(headers)}\n`);
-  for (const row of rows) process.stdout.write(`${line(row)}\n`);
+/** A table with aligned columns, one line per row; each cell made printable on one line. */
+export function formatTable(headers: readonly string[], rows: readonly (readonly string[])[]): string {
+  const cells = rows.map((r) => r.map(printableField));
+  const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((r) => (r[i] ?? '').length)));
+  const line = (row: readonly string[]): string =>
+    row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join('   ').trimEnd();
+  return [headers, ...cells].map((row) => `${line(row)}\n`).join('');
 }
 
-/** Prints one JSON document on stdout. */
+/** Prints a table with aligned columns (see {@link formatTable}). */
+export function printTable(headers: readonly string[], rows: readonly (readonly string[])[]): void {
+  process.stdout.write(formatTable(headers, rows));
+}
+
+/** Prints one JSON document on stdout (terminal-safe, see {@link printableJson}). */
 export function printJson(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  process.stdout.write(`${printableJson(value, 2)}\n`);
 }
 
 /**
- * Prints an error on stderr (with its code and causes) and returns the exit code to use:
- * {@link EXIT_USAGE} for a {@link UsageError} or when `usage` says it is one.
+ * The text `reportError` prints for `error`: `vmpod: MESSAGE` and up to three `caused by:`
+ * lines, or one JSON line. Made printable: a message may quote the guest (a console tail).
  */
-export function reportError(error: unknown, json: boolean, usage = false): number {
-  const code = usage || error instanceof UsageError ? EXIT_USAGE : EXIT_FAILURE;
+export function formatError(error: unknown, json: boolean): string {
   if (json) {
     const e = error as { code?: unknown; message?: unknown };
-    process.stderr.write(`${JSON.stringify({ error: { code: e.code ?? 'ERR_UNKNOWN', message: String(e.message ?? error) } })}\n`);
-    return code;
+    return `${printableJson({ error: { code: e.code ?? 'ERR_UNKNOWN', message: String(e.message ?? error) } })}\n`;
   }
   let message = `vmpod: ${error instanceof Error ? error.message : String(error)}`;
   let cause = error instanceof Error ? error.cause : undefined;
@@ -50,6 +55,14 @@ export function reportError(error: unknown, json: boolean, usage = false): numbe
     message += `\n  caused by: ${cause.message}`;
     cause = cause.cause;
   }
-  process.stderr.write(`${message}\n`);
-  return code;
+  return `${printable(message)}\n`;
+}
+
+/**
+ * Prints an error on stderr (with its code and causes) and returns the exit code to use:
+ * {@link EXIT_USAGE} for a {@link UsageError} or when `usage` says it is one.
+ */
+export function reportError(error: unknown, json: boolean, usage = false): number {
+  process.stderr.write(formatError(error, json));
+  return usage || error instanceof UsageError ? EXIT_USAGE : EXIT_FAILURE;
 }

@@ -10,6 +10,7 @@ import { readFile } from 'node:fs/promises';
 import { parseArgs, type ParsedArgs } from './args.js';
 import type { Command } from './command.js';
 import { EXIT_USAGE, UsageError, reportError } from './io.js';
+import { printable } from '../printable.js';
 import { run } from './commands/run.js';
 import { ps } from './commands/ps.js';
 import { exec } from './commands/exec.js';
@@ -60,7 +61,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
   const found = findCommand(argv);
   if (!found) {
-    process.stderr.write(`vmpod: unknown command "${argv.join(' ')}"\n\n${help()}`);
+    process.stderr.write(`${printable(`vmpod: unknown command "${argv.join(' ')}"`)}\n\n${help()}`);
     return EXIT_USAGE;
   }
   const json = found.rest.includes('--json');
@@ -89,7 +90,7 @@ main(process.argv.slice(2)).then(
     setImmediate(() => process.exit(code));
   },
   (error: unknown) => {
-    process.stderr.write(`vmpod: internal error: ${(error as Error).stack ?? String(error)}\n`);
+    process.stderr.write(`${printable(`vmpod: internal error: ${(error as Error).stack ?? String(error)}`)}\n`);
     process.exit(125);
   },
 );

@@ -1,5 +1,6 @@
 /**
- * The CLI as a program, from its sources (Node with tsx's loader): exit codes of usage errors.
+ * The CLI as a program, from its sources (Node with tsx's loader): exit codes of usage errors,
+ * and error messages that reach the terminal escaped.
  * Nothing here gets as far as a VM: every command fails on its arguments (with a state
  * directory and guest cache of its own, and a kernel that does not exist, should one ever get
  * further).
@@ -76,5 +77,23 @@ describe('vmpod numeric options', () => {
     const [unknown, missing] = await Promise.all([vmpod([...RUN, '--nope']), vmpod(['stop', 'box', '--timeout'])]);
     expect([unknown.code, firstLine(unknown)]).toEqual([2, 'vmpod: --nope: unknown option']);
     expect([missing.code, firstLine(missing)]).toEqual([2, 'vmpod: --timeout: this option needs a value']);
+  });
+});
+
+describe('vmpod error output', () => {
+  it('escapes control characters in what it prints, whatever they came from', async () => {
+    const title = '\x1b]0;pwned\x07';
+    const [command, option, json] = await Promise.all([
+      vmpod([`${title}\x1b[2J`]),
+      vmpod([...RUN, `--cpus=\u009b2J\u202e`]),
+      vmpod(['stop', '--json', '--timeout', `\x1b[2J\u009b`, 'box']),
+    ]);
+    expect([command.code, firstLine(command)]).toEqual([2, 'vmpod: unknown command "\\x1b]0;pwned\\x07\\x1b[2J"']);
+    expect([option.code, firstLine(option)]).toEqual([2, 'vmpod: --cpus "\\u009b2J\\u202e": expected a decimal integer from 1 to 64']);
+    expect(json.code).toBe(2);
+    expect(json.stderr).toBe(
+      '{"error":{"code":"ERR_VMPOD_USAGE","message":"--timeout \\"\\\\u001b[2J\\u009b\\": expected a decimal integer from 0 to 2147483"}}\n',
+    );
+    for (const result of [command, option, json]) expect(result.stderr).not.toMatch(/[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]/u);
   });
 });

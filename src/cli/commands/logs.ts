@@ -1,49 +1,71 @@
 /** `vmpod logs`: the console log of a sandbox. */
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { Writable } from 'node:stream';
 import { Sandbox } from '../../sandbox/sandbox.js';
 import { NotFoundError } from '../../errors.js';
+import { PrintableDecoder } from '../../printable.js';
 import { COMMON_OPTIONS, type Command } from '../command.js';
 import { UsageError } from '../io.js';
 import { parseTarget } from '../target.js';
 
+/**
+ * Copies the console log `file` from byte `offset` to `out`, through `decoder` when there is
+ * one (for a terminal: the guest writes what it likes to its console, escape sequences
+ * included), else byte for byte. Resolves with the offset reached; a missing file copies nothing.
+ */
+export async function copyLog(file: string, offset: number, out: Writable, decoder?: PrintableDecoder): Promise<number> {
+  const handle = await fs.promises.open(file, 'r').catch(() => undefined);
+  if (!handle) return offset;
+  const write = async (data: string | Buffer): Promise<void> => {
+    if (data.length > 0 && !out.write(data)) await new Promise((resolve) => out.once('drain', resolve));
+  };
+  try {
+    for (;;) {
+      // A new buffer each time: `out` may hold on to what it was given.
+      const buffer = Buffer.allocUnsafe(64 * 1024);
+      const { bytesRead } = await handle.read(buffer, 0, buffer.length, offset);
+      if (bytesRead === 0) break;
+      offset += bytesRead;
+      const chunk = buffer.subarray(0, bytesRead);
+      await write(decoder ? decoder.write(chunk) : chunk);
+    }
+  } finally {
+    await handle.close();
+  }
+  return offset;
+}
+
 export const logs: Command = {
   words: ['logs'],
   summary: "print a sandbox's console log (guest kernel, agent, hypervisor)",
-  usage: `Usage: vmpod logs [--follow] ID
+  usage: `Usage: vmpod logs [--follow] [--raw] ID
 
 Prints the sandbox's console log: the guest kernel's messages, the agent's log lines and the
-hypervisor's own errors. --follow keeps printing while the sandbox runs.`,
-  spec: { options: [...COMMON_OPTIONS, { long: 'follow', short: 'f', type: 'boolean' }] },
+hypervisor's own errors. --follow keeps printing while the sandbox runs.
+
+On a terminal, control characters the guest wrote (escape sequences, a lone CR, bidi
+controls) are shown as escapes such as \\x1b instead of being acted on, and CR LF line ends
+as plain newlines; into a pipe or a file the log is copied byte for byte. --raw copies it
+byte for byte on a terminal too.`,
+  spec: {
+    options: [...COMMON_OPTIONS, { long: 'follow', short: 'f', type: 'boolean' }, { long: 'raw', type: 'boolean' }],
+  },
   async run(parsed) {
     if (parsed.positionals.length !== 1) throw new UsageError('give exactly one sandbox id');
     const id = parseTarget(parsed.positionals[0]).sandbox;
     const info = (await Sandbox.list()).find((s) => s.id === id);
     if (!info) throw new NotFoundError('sandbox', id);
-    let offset = 0;
-    const copy = async (): Promise<void> => {
-      const handle = await fs.promises.open(info.consoleLog, 'r').catch(() => undefined);
-      if (!handle) return;
-      try {
-        const buffer = Buffer.alloc(64 * 1024);
-        for (;;) {
-          const { bytesRead } = await handle.read(buffer, 0, buffer.length, offset);
-          if (bytesRead === 0) break;
-          offset += bytesRead;
-          if (!process.stdout.write(buffer.subarray(0, bytesRead))) await new Promise((r) => process.stdout.once('drain', r));
-        }
-      } finally {
-        await handle.close();
-      }
-    };
-    await copy();
+    const decoder = process.stdout.isTTY && parsed.options['raw'] !== true ? new PrintableDecoder() : undefined;
+    let offset = await copyLog(info.consoleLog, 0, process.stdout, decoder);
     if (parsed.options['follow']) {
       while ((await Sandbox.list()).find((s) => s.id === id)?.state === 'running') {
         await sleep(250);
-        await copy();
+        offset = await copyLog(info.consoleLog, offset, process.stdout, decoder);
       }
-      await copy();
+      offset = await copyLog(info.consoleLog, offset, process.stdout, decoder);
     }
+    if (decoder) process.stdout.write(decoder.end());
     return 0;
   },
 };

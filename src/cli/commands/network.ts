@@ -2,10 +2,12 @@
 import path from 'node:path';
 import { Sandbox } from '../../sandbox/sandbox.js';
 import type { SandboxInterfaceInfo } from '../../network/sandbox-network.js';
+import type { CniCheckOutcome } from '../../network/network.js';
 import { MODELS, type InterNetworkModel } from '../../network/endpoints/endpoint.js';
 import * as validate from '../../validate.js';
+import { printableField } from '../../printable.js';
 import { COMMON_OPTIONS, type Command } from '../command.js';
-import { printJson, printTable, UsageError } from '../io.js';
+import { formatTable, printJson, UsageError } from '../io.js';
 
 async function withSandbox<T>(id: string | undefined, fn: (sandbox: Sandbox) => Promise<T>): Promise<T> {
   if (id === undefined) throw new UsageError('give a sandbox id');
@@ -17,8 +19,9 @@ async function withSandbox<T>(id: string | undefined, fn: (sandbox: Sandbox) => 
   }
 }
 
-function printInterfaces(list: readonly SandboxInterfaceInfo[]): void {
-  printTable(
+/** The table of `network ls` and `network add` (each cell printable, see {@link formatTable}). */
+export function formatInterfaces(list: readonly SandboxInterfaceInfo[]): string {
+  return formatTable(
     ['NAME', 'KIND', 'MODEL', 'ORIGIN', 'MAC', 'MTU', 'QUEUES', 'ADDRESSES', 'NIC'],
     list.map((i) => [
       i.name,
@@ -32,6 +35,23 @@ function printInterfaces(list: readonly SandboxInterfaceInfo[]): void {
       i.plugged ? i.deviceId : '-',
     ]),
   );
+}
+
+function printInterfaces(list: readonly SandboxInterfaceInfo[]): void {
+  process.stdout.write(formatInterfaces(list));
+}
+
+/**
+ * `network check`'s lines: `IFNAME (NETWORK): ok`, `failed: MESSAGE` or `skipped: WHY`, one
+ * line each whatever a plugin's error message holds (escaped by {@link printableField}).
+ */
+export function formatCheckOutcomes(outcomes: readonly CniCheckOutcome[]): string {
+  return outcomes
+    .map((o) => {
+      const detail = o.status === 'failed' ? `: ${o.error?.message}` : o.status === 'skipped' ? `: ${o.reason}` : '';
+      return `${printableField(`${o.ifName} (${o.network}): ${o.status}${detail}`)}\n`;
+    })
+    .join('');
 }
 
 export const networkAdd: Command = {
@@ -152,10 +172,7 @@ one line per network; exits 1 when a check failed.`,
     if (parsed.options['json']) {
       printJson(outcomes.map((o) => ({ ...o, ...(o.error ? { error: { code: (o.error as { code?: string }).code, message: o.error.message } } : {}) })));
     } else {
-      for (const o of outcomes) {
-        const detail = o.status === 'failed' ? `: ${o.error?.message}` : o.status === 'skipped' ? `: ${o.reason}` : '';
-        process.stdout.write(`${o.ifName} (${o.network}): ${o.status}${detail}\n`);
-      }
+      process.stdout.write(formatCheckOutcomes(outcomes));
     }
     return outcomes.some((o) => o.status === 'failed') ? 1 : 0;
   },

@@ -2,7 +2,29 @@
 import { Sandbox, type SandboxInfo } from '../../sandbox/sandbox.js';
 import type { ContainerInfo } from '../../agent/messages.js';
 import { COMMON_OPTIONS, type Command } from '../command.js';
-import { printJson, printTable } from '../io.js';
+import { formatTable, printJson } from '../io.js';
+
+/** A sandbox as `ps` lists it: its record, and the containers its agent reported. */
+export type PsRow = SandboxInfo & { containers: ContainerInfo[] };
+
+/**
+ * `ps`'s table. The containers' ids and statuses come from the guest's agent: like every cell,
+ * they are made printable on one line by {@link formatTable}.
+ */
+export function formatSandboxes(rows: readonly PsRow[]): string {
+  return formatTable(
+    ['SANDBOX', 'STATE', 'PID', 'CPUS', 'MEMORY', 'CREATED', 'CONTAINERS'],
+    rows.map((r) => [
+      r.id,
+      r.state,
+      r.pid === undefined ? '-' : String(r.pid),
+      String(r.cpus),
+      `${r.memoryMiB}M`,
+      r.createdAt.replace('T', ' ').slice(0, 19),
+      r.containers.map((c) => `${c.id}(${c.status})`).join(' ') || '-',
+    ]),
+  );
+}
 
 export const ps: Command = {
   words: ['ps'],
@@ -14,7 +36,7 @@ containers in them (asked of each sandbox's agent).`,
   spec: { options: [...COMMON_OPTIONS] },
   async run(parsed) {
     const sandboxes = await Sandbox.list();
-    const rows: (SandboxInfo & { containers: ContainerInfo[] })[] = [];
+    const rows: PsRow[] = [];
     for (const info of sandboxes) {
       let containers: ContainerInfo[] = [];
       if (info.state === 'running') {
@@ -35,18 +57,7 @@ containers in them (asked of each sandbox's agent).`,
       printJson(rows);
       return 0;
     }
-    printTable(
-      ['SANDBOX', 'STATE', 'PID', 'CPUS', 'MEMORY', 'CREATED', 'CONTAINERS'],
-      rows.map((r) => [
-        r.id,
-        r.state,
-        r.pid === undefined ? '-' : String(r.pid),
-        String(r.cpus),
-        `${r.memoryMiB}M`,
-        r.createdAt.replace('T', ' ').slice(0, 19),
-        r.containers.map((c) => `${c.id}(${c.status})`).join(' ') || '-',
-      ]),
-    );
+    process.stdout.write(formatSandboxes(rows));
     return 0;
   },
 };

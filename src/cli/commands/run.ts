@@ -7,6 +7,7 @@ import type { ContainerConfig } from '../../sandbox/sandbox.js';
 import type { SandboxConfig, SharedFsCache } from '../../sandbox/config.js';
 import type { ContainerVolume } from '../../volume/spec.js';
 import * as validate from '../../validate.js';
+import { printableField } from '../../printable.js';
 import { integerOption, type ParsedArgs } from '../args.js';
 import { COMMON_OPTIONS, type Command } from '../command.js';
 import { printJson, UsageError } from '../io.js';
@@ -158,7 +159,7 @@ ${PROCESS_USAGE}
     try {
       sandbox = await Sandbox.create(config, { signal });
       if (container.id === undefined) container.id = sandbox.id;
-      sandbox.on('progress', (message) => process.stderr.write(`vmpod: ${message}\n`));
+      sandbox.on('progress', (message) => process.stderr.write(`vmpod: ${printableField(message)}\n`));
       await sandbox.start({ signal });
       const ctr = await sandbox.createContainer({ ...container, signal });
       const done = detach ? undefined : attachStdio(ctr.init!, { interactive, tty });
