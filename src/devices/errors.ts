@@ -153,3 +153,59 @@ export class SysfsReadbackError extends VmpodError {
     super('ERR_VMPOD_SYSFS_READBACK', `wrote ${JSON.stringify(written)} to ${path} but read back ${JSON.stringify(readBack)}`, options);
   }
 }
+
+/**
+ * The folder of the host-wide locks cannot be used safely: it is not a directory, belongs to
+ * another user, or others can write to it (they could then hold vmpod's locks or plant files).
+ */
+export class HostLockError extends VmpodError {
+  constructor(
+    /** The lock folder. */
+    readonly path: string,
+    /** What is wrong with it. */
+    readonly reason: string,
+    options: VmpodErrorOptions = {},
+  ) {
+    super('ERR_VMPOD_HOST_LOCK', `cannot use ${path} for vmpod's host locks: ${reason}`, options);
+  }
+}
+
+/** Who holds an IOMMU group, as its claim says (see `bindVfio`). */
+export interface VfioGroupHolder {
+  /** The `owner` the holder gave (a sandbox id, say), or `pid N` when it gave none. */
+  owner: string;
+  /** The process that bound the group (it may have exited since: the binding outlives it). */
+  pid: number;
+  /** When the group was bound (ISO 8601). */
+  since: string;
+  /** The device the holder asked for. */
+  address: string;
+  claimId: string;
+}
+
+/**
+ * The IOMMU group of a device is already bound to vfio-pci for another binding (another sandbox,
+ * or a binding that was never released): a group goes to one VM at a time.
+ */
+export class IommuGroupInUseError extends VmpodError {
+  constructor(
+    readonly address: string,
+    readonly group: number,
+    /** The holder, as its claim says; undefined when the claim could not be read. */
+    readonly holder: VfioGroupHolder | undefined,
+    /** The claim file (remove it only if its holder is gone for good). */
+    readonly claimPath: string,
+    options: VmpodErrorOptions = {},
+  ) {
+    const who =
+      holder === undefined
+        ? 'a binding whose claim cannot be read'
+        : `${holder.owner} (pid ${holder.pid}, since ${holder.since}, for ${holder.address})`;
+    super(
+      'ERR_VMPOD_IOMMU_GROUP_IN_USE',
+      `IOMMU group ${group} of PCI device ${address} is bound to vfio-pci for ${who}: a group goes to one VM at a time ` +
+        `(release it there first; if that holder is gone for good, release its record or remove ${claimPath})`,
+      options,
+    );
+  }
+}

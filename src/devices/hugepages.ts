@@ -7,6 +7,11 @@
  * {@link InsufficientHugepagesError} (the default) or, with `allowPartial`, returned with
  * `partial: true`. Nothing is hidden.
  *
+ * The pools are host-wide and shared by every sandbox, so a reservation and a release read and
+ * write `nr_hugepages` under the host lock of the page size (`/run/lock/vmpod/hugepages-<kB>kB.lock`,
+ * see `host-lock.ts`): a reservation records the pages it added as read under that lock, and a
+ * release removes exactly those from the pool as it is then.
+ *
  * Sysfs: `kernel/mm/hugepages/hugepages-<kB>kB/` (global pools) and
  * `devices/system/node/node<N>/hugepages/hugepages-<kB>kB/` (per node), under an injectable root.
  *
@@ -18,6 +23,7 @@ import path from 'node:path';
 import { InvalidArgumentError, NotFoundError } from '../errors.js';
 import { absolutePath, integer } from '../validate.js';
 import { InsufficientHugepagesError, SysfsReadbackError, UnsupportedHugepageSizeError } from './errors.js';
+import { acquireHostLock, keptLockOptions, type HostLockOptions } from './host-lock.js';
 import { mount, unmount } from './mount.js';
 import { sysfsOf, type Sysfs, type SysfsOptions } from './sysfs.js';
 
@@ -174,16 +180,40 @@ export interface HugepageRequest {
   allowPartial?: boolean | undefined;
 }
 
-/** The persistable part of a {@link HugepageReservation}: enough to release it after a restart. */
+/**
+ * The persistable part of a {@link HugepageReservation}: enough to release it after a restart.
+ * `obtained - previous` is the number of pages the reservation added, both read under the host
+ * lock, and what {@link releaseHugepages} takes off the pool again.
+ */
 export interface HugepageReservationRecord {
   sizeBytes: number;
   /** NUMA node, or null for the global pool. */
   node: number | null;
-  /** Pool size before the reservation. */
+  /** Pool size before the reservation (read under the host lock). */
   previous: number;
-  /** Pool size read back after it. */
+  /** Pool size read back after it: `previous` + the pages the kernel actually gave (at most `count`). */
   obtained: number;
 }
+
+/** What {@link releaseHugepages} did. */
+export interface HugepageRelease {
+  /** Pool size read under the host lock before the release. */
+  before: number;
+  /** Pages taken off the pool: the record's `obtained - previous`, at most `before`. */
+  removed: number;
+  /** Pool size read back after the write (`before - removed`). */
+  after: number;
+  /**
+   * Surplus pages of the pool afterwards (`surplus_hugepages` of the same pool). The kernel does
+   * not refuse to shrink a pool below the pages in use: it makes them surplus and frees them when
+   * they are unmapped. A non-zero count means pages were still mapped (or held by hugetlbfs files)
+   * when the pool shrank; until they go, the pool has that many fewer free pages for the others.
+   */
+  surplus: number;
+}
+
+/** Options of {@link reserveHugepages} and {@link releaseHugepages}: the sysfs tree and the host lock. */
+export interface HugepageOptions extends SysfsOptions, HostLockOptions {}
 
 /** Pages added to a hugepage pool; {@link release} puts the pool back. */
 export class HugepageReservation implements HugepageReservationRecord {
@@ -195,11 +225,16 @@ export class HugepageReservation implements HugepageReservationRecord {
   readonly requested: number;
   private released = false;
 
+  private readonly lockOptions: HostLockOptions;
+
   constructor(
     record: HugepageReservationRecord,
     requested: number,
     private readonly sysfs: Sysfs,
+    /** The host lock to release under (`lockDir`, `lockTimeoutMs`); default: the sysfs tree's. */
+    lockOptions: HostLockOptions = {},
   ) {
+    this.lockOptions = keptLockOptions(lockOptions);
     this.sizeBytes = record.sizeBytes;
     this.node = record.node;
     this.previous = record.previous;
@@ -217,11 +252,15 @@ export class HugepageReservation implements HugepageReservationRecord {
     return this.obtained < this.requested;
   }
 
-  /** Puts the pool back (see {@link releaseHugepages}); idempotent. */
-  async release(): Promise<void> {
-    if (this.released) return;
-    await releaseHugepages(this.toJSON(), { sysfs: this.sysfs });
+  /**
+   * Takes this reservation's pages off the pool again (see {@link releaseHugepages}) and says
+   * what happened; idempotent (undefined once released).
+   */
+  async release(): Promise<HugepageRelease | undefined> {
+    if (this.released) return undefined;
+    const result = await releaseHugepages(this.toJSON(), { ...this.lockOptions, sysfs: this.sysfs });
     this.released = true;
+    return result;
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -239,57 +278,80 @@ export class HugepageReservation implements HugepageReservationRecord {
  * allocation is rolled back and reported as {@link InsufficientHugepagesError} unless
  * `allowPartial` is set. Either way the pool ends as it was.
  *
- * Equivalent: `echo $((prev + count)) > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages`
- * (or `/sys/devices/system/node/nodeN/hugepages/...`) followed by `cat` of the same file.
+ * The read, the write, the read-back and any roll-back happen under the host lock of the page
+ * size, so concurrent reservations and releases (other sandboxes, other processes, other state
+ * directories) each see the pool as the last one left it, and the record says exactly the pages
+ * this call added.
+ *
+ * Equivalent: `flock /run/lock/vmpod/hugepages-2048kB.lock sh -c 'echo $(($(cat F) + count)) > F; cat F'`
+ * with `F=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages` (or
+ * `/sys/devices/system/node/nodeN/hugepages/...`).
  */
-export async function reserveHugepages(request: HugepageRequest, options: SysfsOptions = {}): Promise<HugepageReservation> {
+export async function reserveHugepages(request: HugepageRequest, options: HugepageOptions = {}): Promise<HugepageReservation> {
   const sizeBytes = hugepageSize(request.size, 'size');
   const count = integer(request.count, 'count', 1, 2 ** 31 - 1);
   const node = request.node === undefined ? undefined : integer(request.node, 'node', 0, 1023);
   const sysfs = sysfsOf(options);
+  // What does not exist is refused before taking the lock, and checked again under it.
   const pools = await listHugepages({ sysfs });
-  const pool = pools.find((p) => p.sizeBytes === sizeBytes);
-  if (!pool) throw new UnsupportedHugepageSizeError(sizeBytes, pools.map((p) => p.sizeBytes));
-  if (node !== undefined && !pool.nodes.some((n) => n.node === node)) {
+  const known = pools.find((p) => p.sizeBytes === sizeBytes);
+  if (!known) throw new UnsupportedHugepageSizeError(sizeBytes, pools.map((p) => p.sizeBytes));
+  if (node !== undefined && !known.nodes.some((n) => n.node === node)) {
     throw new NotFoundError('NUMA node', String(node));
   }
-  const file = `${node === undefined ? globalDir(sizeBytes) : nodeDir(node, sizeBytes)}/nr_hugepages`;
-  const previous = await readCount(sysfs, file);
-  const requested = previous + count;
-
-  // Asking for more than the memory there is can only fail, after squeezing every cache on the
-  // host: refuse it up front. Pages of the other sizes already take their share.
-  const others = pools
-    .filter((p) => p !== pool)
-    .reduce((sum, p) => sum + p.sizeBytes * (node === undefined ? p.total : (p.nodes.find((n) => n.node === node)?.total ?? 0)), 0);
-  if (requested * sizeBytes + others > (await memTotal(sysfs, node))) {
-    throw new InsufficientHugepagesError(sizeBytes, node, previous, requested, previous, false, false);
-  }
-
+  const { lock } = await acquireHostLock(hugepageLockName(sizeBytes), { ...options, sysfs });
   try {
-    await sysfs.write(file, String(requested));
-  } catch (cause) {
-    // The kernel refused the write; make sure it left nothing half-done.
-    const now = await sysfs.readInt(file).catch(() => undefined);
-    if (now !== undefined && now !== previous) await restoreCount(sysfs, file, previous).catch(() => undefined);
-    throw cause;
-  }
-  let obtained = await readCount(sysfs, file);
-  if (obtained < requested && !request.allowPartial) {
-    let rolledBack = obtained === previous;
-    let cause: unknown;
-    if (!rolledBack) {
-      try {
-        await restoreCount(sysfs, file, previous);
-        rolledBack = true;
-      } catch (e) {
-        cause = e;
-      }
+    const now = await listHugepages({ sysfs });
+    const pool = now.find((p) => p.sizeBytes === sizeBytes);
+    if (!pool) throw new UnsupportedHugepageSizeError(sizeBytes, now.map((p) => p.sizeBytes));
+    const file = `${node === undefined ? globalDir(sizeBytes) : nodeDir(node, sizeBytes)}/nr_hugepages`;
+    const previous = await readCount(sysfs, file);
+    const requested = previous + count;
+
+    // Asking for more than the memory there is can only fail, after squeezing every cache on the
+    // host: refuse it up front. Pages of the other sizes already take their share.
+    const others = now
+      .filter((p) => p !== pool)
+      .reduce((sum, p) => sum + p.sizeBytes * (node === undefined ? p.total : (p.nodes.find((n) => n.node === node)?.total ?? 0)), 0);
+    if (requested * sizeBytes + others > (await memTotal(sysfs, node))) {
+      throw new InsufficientHugepagesError(sizeBytes, node, previous, requested, previous, false, false);
     }
-    throw new InsufficientHugepagesError(sizeBytes, node, previous, requested, obtained, true, rolledBack, cause === undefined ? {} : { cause });
+
+    try {
+      await sysfs.write(file, String(requested));
+    } catch (cause) {
+      // The kernel refused the write; make sure it left nothing half-done.
+      const back = await sysfs.readInt(file).catch(() => undefined);
+      if (back !== undefined && back !== previous) await restoreCount(sysfs, file, previous).catch(() => undefined);
+      throw cause;
+    }
+    // The kernel may give fewer pages than asked, never more; anything above `requested` would be
+    // someone writing the file without the lock, and is not this reservation's.
+    const obtained = Math.max(previous, Math.min(await readCount(sysfs, file), requested));
+    if (obtained < requested && !request.allowPartial) {
+      let rolledBack = obtained === previous;
+      let cause: unknown;
+      if (!rolledBack) {
+        try {
+          // Relative to the pool as it is: take off what this call added, nothing else.
+          const back = await readCount(sysfs, file);
+          await restoreCount(sysfs, file, Math.max(0, back - (obtained - previous)));
+          rolledBack = true;
+        } catch (e) {
+          cause = e;
+        }
+      }
+      throw new InsufficientHugepagesError(sizeBytes, node, previous, requested, obtained, true, rolledBack, cause === undefined ? {} : { cause });
+    }
+    return new HugepageReservation({ sizeBytes, node: node ?? null, previous, obtained }, requested, sysfs, options);
+  } finally {
+    await lock.release();
   }
-  obtained = Math.min(obtained, requested);
-  return new HugepageReservation({ sizeBytes, node: node ?? null, previous, obtained }, requested, sysfs);
+}
+
+/** Name of the host lock of one page size's pools (global and per node). */
+function hugepageLockName(sizeBytes: number): string {
+  return `hugepages-${sizeBytes / KiB}kB`;
 }
 
 /** Writes `value` and checks that it reads back. */
@@ -300,22 +362,42 @@ async function restoreCount(sysfs: Sysfs, file: string, value: number): Promise<
 }
 
 /**
- * Puts a pool back as it was before a reservation. When the pool still holds exactly what the
- * reservation left, it is set back to `previous`; when someone else changed it meanwhile, only
- * the pages this reservation added are removed, so their pages are left alone. Pages still mapped
- * become surplus pages and return to the system when unmapped.
+ * Takes a reservation's pages off its pool again: under the host lock of the page size, reads the
+ * pool size now and writes it minus the pages the record says it added (`obtained - previous`),
+ * never below 0, then reads it back. The arithmetic is relative to the pool as it is, not a write
+ * of the old size, so pages that other reservations added meanwhile stay. Pages still mapped
+ * become surplus pages and return to the system when unmapped: see {@link HugepageRelease.surplus}.
+ *
+ * Records written by earlier versions of vmpod (same fields, made without the host lock) are
+ * released the same way. Two such records made in a race may both count the same pages, which
+ * cannot be told from them: releasing both then removes those pages twice (down to 0 at most), as
+ * those versions did.
+ *
+ * A record read back from disk is input: it is checked before anything is read or written.
+ * Calling this twice with one record removes its pages twice: drop the record once it returns.
+ *
+ * Equivalent: `flock /run/lock/vmpod/hugepages-2048kB.lock sh -c 'echo $(($(cat F) - added)) > F; cat F'`.
  */
-export async function releaseHugepages(record: HugepageReservationRecord, options: SysfsOptions = {}): Promise<void> {
+export async function releaseHugepages(record: HugepageReservationRecord, options: HugepageOptions = {}): Promise<HugepageRelease> {
   const sysfs = sysfsOf(options);
   // A record read back from disk is input too.
   const sizeBytes = hugepageSize(record?.sizeBytes, 'record.sizeBytes');
   if (record.node !== null) integer(record.node, 'record.node', 0, 1023);
   integer(record.previous, 'record.previous', 0, 2 ** 31 - 1);
   integer(record.obtained, 'record.obtained', record.previous, 2 ** 31 - 1);
-  const file = `${record.node === null ? globalDir(sizeBytes) : nodeDir(record.node, sizeBytes)}/nr_hugepages`;
-  const current = await readCount(sysfs, file);
-  const target = current === record.obtained ? record.previous : Math.max(0, current - (record.obtained - record.previous));
-  if (target !== current) await restoreCount(sysfs, file, target);
+  const dir = record.node === null ? globalDir(sizeBytes) : nodeDir(record.node, sizeBytes);
+  const file = `${dir}/nr_hugepages`;
+  const { lock } = await acquireHostLock(hugepageLockName(sizeBytes), { ...options, sysfs });
+  try {
+    const before = await readCount(sysfs, file);
+    const removed = Math.min(before, record.obtained - record.previous);
+    const after = before - removed;
+    if (after !== before) await restoreCount(sysfs, file, after);
+    const surplus = (await sysfs.readInt(`${dir}/surplus_hugepages`)) ?? 0;
+    return { before, removed, after, surplus };
+  } finally {
+    await lock.release();
+  }
 }
 
 /** A hugetlbfs mount. */

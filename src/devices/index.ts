@@ -1,6 +1,7 @@
 /**
  * Host devices for NFV: hugepages, PCI discovery, VFIO binding, SR-IOV, KSM. Every function takes
- * the sysfs tree to act on (`{ sysfs }`, default `/sys`).
+ * the sysfs tree to act on (`{ sysfs }`, default `/sys`); hugepage reservations and VFIO bindings
+ * also take the host lock folder (`{ lockDir }`, default `/run/lock/vmpod`, see `host-lock.ts`).
  *
  * @module
  */
@@ -8,12 +9,16 @@ export {
   DeviceBindError,
   DeviceBusyError,
   FeatureUnavailableError,
+  HostLockError,
   InsufficientHugepagesError,
+  IommuGroupInUseError,
   IommuGroupNotViableError,
   SysfsReadbackError,
   UnsupportedHugepageSizeError,
+  type VfioGroupHolder,
 } from './errors.js';
 export { Sysfs, type SysfsOptions } from './sysfs.js';
+export { DEFAULT_HOST_LOCK_DIR, hostLockDir, type HostLockOptions } from './host-lock.js';
 export {
   HugepageReservation,
   HugetlbfsMount,
@@ -24,7 +29,9 @@ export {
   releaseHugepages,
   reserveHugepages,
   type HugepageNodeCounts,
+  type HugepageOptions,
   type HugepagePool,
+  type HugepageRelease,
   type HugepageRequest,
   type HugepageReservationRecord,
   type HugetlbfsOptions,
@@ -54,6 +61,7 @@ export {
   type VfioDeviceRecord,
   type VfioPciDevice,
   type VfioPciDeviceOptions,
+  type VfioReleaseOptions,
 } from './vfio.js';
 export { setNumVfs, setVf, sriovCapability, vfIndex, vfSettingsMessage, type SetNumVfsOptions, type VfSettings } from './sriov.js';
 export {

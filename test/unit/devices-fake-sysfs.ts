@@ -6,12 +6,24 @@
  * for the writes that matter: it records every write in order and updates the tree the way the
  * kernel would (bind/unbind/drivers_probe move the `driver` link, sriov_numvfs creates VFs,
  * nr_hugepages grows the pool up to a configurable capacity).
+ *
+ * Several processes may share one tree (`new FakeSysfs(root)` in each): every write and its
+ * reaction run under a flock of the tree (`.fake/kernel.lock`), as the kernel serialises them
+ * (device_lock, hugetlb_lock), and the hugepage counts are replaced atomically (rename), so a
+ * reader never sees a half-written number. What vmpod itself must serialise is left to vmpod.
+ * The hidden folders `.fake` (the fake kernel's own files) and `.vmpod-lock` (vmpod's host locks
+ * for this tree) are not part of {@link FakeSysfs.snapshot}.
  */
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { systemErrorFrom } from '../../src/devices/errors.js';
 import { Sysfs } from '../../src/devices/sysfs.js';
+import { FileLock } from '../../src/state/lock.js';
+
+/** The fake kernel's own files (locks, limits), inside the tree. */
+const FAKE = '.fake';
+const NR_HUGEPAGES = /^(kernel\/mm\/hugepages|devices\/system\/node\/node(\d+)\/hugepages)\/hugepages-(\d+)kB\/nr_hugepages$/u;
 
 export interface FakeNetdev {
   name: string;
@@ -165,6 +177,15 @@ export class FakeSysfs extends Sysfs {
     }
   }
 
+  /**
+   * Caps a node's pool of `sizeKb` pages at `max` pages in total, for every process sharing the
+   * tree (a file under `.fake`); writes asking for more get what fits, like the kernel when memory
+   * runs out.
+   */
+  async limitHugepages(sizeKb: number, node: number, max: number): Promise<void> {
+    await this.file(`${FAKE}/hugepages-${sizeKb}kB-node${node}.max`, String(max));
+  }
+
   /** Adds kernel/mm/ksm with the given attribute values (file name -> text). */
   async addKsm(values: Record<string, string>): Promise<void> {
     for (const [file, text] of Object.entries(values)) await this.file(`kernel/mm/ksm/${file}`, text);
@@ -175,12 +196,23 @@ export class FakeSysfs extends Sysfs {
     this.writes.push([key, value]);
     const fail = this.failWrite.get(`${key}=${value.trim()}`) ?? this.failWrite.get(key);
     if (fail !== undefined) throw systemErrorFrom(`write ${this.path(key)}`, errnoError(fail, 5, 'injected failure'));
-    const old = await this.readOptional(key).catch(() => undefined);
-    await super.write(key, value);
+    await fs.mkdir(this.path(FAKE), { recursive: true });
+    const kernel = await FileLock.acquire(this.path(`${FAKE}/kernel.lock`));
     try {
-      await this.react(key, value.trim(), old);
-    } catch (e) {
-      throw systemErrorFrom(`write ${this.path(key)}`, e);
+      const old = await this.readOptional(key).catch(() => undefined);
+      if (NR_HUGEPAGES.test(key)) {
+        // The written text is not the state: the pool is resized and its count replaced at once.
+        if (old === undefined) throw systemErrorFrom(`write ${this.path(key)}`, errnoError('ENOENT', 2, 'no such file or directory'));
+      } else {
+        await super.write(key, value);
+      }
+      try {
+        await this.react(key, value.trim(), old);
+      } catch (e) {
+        throw systemErrorFrom(`write ${this.path(key)}`, e);
+      }
+    } finally {
+      await kernel.release();
     }
   }
 
@@ -231,9 +263,8 @@ export class FakeSysfs extends Sysfs {
         await fs.writeFile(this.path(rel), `${old}\n`);
         throw errnoError('EBUSY', 16, 'pages are shared');
       }
-    } else if ((m = /^(kernel\/mm\/hugepages|devices\/system\/node\/node(\d+)\/hugepages)\/hugepages-(\d+)kB\/nr_hugepages$/u.exec(rel))) {
+    } else if ((m = NR_HUGEPAGES.exec(rel))) {
       const node = m[2] === undefined ? undefined : Number(m[2]);
-      if (node !== undefined) await fs.writeFile(this.path(rel), `${old}\n`); // the written text is not the state
       await this.resizeHugepages(m[3]!, node, Number(value));
     }
   }
@@ -242,7 +273,17 @@ export class FakeSysfs extends Sysfs {
     return (await this.list(`bus/pci/devices/${pf}`)).filter((e) => e.startsWith('virtfn')).length;
   }
 
-  /** Grows or shrinks a pool like the kernel: up to the capacity left, spread over nodes for the global pool. */
+  /** Replaces a file's content at once (a reader sees the old or the new text, never a part). */
+  private async replace(rel: string, content: string): Promise<void> {
+    const tmp = this.path(`${FAKE}/tmp-${process.pid}`);
+    await fs.writeFile(tmp, content);
+    await fs.rename(tmp, this.path(rel));
+  }
+
+  /**
+   * Grows or shrinks a pool like the kernel: up to the capacity left (and the node's limit, see
+   * {@link limitHugepages}), spread over nodes for the global pool.
+   */
   private async resizeHugepages(sizeKb: string, node: number | undefined, wanted: number): Promise<void> {
     const nodes = (await this.list('devices/system/node')).map((n) => Number(n.slice(4)));
     const nodeFile = (n: number, f: string): string => `devices/system/node/node${n}/hugepages/hugepages-${sizeKb}kB/${f}`;
@@ -256,19 +297,20 @@ export class FakeSysfs extends Sysfs {
       if (delta === 0) break;
       const cur = counts.get(n)!;
       const cap = this.hugepageCapacity.get(`${sizeKb} ${n}`) ?? Infinity;
-      const change = delta > 0 ? Math.min(delta, cap) : Math.max(delta, -cur);
+      const max = Number((await this.readOptional(`${FAKE}/hugepages-${sizeKb}kB-node${n}.max`)) ?? Infinity);
+      const change = delta > 0 ? Math.max(0, Math.min(delta, cap, max - cur)) : Math.max(delta, -cur);
       this.hugepageCapacity.set(`${sizeKb} ${n}`, cap - change);
       counts.set(n, cur + change);
       delta -= change;
     }
     let sum = 0;
     for (const [n, c] of counts) {
-      await fs.writeFile(this.path(nodeFile(n, 'nr_hugepages')), `${c}\n`);
-      await fs.writeFile(this.path(nodeFile(n, 'free_hugepages')), `${c}\n`);
+      await this.replace(nodeFile(n, 'nr_hugepages'), `${c}\n`);
+      await this.replace(nodeFile(n, 'free_hugepages'), `${c}\n`);
       sum += c;
     }
-    await fs.writeFile(this.path(`kernel/mm/hugepages/hugepages-${sizeKb}kB/nr_hugepages`), `${sum}\n`);
-    await fs.writeFile(this.path(`kernel/mm/hugepages/hugepages-${sizeKb}kB/free_hugepages`), `${sum}\n`);
+    await this.replace(`kernel/mm/hugepages/hugepages-${sizeKb}kB/nr_hugepages`, `${sum}\n`);
+    await this.replace(`kernel/mm/hugepages/hugepages-${sizeKb}kB/free_hugepages`, `${sum}\n`);
   }
 
   /** Every file's content and every symlink's target, for before/after comparisons. */
@@ -277,6 +319,7 @@ export class FakeSysfs extends Sysfs {
     const walk = async (rel: string): Promise<void> => {
       for (const entry of await fs.readdir(this.path(rel), { withFileTypes: true })) {
         const r = path.join(rel, entry.name);
+        if (r === FAKE || r === '.vmpod-lock') continue;
         if (entry.isSymbolicLink()) out[r] = `-> ${await fs.readlink(this.path(r))}`;
         else if (entry.isDirectory()) await walk(r);
         // The attribute files bind/unbind/drivers_probe keep the last text written: not state.

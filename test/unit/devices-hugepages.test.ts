@@ -1,3 +1,4 @@
+import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { InvalidArgumentError, NotFoundError } from '../../src/errors.js';
 import { InsufficientHugepagesError, UnsupportedHugepageSizeError } from '../../src/devices/errors.js';
@@ -11,6 +12,8 @@ import {
   type HugepageReservationRecord,
 } from '../../src/devices/hugepages.js';
 import { FakeSysfs } from './devices-fake-sysfs.js';
+import type { HugepageWorkerOptions, HugepageWorkerReport } from './devices-hugepages-worker.js';
+import { runWorkers } from './devices-workers.js';
 
 const MiB = 1024 * 1024;
 const GLOBAL_2M = 'kernel/mm/hugepages/hugepages-2048kB/nr_hugepages';
@@ -194,4 +197,80 @@ describe('hugepage pools (fake sysfs)', () => {
     expect(sysfs.writes.at(-1)).toEqual([GLOBAL_2M, '6']);
     expect((await hugepagePool('2M', { sysfs })).total).toBe(6);
   });
+});
+
+describe('hugepage reservations and releases at the same time (fake sysfs)', () => {
+  it('two reservations at once each read the pool the other left, under the host lock', async () => {
+    await sysfs.write(GLOBAL_2M, '10');
+    sysfs.writes.length = 0;
+    const [a, b] = await Promise.all([reserveHugepages({ size: '2M', count: 4 }, { sysfs }), reserveHugepages({ size: '2M', count: 4 }, { sysfs })]);
+    const records = [a.toJSON(), b.toJSON()].sort((x, y) => x.previous - y.previous);
+    expect(records).toEqual([
+      { sizeBytes: 2 * MiB, node: null, previous: 10, obtained: 14 },
+      { sizeBytes: 2 * MiB, node: null, previous: 14, obtained: 18 },
+    ]);
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(18);
+    // Released in the order they were made or not: each takes off its own 4 pages.
+    expect(await a.release()).toMatchObject({ removed: 4 });
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(14);
+    await b.release();
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(10);
+    expect(await a.release()).toBeUndefined(); // idempotent
+  });
+
+  it('a release and a reservation at once: the release takes off only its pages', async () => {
+    const a = await reserveHugepages({ size: '2M', count: 3 }, { sysfs });
+    const [, b] = await Promise.all([a.release(), reserveHugepages({ size: '2M', count: 5 }, { sysfs })]);
+    expect(b.added).toBe(5);
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(5);
+    await b.release();
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(0);
+  });
+
+  it('records what the kernel actually gave, and releases exactly that, whoever came between', async () => {
+    await sysfs.limitHugepages(2048, 0, 6);
+    await sysfs.limitHugepages(2048, 1, 0);
+    const a = await reserveHugepages({ size: '2M', count: 4 }, { sysfs });
+    const b = await reserveHugepages({ size: '2M', count: 5, allowPartial: true }, { sysfs });
+    expect([b.previous, b.obtained, b.added, b.partial]).toEqual([4, 6, 2, true]);
+    const c = await reserveHugepages({ size: '2M', count: 1 }, { sysfs }).catch((e: unknown) => e);
+    expect(c).toMatchObject({ code: 'ERR_VMPOD_HUGEPAGES_INSUFFICIENT', attempted: true, obtained: 6, rolledBack: true });
+    expect(await a.release()).toEqual({ before: 6, removed: 4, after: 2, surplus: 0 });
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(2); // b's two pages are still there
+    expect(await b.release()).toEqual({ before: 2, removed: 2, after: 0, surplus: 0 });
+  });
+
+  it('reports the pages still in use when the pool shrank (surplus), and never goes below 0', async () => {
+    const r = await reserveHugepages({ size: '2M', count: 4 }, { sysfs });
+    // The kernel turns pages still mapped into surplus pages instead of refusing to shrink.
+    await sysfs.file('kernel/mm/hugepages/hugepages-2048kB/surplus_hugepages', '3');
+    expect(await r.release()).toEqual({ before: 4, removed: 4, after: 0, surplus: 3 });
+    // Someone shrank the pool without the lock: only what is there comes off.
+    await sysfs.write(GLOBAL_2M, '2');
+    expect(await releaseHugepages({ sizeBytes: 2 * MiB, node: null, previous: 0, obtained: 4 }, { sysfs })).toMatchObject({ before: 2, removed: 2, after: 0 });
+  });
+});
+
+describe('hugepage reservations from several processes (fake sysfs)', () => {
+  const worker = fileURLToPath(new URL('./devices-hugepages-worker.ts', import.meta.url));
+
+  it('4 processes x 25 reserve/release cycles: the pool ends where it started and never holds fewer pages than reserved', async () => {
+    // A pool of 10 pages that others made, and room for 24 in all: the workers ask for up to
+    // 4 x 8 more, so some get part of what they asked (kept, or rolled back).
+    await sysfs.write(GLOBAL_2M, '10');
+    await sysfs.limitHugepages(2048, 0, 12);
+    await sysfs.limitHugepages(2048, 1, 12);
+    const reports = await runWorkers<HugepageWorkerOptions, HugepageWorkerReport>(
+      worker,
+      [0, 1, 2, 3].map((i) => ({ sysfs: sysfs.root, name: `w${i}`, cycles: 25, maxPages: 8, base: 10, checks: 5 })),
+    );
+    expect(reports.flatMap((r) => r.errors)).toEqual([]);
+    expect(reports.flatMap((r) => r.violations)).toEqual([]);
+    expect(reports.reduce((n, r) => n + r.reserved + r.insufficient, 0)).toBe(100);
+    expect(reports.reduce((n, r) => n + r.reserved, 0)).toBeGreaterThan(0);
+    // Back to 10 pages (the kernel may have moved them between the nodes: a global pool is global).
+    const pool = await hugepagePool('2M', { sysfs });
+    expect(pool.total).toBe(10);
+    expect(pool.nodes.reduce((n, x) => n + x.total, 0)).toBe(10);
+  }, 120_000);
 });

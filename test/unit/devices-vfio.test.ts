@@ -1,9 +1,12 @@
+import fs from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { InvalidArgumentError, NotFoundError } from '../../src/errors.js';
 import {
   DeviceBindError,
   DeviceBusyError,
   FeatureUnavailableError,
+  IommuGroupInUseError,
   IommuGroupNotViableError,
 } from '../../src/devices/errors.js';
 import { iommuGroupDevices, listPciDevices, netdevStates, pciDevice } from '../../src/devices/pci.js';
@@ -17,6 +20,8 @@ import {
   type VfioBindingRecord,
 } from '../../src/devices/vfio.js';
 import { FakeSysfs } from './devices-fake-sysfs.js';
+import type { VfioWorkerOptions, VfioWorkerReport } from './devices-vfio-worker.js';
+import { runWorkers } from './devices-workers.js';
 
 const UP = 0x1003; // IFF_UP | IFF_BROADCAST | IFF_MULTICAST
 const DOWN = 0x1002;
@@ -116,6 +121,8 @@ describe('bindVfio / releaseVfio on a fake sysfs', () => {
       address: '0000:5e:00.0',
       iommuGroup: 31,
       devices: [{ address: '0000:5e:00.0', originalDriver: 'nvme', originalDriverOverride: null, alreadyBound: false }],
+      claimId: expect.stringMatching(/^[0-9a-f-]{36}$/u),
+      owner: `pid ${process.pid}`,
     });
     expect(binding.groupDevice).toBe('/dev/vfio/31');
 
@@ -354,6 +361,191 @@ describe('bindVfio / releaseVfio on a fake sysfs', () => {
     );
     expect(sysfs.writes).toEqual([]);
   });
+});
+
+describe('one binding per IOMMU group: the claim (fake sysfs)', () => {
+  const A = '0000:3b:00.0';
+  const B = '0000:3b:00.1';
+  const claimFile = (): string => sysfs.path('.vmpod-lock/vfio-group-30.json');
+  const drivers = async (): Promise<(string | null)[]> => Promise.all([A, B].map(async (a) => (await pciDevice(a, { sysfs })).driver));
+
+  it('refuses a second binding of a held group, naming the holder, with no write; the group is free again after release', async () => {
+    await multiFunctionNic();
+    const first = await bindVfio(A, { sysfs, addresses: noAddresses, owner: 'sandbox one' });
+    expect(first.record).toMatchObject({ owner: 'sandbox one', claimId: expect.any(String) });
+    const claim = JSON.parse(await fs.readFile(claimFile(), 'utf8')) as Record<string, unknown>;
+    expect(claim).toEqual({ owner: 'sandbox one', pid: process.pid, since: expect.any(String), address: A, claimId: first.record.claimId, record: first.record });
+    expect((await fs.stat(claimFile())).mode & 0o777).toBe(0o600);
+    sysfs.writes.length = 0;
+
+    const error = await bindVfio(B, { sysfs, addresses: noAddresses, owner: 'sandbox two' }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(IommuGroupInUseError);
+    expect(error).toMatchObject({
+      code: 'ERR_VMPOD_IOMMU_GROUP_IN_USE',
+      address: B,
+      group: 30,
+      holder: { owner: 'sandbox one', pid: process.pid, address: A, claimId: first.record.claimId },
+      claimPath: claimFile(),
+    });
+    expect((error as Error).message).toMatch(
+      /^IOMMU group 30 of PCI device 0000:3b:00\.1 is bound to vfio-pci for sandbox one \(pid \d+, since .+, for 0000:3b:00\.0\): a group goes to one VM at a time/u,
+    );
+    // The check without writes says so too, before anything is recorded.
+    await expect(checkVfioGroup(B, { sysfs, addresses: noAddresses })).rejects.toBeInstanceOf(IommuGroupInUseError);
+    // The same device again is refused just the same.
+    await expect(bindVfio(A, { sysfs, addresses: noAddresses })).rejects.toBeInstanceOf(IommuGroupInUseError);
+    expect(sysfs.writes).toEqual([]);
+
+    await first.release();
+    await expect(fs.access(claimFile())).rejects.toMatchObject({ code: 'ENOENT' });
+    const second = await bindVfio(B, { sysfs, addresses: noAddresses, owner: 'sandbox two' });
+    expect(await drivers()).toEqual(['vfio-pci', 'vfio-pci']);
+    await second.release();
+    expect(await drivers()).toEqual(['ixgbe', 'ixgbe']);
+  });
+
+  it('two binds of one group at once in one process: one gets it, the other is refused', async () => {
+    await multiFunctionNic();
+    const results = await Promise.allSettled([bindVfio(A, { sysfs, addresses: noAddresses }), bindVfio(B, { sysfs, addresses: noAddresses })]);
+    const won = results.filter((r) => r.status === 'fulfilled');
+    const lost = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+    expect([won.length, lost.length]).toEqual([1, 1]);
+    expect(lost[0]!.reason).toBeInstanceOf(IommuGroupInUseError);
+    await (won[0] as PromiseFulfilledResult<Awaited<ReturnType<typeof bindVfio>>>).value.release();
+    expect(await drivers()).toEqual(['ixgbe', 'ixgbe']);
+  });
+
+  it('a release of a binding that is over leaves the group to the binding that holds it now', async () => {
+    await multiFunctionNic();
+    const first = await bindVfio(A, { sysfs, addresses: noAddresses, owner: 'one' });
+    const saved = JSON.parse(JSON.stringify(first.record)) as VfioBindingRecord;
+    await first.release();
+    const second = await bindVfio(B, { sysfs, addresses: noAddresses, owner: 'two' });
+    sysfs.writes.length = 0;
+    // The first sandbox's record, released again (a retry after a crash, say): nothing is touched.
+    await releaseVfio(saved, { sysfs });
+    expect(sysfs.writes).toEqual([]);
+    expect(await drivers()).toEqual(['vfio-pci', 'vfio-pci']);
+    // Nor by a record of an older version for another state of the group.
+    const { claimId: _c, owner: _o, ...legacy } = saved;
+    await releaseVfio({ ...legacy, devices: legacy.devices.map((d) => ({ ...d, originalDriver: 'i40e' })) }, { sysfs });
+    expect(sysfs.writes).toEqual([]);
+    await second.release();
+    expect(await drivers()).toEqual(['ixgbe', 'ixgbe']);
+    // With no claim at all, a record with a claim id is over: nothing to do.
+    sysfs.writes.length = 0;
+    await releaseVfio(saved, { sysfs });
+    expect(sysfs.writes).toEqual([]);
+  });
+
+  it('releases a record without a claim id (older versions, or saved before bindVfio returned) like before', async () => {
+    await multiFunctionNic();
+    const before = await sysfs.snapshot();
+    // Bound by an older vmpod: no claim.
+    const binding = await bindVfio(A, { sysfs, addresses: noAddresses });
+    const { claimId: _c, owner: _o, ...legacy } = binding.record;
+    await fs.rm(claimFile());
+    await releaseVfio(legacy, { sysfs });
+    expect(await sysfs.snapshot()).toEqual(before);
+    // Saved before the bind (as a sandbox does), the bind then claims the group: the record is
+    // that binding's, so it releases it and the claim.
+    const planned = (await bindVfio(A, { sysfs, addresses: noAddresses })).record;
+    const { claimId: _c2, owner: _o2, ...presaved } = planned;
+    await releaseVfio(presaved, { sysfs });
+    expect(await sysfs.snapshot()).toEqual(before);
+    await expect(fs.access(claimFile())).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('a claim id given to bindVfio goes into the record; a bind that cannot be undone keeps the claim for the saved record', async () => {
+    await multiFunctionNic();
+    const before = await sysfs.snapshot();
+    sysfs.failWrite.set(`bus/pci/drivers/ixgbe/unbind=${B}`, 'EIO');
+    sysfs.failWrite.set(`bus/pci/drivers/ixgbe/bind=${A}`, 'EIO');
+    const { members, iommuGroup } = await checkVfioGroup(A, { sysfs, addresses: noAddresses });
+    const saved: VfioBindingRecord = {
+      address: A,
+      iommuGroup,
+      devices: members.map((m) => ({ address: m.address, originalDriver: m.driver, originalDriverOverride: m.driverOverride, alreadyBound: false })),
+      claimId: 'sandbox-1.dev0',
+      owner: 'sandbox 1',
+    };
+    const error = await bindVfio(A, { sysfs, addresses: noAddresses, owner: 'sandbox 1', claimId: 'sandbox-1.dev0' }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'ERR_VMPOD_DEVICE_BIND', restored: false });
+    // Half bound: the group stays claimed, nobody else can take it.
+    await expect(bindVfio(B, { sysfs, addresses: noAddresses })).rejects.toMatchObject({ holder: { owner: 'sandbox 1', claimId: 'sandbox-1.dev0' } });
+    sysfs.failWrite.clear();
+    await releaseVfio(saved, { sysfs });
+    expect(await sysfs.snapshot()).toEqual(before);
+    await expect(fs.access(claimFile())).rejects.toMatchObject({ code: 'ENOENT' });
+    await expect(bindVfio(A, { sysfs, claimId: 'a/b' })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(bindVfio(A, { sysfs, owner: 'x\ny' })).rejects.toBeInstanceOf(InvalidArgumentError);
+  });
+
+  it('replaces a stale claim (no member left on vfio-pci); refuses on an unreadable one while the group is bound', async () => {
+    await multiFunctionNic();
+    const first = await bindVfio(A, { sysfs, addresses: noAddresses, owner: 'gone' });
+    // Given back by hand (the claim is left behind).
+    for (const a of [A, B]) {
+      await sysfs.write(`bus/pci/drivers/vfio-pci/unbind`, a);
+      await sysfs.write(`bus/pci/devices/${a}/driver_override`, '\n');
+      await sysfs.write(`bus/pci/drivers/ixgbe/bind`, a);
+    }
+    const second = await bindVfio(B, { sysfs, addresses: noAddresses, owner: 'new' });
+    expect(JSON.parse(await fs.readFile(claimFile(), 'utf8'))).toMatchObject({ owner: 'new' });
+    sysfs.writes.length = 0;
+    await releaseVfio(first.record, { sysfs }); // the stale holder's record: not its group any more
+    expect(sysfs.writes).toEqual([]);
+    await fs.writeFile(claimFile(), '{"owner": 4');
+    const error = await bindVfio(A, { sysfs, addresses: noAddresses }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(IommuGroupInUseError);
+    expect((error as IommuGroupInUseError).holder).toBeUndefined();
+    expect((error as Error).message).toMatch(/for a binding whose claim cannot be read/u);
+    await fs.rm(claimFile());
+    await releaseVfio(second.record, { sysfs }); // its claim is gone: over as far as it knows
+    expect(await drivers()).toEqual(['vfio-pci', 'vfio-pci']);
+    const { claimId: _c, owner: _o, ...legacy } = second.record;
+    await releaseVfio(legacy, { sysfs });
+    expect(await drivers()).toEqual(['ixgbe', 'ixgbe']);
+  });
+
+  it('rejects a record whose group or claim is not what a record holds, before any lock or write', async () => {
+    await multiFunctionNic();
+    const good = { address: A, iommuGroup: 30, devices: [{ address: A, originalDriver: 'ixgbe', originalDriverOverride: null, alreadyBound: false }] };
+    for (const bad of [{ ...good, iommuGroup: '30/../x' }, { ...good, iommuGroup: -1 }, { ...good, claimId: '../x' }, { ...good, owner: 7 }]) {
+      await expect(releaseVfio(bad as unknown as VfioBindingRecord, { sysfs })).rejects.toBeInstanceOf(InvalidArgumentError);
+    }
+    expect(sysfs.writes).toEqual([]);
+    await expect(fs.access(sysfs.path('.vmpod-lock'))).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+});
+
+describe('bindVfio / releaseVfio from several processes (fake sysfs)', () => {
+  const worker = fileURLToPath(new URL('./devices-vfio-worker.ts', import.meta.url));
+
+  it('two processes binding the two devices of one IOMMU group: one holds it at a time, the drivers end as they were', async () => {
+    await multiFunctionNic();
+    const lockDir = await fs.mkdtemp(`${sysfs.root}-locks-`);
+    try {
+      const before = await sysfs.snapshot();
+      const members = ['0000:3b:00.0', '0000:3b:00.1'];
+      const common = { sysfs: sysfs.root, lockDir, members, binds: 8, checks: 3, deadlineMs: 40_000 };
+      const reports = await runWorkers<VfioWorkerOptions, VfioWorkerReport>(worker, [
+        { ...common, name: 'sandbox-a', address: members[0]! },
+        { ...common, name: 'sandbox-b', address: members[1]! },
+      ]);
+      expect(reports.flatMap((r) => r.errors)).toEqual([]);
+      expect(reports.flatMap((r) => r.violations)).toEqual([]);
+      expect(reports.map((r) => r.bound)).toEqual([8, 8]);
+      // The other one was refused while one held the group, and was told who held it.
+      expect(reports.reduce((n, r) => n + r.refused, 0)).toBeGreaterThan(0);
+      for (const r of reports) expect(r.holders.every((h) => h !== r.name)).toBe(true);
+      expect(await sysfs.snapshot()).toEqual(before);
+      // No claim is left: only the lock files stay.
+      expect((await fs.readdir(lockDir)).filter((f) => !f.endsWith('.lock'))).toEqual([]);
+    } finally {
+      await fs.rm(lockDir, { recursive: true, force: true });
+    }
+  }, 120_000);
 });
 
 describe('the QEMU vfio-pci device', () => {
