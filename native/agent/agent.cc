@@ -165,11 +165,11 @@ void Agent::Dispatch(Session& s, uint32_t stream, std::string_view payload) {
     if (!s.helloDone && method != "Hello") {
       throw Error(Code::kFailedPrecondition, "the first request of a session must be Hello");
     }
-    if (shuttingDown_ && method != "Hello" && method != "Ping" && method != "ListContainers" && method != "Wait") {
-      throw Error(Code::kFailedPrecondition, "the agent is shutting down");
-    }
+    const Method* m = FindMethod(method);
+    if (shuttingDown_ && !(m && m->duringShutdown)) throw Error(Code::kFailedPrecondition, "the agent is shutting down");
     Debug("session %s: %s", s.name().c_str(), method.c_str());
-    if (auto result = Handle(s, stream, method, params)) s.SendResult(stream, *result);
+    if (!m) throw Error(Code::kUnimplemented, "unknown method \"" + method + "\"");
+    if (auto result = m->handler(*this, s, stream, params)) s.SendResult(stream, *result);
   } catch (const Error& e) {
     Debug("%s failed: %s", method.c_str(), e.what());
     s.SendError(stream, e);
@@ -178,39 +178,66 @@ void Agent::Dispatch(Session& s, uint32_t stream, std::string_view payload) {
   }
 }
 
-std::optional<json> Agent::Handle(Session& s, uint32_t stream, const std::string& method, const json& p) {
-  if (method == "Hello") return Hello(s, p);
-  if (method == "Ping") {
-    CheckKeys(p, "", {});
-    return json::object();
+// Rows are in the order in which Hello lists their features (the order hosts have always seen);
+// dispatch does not depend on it.
+const std::vector<Agent::Method>& Agent::Methods() {
+  using R = std::optional<json>;
+  static const std::vector<Method> kMethods = {
+      {"Hello", [](Agent& a, Session& s, uint32_t, const json& p) -> R { return a.Hello(s, p); }, true, {}},
+      {"Ping",
+       [](Agent&, Session&, uint32_t, const json& p) -> R {
+         CheckKeys(p, "", {});
+         return json::object();
+       },
+       true, {}},
+      {"CreateContainer", [](Agent& a, Session& s, uint32_t st, const json& p) -> R { return a.CreateContainer(s, st, p), std::nullopt; },
+       false, {"containers"}},
+      {"StartContainer", [](Agent& a, Session& s, uint32_t st, const json& p) -> R { return a.StartContainer(s, st, p), std::nullopt; },
+       false, {}},
+      {"DeleteContainer", [](Agent& a, Session& s, uint32_t st, const json& p) -> R { return a.DeleteContainer(s, st, p); }, false, {}},
+      {"ListContainers",
+       [](Agent& a, Session&, uint32_t, const json& p) -> R {
+         CheckKeys(p, "", {});
+         return a.ListContainers();
+       },
+       true, {}},
+      {"OpenStdio", [](Agent& a, Session& s, uint32_t st, const json& p) -> R { return a.OpenStdio(s, st, p); }, false, {}},
+      {"Signal", [](Agent& a, Session&, uint32_t, const json& p) -> R { return a.SignalProcess(p); }, false, {}},
+      {"Exec", [](Agent& a, Session& s, uint32_t st, const json& p) -> R { return a.Exec(s, st, p), std::nullopt; }, false, {"exec"}},
+      {"ResizeTty", [](Agent& a, Session&, uint32_t, const json& p) -> R { return a.ResizeTty(p); }, false, {"tty"}},
+      {"Stats", [](Agent& a, Session&, uint32_t, const json& p) -> R { return a.Stats(p); }, false, {"stats"}},
+      // mount-9p: the type 9p of Mount.
+      {"Mount", [](Agent& a, Session& s, uint32_t st, const json& p) -> R { return a.Mount(s, st, p), std::nullopt; }, false,
+       {"mount", "mount-9p"}},
+      {"Unmount", [](Agent& a, Session&, uint32_t, const json& p) -> R { return a.Unmount(p); }, false, {}},
+      {"SetTime", [](Agent& a, Session&, uint32_t, const json& p) -> R { return a.SetTime(p); }, false, {"set-time"}},
+      // oom: Wait's oomKilled.
+      {"Wait", [](Agent& a, Session& s, uint32_t st, const json& p) -> R { return a.Wait(s, st, p); }, true, {"oom"}},
+      {"ConfigureInterface", [](Agent& a, Session& s, uint32_t st, const json& p) -> R { return a.ConfigureInterface(s, st, p), std::nullopt; },
+       false, {"network"}},
+      {"RemoveInterface", [](Agent& a, Session&, uint32_t, const json& p) -> R { return a.net_->RemoveInterface(p); }, false, {}},
+      {"ListInterfaces", [](Agent& a, Session&, uint32_t, const json& p) -> R { return a.net_->ListInterfaces(p); }, false, {}},
+      {"SetNetworkConfig", [](Agent& a, Session&, uint32_t, const json& p) -> R { return a.net_->SetNetworkConfig(p); }, false, {}},
+      // Options of CreateContainer (direct, overlay), not methods.
+      {nullptr, nullptr, false, {"direct-stdio", "rootfs-overlay"}},
+      {"FindDevice", [](Agent& a, Session& s, uint32_t st, const json& p) -> R { return a.FindDevice(s, st, p), std::nullopt; }, false,
+       {"find-device"}},
+      {"Shutdown",
+       [](Agent& a, Session& s, uint32_t st, const json& p) -> R {
+         CheckKeys(p, "", {});
+         a.StartShutdown(Pending{s.id(), st});
+         return std::nullopt;
+       },
+       false, {}},
+  };
+  return kMethods;
+}
+
+const Agent::Method* Agent::FindMethod(const std::string& name) {
+  for (const auto& m : Methods()) {
+    if (m.name && name == m.name) return &m;
   }
-  if (method == "CreateContainer") return CreateContainer(s, stream, p), std::nullopt;
-  if (method == "StartContainer") return StartContainer(s, stream, p), std::nullopt;
-  if (method == "Exec") return Exec(s, stream, p), std::nullopt;
-  if (method == "OpenStdio") return OpenStdio(s, stream, p);
-  if (method == "Signal") return SignalProcess(p);
-  if (method == "Wait") return Wait(s, stream, p);
-  if (method == "ResizeTty") return ResizeTty(p);
-  if (method == "Stats") return Stats(p);
-  if (method == "DeleteContainer") return DeleteContainer(s, stream, p);
-  if (method == "ListContainers") {
-    CheckKeys(p, "", {});
-    return ListContainers();
-  }
-  if (method == "Mount") return Mount(s, stream, p), std::nullopt;
-  if (method == "FindDevice") return FindDevice(s, stream, p), std::nullopt;
-  if (method == "Unmount") return Unmount(p);
-  if (method == "SetTime") return SetTime(p);
-  if (method == "ConfigureInterface") return ConfigureInterface(s, stream, p), std::nullopt;
-  if (method == "RemoveInterface") return net_->RemoveInterface(p);
-  if (method == "ListInterfaces") return net_->ListInterfaces(p);
-  if (method == "SetNetworkConfig") return net_->SetNetworkConfig(p);
-  if (method == "Shutdown") {
-    CheckKeys(p, "", {});
-    StartShutdown(Pending{s.id(), stream});
-    return std::nullopt;
-  }
-  throw Error(Code::kUnimplemented, "unknown method \"" + method + "\"");
+  return nullptr;
 }
 
 json Agent::Hello(Session& s, const json& p) {
@@ -224,6 +251,8 @@ json Agent::Hello(Session& s, const json& p) {
   auto client = OptString(p, "client", "").value_or("");
   Debug("session %s: hello from %s", s.name().c_str(), client.c_str());
   s.helloDone = true;
+  std::vector<std::string> features;
+  for (const auto& m : Methods()) features.insert(features.end(), m.features.begin(), m.features.end());
   return {{"version", kProtocolVersion},
           {"agent", std::string("vmpod-agent/") + kAgentVersion},
           {"pid", getpid()},
@@ -234,7 +263,7 @@ json Agent::Hello(Session& s, const json& p) {
           {"maxPayload", kMaxPayload},
           {"maxDataChunk", kMaxDataChunk},
           {"initialWindow", kInitialWindow},
-          {"features", {"containers", "exec", "tty", "stats", "mount", "mount-9p", "set-time", "oom", "network", "direct-stdio", "rootfs-overlay", "find-device"}}};
+          {"features", features}};
 }
 
 Container& Agent::FindContainer(const json& p, const char* key) {

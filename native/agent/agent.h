@@ -209,9 +209,19 @@ class Agent {
   uint64_t AddSession(int fd, bool ownsFd, const std::string& name);
 
  private:
-  // Request handlers; each returns the result or throws Error. Asynchronous ones return nullopt
-  // and answer later through a Pending.
-  std::optional<json> Handle(Session& s, uint32_t stream, const std::string& method, const json& params);
+  // The protocol's methods, one row each (the table is in agent.cc): the handler, whether it is
+  // served while the agent shuts down, and the features Hello announces for it. A handler returns
+  // the result or throws Error; asynchronous ones return nullopt and answer later through a
+  // Pending. A row without a name only announces features.
+  struct Method {
+    const char* name;
+    std::optional<json> (*handler)(Agent& agent, Session& s, uint32_t stream, const json& params);
+    bool duringShutdown;
+    std::vector<const char*> features;
+  };
+  static const std::vector<Method>& Methods();
+  static const Method* FindMethod(const std::string& name);
+  // Request handlers.
   json Hello(Session& s, const json& p);
   void CreateContainer(Session& s, uint32_t stream, const json& p);
   void StartContainer(Session& s, uint32_t stream, const json& p);

@@ -46,6 +46,17 @@ async function rawSession(socketPath: string, bytes: Buffer[], ms = 300): Promis
 const request = (stream: number, body: unknown) => encodeFrame(stream, FrameType.Request, 0, Buffer.from(typeof body === 'string' ? body : JSON.stringify(body)));
 const hello = request(1, { method: 'Hello', params: { version: 1 } });
 
+/** Every method of the protocol (docs/agent-protocol.md, "Methods"). */
+const METHODS = [
+  'Hello', 'Ping', 'CreateContainer', 'StartContainer', 'Exec', 'OpenStdio', 'Signal', 'Wait', 'ResizeTty', 'Stats', 'DeleteContainer',
+  'ListContainers', 'Mount', 'FindDevice', 'Unmount', 'SetTime', 'ConfigureInterface', 'RemoveInterface', 'ListInterfaces', 'SetNetworkConfig', 'Shutdown',
+];
+
+/** The answers of a raw session, by stream id. */
+function answersOf(frames: Frame[]): Map<number, { result?: Record<string, unknown>; error?: { code: string; message: string } }> {
+  return new Map(frames.filter((f) => f.type === FrameType.Response && f.stream > 1).map((f) => [f.stream, JSON.parse(f.payload.toString())]));
+}
+
 function rssKiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/u.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
   return Number(m?.[1]);
@@ -81,6 +92,49 @@ describe.skipIf(!ready)(`vmpod-agent under hostile input (${ready ? 'root' : `ne
       const body = JSON.parse(f.payload.toString()) as { error?: { code: string; message: string } };
       expect(body.error, f.payload.toString()).toBeDefined();
       expect(['INVALID_ARGUMENT', 'NOT_FOUND', 'PERMISSION_DENIED', 'FAILED_PRECONDITION'], f.payload.toString()).toContain(body.error!.code);
+    }
+  });
+
+  it('serves every method and lists the features in Hello; an unknown method is UNIMPLEMENTED', async () => {
+    const client = await agent.connect();
+    expect(client.info.features).toEqual(['containers', 'exec', 'tty', 'stats', 'mount', 'mount-9p', 'set-time', 'oom', 'network', 'direct-stdio', 'rootfs-overlay', 'find-device']);
+    // Each method reaches its handler, which refuses the bogus field (or the call); none is unknown.
+    const names = [...METHODS, 'NoSuchMethod'];
+    const { frames, hungUp } = await rawSession(agent.socket, [hello, ...names.map((method, i) => request(3 + 2 * i, { method, params: { bogus: 1 } }))], 1000);
+    expect(hungUp).toBe(false);
+    const answers = answersOf(frames);
+    names.forEach((method, i) => {
+      const answer = answers.get(3 + 2 * i);
+      expect(answer?.error, method).toBeDefined();
+      if (method === 'NoSuchMethod') expect(answer).toEqual({ error: { code: 'UNIMPLEMENTED', message: 'unknown method "NoSuchMethod"' } });
+      else expect(answer!.error!.code, `${method}: ${answer!.error!.message}`).not.toBe('UNIMPLEMENTED');
+    });
+  });
+
+  it('while shutting down, answers Hello, Ping, ListContainers and Wait only; anything else, unknown methods too, is FAILED_PRECONDITION', async () => {
+    const other = await startHostAgent({ cgroups: false });
+    try {
+      const id = uniqueId();
+      await other.client.createContainer({ id, config: minimalSpec(['sleep', '1000']), rootfs: other.rootfs, stdio: { stdout: false, stderr: false } });
+      await other.client.startContainer(id);
+      // One write: the agent reads every request after Shutdown in the same pass, before it has
+      // reaped the container it killed, so all of them arrive while it shuts down.
+      const after = [...METHODS, 'NoSuchMethod'];
+      const params: Record<string, unknown> = { Hello: { version: 1 }, Wait: { containerId: id } };
+      const bytes = [hello, request(3, { method: 'Shutdown' }), ...after.map((method, i) => request(5 + 2 * i, { method, params: params[method] ?? {} }))];
+      const { frames } = await rawSession(other.socket, bytes, 8000);
+      const answers = answersOf(frames);
+      expect(answers.get(3)).toEqual({ result: {} });
+      after.forEach((method, i) => {
+        const answer = answers.get(5 + 2 * i);
+        if (method === 'Hello') expect(answer?.result, method).toMatchObject({ version: 1 });
+        else if (method === 'Ping') expect(answer, method).toEqual({ result: {} });
+        else if (method === 'ListContainers') expect(answer?.result, method).toMatchObject({ containers: [{ id }] });
+        else if (method === 'Wait') expect(answer, method).toEqual({ result: { exitCode: 137, signal: 9, oomKilled: false } });
+        else expect(answer, method).toEqual({ error: { code: 'FAILED_PRECONDITION', message: 'the agent is shutting down' } });
+      });
+    } finally {
+      expect(await other.cleanup()).toBe(0);
     }
   });
 
