@@ -3,8 +3,10 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/mount.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -13,6 +15,7 @@
 #include <cerrno>
 #include <cstring>
 #include <regex>
+#include <set>
 
 namespace agent {
 
@@ -28,6 +31,100 @@ void MountOrThrow(const std::string& source, const std::string& target, const ch
                     (type ? type : "none") + (data.empty() ? "" : ", options " + data) + "): " + strerror(err),
                 err);
   }
+}
+
+// One line of /proc/self/mountinfo: the mount's id and where it is mounted (as this process sees it).
+struct MountEntry {
+  int id;
+  std::string point;
+};
+
+// mountinfo escapes space, tab, newline and backslash in paths as \ooo.
+std::string UnescapeMountPath(const std::string& s) {
+  auto octal = [&](size_t i) { return i < s.size() && s[i] >= '0' && s[i] <= '7'; };
+  std::string out;
+  for (size_t i = 0; i < s.size(); i++) {
+    if (s[i] == '\\' && octal(i + 1) && octal(i + 2) && octal(i + 3)) {
+      out += static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0'));
+      i += 3;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+std::vector<MountEntry> ReadMountInfo() {
+  std::vector<MountEntry> out;
+  for (const auto& line : Split(ReadFile("/proc/self/mountinfo", 16 << 20), '\n')) {
+    auto fields = Split(line, ' ');
+    if (fields.size() < 5) continue;
+    out.push_back({std::atoi(fields[0].c_str()), UnescapeMountPath(fields[4])});
+  }
+  return out;
+}
+
+int MountSetattr(int dirfd, const char* path, unsigned int flags, uint64_t set) {
+  mount_attr attr{};
+  attr.attr_set = set;
+  return static_cast<int>(syscall(SYS_mount_setattr, dirfd, path, flags, &attr, sizeof attr));
+}
+
+// A bind remount sets every per-mount flag: keep the ones the mount has (the kernel keeps the
+// atime flags by itself).
+void RemountReadOnly(const std::string& path) {
+  struct statvfs st;
+  if (statvfs(path.c_str(), &st) < 0) ThrowErrno("statvfs " + path);
+  unsigned long keep = (st.f_flag & ST_NOSUID ? MS_NOSUID : 0) | (st.f_flag & ST_NODEV ? MS_NODEV : 0) |
+                       (st.f_flag & ST_NOEXEC ? MS_NOEXEC : 0);
+  MountOrThrow("", path, nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY | keep, "");
+}
+
+// Makes the mount at `path` read-only and, with `recursive`, every mount below it as well (a
+// bind remount changes one mount only, and the submounts an rbind or a virtio-fs share brings
+// would stay writable). Other mount flags are left as they are. Kernels without mount_setattr(2)
+// (before 5.12) get a remount of each mount found in /proc/self/mountinfo.
+void MakeReadOnly(const std::string& path, bool recursive) {
+  if (MountSetattr(AT_FDCWD, path.c_str(), recursive ? AT_RECURSIVE : 0, MOUNT_ATTR_RDONLY) == 0) return;
+  if (errno != ENOSYS) ThrowErrno("make " + path + " read-only (mount_setattr)");
+  RemountReadOnly(path);
+  if (!recursive) return;
+  std::string top = NormalizePath(path);
+  for (const auto& m : ReadMountInfo()) {
+    if (m.point == top || !IsUnder(m.point, top)) continue;
+    try {
+      RemountReadOnly(m.point);
+    } catch (const Error& e) {
+      // Covered by a later mount (gone from sight, or not a mount root at that path any more).
+      if (e.err() != ENOENT && e.err() != EINVAL) throw;
+      Debug("%s: not remounted read-only: %s", m.point.c_str(), e.what());
+    }
+  }
+}
+
+// Makes read-only the mounts of this namespace whose ids are in `ids` (the rootfs and the
+// mounts that came with it), each by itself: the mounts set up on top of them keep their own
+// flags. A mount since covered by another one is out of reach, and left alone.
+void MakeMountsReadOnly(const std::set<int>& ids) {
+  for (const auto& m : ReadMountInfo()) {
+    if (!ids.count(m.id)) continue;
+    Fd fd(open(m.point.c_str(), O_PATH | O_CLOEXEC));
+    std::string fdinfo;
+    if (!fd.valid() || !ReadFileIfExists("/proc/self/fdinfo/" + std::to_string(fd.get()), &fdinfo, 65536) ||
+        fdinfo.find("\nmnt_id:\t" + std::to_string(m.id) + "\n") == std::string::npos) {
+      Debug("%s: covered, not made read-only", m.point.c_str());
+      continue;
+    }
+    if (MountSetattr(fd.get(), "", AT_EMPTY_PATH, MOUNT_ATTR_RDONLY) == 0) continue;
+    if (errno != ENOSYS) ThrowErrno("make " + m.point + " read-only (mount_setattr)");
+    RemountReadOnly("/proc/self/fd/" + std::to_string(fd.get()));
+  }
+}
+
+std::set<int> MountIds() {
+  std::set<int> ids;
+  for (const auto& m : ReadMountInfo()) ids.insert(m.id);
+  return ids;
 }
 
 void MkdirParents(const std::string& path) {
@@ -58,6 +155,7 @@ void MountOne(const std::string& rootfs, const MountSpec& m, bool cgroup2) {
     MountOrThrow(m.source, dest, nullptr, MS_BIND | (o.flags & MS_REC), "");
     unsigned long extra = o.flags & ~(MS_BIND | MS_REC | MS_REMOUNT);
     if (extra) MountOrThrow("", dest, nullptr, MS_REMOUNT | MS_BIND | extra, "");
+    if (extra & MS_RDONLY) MakeReadOnly(dest, true);
   } else if (m.type == "cgroup" || m.type == "cgroup2") {
     if (!cgroup2) {
       Debug("skipping the cgroup mount on %s: cgroups are disabled", m.destination.c_str());
@@ -148,7 +246,8 @@ void MaskPaths(const Spec& spec) {
   for (const auto& p : spec.readonlyPaths) {
     if (!PathExists(p)) continue;
     MountOrThrow(p, p, nullptr, MS_BIND | MS_REC, "");
-    MountOrThrow("", p, nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC | MS_NOSUID | MS_NODEV | MS_NOEXEC, "");
+    MountOrThrow("", p, nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "");
+    MakeReadOnly(p, true);
   }
 }
 
@@ -239,11 +338,20 @@ std::string SecureJoin(const std::string& root, const std::string& path) {
 void SetupRootfs(const Spec& spec, const RootfsPlan& plan) {
   MountOrThrow("", "/", nullptr, RootPropagation(spec.rootfsPropagation), "");
   const std::string& rootfs = plan.rootfs;
+  // With root.readonly, the mounts that make up the rootfs (those the rbind below brings along
+  // too) become read-only; the OCI mounts set up on top of it keep their own options.
+  std::set<int> before = spec.rootReadonly ? MountIds() : std::set<int>{};
   if (!plan.overlayLower.empty()) {
     MountOrThrow("overlay", rootfs, "overlay", 0,
                  "lowerdir=" + plan.overlayLower + ",upperdir=" + plan.overlayUpper + ",workdir=" + plan.overlayWork);
   } else {
     MountOrThrow(rootfs, rootfs, nullptr, MS_BIND | MS_REC, "");
+  }
+  std::set<int> rootMounts;
+  if (spec.rootReadonly) {
+    for (int id : MountIds()) {
+      if (!before.count(id)) rootMounts.insert(id);
+    }
   }
   bool devMounted = false, devIsBind = false;
   for (const auto& m : spec.mounts) {
@@ -267,6 +375,8 @@ void SetupRootfs(const Spec& spec, const RootfsPlan& plan) {
   }
   if (!devMounted) DefaultDevices(rootfs, spec);
   if (!spec.hostname.empty() && sethostname(spec.hostname.data(), spec.hostname.size()) < 0) ThrowErrno("sethostname");
+  // Before pivot_root: from the initramfs it works on a copy of the mounts, with other ids.
+  if (spec.rootReadonly) MakeMountsReadOnly(rootMounts);
   PivotRoot(rootfs, plan.reroot);
   MaskPaths(spec);
   for (const auto& [key, value] : spec.sysctl) {
@@ -276,7 +386,6 @@ void SetupRootfs(const Spec& spec, const RootfsPlan& plan) {
     }
     WriteFile(path, value);
   }
-  if (spec.rootReadonly) MountOrThrow("", "/", nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY, "");
 }
 
 GuestMount ParseGuestMount(const json& p, const std::string& stateDir) {
@@ -372,6 +481,15 @@ void DoGuestMount(const GuestMount& m, const std::string& device) {
   std::string source = m.type == "virtiofs" || m.type == "9p" ? m.source : m.type == "ext4" ? device : m.type;
   try {
     MountOrThrow(source, m.target, m.type.c_str(), o.flags, o.data);
+    if (m.readOnly) {
+      // A virtio-fs share can hold submounts (announced by the host): read-only too.
+      try {
+        MakeReadOnly(m.target, true);
+      } catch (const Error&) {
+        umount2(m.target.c_str(), MNT_DETACH);
+        throw;
+      }
+    }
   } catch (const Error& e) {
     // Say what the two usual 9p failures mean: no 9p in this kernel, no device with that tag.
     if (m.type == "9p" && e.err() == ENODEV) {

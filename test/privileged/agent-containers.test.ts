@@ -1,6 +1,6 @@
 // The guest agent run on the host as root (--listen unix:...), driven through AgentClient:
 // containers from OCI bundles with real namespaces, pivot_root, mounts, users, signals, stdio.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -16,6 +16,7 @@ import {
   haveAgent,
   haveBusybox,
   isRoot,
+  makeBusyboxRootfs,
   minimalSpec,
   runcSpec,
   startHostAgent,
@@ -43,6 +44,12 @@ async function run(
   const result = { status, stdout: raw.toString(), stderr: (await err).toString(), raw };
   await client.deleteContainer(id);
   return result;
+}
+
+/** Runs a command in the agent's mount namespace (its own since it started: a mount made in ours may not reach it). */
+function inAgentMounts(agent: HostAgent, args: string[]): void {
+  const r = spawnSync('nsenter', ['-t', String(agent.process.pid), '-m', ...args], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`nsenter ${args.join(' ')}: ${r.stderr}`);
 }
 
 describe.skipIf(!ready)(`vmpod-agent on the host (${ready ? 'root' : reason})`, () => {
@@ -114,6 +121,50 @@ describe.skipIf(!ready)(`vmpod-agent on the host (${ready ? 'root' : reason})`, 
     expect(fs.readFileSync(path.join(shared, 'new'), 'utf8')).toBe('y\n');
     expect(fs.existsSync(path.join(agent.rootfs, 'data'))).toBe(true); // the mount point, made by the agent
     expect(fs.readdirSync(path.join(agent.rootfs, 'data'))).toEqual([]); // nothing mounted on the host
+  });
+
+  it('makes read-only binds read-only all the way down: the submounts an rbind brings, and those of a read-only root', async () => {
+    // A host directory with a tmpfs on sub/, and a rootfs with one, mounted where the agent sees them.
+    const shared = path.join(agent.dir, 'ro-shared');
+    const rootfs = path.join(agent.dir, 'ro-rootfs');
+    fs.mkdirSync(path.join(shared, 'sub'), { recursive: true });
+    makeBusyboxRootfs(rootfs);
+    fs.mkdirSync(path.join(rootfs, 'sub'));
+    const mounted: string[] = [];
+    try {
+      for (const point of [path.join(shared, 'sub'), path.join(rootfs, 'sub')]) {
+        inAgentMounts(agent, ['mount', '-t', 'tmpfs', '-o', 'size=1m', 'vt-sub', point]);
+        mounted.push(point);
+      }
+      const probe = (dir: string) => `touch ${dir}/x 2>/dev/null && echo "${dir} writable" || echo "${dir} read-only"`;
+      const script = [...['/data', '/data/sub', '/rw/sub', '/', '/sub', '/tmp'].map(probe), 'grep -c "^vt-sub /data/sub tmpfs ro," /proc/mounts'];
+      const spec = minimalSpec(['sh', '-c', script.join('; ')]);
+      spec.root = { path: 'rootfs', readonly: true };
+      spec.mounts!.push(
+        { destination: '/data', type: 'bind', source: shared, options: ['rbind', 'ro'] },
+        { destination: '/rw', type: 'bind', source: shared, options: ['rbind'] },
+      );
+      const r = await run(client, uniqueId(), { config: spec, rootfs });
+      // The OCI mounts on a read-only root (/tmp, /rw) keep their own options.
+      expect(r.stdout).toBe('/data read-only\n/data/sub read-only\n/rw/sub writable\n/ read-only\n/sub read-only\n/tmp writable\n1\n');
+      expect(fs.existsSync(path.join(shared, 'x'))).toBe(false);
+    } finally {
+      for (const point of mounted.reverse()) inAgentMounts(agent, ['umount', point]);
+    }
+  });
+
+  it('mounts read-only where a Mount request says readOnly', async () => {
+    // A fresh mount has no submounts here (in a guest, a virtio-fs share can): this checks the
+    // request's read-only mount itself.
+    const target = path.join(agent.stateDir, 'mnt', 'readonly');
+    await client.mount({ type: 'tmpfs', target, readOnly: true, options: ['size=1m'] });
+    try {
+      const line = fs.readFileSync(`/proc/${agent.process.pid}/mountinfo`, 'utf8').split('\n').find((l) => l.split(' ')[4] === target);
+      expect(line?.split(' ')[5]).toMatch(/^ro,/);
+      expect(() => fs.writeFileSync(`/proc/${agent.process.pid}/root${target}/x`, 'x')).toThrow(/EROFS/);
+    } finally {
+      await client.unmount(target);
+    }
   });
 
   it('execs into a running container (its namespaces, its processes) and reports exec exit codes', async () => {

@@ -184,6 +184,19 @@ describe.skipIf(!ready)(`vmpod-agent as PID 1 of a VM (${ready ? 'KVM when usabl
     }
   });
 
+  it('makes a read-only root and a read-only rbind read-only all the way down, pivoting from the initramfs', async () => {
+    const client = clients.at(-1)!;
+    const probe = (file: string) => `touch ${file} 2>/dev/null && echo "${file} writable" || echo "${file} read-only"`;
+    // The guest's /sys has submounts (its /init mounts cgroup2 on /sys/fs/cgroup).
+    const options = (point: string) => `grep " ${point} " /proc/mounts | cut -d" " -f4 | cut -d, -f1`;
+    const spec = guestSpec(['sh', '-c', [probe('/x'), probe('/dev/x'), options('/sys-ro'), options('/sys-ro/fs/cgroup')].join('; ')]);
+    spec.root = { path: 'rootfs', readonly: true };
+    spec.mounts!.push({ destination: '/sys-ro', type: 'bind', source: '/sys', options: ['rbind', 'ro'] });
+    const r = await run(client, uniqueId(), spec);
+    expect(r.stdout.toString()).toBe('/x read-only\n/dev/x writable\nro\nro\n');
+    expect(r.status.exitCode).toBe(0);
+  });
+
   it('powers the guest off on Shutdown (QEMU exits)', async () => {
     const client = clients.at(-1)!;
     await client.shutdown();
