@@ -7,6 +7,7 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -288,6 +289,11 @@ static pid_t Spawn(unsigned long cloneFlags, Fn child) {
   pid_t pid = static_cast<pid_t>(syscall(SYS_clone, cloneFlags | SIGCHLD, nullptr, nullptr, nullptr, nullptr));
   if (pid < 0) ThrowErrno("clone");
   if (pid == 0) {
+    // Until its execve the child is a copy of the agent (memory, descriptors, environment) that
+    // joins a container: no process of the container may ptrace it or read its /proc files.
+    // The agent is not dumpable either, so this holds from the clone on; execve of a normal
+    // program makes it dumpable again.
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) _exit(127);
     child();
     _exit(127);
   }

@@ -22,6 +22,9 @@
 namespace agent {
 
 int Agent::Run() {
+  // The agent's memory holds what containers must not see (the stream markers, for one), and
+  // its children inherit this until they execve (see Spawn).
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) ThrowErrno("prctl(PR_SET_DUMPABLE)");
   sigset_t mask;
   sigemptyset(&mask);
   for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGPWR, SIGHUP}) sigaddset(&mask, sig);
