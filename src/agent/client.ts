@@ -53,19 +53,44 @@ import { StdioReadable, StdioWritable, type ProcessStdio, type StdioEndpoint, ty
 /** Options of every call. */
 export interface CallOptions {
   /** Cancels the wait for the answer (the request itself may still take effect in the guest). */
-  signal?: AbortSignal;
-  /** Gives up after this many milliseconds with a {@link TimeoutError}. */
-  timeoutMs?: number;
+  signal?: AbortSignal | undefined;
+  /**
+   * Gives up after this many milliseconds with a {@link TimeoutError}. Without it a call has the
+   * connection's deadline ({@link ConnectOptions.callTimeoutMs}), except {@link AgentClient.wait}.
+   */
+  timeoutMs?: number | undefined;
 }
 
 /** Options of {@link AgentClient.connect}. */
 export interface ConnectOptions {
-  signal?: AbortSignal;
-  /** Handshake timeout (default 30000 ms). */
-  timeoutMs?: number;
+  signal?: AbortSignal | undefined;
+  /** Handshake (Hello) timeout (default 30000 ms); calls afterwards have {@link ConnectOptions.callTimeoutMs}. */
+  timeoutMs?: number | undefined;
   /** Sent to the agent in Hello, for its logs. */
-  clientName?: string;
+  clientName?: string | undefined;
+  /**
+   * Deadline of every call that sets no `timeoutMs` of its own (default 30000 ms): a guest that
+   * never answers cannot hold a caller forever. Calls that make the agent wait for something
+   * (`mount`, `findDevice`, `configureInterface` with their request's `timeoutMs`) get that wait
+   * on top. {@link AgentClient.wait} has no default deadline: a process may run for ever.
+   */
+  callTimeoutMs?: number | undefined;
 }
+
+/** Default of {@link ConnectOptions.callTimeoutMs}. */
+export const DEFAULT_CALL_TIMEOUT_MS = 30_000;
+
+/**
+ * Bytes the client lets its transport hold before it holds back: stdin data and requests wait
+ * (in their callers' streams and in the client) until the guest has read enough, so a guest that
+ * stops reading costs the host at most this plus one frame per sender, not everything written.
+ */
+export const TRANSPORT_HIGH_WATER = 1024 * 1024;
+
+/** The agent's own wait when a request gives no `timeoutMs` (Mount, FindDevice, ConfigureInterface). */
+const AGENT_WAIT_DEFAULT_MS = 10_000;
+/** setTimeout's limit. */
+const MAX_TIMEOUT_MS = 0x7fffffff;
 
 /** Events of an {@link AgentClient}. */
 export interface AgentClientEvents {
@@ -80,6 +105,12 @@ interface PendingCall {
   reject: (error: Error) => void;
 }
 
+/** A request frame waiting for room in the transport. */
+interface QueuedRequest {
+  stream: number;
+  frame: Buffer;
+}
+
 /**
  * A typed client of the vmpod guest agent. Create it with {@link AgentClient.connect} (or
  * {@link AgentClient.connectUnix}); each method is one request. Several clients (one per
@@ -88,7 +119,10 @@ interface PendingCall {
  *
  * Everything received is treated as hostile: frames are bounded to {@link MAX_PAYLOAD} bytes,
  * every message is checked against its schema, and any violation closes the connection with an
- * {@link AgentProtocolError} (pending calls reject with it).
+ * {@link AgentProtocolError} (pending calls reject with it). Every call but {@link AgentClient.wait} has a
+ * deadline ({@link ConnectOptions.callTimeoutMs}), and what the client writes is bounded by
+ * {@link TRANSPORT_HIGH_WATER} bytes waiting in the transport: a guest that stops reading stalls
+ * stdin writers and holds requests back instead of growing the host's memory.
  */
 export class AgentClient extends EventEmitter<AgentClientEvents> {
   #transport: Duplex;
@@ -98,10 +132,20 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
   #streams = new Map<number, StdioEndpoint>();
   #closed: Error | null = null;
   #info: AgentInfo | null = null;
+  #callTimeoutMs: number;
+  /** Requests waiting for the transport to fall below its bound, in stream id order. */
+  #outbox: QueuedRequest[] = [];
+  /** Stdio streams whose OpenStdio request has not been written yet: nothing may go out on them. */
+  #unopened = new Set<number>();
+  /** Stdio streams waiting for room in the transport. */
+  #blocked = new Set<StdioEndpoint>();
+  /** Called back as each frame leaves the transport's buffer. */
+  #onWritten = (): void => this.#pump();
 
-  private constructor(transport: Duplex) {
+  private constructor(transport: Duplex, callTimeoutMs: number) {
     super();
     this.#transport = transport;
+    this.#callTimeoutMs = callTimeoutMs;
     transport.on('data', (chunk: Buffer) => this.#onChunk(chunk));
     transport.on('error', (error) => this.#shutdown(new AgentClosedError(`agent connection failed: ${error.message}`, { cause: error })));
     transport.on('close', () => this.#shutdown(new AgentClosedError('the agent closed the connection')));
@@ -114,7 +158,14 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
    * {@link AgentProtocolError}, {@link AgentClosedError}, {@link TimeoutError} or {@link AbortError}.
    */
   static async connect(transport: Duplex, options: ConnectOptions = {}): Promise<AgentClient> {
-    const client = new AgentClient(transport);
+    let callTimeoutMs: number;
+    try {
+      callTimeoutMs = checkCallTimeout(options);
+    } catch (error) {
+      transport.destroy();
+      throw error;
+    }
+    const client = new AgentClient(transport, callTimeoutMs);
     try {
       client.#info = await client.#call(
         'Hello',
@@ -138,6 +189,7 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
   /** Connects to a unix socket (QEMU's chardev for a virtio-serial port, or `--listen unix:PATH`). */
   static async connectUnix(socketPath: string, options: ConnectOptions = {}): Promise<AgentClient> {
     const path = validate.absolutePath(socketPath, 'socketPath');
+    checkCallTimeout(options);
     const socket = net.createConnection({ path });
     await new Promise<void>((resolve, reject) => {
       const onAbort = (): void => {
@@ -237,8 +289,9 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
         const link = this.#link(stream);
         const endpoint = fd === 'stdin' ? new StdioWritable(link) : new StdioReadable(link);
         this.#streams.set(stream, endpoint);
+        this.#unopened.add(stream);
         opened.push(endpoint);
-        await this.#call('OpenStdio', { ...base, fd }, emptySchema, options, stream);
+        await this.#call('OpenStdio', { ...base, fd }, emptySchema, options, { stream });
         if (fd === 'stdin') result.stdin = endpoint as StdioWritable;
         else result[fd] = endpoint as StdioReadable;
       }
@@ -265,11 +318,15 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
     await this.#call('Signal', params, emptySchema, options);
   }
 
-  /** Waits until the container's init (or an exec'd process) exits. Any session may wait. */
+  /**
+   * Waits until the container's init (or an exec'd process) exits. Any session may wait. The
+   * one call without a default deadline (a process may run for ever): it ends with the exit, the
+   * connection, or the caller's `signal` or `timeoutMs`.
+   */
   async wait(containerId: string, options: CallOptions & { execId?: string } = {}): Promise<ExitStatus> {
     const params: Record<string, unknown> = { containerId: validate.id(containerId, 'containerId') };
     if (options.execId !== undefined) params['execId'] = validate.id(options.execId, 'execId');
-    return this.#call('Wait', params, exitStatusSchema, options);
+    return this.#call('Wait', params, exitStatusSchema, options, { deadline: 'none' });
   }
 
   /** Sets the terminal size of a process started with `process.terminal` (TIOCSWINSZ). */
@@ -311,20 +368,22 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
    * Mounts a virtio-fs or 9p share, an ext4 block device, a tmpfs or a hugetlbfs in the guest,
    * on a target under the agent's state dir (`mount -t TYPE SOURCE TARGET`; for 9p `mount -t 9p
    * -o trans=virtio,version=9p2000.L,msize=131072 TAG TARGET`). For a hot-plugged block device
-   * the agent waits up to `timeoutMs` for it to appear. A 9p mount fails with
-   * `FAILED_PRECONDITION` when the guest kernel has no 9p, `NOT_FOUND` when no device has the tag.
+   * the agent waits up to `timeoutMs` for it to appear (and the call's default deadline is that
+   * much longer). A 9p mount fails with `FAILED_PRECONDITION` when the guest kernel has no 9p,
+   * `NOT_FOUND` when no device has the tag.
    */
   async mount(request: MountRequest, options: CallOptions = {}): Promise<MountResult> {
     const params: Record<string, unknown> = { ...request, target: validate.absolutePath(request.target, 'target') };
-    return this.#call('Mount', params, mountResultSchema, options);
+    return this.#call('Mount', params, mountResultSchema, options, { agentWaitMs: agentWait(request.timeoutMs) });
   }
 
   /**
    * Waits until the device the host plugged at guest PCI path `pciPath` (`SS/DD`: the root
    * port's slot, then the slot behind it) shows up in the guest, and with `netdev` until it has
-   * a network interface; the agent gives up after `timeoutMs` (default 10000) with NOT_FOUND.
-   * Reports its guest address, driver and interfaces (agent feature `find-device`). Like
-   * `ls /sys/bus/pci/devices/0000:00:SS.0/*\/net` in the guest.
+   * a network interface; the agent gives up after `timeoutMs` (default 10000) with NOT_FOUND
+   * (and the call's default deadline is that much longer). Reports its guest address, driver and
+   * interfaces (agent feature `find-device`). Like `ls /sys/bus/pci/devices/0000:00:SS.0/*\/net`
+   * in the guest.
    */
   async findDevice(request: FindDeviceRequest, options: CallOptions = {}): Promise<GuestDevice> {
     const { pciPath } = request;
@@ -334,7 +393,7 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
     const params: Record<string, unknown> = { pciPath };
     if (request.netdev !== undefined) params['netdev'] = request.netdev === true;
     if (request.timeoutMs !== undefined) params['timeoutMs'] = validate.integer(request.timeoutMs, 'timeoutMs', 0, 600_000);
-    return this.#call('FindDevice', params, guestDeviceSchema, options);
+    return this.#call('FindDevice', params, guestDeviceSchema, options, { agentWaitMs: agentWait(request.timeoutMs) });
   }
 
   /** Unmounts what {@link mount} mounted (`umount TARGET`). */
@@ -362,7 +421,8 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
    * Configures the guest NIC that has `mac`: name, MTU, addresses, routes and static neighbours,
    * replacing what the agent set on it before (`ip link set dev X name NAME mtu M up; ip addr
    * replace ...; ip route replace ... proto 118; ip neigh replace ... nud permanent`). Waits up
-   * to `timeoutMs` for a hot-plugged NIC to appear. Needs the `network` feature.
+   * to `timeoutMs` for a hot-plugged NIC to appear (and the call's default deadline is that much
+   * longer). Needs the `network` feature.
    */
   async configureInterface(request: ConfigureInterfaceRequest, options: CallOptions = {}): Promise<ConfiguredInterface> {
     const params: Record<string, unknown> = {
@@ -370,7 +430,7 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
       mac: validate.macAddress(request.mac, 'mac'),
       name: validate.interfaceName(request.name, 'name'),
     };
-    return this.#call('ConfigureInterface', params, configuredInterfaceSchema, options);
+    return this.#call('ConfigureInterface', params, configuredInterfaceSchema, options, { agentWaitMs: agentWait(request.timeoutMs) });
   }
 
   /**
@@ -428,20 +488,86 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
         b.writeUInt32BE(increment, 0);
         this.#send(encodeFrame(stream, FrameType.Data, FLAG_WINDOW, b));
       },
-      close: () => this.#send(encodeFrame(stream, FrameType.Data, FLAG_CLOSE)),
-      release: () => this.#streams.delete(stream),
+      close: () => {
+        // The agent never saw this stream (its OpenStdio was abandoned before it went out).
+        if (this.#unopened.has(stream)) return;
+        this.#send(encodeFrame(stream, FrameType.Data, FLAG_CLOSE));
+      },
+      release: () => {
+        const endpoint = this.#streams.get(stream);
+        if (endpoint) this.#blocked.delete(endpoint);
+        this.#streams.delete(stream);
+        this.#unopened.delete(stream);
+      },
       violation: (error) => this.#shutdown(error),
+      congested: () => this.#outbox.length > 0 || this.#transportFull(),
+      waitWritable: () => {
+        const endpoint = this.#streams.get(stream);
+        if (endpoint && !this.#closed) this.#blocked.add(endpoint);
+      },
     };
   }
 
-  #send(frame: Buffer): void {
-    if (this.#closed) return;
-    this.#transport.write(frame);
+  /** The transport holds {@link TRANSPORT_HIGH_WATER} bytes or more that the guest has not read. */
+  #transportFull(): boolean {
+    return this.#transport.writableLength >= TRANSPORT_HIGH_WATER;
   }
 
-  #call<T>(method: string, params: Record<string, unknown>, schema: Schema<T>, options: CallOptions, stream?: number): Promise<T> {
+  /**
+   * Writes a frame. Each write is called back when the frame has left the transport's buffer
+   * (handed to the kernel, for a socket): that is when waiting requests and stdio streams may
+   * go on. The transport's own highWaterMark (16 KiB for a socket, less than one data frame)
+   * is not used: the client bounds the bytes waiting by {@link TRANSPORT_HIGH_WATER} itself.
+   */
+  #send(frame: Buffer): void {
+    if (this.#closed) return;
+    this.#transport.write(frame, this.#onWritten);
+  }
+
+  /** Writes the requests that waited for room, then lets the blocked stdio streams go on. */
+  #pump(): void {
+    if (this.#closed) return;
+    while (this.#outbox.length > 0 && !this.#transportFull()) {
+      const { stream, frame } = this.#outbox.shift()!;
+      this.#unopened.delete(stream);
+      this.#send(frame);
+    }
+    if (this.#outbox.length > 0 || this.#transportFull() || this.#blocked.size === 0) return;
+    const blocked = [...this.#blocked];
+    this.#blocked.clear();
+    for (const endpoint of blocked) {
+      endpoint.onWritable();
+      if (this.#closed) return;
+    }
+  }
+
+  /**
+   * Sends a request and waits for its answer. The deadline is the caller's `timeoutMs`, else
+   * the connection's call timeout (plus `agentWaitMs`, the time the request asks the agent to
+   * wait for something, or its default), else (`deadline: 'none'`, for Wait) none. A request
+   * waits in the client while the transport is full; abandoned there (deadline, abort), it is
+   * never sent.
+   */
+  #call<T>(
+    method: string,
+    params: Record<string, unknown>,
+    schema: Schema<T>,
+    options: CallOptions,
+    extra: { stream?: number; deadline?: 'default' | 'none'; agentWaitMs?: number } = {},
+  ): Promise<T> {
     if (this.#closed) return Promise.reject(this.#closed);
-    const id = stream ?? this.#allocStream();
+    const { signal } = options;
+    let timeoutMs: number | undefined;
+    if (options.timeoutMs !== undefined) {
+      const t = options.timeoutMs;
+      if (typeof t !== 'number' || !(t >= 0 && t <= MAX_TIMEOUT_MS)) {
+        return Promise.reject(new InvalidArgumentError('timeoutMs', `${JSON.stringify(t)} is not a number of milliseconds in [0, ${MAX_TIMEOUT_MS}]`));
+      }
+      timeoutMs = t;
+    } else if (extra.deadline !== 'none') {
+      timeoutMs = Math.min(this.#callTimeoutMs + (extra.agentWaitMs ?? 0), MAX_TIMEOUT_MS);
+    }
+    const id = extra.stream ?? this.#allocStream();
     let payload: Buffer;
     try {
       payload = Buffer.from(JSON.stringify({ method, params }));
@@ -453,11 +579,13 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
     }
     return new Promise<T>((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
-      const { signal, timeoutMs } = options;
       const cleanup = (): void => {
         this.#calls.delete(id);
         if (timer) clearTimeout(timer);
         signal?.removeEventListener('abort', onAbort);
+        // Still waiting for room in the transport: it never goes out.
+        const queued = this.#outbox.findIndex((r) => r.stream === id);
+        if (queued >= 0) this.#outbox.splice(queued, 1);
       };
       const onAbort = (): void => {
         cleanup();
@@ -466,10 +594,11 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
       if (signal?.aborted) return onAbort();
       signal?.addEventListener('abort', onAbort, { once: true });
       if (timeoutMs !== undefined) {
+        const ms = timeoutMs;
         timer = setTimeout(() => {
           cleanup();
-          reject(new TimeoutError(method, timeoutMs));
-        }, timeoutMs);
+          reject(new TimeoutError(`agent call ${method}`, ms));
+        }, ms);
       }
       this.#calls.set(id, {
         method,
@@ -483,7 +612,13 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
           reject(error);
         },
       });
-      this.#send(encodeFrame(id, FrameType.Request, 0, payload));
+      const frame = encodeFrame(id, FrameType.Request, 0, payload);
+      if (this.#outbox.length === 0 && !this.#transportFull()) {
+        this.#unopened.delete(id);
+        this.#send(frame);
+      } else {
+        this.#outbox.push({ stream: id, frame });
+      }
     });
   }
 
@@ -545,6 +680,9 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
     const calls = [...this.#calls.values()];
     this.#calls.clear();
     for (const call of calls) call.reject(this.#closed);
+    this.#outbox = [];
+    this.#blocked.clear();
+    this.#unopened.clear();
     const streams = [...this.#streams.values()];
     this.#streams.clear();
     // After close() the streams just end; after a failure they error (their data is incomplete).
@@ -552,6 +690,16 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
     this.#transport.destroy();
     this.emit('close', error ?? undefined);
   }
+}
+
+function checkCallTimeout(options: ConnectOptions): number {
+  if (options.callTimeoutMs === undefined) return DEFAULT_CALL_TIMEOUT_MS;
+  return validate.integer(options.callTimeoutMs, 'callTimeoutMs', 1, MAX_TIMEOUT_MS);
+}
+
+/** How long a request makes the agent wait (its `timeoutMs`, or the agent's default). */
+function agentWait(timeoutMs: unknown): number {
+  return typeof timeoutMs === 'number' && Number.isFinite(timeoutMs) && timeoutMs >= 0 ? timeoutMs : AGENT_WAIT_DEFAULT_MS;
 }
 
 function checkDirect(direct: NonNullable<CreateContainerRequest['direct']>): Record<string, DirectStdioRequest> {

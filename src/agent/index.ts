@@ -4,7 +4,7 @@
  *
  * @module
  */
-export { AgentClient, type AgentClientEvents, type CallOptions, type ConnectOptions } from './client.js';
+export { AgentClient, DEFAULT_CALL_TIMEOUT_MS, TRANSPORT_HIGH_WATER, type AgentClientEvents, type CallOptions, type ConnectOptions } from './client.js';
 export { AgentClosedError, AgentError, AgentProtocolError, type AgentErrorCode } from './errors.js';
 export {
   PROTOCOL_VERSION,

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { array, bool, int, matching, nullable, num, object, oneOf, str, type Schema } from './schema.js';
+import { array, bool, guestPath, id, int, matching, message, nullable, num, object, oneOf, text, type Schema } from './schema.js';
 
 /** Protocol version this client speaks. */
 export const PROTOCOL_VERSION = 1;
@@ -31,18 +31,23 @@ export interface AgentInfo {
   features: string[];
 }
 
+/** An absolute guest path without NUL (as the host accepts paths from its users). */
+const anyGuestPath = guestPath();
+/** A name such as a cgroup controller or a feature: letters, digits, `_`, `.`, `-`. */
+const token = matching(/^[A-Za-z0-9_.-]{1,64}$/u, 'a name of letters, digits, "_", "." and "-"', 64);
+
 export const agentInfoSchema: Schema<AgentInfo> = object({
   version: int(0, 0xffff),
-  agent: str(256),
+  agent: text(256),
   pid: int(1, 0x7fffffff),
   pid1: bool,
   cgroups: bool,
-  controllers: array(str(64), 64),
-  stateDir: str(4096),
+  controllers: array(token, 64),
+  stateDir: anyGuestPath,
   maxPayload: int(1),
   maxDataChunk: int(1),
   initialWindow: int(1),
-  features: array(str(64), 256),
+  features: array(token, 256),
 });
 
 /** Which stdio pipes a process gets (a process with `process.terminal` gets one pty instead). */
@@ -194,20 +199,27 @@ export interface ContainerInfo {
   execs: ExecInfo[];
 }
 
+/** `""` (a container made from an inline config) or a guest path. */
+const bundleSchema: Schema<string> = (v, path) => (v === '' ? '' : anyGuestPath(v, path));
+/** `builtin` or a guest path. */
+const rootfsSchema: Schema<string> = (v, path) => (v === 'builtin' ? 'builtin' : anyGuestPath(v, path));
+
+// Ids from the guest pass the same rule as ids from the user: whatever prints or uses them
+// (a CLI table, a state file, a path) can rely on it.
 export const containerListSchema: Schema<{ containers: ContainerInfo[] }> = object({
   containers: array(
     object({
-      id: str(64),
+      id,
       status: statusSchema,
       pid: int(0, 0x7fffffff),
-      bundle: str(4096),
-      rootfs: str(4096),
+      bundle: bundleSchema,
+      rootfs: rootfsSchema,
       createdAt: int(0),
       terminal: bool,
       exit: nullable(exitStatusSchema),
       execs: array(
         object({
-          execId: str(64),
+          execId: id,
           pid: int(0, 0x7fffffff),
           status: statusSchema,
           terminal: bool,
@@ -232,7 +244,7 @@ export interface ContainerStats {
 
 const counter = nullable(int(0));
 export const statsSchema: Schema<ContainerStats> = object({
-  containerId: str(64),
+  containerId: id,
   timestamp: int(0),
   cpu: object({ usageUsec: counter, userUsec: counter, systemUsec: counter }),
   memory: object({ currentBytes: counter, maxBytes: counter, peakBytes: counter, oomKills: counter }),
@@ -300,10 +312,13 @@ export const guestDeviceSchema: Schema<GuestDevice> = object({
   netdevs: array(matching(/^[^/\s\0]{1,15}$/u, 'an interface name', 15), 64),
 });
 
-export const mountResultSchema: Schema<MountResult> = object({ target: str(4096), device: nullable(str(4096)) });
+export const mountResultSchema: Schema<MountResult> = object({ target: anyGuestPath, device: nullable(anyGuestPath) });
 export const pidSchema: Schema<{ pid: number }> = object({ pid: int(1, 0x7fffffff) });
 export const emptySchema: Schema<Record<string, never>> = object({});
 export const setTimeSchema: Schema<{ applied: boolean; offsetNs: number }> = object({ applied: bool, offsetNs: num() });
+
+/** Longest agent error message kept (longer ones are cut). */
+export const MAX_ERROR_MESSAGE = 4096;
 
 const errorCodes = [
   'INVALID_ARGUMENT',
@@ -316,9 +331,12 @@ const errorCodes = [
   'INTERNAL',
 ] as const;
 
-/** An error response's body. */
+/**
+ * An error response's body. The message is shown to people, so it is bounded and its control
+ * characters escaped rather than refused (it may quote a value the user gave).
+ */
 export const errorSchema = object({
   code: oneOf(errorCodes),
-  message: str(65536),
-  errno: nullable(str(32)),
+  message: message(MAX_ERROR_MESSAGE),
+  errno: nullable(matching(/^E[A-Z0-9]{1,31}$/u, 'an errno name such as ENOENT', 32)),
 });

@@ -5,7 +5,7 @@
  * @module
  */
 import { AgentProtocolError } from './errors.js';
-import { array, bool, int, nullable, object, str, type Schema } from './schema.js';
+import { array, bool, int, interfaceName, matching, nullable, object, text, type Schema } from './schema.js';
 
 /** A route the agent installs through one interface (`ip route replace ... dev NAME proto 118`). */
 export interface GuestRoute {
@@ -60,10 +60,19 @@ export interface ConfiguredInterface {
   mtu: number;
 }
 
+/** `aa:bb:cc:dd:ee:ff`, as the agent formats hardware addresses. */
+const mac = matching(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/u, 'a MAC address aa:bb:cc:dd:ee:ff', 17);
+/** A MAC address, or `""` for a link without one. */
+const macOrEmpty: Schema<string> = (v, path) => (v === '' ? '' : mac(v, path));
+/** An IPv4 or IPv6 address as inet_ntop writes it (checked for its characters only). */
+const ip = matching(/^[0-9A-Fa-f.:]{2,45}$/u, 'an IP address', 45);
+/** `ADDRESS/PREFIX`. */
+const prefixed = matching(/^[0-9A-Fa-f.:]{2,45}\/[0-9]{1,3}$/u, 'an address ADDRESS/PREFIX', 64);
+
 export const configuredInterfaceSchema: Schema<ConfiguredInterface> = object({
-  name: str(15),
+  name: interfaceName,
   index: int(1, 0x7fffffff),
-  mac: str(17),
+  mac,
   mtu: int(0, 0xffffffff),
 });
 
@@ -112,25 +121,25 @@ function oneOfFamilies(path: string): never {
 }
 
 export const guestNetworkSchema: Schema<GuestNetworkInfo> = object({
-  hostname: str(64),
+  hostname: text(64),
   interfaces: array(
     object({
-      name: str(15),
+      name: interfaceName,
       index: int(1, 0x7fffffff),
-      mac: str(17),
+      mac: macOrEmpty,
       mtu: int(0, 0xffffffff),
       up: bool,
-      addresses: array(str(64), 4096),
-      neighbors: array(object({ ip: str(64), mac: str(17) }), 4096),
+      addresses: array(prefixed, 4096),
+      neighbors: array(object({ ip, mac: macOrEmpty }), 4096),
     }),
     4096,
   ),
   routes: array(
     object({
-      dst: str(64),
+      dst: (v, path) => (v === 'default' ? 'default' : prefixed(v, path)),
       family,
-      gateway: nullable(str(64)),
-      dev: nullable(str(15)),
+      gateway: nullable(ip),
+      dev: nullable(interfaceName),
       metric: nullable(int(0, 0xffffffff)),
       table: int(0, 0xffffffff),
       scope: int(0, 255),

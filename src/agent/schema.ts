@@ -7,6 +7,8 @@
  * @internal
  * @module
  */
+import { printable, printableField } from '../printable.js';
+import * as validate from '../validate.js';
 import { AgentProtocolError } from './errors.js';
 
 export type Schema<T> = (value: unknown, path: string) => T;
@@ -22,6 +24,69 @@ export function str(maxLength = 65536): Schema<string> {
     return v;
   };
 }
+
+/**
+ * A string of at most `maxLength` characters that prints as it is in a one-line field: no
+ * control characters (escape sequences, newlines, tabs), bidi controls or lone surrogates
+ * (whatever {@link printableField} would escape).
+ */
+export function text(maxLength = 4096): Schema<string> {
+  const string = str(maxLength);
+  return (v, path) => {
+    const value = string(v, path);
+    if (printableField(value) !== value) fail(path, 'contains control characters');
+    return value;
+  };
+}
+
+/**
+ * Free text that is only ever shown (an error message): never refused for its content, but
+ * defused ({@link printable}: control characters become visible escapes such as `\x1b`,
+ * newlines stay) and cut to `maxLength` characters.
+ */
+export function message(maxLength = 4096): Schema<string> {
+  return (v, path) => {
+    if (typeof v !== 'string') fail(path, 'must be a string');
+    // Cut before escaping, so that the work is bounded by maxLength whatever the guest sent.
+    const cut = v.length > maxLength;
+    let value = printable(cut ? v.slice(0, maxLength) : v);
+    if (cut || value.length > maxLength) {
+      value = value.slice(0, maxLength);
+      const last = value.charCodeAt(value.length - 1);
+      if (last >= 0xd800 && last <= 0xdbff) value = value.slice(0, -1); // half of a surrogate pair
+      value += ' [truncated]';
+    }
+    return value;
+  };
+}
+
+/** A container or exec id, by the rule the host applies to ids it is given (`validate.id`). */
+export const id: Schema<string> = (v, path) => {
+  try {
+    return validate.id(v, path);
+  } catch {
+    return fail(path, 'must be a valid id (1-64 characters of [A-Za-z0-9_.-], starting with a letter or digit, without "..")');
+  }
+};
+
+/** A guest path, by the rule the host applies to paths it is given (`validate.absolutePath`), at most `maxLength` characters. */
+export function guestPath(maxLength = 4096): Schema<string> {
+  const string = str(maxLength);
+  return (v, path) => {
+    const value = string(v, path);
+    if (!value.startsWith('/') || value.includes('\0')) fail(path, 'must be an absolute path without NUL');
+    return value;
+  };
+}
+
+/** A network interface name, by the rule the host applies to names it is given (`validate.interfaceName`). */
+export const interfaceName: Schema<string> = (v, path) => {
+  try {
+    return validate.interfaceName(v, path);
+  } catch {
+    return fail(path, "must be an interface name (1-15 bytes, no '/', ':', whitespace or NUL, not . or ..)");
+  }
+};
 
 /** A string of at most `maxLength` characters that matches `pattern` (anchor it). */
 export function matching(pattern: RegExp, what: string, maxLength = 4096): Schema<string> {

@@ -2,7 +2,10 @@
  * A process's stdio as Node streams, with the protocol's credit-based flow control: the agent
  * may send at most the credit it holds on a stream, and gets more only when the consumer of the
  * Readable has taken the data, so a slow reader stops the pipe in the guest (and the process
- * writing it) instead of filling memory. The same holds for stdin in the other direction.
+ * writing it) instead of filling memory. The same holds for stdin in the other direction, where
+ * the connection's transport is a second bound: stdin bytes wait while it holds more than its
+ * bound (a guest that grants credit but does not read), so the host keeps at most the Writable's
+ * highWaterMark, one chunk in progress and the transport's bound for a stdin stream.
  *
  * @module
  */
@@ -22,6 +25,10 @@ export interface StdioLink {
   release(): void;
   /** Reports a protocol violation by the agent (closes the connection). */
   violation(error: AgentProtocolError): void;
+  /** True while the connection's transport is over its bound: send nothing but what must go. */
+  congested(): boolean;
+  /** Asks for one {@link StdioEndpoint.onWritable} call once the transport has room again. */
+  waitWritable(): void;
 }
 
 /** Frames routed to a stream by the client. @internal */
@@ -31,6 +38,8 @@ export interface StdioEndpoint {
   onClose(): void;
   /** The connection ended: `null` after a deliberate close, else the failure. */
   onError(error: Error | null): void;
+  /** The transport has room again (after {@link StdioLink.waitWritable}). */
+  onWritable(): void;
 }
 
 /**
@@ -58,6 +67,9 @@ export class StdioReadable extends Readable implements StdioEndpoint {
   #grant(): void {
     if (this.#ended || this.destroyed || this.#unacked === 0) return;
     if (this.#unacked >= INITIAL_WINDOW / 4 || this.readableLength === 0) {
+      // A guest that does not read its end would otherwise have credit frames pile up on the
+      // host, one per data frame it sends: the grant waits (and grows) until there is room.
+      if (this.#link.congested()) return this.#link.waitWritable();
       this.#link.window(this.#unacked);
       this.#credit += this.#unacked;
       this.#unacked = 0;
@@ -82,6 +94,11 @@ export class StdioReadable extends Readable implements StdioEndpoint {
   /** @internal */
   onWindow(): void {
     this.#link.violation(new AgentProtocolError('window update on an output stream'));
+  }
+
+  /** @internal */
+  onWritable(): void {
+    this.#grant();
   }
 
   /** @internal */
@@ -111,8 +128,10 @@ export class StdioReadable extends Readable implements StdioEndpoint {
 
 /**
  * stdin of a process in the guest. `end()` closes the process's stdin (EOF; on a terminal, a
- * ^D is sent). Writes wait while the agent's credit is used up, so `write()` returns false and
- * `drain` follows, as with any Node stream. Once the process no longer reads its stdin (it
+ * ^D is sent). Writes wait while the agent's credit is used up, or while the connection's
+ * transport holds more than its bound (the guest is not reading), so `write()` returns false
+ * and `drain` follows, as with any Node stream: a writer that respects backpressure (`pipe`,
+ * `pipeline`, awaiting write callbacks) stops. Once the process no longer reads its stdin (it
  * exited or closed it), further writes are discarded silently, as a closed pipe would.
  */
 export class StdioWritable extends Writable implements StdioEndpoint {
@@ -147,15 +166,23 @@ export class StdioWritable extends Writable implements StdioEndpoint {
       return;
     }
     while (pending.data.length > 0 && this.#credit > 0) {
+      if (this.#link.congested()) return this.#link.waitWritable();
       const n = Math.min(this.#credit, MAX_DATA_CHUNK, pending.data.length);
       this.#link.data(pending.data.subarray(0, n));
       this.#credit -= n;
       pending.data = pending.data.subarray(n);
     }
-    if (pending.data.length === 0) {
-      this.#pending = null;
-      pending.callback();
-    }
+    if (pending.data.length > 0) return; // waits for credit (onWindow)
+    // Sent, but the callback waits until the transport has room: the writer stops there and
+    // not with its next chunk, so what it wrote is accounted in writableLength until then.
+    if (this.#link.congested()) return this.#link.waitWritable();
+    this.#pending = null;
+    pending.callback();
+  }
+
+  /** @internal */
+  onWritable(): void {
+    this.#flush();
   }
 
   override _final(callback: (error?: Error | null) => void): void {

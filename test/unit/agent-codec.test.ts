@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { AgentClient } from '../../src/agent/client.js';
 import { AgentClosedError, AgentError, AgentProtocolError } from '../../src/agent/errors.js';
 import {
@@ -12,7 +12,7 @@ import {
   encodeFrame,
 } from '../../src/agent/framing.js';
 import { InvalidArgumentError, TimeoutError, AbortError } from '../../src/errors.js';
-import { FakeAgent, VALID_INFO } from './agent-fake.js';
+import { FakeAgent, VALID_INFO, settled } from './agent-fake.js';
 
 function header(length: number, stream: number, type: number, flags: number): Buffer {
   const b = Buffer.alloc(HEADER_SIZE);
@@ -262,5 +262,132 @@ describe('AgentClient against a scripted agent', () => {
     await new Promise((r) => setImmediate(r));
     fake.end(); // the guest hangs up: 4096 bytes never left
     expect(await written).toBeInstanceOf(AgentClosedError);
+  });
+});
+
+describe('AgentClient deadlines', () => {
+  it('gives every call the connection deadline (callTimeoutMs) when it sets none of its own', async () => {
+    const fake = new FakeAgent(); // answers Hello, then nothing
+    const client = await AgentClient.connect(fake.transport, { callTimeoutMs: 100 });
+    const started = Date.now();
+    const outcome = await settled(client.ping(), 2000);
+    expect(outcome).toHaveProperty('error');
+    const error = (outcome as { error: unknown }).error;
+    expect(error).toBeInstanceOf(TimeoutError);
+    expect(error).toMatchObject({ timeoutMs: 100, code: 'ERR_VMPOD_TIMEOUT' });
+    expect(String(error)).toMatch(/Ping/);
+    expect(Date.now() - started).toBeLessThan(2000);
+    expect(client.closed).toBe(false); // a slow guest is not a broken protocol
+    client.close();
+  });
+
+  it('defaults the deadline to 30 s', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport);
+    // Only setTimeout is faked: the in-memory transport runs on nextTick and setImmediate.
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    let error: unknown;
+    let early: unknown;
+    try {
+      void client.stats('c1').catch((e: unknown) => (error = e));
+      await vi.advanceTimersByTimeAsync(29_999);
+      early = error;
+      await vi.advanceTimersByTimeAsync(1);
+    } finally {
+      vi.useRealTimers(); // before anything can fail: later tests need real timers
+    }
+    await new Promise((r) => setImmediate(r));
+    client.close();
+    expect(early).toBeUndefined();
+    expect(error).toBeInstanceOf(TimeoutError);
+    expect(error).toMatchObject({ timeoutMs: 30_000 });
+    expect(String(error)).toMatch(/Stats/);
+  });
+
+  it('lets a call set its own timeoutMs, shorter or longer than the connection deadline', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport, { callTimeoutMs: 10_000 });
+    await expect(client.listContainers({ timeoutMs: 50 })).rejects.toMatchObject({ timeoutMs: 50 });
+    const short = await AgentClient.connect(new FakeAgent().transport, { callTimeoutMs: 50 });
+    const longer = client.ping({ timeoutMs: 400 });
+    const shortCall = short.ping();
+    await expect(shortCall).rejects.toMatchObject({ timeoutMs: 50 });
+    await expect(longer).rejects.toMatchObject({ timeoutMs: 400 });
+    client.close();
+    short.close();
+  });
+
+  it('refuses a deadline that is not a number of milliseconds', async () => {
+    await expect(AgentClient.connect(new FakeAgent().transport, { callTimeoutMs: 0 })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(AgentClient.connect(new FakeAgent().transport, { callTimeoutMs: Infinity })).rejects.toBeInstanceOf(InvalidArgumentError);
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport);
+    for (const timeoutMs of [-1, Number.NaN, Infinity, 2 ** 31]) {
+      await expect(client.ping({ timeoutMs })).rejects.toBeInstanceOf(InvalidArgumentError);
+    }
+    expect(fake.requests).toHaveLength(1);
+    client.close();
+  });
+
+  it('waits for an exit without a default deadline, until the answer, its own timeoutMs or the end of the connection', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport, { callTimeoutMs: 50 });
+    const waiting = client.wait('c1');
+    expect(await settled(waiting, 300)).toBe('pending'); // six call deadlines later
+    fake.respond(fake.requests.at(-1)!.stream, { exitCode: 3, signal: 0, oomKilled: false });
+    await expect(waiting).resolves.toEqual({ exitCode: 3, signal: 0, oomKilled: false });
+    await expect(client.wait('c1', { timeoutMs: 50 })).rejects.toMatchObject({ timeoutMs: 50 });
+    const forever = client.wait('c2');
+    client.close();
+    await expect(forever).rejects.toBeInstanceOf(AgentClosedError);
+  });
+
+  it('adds the wait a request asks of the agent (Mount, FindDevice, ConfigureInterface) to the default deadline', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport, { callTimeoutMs: 100 });
+    const calls = [
+      client.findDevice({ pciPath: '02/00', timeoutMs: 200 }),
+      client.mount({ type: 'ext4', device: { serial: 'vol' }, target: '/run/vmpod/vol', timeoutMs: 150 }),
+      client.configureInterface({ mac: '02:00:00:00:00:01', name: 'eth0', timeoutMs: 50 }),
+    ];
+    const errors = await Promise.all(calls.map((p) => p.catch((e: unknown) => e)));
+    expect(errors.map((e) => (e as TimeoutError).timeoutMs)).toEqual([300, 250, 150]);
+    for (const e of errors) expect(e).toBeInstanceOf(TimeoutError);
+    // Without a timeoutMs in the request, the agent's own default (10 s) is added.
+    const pending = client.findDevice({ pciPath: '02/00' });
+    expect(await settled(pending, 300)).toBe('pending');
+    client.close();
+    await expect(pending).rejects.toBeInstanceOf(AgentClosedError);
+  });
+
+  it('drops a late answer to a timed-out call, still treats a never-used stream as a violation', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport, { callTimeoutMs: 50 });
+    await expect(client.stats('c1')).rejects.toBeInstanceOf(TimeoutError);
+    const late = fake.requests.at(-1)!.stream;
+    fake.respond(late, { containerId: 'c1', timestamp: 1, cpu: {}, memory: {}, pids: {} });
+    fake.respondError(late, 'INTERNAL', 'late and repeated');
+    await new Promise((r) => setImmediate(r));
+    expect(client.closed).toBe(false);
+    fake.onRequest = (r) => fake.respond(r.stream, {});
+    await client.ping(); // still in step with the agent
+    const closed = new Promise<Error | undefined>((r) => client.once('close', r));
+    fake.respond(late + 100, {});
+    expect(await closed).toBeInstanceOf(AgentProtocolError);
+  });
+
+  it('detaches the streams of an OpenStdio that timed out, and drops what comes on them later', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport, { callTimeoutMs: 50 });
+    await expect(client.openStdio('c1', { stdout: true })).rejects.toBeInstanceOf(TimeoutError);
+    const stream = fake.requests.at(-1)!.stream;
+    await new Promise((r) => setImmediate(r));
+    expect(fake.data.at(-1)).toMatchObject({ stream, flags: FLAG_CLOSE }); // the agent is told to detach
+    fake.respond(stream, {});
+    fake.sendData(stream, Buffer.from('late output'));
+    fake.sendData(stream, Buffer.alloc(0), FLAG_CLOSE);
+    await new Promise((r) => setImmediate(r));
+    expect(client.closed).toBe(false);
+    client.close();
   });
 });
