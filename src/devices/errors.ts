@@ -38,9 +38,14 @@ export class UnsupportedHugepageSizeError extends VmpodError {
 /**
  * Fewer hugepages than asked could be obtained. `attempted` is false when the request was refused
  * up front (it exceeds the memory of the node); otherwise the kernel gave `obtained` of
- * `requested` pages and, when `rolledBack` is true, the pool was put back to `previous`.
+ * `requested` pages and, when `rolledBack` is true, the pool was put back to `previous`. When it
+ * is false, the pages left are held by the hugepage claim `claimId` in the ledger: release them
+ * with `releaseHugepageClaim(claimId)`.
  */
 export class InsufficientHugepagesError extends VmpodError {
+  /** The ledger claim holding the pages a failed roll-back left (only when `rolledBack` is false). */
+  readonly claimId: string | undefined;
+
   constructor(
     readonly sizeBytes: number,
     /** NUMA node, or undefined for the global pool. */
@@ -53,19 +58,21 @@ export class InsufficientHugepagesError extends VmpodError {
     readonly obtained: number,
     readonly attempted: boolean,
     readonly rolledBack: boolean,
-    options: VmpodErrorOptions = {},
+    options: VmpodErrorOptions & { claimId?: string | undefined } = {},
   ) {
     const where = node === undefined ? 'the host' : `NUMA node ${node}`;
     const what = `${requested - previous} more ${formatBytes(sizeBytes)} hugepages on ${where} (pool ${previous} -> ${requested})`;
+    const held = options.claimId === undefined ? '' : `, its pages held by hugepage claim ${options.claimId} (releaseHugepageClaim)`;
     super(
       'ERR_VMPOD_HUGEPAGES_INSUFFICIENT',
       attempted
         ? `asked for ${what}, the kernel gave ${obtained - previous}; ` +
-            (rolledBack ? `the pool was put back to ${previous}` : `the pool is left at ${obtained}`) +
+            (rolledBack ? `the pool was put back to ${previous}` : `the pool is left at ${obtained}${held}`) +
             ' (free memory is fragmented or short: reserve hugepages at boot, e.g. hugepages=N on the kernel command line)'
         : `asked for ${what}, which exceeds the memory of ${where}; nothing was changed`,
       options,
     );
+    this.claimId = options.claimId;
   }
 }
 
@@ -205,6 +212,60 @@ export class IommuGroupInUseError extends VmpodError {
       'ERR_VMPOD_IOMMU_GROUP_IN_USE',
       `IOMMU group ${group} of PCI device ${address} is bound to vfio-pci for ${who}: a group goes to one VM at a time ` +
         `(release it there first; if that holder is gone for good, release its record or remove ${claimPath})`,
+      options,
+    );
+  }
+}
+
+/**
+ * The ledger of a hugepage size (`hugepages-<kB>kB.json` next to its host lock, see
+ * `reserveHugepages`) cannot be read or written: nothing was written to `nr_hugepages` after the
+ * failure was seen. A ledger that cannot be parsed stops every reservation and release of that
+ * size rather than guess which pages belong to whom.
+ */
+export class HugepageLedgerError extends VmpodError {
+  constructor(
+    /** The ledger file. */
+    readonly path: string,
+    /** What is wrong. */
+    readonly reason: string,
+    options: VmpodErrorOptions = {},
+  ) {
+    super('ERR_VMPOD_HUGEPAGE_LEDGER', `hugepage ledger ${path}: ${reason}`, options);
+  }
+}
+
+/** The holder of a hugepage claim, as the ledger says (see `hugepageClaims`). */
+export interface HugepageClaimHolder {
+  /** The `owner` given to `reserveHugepages` (a sandbox id, say), or `pid N`. */
+  owner: string;
+  /** The process that made the reservation (it may have exited since: the claim outlives it). */
+  pid: number;
+  /** When the reservation was made (ISO 8601). */
+  since: string;
+  /** `writing`, `held` or `releasing`. */
+  state: string;
+  /** Pages the claim holds (0 while `writing`). */
+  added: number;
+}
+
+/**
+ * A reservation was given a claim id (`claimId`) that the ledger already holds: a reservation made
+ * with it earlier was not released. Nothing was written. Release that claim first
+ * (`releaseHugepageClaim`), or use a new id.
+ */
+export class HugepageClaimExistsError extends VmpodError {
+  constructor(
+    readonly claimId: string,
+    readonly holder: HugepageClaimHolder,
+    /** The ledger file. */
+    readonly ledgerPath: string,
+    options: VmpodErrorOptions = {},
+  ) {
+    super(
+      'ERR_VMPOD_HUGEPAGE_CLAIM_EXISTS',
+      `hugepage claim ${claimId} is already in ${ledgerPath}: ${holder.owner} (pid ${holder.pid}, since ${holder.since}) ` +
+        `holds ${holder.added} pages with it (${holder.state}); release it first (releaseHugepageClaim) or use another claim id`,
       options,
     );
   }

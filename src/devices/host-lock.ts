@@ -10,7 +10,14 @@
  * - `hugepages-<kB>kB.lock`: the pools of one page size (global and per NUMA node: a write to a
  *   node's pool changes the global one);
  * - `vfio-group-<N>.lock`: the drivers of IOMMU group N, and next to it the group's claim
- *   `vfio-group-<N>.json` (see `bindVfio`).
+ *   `vfio-group-<N>.json` (see `bindVfio`);
+ * - next to `hugepages-<kB>kB.lock`, the ledger of that size's reservations
+ *   `hugepages-<kB>kB.json` (see `reserveHugepages`).
+ *
+ * Claims and ledgers are written only under their lock. The hugepage ledger is replaced at once
+ * ({@link writeHostFile}: a temp file, fsync, rename) and names processes by pid and start time
+ * ({@link processStartTime}), so that a pid the kernel gave to a later process is not taken for
+ * the one that made a reservation ({@link processAlive}).
  *
  * The kernel drops an flock when its holder dies, so a crash never leaves a lock held. A lock is
  * held only across the few sysfs reads and writes of one change, never while a VM runs.
@@ -23,8 +30,10 @@
  *
  * @module
  */
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { InvalidArgumentError } from '../errors.js';
 import { absolutePath, integer } from '../validate.js';
 import { FileLock } from '../state/lock.js';
 import { HostLockError } from './errors.js';
@@ -126,4 +135,97 @@ export function keptLockOptions(options: HostLockOptions): HostLockOptions {
     ...(options.lockDir === undefined ? {} : { lockDir: options.lockDir }),
     ...(options.lockTimeoutMs === undefined ? {} : { lockTimeoutMs: options.lockTimeoutMs }),
   };
+}
+
+/**
+ * Writes a file of the lock folder at once, readable by this user only: a new temp file next to
+ * it (`O_EXCL`, mode 0600), fsync, rename over the file, fsync of the folder. A reader sees the
+ * old content or the new, never a part, and a crash leaves at most a `.<name>.*.tmp` file behind.
+ *
+ * Shell equivalent: `T=$(mktemp DIR/.NAME.XXXXXX.tmp) && cat > $T && sync $T && mv $T DIR/NAME && sync DIR`.
+ */
+export async function writeHostFile(file: string, text: string): Promise<void> {
+  const dir = path.dirname(file);
+  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  const handle = await fs.open(tmp, 'wx', 0o600);
+  try {
+    try {
+      await handle.writeFile(text);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await fs.rename(tmp, file);
+  } catch (error) {
+    await fs.rm(tmp, { force: true }).catch(() => undefined);
+    throw error;
+  }
+  const folder = await fs.open(dir, 'r');
+  try {
+    await folder.sync();
+  } finally {
+    await folder.close();
+  }
+}
+
+/** What `/proc/PID/stat` says of a process: its state letter and its start time. */
+async function procStat(pid: number): Promise<{ state: string; start: number } | undefined> {
+  let text: string;
+  try {
+    text = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  // `PID (COMM) STATE PPID ...`: COMM may hold spaces and parentheses, so split after the last ')'.
+  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  const start = Number(fields[19]); // field 22 of the line (fields[0] is field 3)
+  if (fields[0] === undefined || !Number.isSafeInteger(start)) return undefined;
+  return { state: fields[0], start };
+}
+
+/**
+ * When a process started, in clock ticks after boot (field 22 of `/proc/PID/stat`,
+ * `starttime`); undefined when there is no such process. With the pid it names one process for
+ * good: the kernel reuses pids, never a (pid, start time) pair.
+ *
+ * Shell equivalent: `sed 's/.*) //' /proc/PID/stat | cut -d' ' -f20`.
+ */
+export async function processStartTime(pid: number): Promise<number | undefined> {
+  return (await procStat(integer(pid, 'pid', 1, 2 ** 22)))?.start;
+}
+
+/**
+ * Whether the process `pid` that started at `startTime` (see {@link processStartTime}) still
+ * runs: false when the pid is free, names a later process (another start time), or a zombie (it
+ * has exited; its locks are gone). A `startTime` of 0 (unknown) compares the pid alone.
+ */
+export async function processAlive(pid: number, startTime: number): Promise<boolean> {
+  if (!Number.isSafeInteger(pid) || pid < 1) return false;
+  const stat = await procStat(pid);
+  if (stat === undefined || stat.state === 'Z' || stat.state === 'X') return false;
+  return startTime === 0 || stat.start === startTime;
+}
+
+let self: Promise<{ pid: number; pidStart: number }> | undefined;
+
+/** This process: its pid and start time (0 when `/proc` cannot tell). */
+export function currentProcess(): Promise<{ pid: number; pidStart: number }> {
+  self ??= procStat(process.pid).then((s) => ({ pid: process.pid, pidStart: s?.start ?? 0 }));
+  return self;
+}
+
+/** Checks an owner for a claim file: 1 to 128 printable ASCII characters (a sandbox id, say). */
+export function claimOwner(value: unknown, field: string): string {
+  if (typeof value !== 'string' || !/^[\x20-\x7e]{1,128}$/u.test(value)) {
+    throw new InvalidArgumentError(field, `${JSON.stringify(value)} is not an owner (1 to 128 printable ASCII characters)`);
+  }
+  return value;
+}
+
+/** Checks a claim id: 1 to 128 of `[A-Za-z0-9_.:-]` (a UUID, or `<sandbox id>:hugepages`). */
+export function claimId(value: unknown, field: string): string {
+  if (typeof value !== 'string' || !/^[A-Za-z0-9_.:-]{1,128}$/u.test(value)) {
+    throw new InvalidArgumentError(field, `${JSON.stringify(value)} is not a claim id (1 to 128 of [A-Za-z0-9_.:-])`);
+  }
+  return value;
 }

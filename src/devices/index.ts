@@ -1,7 +1,8 @@
 /**
  * Host devices for NFV: hugepages, PCI discovery, VFIO binding, SR-IOV, KSM. Every function takes
  * the sysfs tree to act on (`{ sysfs }`, default `/sys`); hugepage reservations and VFIO bindings
- * also take the host lock folder (`{ lockDir }`, default `/run/lock/vmpod`, see `host-lock.ts`).
+ * also take the host lock folder (`{ lockDir }`, default `/run/lock/vmpod`, see `host-lock.ts`),
+ * where their claims live too (the hugepage ledgers, the VFIO group claims).
  *
  * @module
  */
@@ -10,11 +11,14 @@ export {
   DeviceBusyError,
   FeatureUnavailableError,
   HostLockError,
+  HugepageClaimExistsError,
+  HugepageLedgerError,
   InsufficientHugepagesError,
   IommuGroupInUseError,
   IommuGroupNotViableError,
   SysfsReadbackError,
   UnsupportedHugepageSizeError,
+  type HugepageClaimHolder,
   type VfioGroupHolder,
 } from './errors.js';
 export { Sysfs, type SysfsOptions } from './sysfs.js';
@@ -22,18 +26,25 @@ export { DEFAULT_HOST_LOCK_DIR, hostLockDir, type HostLockOptions } from './host
 export {
   HugepageReservation,
   HugetlbfsMount,
+  hugepageClaims,
   hugepagePool,
   hugepageSize,
   listHugepages,
   mountHugetlbfs,
+  releaseHugepageClaim,
   releaseHugepages,
   reserveHugepages,
+  type HugepageClaim,
+  type HugepageClaimOptions,
+  type HugepageClaimState,
+  type HugepageClaimStatus,
   type HugepageNodeCounts,
   type HugepageOptions,
   type HugepagePool,
   type HugepageRelease,
   type HugepageRequest,
   type HugepageReservationRecord,
+  type HugepageReserveOptions,
   type HugetlbfsOptions,
 } from './hugepages.js';
 export {

@@ -1,8 +1,10 @@
 /**
  * Real hugepages: reserves a few 2 MiB pages on this host, maps a file on a hugetlbfs mount from a
- * child process, releases everything; and 4 processes reserving, using and releasing pages at
- * once. nr_hugepages always goes back to its original value and no mount is left behind, even
- * when a test fails (afterEach, afterAll).
+ * child process, releases everything; 4 processes reserving, using and releasing pages at once;
+ * a record released twice; reservations killed (SIGKILL) around their write of nr_hugepages.
+ * nr_hugepages always goes back to its original value, no mount is left behind and the ledger
+ * (/run/lock/vmpod/hugepages-2048kB.json) holds none of the tests' claims, even when a test fails
+ * (afterEach, afterAll).
  */
 import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -14,14 +16,20 @@ import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SystemError } from '../../src/errors.js';
 import { InsufficientHugepagesError, UnsupportedHugepageSizeError } from '../../src/devices/errors.js';
+import { acquireHostLock } from '../../src/devices/host-lock.js';
 import {
+  hugepageClaims,
   hugepagePool,
   listHugepages,
   mountHugetlbfs,
+  releaseHugepageClaim,
+  releaseHugepages,
   reserveHugepages,
   type HugepageReservation,
+  type HugepageReservationRecord,
   type HugetlbfsMount,
 } from '../../src/devices/hugepages.js';
+import { crashHugepageCall } from '../unit/devices-fake-sysfs.js';
 import type { HugepageWorkerOptions, HugepageWorkerReport } from '../unit/devices-hugepages-worker.js';
 import { runWorkers } from '../unit/devices-workers.js';
 
@@ -66,6 +74,36 @@ let reservation: HugepageReservation | undefined;
 let mounted: HugetlbfsMount | undefined;
 
 const read2M = async (): Promise<number> => Number((await fs.readFile(NR_2M, 'utf8')).trim());
+
+/** The tests' claim ids: `vmpod-test-<pid>-<name>`, so that clean-up takes only its own. */
+const CLAIM_PREFIX = `vmpod-test-${process.pid}-`;
+const claimId = (name: string): string => `${CLAIM_PREFIX}${name}`;
+const ourClaims = async (): Promise<string[]> =>
+  (await hugepageClaims({ size: '2M' })).map((c) => c.claimId).filter((id) => id.startsWith(CLAIM_PREFIX));
+
+/**
+ * Releases every claim of these tests still in the ledger (their pages go back with them); one
+ * that cannot be released is taken out of the ledger by hand, under the lock. Returns the ids found.
+ */
+async function dropTestClaims(): Promise<string[]> {
+  const found = await ourClaims().catch(() => [] as string[]);
+  for (const id of found) await releaseHugepageClaim(id, { size: '2M' }).catch(() => undefined);
+  if ((await ourClaims().catch(() => [CLAIM_PREFIX])).length > 0) {
+    const { dir, lock } = await acquireHostLock('hugepages-2048kB');
+    try {
+      const file = path.join(dir, 'hugepages-2048kB.json');
+      const ledger = JSON.parse(await fs.readFile(file, 'utf8')) as { claims: { claimId: string }[] };
+      ledger.claims = ledger.claims.filter((c) => !c.claimId.startsWith(CLAIM_PREFIX));
+      if (ledger.claims.length === 0) await fs.rm(file, { force: true });
+      else await fs.writeFile(file, `${JSON.stringify(ledger)}\n`, { mode: 0o600 });
+    } catch {
+      // Nothing more to do: the pool is put back below.
+    } finally {
+      await lock.release();
+    }
+  }
+  return found;
+}
 const mountLine = async (dir: string): Promise<string | undefined> =>
   (await fs.readFile('/proc/self/mountinfo', 'utf8')).split('\n').find((l) => l.split(' ')[4] === dir);
 
@@ -84,10 +122,12 @@ describe.skipIf(!root || !hasHugetlbfs)('hugepages on this host (needs root and 
     mounted = undefined;
     if (reservation) await reservation.release();
     reservation = undefined;
+    const claims = await dropTestClaims();
     // Put the pool back before saying it was not, so that one test's leak does not fail the next.
     const left = await read2M();
     if (original2M !== undefined && left !== original2M) await fs.writeFile(NR_2M, String(original2M));
     expect(left).toBe(original2M);
+    expect(claims).toEqual([]);
   });
 
   afterAll(async () => {
@@ -98,6 +138,7 @@ describe.skipIf(!root || !hasHugetlbfs)('hugepages on this host (needs root and 
         if (point?.startsWith(`${work}/`)) await run('umount', ['-l', point]).catch(() => undefined);
       }
     }
+    await dropTestClaims().catch(() => undefined);
     if (original2M !== undefined && (await read2M()) !== original2M) await fs.writeFile(NR_2M, String(original2M));
     if (work) await fs.rm(work, { recursive: true, force: true });
   });
@@ -196,6 +237,64 @@ describe.skipIf(!root || !hasHugetlbfs)('hugepages on this host (needs root and 
     expect(await read2M()).toBe(base);
     const pool = await hugepagePool('2M');
     expect([pool.total, pool.surplus, pool.free]).toEqual([base, 0, base]);
+  });
+
+  it('a record released twice gives its pages back once: the second release is a no-op (real pages)', async () => {
+    const a = await reserveHugepages({ size: '2M', count: 2 }, { claimId: claimId('twice-a') });
+    const saved = JSON.stringify(a);
+    const b = await reserveHugepages({ size: '2M', count: 1 }, { claimId: claimId('twice-b') });
+    expect(await read2M()).toBe(original2M! + 3);
+    expect(await releaseHugepages(JSON.parse(saved) as HugepageReservationRecord)).toMatchObject({ removed: 2, after: original2M! + 1 });
+    // The caller crashed before noting the release, and releases the record again.
+    const again = await releaseHugepages(JSON.parse(saved) as HugepageReservationRecord);
+    expect(await read2M()).toBe(original2M! + 1); // b's page stays
+    expect(again).toEqual({ before: original2M! + 1, removed: 0, after: original2M! + 1, surplus: 0, alreadyReleased: true });
+    expect(await ourClaims()).toEqual([claimId('twice-b')]);
+    await b.release();
+    expect(await read2M()).toBe(original2M);
+    expect(await ourClaims()).toEqual([]);
+  });
+
+  it('a reservation killed (SIGKILL) between its write of nr_hugepages and its claim: the next locker settles it, its release gives back exactly its pages (real pages)', async () => {
+    const dead = claimId('killed-after-write');
+    const child = await crashHugepageCall({ steps: [{ reserve: { size: '2M', count: 3, claimId: dead, owner: 'killed' } }], kill: { write: 1, when: 'after' } });
+    expect(child.signal).toBe('SIGKILL');
+    expect(await read2M()).toBe(original2M! + 3);
+    expect((await hugepageClaims({ size: '2M' })).filter((c) => c.claimId === dead)).toMatchObject([
+      { state: 'writing', previous: original2M, count: 3, added: 0, pid: child.pid, alive: false },
+    ]);
+    // The next locker, a reservation, settles the dead claim before its own write.
+    reservation = await reserveHugepages({ size: '2M', count: 1 }, { claimId: claimId('next') });
+    expect(reservation.toJSON()).toMatchObject({ previous: original2M! + 3, obtained: original2M! + 4 });
+    expect((await hugepageClaims({ size: '2M' })).filter((c) => c.claimId === dead)).toMatchObject([{ state: 'held', added: 3 }]);
+    expect(await releaseHugepageClaim(dead, { size: '2M' })).toMatchObject({ removed: 3, after: original2M! + 1, alreadyReleased: false });
+    expect(await releaseHugepageClaim(dead, { size: '2M' })).toBeUndefined();
+    expect(await read2M()).toBe(original2M! + 1);
+    await reservation.release();
+    reservation = undefined;
+    expect(await read2M()).toBe(original2M);
+
+    // Killed before its write reached the kernel: the pool never changed, the claim goes.
+    const early = claimId('killed-before-write');
+    const first = await crashHugepageCall({ steps: [{ reserve: { size: '2M', count: 3, claimId: early } }], kill: { write: 1, when: 'before' } });
+    expect(first.signal).toBe('SIGKILL');
+    expect(await read2M()).toBe(original2M);
+    expect((await hugepageClaims({ size: '2M' })).filter((c) => c.claimId === early)).toMatchObject([{ state: 'writing', added: 0 }]);
+    expect(await releaseHugepageClaim(early, { size: '2M' })).toBeUndefined();
+    expect(await read2M()).toBe(original2M);
+
+    // Killed during its release, after the write: settled as released, a second release removes nothing.
+    const dying = claimId('killed-in-release');
+    const second = await crashHugepageCall({
+      steps: [{ reserve: { size: '2M', count: 2, claimId: dying } }, { releaseClaim: { claimId: dying, size: '2M' } }],
+      kill: { write: 2, when: 'after' },
+    });
+    expect(second.signal).toBe('SIGKILL');
+    expect(await read2M()).toBe(original2M);
+    expect((await hugepageClaims({ size: '2M' })).filter((c) => c.claimId === dying)).toMatchObject([{ state: 'releasing', added: 2 }]);
+    expect(await releaseHugepages(second.results[0] as HugepageReservationRecord)).toMatchObject({ removed: 0, alreadyReleased: true });
+    expect(await read2M()).toBe(original2M);
+    expect(await ourClaims()).toEqual([]);
   });
 
   it.skipIf(has1G)('rejects 1 GiB pages: this host does not offer them', async () => {

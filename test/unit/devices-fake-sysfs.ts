@@ -13,10 +13,15 @@
  * reader never sees a half-written number. What vmpod itself must serialise is left to vmpod.
  * The hidden folders `.fake` (the fake kernel's own files) and `.vmpod-lock` (vmpod's host locks
  * for this tree) are not part of {@link FakeSysfs.snapshot}.
+ *
+ * {@link crashHugepageCall} runs hugepage calls in a child process that kills itself (SIGKILL) at a
+ * chosen write of `nr_hugepages`, on a fake tree or on the real /sys.
  */
+import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { systemErrorFrom } from '../../src/devices/errors.js';
 import { Sysfs } from '../../src/devices/sysfs.js';
 import { FileLock } from '../../src/state/lock.js';
@@ -329,4 +334,102 @@ export class FakeSysfs extends Sysfs {
     await walk('.');
     return out;
   }
+}
+
+/** A hugepage call a {@link crashHugepageCall} child makes, in order. */
+export type HugepageCrashStep =
+  | { reserve: { size: string; count: number; node?: number; allowPartial?: boolean; claimId?: string; owner?: string } }
+  | { releaseClaim: { claimId: string; size?: string } };
+
+export interface HugepageCrashOptions {
+  /** Root of a fake tree (the child uses a {@link FakeSysfs} on it); omitted: the real /sys. */
+  sysfs?: string;
+  /** Host lock folder to pass to vmpod; omitted: its default for the tree. */
+  lockDir?: string;
+  steps: HugepageCrashStep[];
+  /**
+   * The child kills itself with SIGKILL at its `write`-th write to an `nr_hugepages` file (counted
+   * from 1 over all its steps), `before` the write reaches the (fake) kernel or right `after` it.
+   * Omitted: it runs every step and exits 0.
+   */
+  kill?: { write: number; when: 'before' | 'after' };
+}
+
+export interface HugepageCrashResult {
+  /** The child's pid. */
+  pid: number;
+  /** The signal that ended the child (SIGKILL when it died where it was told), or null. */
+  signal: NodeJS.Signals | null;
+  code: number | null;
+  /** One JSON line per finished step: what it returned (a record, a release, null) or `{ error }`. */
+  results: unknown[];
+  stderr: string;
+}
+
+/**
+ * Runs hugepage calls in a child process that dies (SIGKILL, no clean-up of any kind) at a given
+ * write to `nr_hugepages`, to test what the next process finds: the host lock dropped by the
+ * kernel, the ledger as the dead process left it, the pool as its last write left it. The child
+ * is vmpod's own code with a Sysfs whose `write` kills the process around the real write.
+ */
+export async function crashHugepageCall(options: HugepageCrashOptions): Promise<HugepageCrashResult> {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const modules = {
+    fake: path.join(here, 'devices-fake-sysfs.ts'),
+    sysfs: path.join(here, '../../src/devices/sysfs.ts'),
+    hugepages: path.join(here, '../../src/devices/hugepages.ts'),
+  };
+  const code = `
+    const opts = JSON.parse(process.argv[1]);
+    const { FakeSysfs } = await import(opts.modules.fake);
+    const { Sysfs } = await import(opts.modules.sysfs);
+    const hp = await import(opts.modules.hugepages);
+    const Base = opts.sysfs === undefined ? Sysfs : FakeSysfs;
+    let writes = 0;
+    class Crashing extends Base {
+      async write(rel, value) {
+        const hit = /nr_hugepages$/.test(rel) && opts.kill !== undefined && ++writes === opts.kill.write;
+        if (hit && opts.kill.when === 'before') process.kill(process.pid, 'SIGKILL');
+        await super.write(rel, value);
+        if (hit && opts.kill.when === 'after') process.kill(process.pid, 'SIGKILL');
+      }
+    }
+    const sysfs = new Crashing(opts.sysfs ?? '/sys');
+    const common = { sysfs, ...(opts.lockDir === undefined ? {} : { lockDir: opts.lockDir }) };
+    for (const step of opts.steps) {
+      let result;
+      try {
+        if (step.reserve) {
+          const { claimId, owner, ...request } = step.reserve;
+          result = (await hp.reserveHugepages(request, { ...common, ...(claimId ? { claimId } : {}), ...(owner ? { owner } : {}) })).toJSON();
+        } else {
+          const size = step.releaseClaim.size;
+          result = (await hp.releaseHugepageClaim(step.releaseClaim.claimId, { ...common, ...(size ? { size } : {}) })) ?? null;
+        }
+      } catch (e) {
+        result = { error: { name: e?.name, code: e?.code, message: String(e?.message ?? e) } };
+      }
+      process.stdout.write(JSON.stringify(result) + '\\n');
+    }
+  `;
+  return new Promise((resolve) => {
+    const child = execFile(
+      process.execPath,
+      ['--import', 'tsx', '--input-type=module', '--eval', code, JSON.stringify({ ...options, modules })],
+      { timeout: 60_000 },
+      (error, stdout, stderr) => {
+        const e = error as (Error & { code?: number | string; signal?: NodeJS.Signals | null }) | null;
+        resolve({
+          pid: child.pid!,
+          signal: e?.signal ?? null,
+          code: e === null ? 0 : typeof e.code === 'number' ? e.code : null,
+          results: stdout
+            .split('\n')
+            .filter((l) => l.trim() !== '')
+            .map((l) => JSON.parse(l) as unknown),
+          stderr,
+        });
+      },
+    );
+  });
 }

@@ -1,23 +1,36 @@
+import { spawn } from 'node:child_process';
+import fs from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { InvalidArgumentError, NotFoundError } from '../../src/errors.js';
-import { InsufficientHugepagesError, UnsupportedHugepageSizeError } from '../../src/devices/errors.js';
 import {
+  HugepageClaimExistsError,
+  HugepageLedgerError,
+  InsufficientHugepagesError,
+  UnsupportedHugepageSizeError,
+} from '../../src/devices/errors.js';
+import { processAlive, processStartTime } from '../../src/devices/host-lock.js';
+import {
+  hugepageClaims,
   hugepagePool,
   hugepageSize,
   listHugepages,
   mountHugetlbfs,
+  releaseHugepageClaim,
   releaseHugepages,
   reserveHugepages,
+  type HugepageClaimStatus,
   type HugepageReservationRecord,
 } from '../../src/devices/hugepages.js';
-import { FakeSysfs } from './devices-fake-sysfs.js';
+import { crashHugepageCall, FakeSysfs, type HugepageCrashResult } from './devices-fake-sysfs.js';
 import type { HugepageWorkerOptions, HugepageWorkerReport } from './devices-hugepages-worker.js';
 import { runWorkers } from './devices-workers.js';
 
 const MiB = 1024 * 1024;
 const GLOBAL_2M = 'kernel/mm/hugepages/hugepages-2048kB/nr_hugepages';
 const node2M = (n: number): string => `devices/system/node/node${n}/hugepages/hugepages-2048kB/nr_hugepages`;
+/** The ledger of the 2 MiB pools of the fake tree (in its lock folder). */
+const LEDGER_2M = '.vmpod-lock/hugepages-2048kB.json';
 
 let sysfs: FakeSysfs;
 beforeEach(async () => {
@@ -73,7 +86,7 @@ describe('hugepage pools (fake sysfs)', () => {
     await sysfs.file(GLOBAL_2M, '0');
     const r = await reserveHugepages({ size: '2M', count: 6 }, { sysfs });
     expect(sysfs.writes).toEqual([[GLOBAL_2M, '6']]);
-    expect(r.toJSON()).toEqual({ sizeBytes: 2 * MiB, node: null, previous: 0, obtained: 6 });
+    expect(r.toJSON()).toEqual({ sizeBytes: 2 * MiB, node: null, previous: 0, obtained: 6, claimId: expect.stringMatching(/^[0-9a-f-]{36}$/u) });
     expect([r.requested, r.added, r.partial]).toEqual([6, 6, false]);
     expect((await hugepagePool('2M', { sysfs })).nodes.map((n) => n.total)).toEqual([6, 0]);
     await r.release();
@@ -206,9 +219,10 @@ describe('hugepage reservations and releases at the same time (fake sysfs)', () 
     const [a, b] = await Promise.all([reserveHugepages({ size: '2M', count: 4 }, { sysfs }), reserveHugepages({ size: '2M', count: 4 }, { sysfs })]);
     const records = [a.toJSON(), b.toJSON()].sort((x, y) => x.previous - y.previous);
     expect(records).toEqual([
-      { sizeBytes: 2 * MiB, node: null, previous: 10, obtained: 14 },
-      { sizeBytes: 2 * MiB, node: null, previous: 14, obtained: 18 },
+      { sizeBytes: 2 * MiB, node: null, previous: 10, obtained: 14, claimId: expect.any(String) },
+      { sizeBytes: 2 * MiB, node: null, previous: 14, obtained: 18, claimId: expect.any(String) },
     ]);
+    expect(a.claimId).not.toBe(b.claimId);
     expect(await sysfs.readInt(GLOBAL_2M)).toBe(18);
     // Released in the order they were made or not: each takes off its own 4 pages.
     expect(await a.release()).toMatchObject({ removed: 4 });
@@ -235,16 +249,16 @@ describe('hugepage reservations and releases at the same time (fake sysfs)', () 
     expect([b.previous, b.obtained, b.added, b.partial]).toEqual([4, 6, 2, true]);
     const c = await reserveHugepages({ size: '2M', count: 1 }, { sysfs }).catch((e: unknown) => e);
     expect(c).toMatchObject({ code: 'ERR_VMPOD_HUGEPAGES_INSUFFICIENT', attempted: true, obtained: 6, rolledBack: true });
-    expect(await a.release()).toEqual({ before: 6, removed: 4, after: 2, surplus: 0 });
+    expect(await a.release()).toEqual({ before: 6, removed: 4, after: 2, surplus: 0, alreadyReleased: false });
     expect(await sysfs.readInt(GLOBAL_2M)).toBe(2); // b's two pages are still there
-    expect(await b.release()).toEqual({ before: 2, removed: 2, after: 0, surplus: 0 });
+    expect(await b.release()).toEqual({ before: 2, removed: 2, after: 0, surplus: 0, alreadyReleased: false });
   });
 
   it('reports the pages still in use when the pool shrank (surplus), and never goes below 0', async () => {
     const r = await reserveHugepages({ size: '2M', count: 4 }, { sysfs });
     // The kernel turns pages still mapped into surplus pages instead of refusing to shrink.
     await sysfs.file('kernel/mm/hugepages/hugepages-2048kB/surplus_hugepages', '3');
-    expect(await r.release()).toEqual({ before: 4, removed: 4, after: 0, surplus: 3 });
+    expect(await r.release()).toEqual({ before: 4, removed: 4, after: 0, surplus: 3, alreadyReleased: false });
     // Someone shrank the pool without the lock: only what is there comes off.
     await sysfs.write(GLOBAL_2M, '2');
     expect(await releaseHugepages({ sizeBytes: 2 * MiB, node: null, previous: 0, obtained: 4 }, { sysfs })).toMatchObject({ before: 2, removed: 2, after: 0 });
@@ -272,5 +286,308 @@ describe('hugepage reservations from several processes (fake sysfs)', () => {
     const pool = await hugepagePool('2M', { sysfs });
     expect(pool.total).toBe(10);
     expect(pool.nodes.reduce((n, x) => n + x.total, 0)).toBe(10);
+    expect(await hugepageClaims({ sysfs })).toEqual([]);
+  }, 120_000);
+
+  it('4 processes x 25 cycles while others are killed half-way: releasing the dead claims by id puts the pool exactly where it started', async () => {
+    await sysfs.write(GLOBAL_2M, '10');
+    await sysfs.limitHugepages(2048, 0, 14);
+    await sysfs.limitHugepages(2048, 1, 14);
+    const workers = runWorkers<HugepageWorkerOptions, HugepageWorkerReport>(
+      worker,
+      [0, 1, 2, 3].map((i) => ({ sysfs: sysfs.root, name: `w${i}`, cycles: 25, maxPages: 6, base: 10, checks: 3 })),
+    );
+    // Meanwhile, 8 reservations die at a write (the reservation's, the roll-back's, or their
+    // release's), before or after it reaches the kernel, or finish and leave their claim behind.
+    const crashes: HugepageCrashResult[] = [];
+    const ids: string[] = [];
+    for (let round = 0; round < 4; round++) {
+      crashes.push(
+        ...(await Promise.all(
+          [0, 1].map((k) => {
+            const claimId = `crash-${round}-${k}`;
+            ids.push(claimId);
+            return crashHugepageCall({
+              sysfs: sysfs.root,
+              steps: [
+                { reserve: { size: '2M', count: 1 + ((round * 2 + k) % 6), allowPartial: k === 0, claimId, owner: `crash ${round}.${k}` } },
+                ...(round % 2 === 0 ? [{ releaseClaim: { claimId } }] : []),
+              ],
+              kill: { write: 1 + ((round + k) % 2), when: k === 0 ? 'before' : 'after' },
+            });
+          }),
+        )),
+      );
+    }
+    const reports = await workers;
+    expect(reports.flatMap((r) => r.errors)).toEqual([]);
+    expect(reports.flatMap((r) => r.violations)).toEqual([]);
+    expect(crashes.filter((c) => c.signal !== 'SIGKILL' && c.code !== 0).map((c) => c.stderr)).toEqual([]);
+    expect(crashes.some((c) => c.signal === 'SIGKILL')).toBe(true);
+    // Every claim left is one of the dead (or finished) children's, settled by whoever came next.
+    const left = await hugepageClaims({ sysfs });
+    expect(left.every((c) => ids.includes(c.claimId) && c.state === 'held' && !c.alive)).toBe(true);
+    const held = left.reduce((n, c) => n + c.added, 0);
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(10 + held);
+    for (const id of ids) await releaseHugepageClaim(id, { sysfs });
+    expect(await hugepageClaims({ sysfs })).toEqual([]);
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(10);
+    for (const id of ids) expect(await releaseHugepageClaim(id, { sysfs })).toBeUndefined();
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(10);
   }, 120_000);
 });
+
+describe('the hugepage ledger: every reservation a claim, every release exact and once (fake sysfs)', () => {
+  it('writes the claim (0600) before nr_hugepages, settles it after the read-back, and a release removes it', async () => {
+    await sysfs.write(GLOBAL_2M, '10');
+    // What the ledger says at the moment vmpod writes nr_hugepages.
+    const seen: HugepageClaimStatus[][] = [];
+    class Spy extends FakeSysfs {
+      override async write(rel: string, value: string): Promise<void> {
+        if (rel.endsWith('nr_hugepages')) seen.push(await hugepageClaims({ sysfs: this }));
+        await super.write(rel, value);
+      }
+    }
+    const spy = new Spy(sysfs.root);
+    const r = await reserveHugepages({ size: '2M', count: 4 }, { sysfs: spy, owner: 'sandbox one', claimId: 'claim-one' });
+    expect(seen).toEqual([
+      [
+        {
+          claimId: 'claim-one',
+          owner: 'sandbox one',
+          pid: process.pid,
+          pidStart: await processStartTime(process.pid),
+          since: expect.stringMatching(/^\d{4}-\d\d-\d\dT/u),
+          sizeBytes: 2 * MiB,
+          node: null,
+          state: 'writing',
+          count: 4,
+          previous: 10,
+          added: 0,
+          writer: { pid: process.pid, pidStart: await processStartTime(process.pid) },
+          alive: true,
+          ledger: sysfs.path(LEDGER_2M),
+        },
+      ],
+    ]);
+    expect(r.claimId).toBe('claim-one');
+    expect(r.toJSON()).toEqual({ sizeBytes: 2 * MiB, node: null, previous: 10, obtained: 14, claimId: 'claim-one' });
+    const [claim] = await hugepageClaims({ sysfs });
+    expect(claim).toMatchObject({ claimId: 'claim-one', state: 'held', previous: 10, added: 4, count: 4, alive: true });
+    expect(claim).not.toHaveProperty('writer');
+    expect((await fs.stat(sysfs.path(LEDGER_2M))).mode & 0o777).toBe(0o600);
+    expect(await r.release()).toEqual({ before: 14, removed: 4, after: 10, surplus: 0, alreadyReleased: false });
+    expect(await hugepageClaims({ sysfs })).toEqual([]);
+    expect(await fs.readdir(sysfs.path('.vmpod-lock'))).toEqual(['hugepages-2048kB.lock']); // no claim left: no ledger, no temp file
+  });
+
+  it('a record released twice gives its pages back once: the second release is a no-op that says so, whoever added pages since', async () => {
+    await sysfs.write(GLOBAL_2M, '10');
+    const a = await reserveHugepages({ size: '2M', count: 4 }, { sysfs });
+    const saved = JSON.stringify(a); // the caller's state
+    expect(await releaseHugepages(JSON.parse(saved) as HugepageReservationRecord, { sysfs })).toMatchObject({ before: 14, removed: 4, after: 10 });
+    // The caller crashed before noting that it released; another sandbox reserves meanwhile.
+    const b = await reserveHugepages({ size: '2M', count: 3 }, { sysfs });
+    const writes = sysfs.writes.length;
+    const again = await releaseHugepages(JSON.parse(saved) as HugepageReservationRecord, { sysfs });
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(13); // b's pages stay
+    expect(sysfs.writes.length).toBe(writes); // nothing written
+    expect(again).toEqual({ before: 13, removed: 0, after: 13, surplus: 0, alreadyReleased: true });
+    expect(await a.release()).toMatchObject({ removed: 0, alreadyReleased: true }); // the object too
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(13);
+    await b.release();
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(10);
+  });
+
+  it('releases a record without claimId (older versions) as before, current - (obtained - previous), each time', async () => {
+    await sysfs.write(GLOBAL_2M, '12');
+    const old = { sizeBytes: 2 * MiB, node: null, previous: 10, obtained: 12 };
+    expect(await releaseHugepages(old, { sysfs })).toEqual({ before: 12, removed: 2, after: 10, surplus: 0, alreadyReleased: false });
+    expect(await releaseHugepages(old, { sysfs })).toEqual({ before: 10, removed: 2, after: 8, surplus: 0, alreadyReleased: false });
+  });
+
+  it('takes the claim id from the caller, refuses one the ledger holds already, and checks ids and owners, before any write', async () => {
+    const r = await reserveHugepages({ size: '2M', count: 2 }, { sysfs, claimId: 'sb-1:hugepages', owner: 'sandbox sb-1' });
+    const writes = sysfs.writes.length;
+    const error = await reserveHugepages({ size: '2M', count: 2 }, { sysfs, claimId: 'sb-1:hugepages' }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(HugepageClaimExistsError);
+    expect(error).toMatchObject({ code: 'ERR_VMPOD_HUGEPAGE_CLAIM_EXISTS', claimId: 'sb-1:hugepages', holder: { owner: 'sandbox sb-1', added: 2 } });
+    for (const claimId of ['', 'a b', '../x', 'x'.repeat(129), 7]) {
+      await expect(reserveHugepages({ size: '2M', count: 1 }, { sysfs, claimId: claimId as string })).rejects.toBeInstanceOf(InvalidArgumentError);
+      await expect(releaseHugepageClaim(claimId as string, { sysfs })).rejects.toBeInstanceOf(InvalidArgumentError);
+      await expect(releaseHugepages({ ...r.toJSON(), claimId: claimId as string }, { sysfs })).rejects.toBeInstanceOf(InvalidArgumentError);
+    }
+    await expect(reserveHugepages({ size: '2M', count: 1 }, { sysfs, owner: 'line\nbreak' })).rejects.toBeInstanceOf(InvalidArgumentError);
+    // A record whose node is not its claim's: refused, not guessed.
+    await expect(releaseHugepages({ ...r.toJSON(), node: 1 }, { sysfs })).rejects.toBeInstanceOf(InvalidArgumentError);
+    expect(sysfs.writes.length).toBe(writes);
+    expect((await hugepageClaims({ sysfs })).map((c) => c.claimId)).toEqual(['sb-1:hugepages']);
+    await r.release();
+  });
+
+  it('releaseHugepageClaim gives back what the ledger says a claim holds, once; undefined for a claim it does not hold', async () => {
+    await sysfs.write(GLOBAL_2M, '10');
+    await reserveHugepages({ size: '2M', count: 5, node: 1 }, { sysfs, claimId: 'c1' });
+    const other = await reserveHugepages({ size: '2M', count: 2 }, { sysfs });
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(17);
+    expect(await releaseHugepageClaim('c1', { sysfs })).toEqual({ before: 5, removed: 5, after: 0, surplus: 0, alreadyReleased: false });
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(12);
+    expect(await releaseHugepageClaim('c1', { sysfs })).toBeUndefined();
+    expect(await releaseHugepageClaim('c1', { sysfs, size: '2M' })).toBeUndefined();
+    expect(await releaseHugepageClaim('never-made', { sysfs })).toBeUndefined();
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(12);
+    await other.release();
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(10);
+  });
+
+  it('keeps no claim for a reservation that was rolled back or got nothing', async () => {
+    sysfs.hugepageCapacity.set('2048 0', 3);
+    sysfs.hugepageCapacity.set('2048 1', 0);
+    await expect(reserveHugepages({ size: '2M', count: 5 }, { sysfs, claimId: 'rolled-back' })).rejects.toMatchObject({ rolledBack: true });
+    expect(await hugepageClaims({ sysfs })).toEqual([]);
+    sysfs.hugepageCapacity.set('2048 0', 0);
+    const none = await reserveHugepages({ size: '2M', count: 5, allowPartial: true }, { sysfs, claimId: 'got-nothing' });
+    expect([none.added, none.claimId]).toEqual([0, 'got-nothing']);
+    expect(await hugepageClaims({ sysfs })).toEqual([]);
+    expect(await none.release()).toMatchObject({ removed: 0, alreadyReleased: true });
+    expect(await releaseHugepageClaim('rolled-back', { sysfs })).toBeUndefined();
+  });
+
+  it('refuses a ledger it cannot read, before any write', async () => {
+    await fs.mkdir(sysfs.path('.vmpod-lock'), { mode: 0o700 });
+    await fs.writeFile(sysfs.path(LEDGER_2M), '{"version":1,"claims":[{"claimId":"x"', { mode: 0o600 });
+    const error = await reserveHugepages({ size: '2M', count: 1 }, { sysfs }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(HugepageLedgerError);
+    expect(error).toMatchObject({ code: 'ERR_VMPOD_HUGEPAGE_LEDGER', path: sysfs.path(LEDGER_2M) });
+    await expect(releaseHugepages({ sizeBytes: 2 * MiB, node: null, previous: 0, obtained: 1 }, { sysfs })).rejects.toBeInstanceOf(HugepageLedgerError);
+    await expect(hugepageClaims({ sysfs })).rejects.toBeInstanceOf(HugepageLedgerError);
+    expect(sysfs.writes).toEqual([]);
+  });
+
+  it('tells a live owner from a dead one by pid and start time, not by pid alone', async () => {
+    const start = (await processStartTime(process.pid))!;
+    expect(start).toBeGreaterThan(0);
+    expect(await processAlive(process.pid, start)).toBe(true);
+    expect(await processAlive(process.pid, start + 1)).toBe(false); // the same pid, another process
+    const child = spawn('sleep', ['30']);
+    const exited = new Promise((resolve) => child.on('exit', resolve));
+    const childStart = (await processStartTime(child.pid!))!;
+    expect(await processAlive(child.pid!, childStart)).toBe(true);
+    child.kill('SIGKILL');
+    await exited;
+    expect(await processAlive(child.pid!, childStart)).toBe(false);
+    // A claim in the ledger made by a process that had this pid before: not alive.
+    await fs.mkdir(sysfs.path('.vmpod-lock'), { mode: 0o700 });
+    const entry = { claimId: 'old', owner: 'sandbox old', pid: process.pid, pidStart: start - 1, since: new Date().toISOString(), sizeBytes: 2 * MiB, node: null, state: 'held', count: 1, previous: 0, added: 1 };
+    await fs.writeFile(sysfs.path(LEDGER_2M), JSON.stringify({ version: 1, sizeBytes: 2 * MiB, claims: [entry] }), { mode: 0o600 });
+    expect(await hugepageClaims({ sysfs })).toEqual([{ ...entry, alive: false, ledger: sysfs.path(LEDGER_2M) }]);
+  });
+});
+
+describe('a reservation or release killed half-way (fake sysfs, child processes killed with SIGKILL)', () => {
+  it('killed after writing its claim, before nr_hugepages: the next locker drops the claim, the pool is untouched', async () => {
+    await sysfs.write(GLOBAL_2M, '10');
+    const child = await crashHugepageCall({
+      sysfs: sysfs.root,
+      steps: [{ reserve: { size: '2M', count: 5, claimId: 'dead-before', owner: 'sandbox dead' } }],
+      kill: { write: 1, when: 'before' },
+    });
+    expect([child.signal, child.results]).toEqual(['SIGKILL', []]);
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(10);
+    expect(await hugepageClaims({ sysfs })).toMatchObject([
+      { claimId: 'dead-before', owner: 'sandbox dead', pid: child.pid, state: 'writing', previous: 10, count: 5, added: 0, alive: false, writer: { pid: child.pid } },
+    ]);
+    // The next process to take the lock settles it first: the pool did not grow, so the claim goes.
+    const mine = await reserveHugepages({ size: '2M', count: 2 }, { sysfs });
+    expect(mine.toJSON()).toMatchObject({ previous: 10, obtained: 12 });
+    expect((await hugepageClaims({ sysfs })).map((c) => c.claimId)).toEqual([mine.claimId]);
+    expect(await releaseHugepageClaim('dead-before', { sysfs })).toBeUndefined();
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(12);
+    await mine.release();
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(10);
+  });
+
+  it('killed after writing nr_hugepages, before settling its claim: the next reservation settles it at what the kernel gave, and its release gives back exactly that', async () => {
+    await sysfs.write(GLOBAL_2M, '10'); // on node 0
+    await sysfs.limitHugepages(2048, 0, 13); // room for 3 of the 5 it asks
+    await sysfs.limitHugepages(2048, 1, 0);
+    const child = await crashHugepageCall({
+      sysfs: sysfs.root,
+      steps: [{ reserve: { size: '2M', count: 5, claimId: 'dead-after' } }],
+      kill: { write: 1, when: 'after' },
+    });
+    expect(child.signal).toBe('SIGKILL');
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(13); // a partial allocation it had no time to roll back
+    expect(await hugepageClaims({ sysfs })).toMatchObject([{ claimId: 'dead-after', state: 'writing', previous: 10, count: 5, added: 0 }]);
+    await sysfs.limitHugepages(2048, 0, 100);
+    const mine = await reserveHugepages({ size: '2M', count: 4 }, { sysfs });
+    expect(mine.toJSON()).toMatchObject({ previous: 13, obtained: 17 });
+    expect(await hugepageClaims({ sysfs })).toMatchObject([
+      { claimId: 'dead-after', state: 'held', previous: 10, count: 5, added: 3, alive: false },
+      { claimId: mine.claimId, state: 'held', previous: 13, added: 4, alive: true },
+    ]);
+    // 3 pages, not the 5 it asked for: the 4 of the live reservation stay.
+    expect(await releaseHugepageClaim('dead-after', { sysfs })).toMatchObject({ before: 17, removed: 3, after: 14 });
+    expect(await releaseHugepageClaim('dead-after', { sysfs })).toBeUndefined();
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(14);
+    await mine.release();
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(10);
+  });
+
+  it('killed after writing nr_hugepages: a release is the next locker, it settles the dead claim first and removes only its own pages', async () => {
+    await sysfs.write(GLOBAL_2M, '10');
+    const b = await reserveHugepages({ size: '2M', count: 2 }, { sysfs }); // 12
+    const child = await crashHugepageCall({ sysfs: sysfs.root, steps: [{ reserve: { size: '2M', count: 5, claimId: 'dead-after' } }], kill: { write: 1, when: 'after' } });
+    expect(child.signal).toBe('SIGKILL');
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(17);
+    expect(await b.release()).toMatchObject({ before: 17, removed: 2, after: 15 });
+    expect(await hugepageClaims({ sysfs })).toMatchObject([{ claimId: 'dead-after', state: 'held', previous: 12, added: 5 }]);
+    expect(await releaseHugepageClaim('dead-after', { sysfs })).toMatchObject({ removed: 5, after: 10 });
+    expect(await hugepageClaims({ sysfs })).toEqual([]);
+  });
+
+  it('killed while rolling back a partial allocation: settled at what is left, nothing when the roll-back got through', async () => {
+    await sysfs.write(GLOBAL_2M, '10');
+    await sysfs.limitHugepages(2048, 0, 13);
+    await sysfs.limitHugepages(2048, 1, 0);
+    // Write 2 is the roll-back: killed after it, so the pool is back at 10.
+    const child = await crashHugepageCall({ sysfs: sysfs.root, steps: [{ reserve: { size: '2M', count: 5, claimId: 'dead-rollback' } }], kill: { write: 2, when: 'after' } });
+    expect(child.signal).toBe('SIGKILL');
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(10);
+    expect(await releaseHugepageClaim('dead-rollback', { sysfs })).toBeUndefined();
+    expect(await hugepageClaims({ sysfs })).toEqual([]);
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(10);
+  });
+
+  it('killed during a release, after writing nr_hugepages: settled as released, so releasing it again removes nothing', async () => {
+    await sysfs.write(GLOBAL_2M, '10');
+    const child = await crashHugepageCall({
+      sysfs: sysfs.root,
+      steps: [{ reserve: { size: '2M', count: 4, claimId: 'dying-release' } }, { releaseClaim: { claimId: 'dying-release' } }],
+      kill: { write: 2, when: 'after' },
+    });
+    expect(child.signal).toBe('SIGKILL');
+    expect(child.results).toEqual([{ sizeBytes: 2 * MiB, node: null, previous: 10, obtained: 14, claimId: 'dying-release' }]);
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(10);
+    expect(await hugepageClaims({ sysfs })).toMatchObject([{ claimId: 'dying-release', state: 'releasing', added: 4, before: 14, writer: { pid: child.pid } }]);
+    const other = await reserveHugepages({ size: '2M', count: 3 }, { sysfs }); // settles it, then 13
+    expect((await hugepageClaims({ sysfs })).map((c) => c.claimId)).toEqual([other.claimId]);
+    expect(await releaseHugepageClaim('dying-release', { sysfs })).toBeUndefined();
+    expect(await releaseHugepages(child.results[0] as HugepageReservationRecord, { sysfs })).toMatchObject({ removed: 0, alreadyReleased: true });
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(13);
+    await other.release();
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(10);
+  });
+
+  it('a claim whose owner exited stays (held) until released by its id', async () => {
+    await sysfs.write(GLOBAL_2M, '10');
+    const child = await crashHugepageCall({ sysfs: sysfs.root, steps: [{ reserve: { size: '2M', count: 3, claimId: 'orphan', owner: 'sandbox gone' } }] });
+    expect([child.signal, child.code]).toEqual([null, 0]);
+    const other = await reserveHugepages({ size: '2M', count: 1 }, { sysfs });
+    await other.release();
+    expect(await hugepageClaims({ sysfs })).toMatchObject([{ claimId: 'orphan', owner: 'sandbox gone', state: 'held', added: 3, alive: false }]);
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(13);
+    expect(await releaseHugepageClaim('orphan', { sysfs, size: 2 * MiB })).toMatchObject({ removed: 3, after: 10 });
+  });
+});
+
