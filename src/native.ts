@@ -58,6 +58,8 @@ export interface NativeAddon {
   removeTreeAt(dirFd: number, name: string): Promise<void>;
   /** `close(fd)`. */
   closeFd(fd: number): void;
+  /** `pipe2(O_CLOEXEC)`: [read end, write end]. */
+  pipe(): [number, number];
   /** `pidfd_open(pid, 0)`, close-on-exec. */
   pidfdOpen(pid: number): number;
   /** `pidfd_send_signal(pidfd, signal, NULL, 0)`. */

@@ -336,6 +336,20 @@ Napi::Value PidfdSendSignal(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// pipe(): [readFd, writeFd] — close-on-exec; for a child's stdin and another's stdout.
+Napi::Value Pipe(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    SysError e{"pipe2", errno, "", ""};
+    throw ToJsError(env, e);
+  }
+  Napi::Array result = Napi::Array::New(env, 2);
+  result.Set(0u, Napi::Number::New(env, fds[0]));
+  result.Set(1u, Napi::Number::New(env, fds[1]));
+  return result;
+}
+
 }  // namespace
 
 void InitPathfd(Napi::Env env, Napi::Object exports) {
@@ -350,6 +364,7 @@ void InitPathfd(Napi::Env env, Napi::Object exports) {
   exports.Set("unmountFd", Napi::Function::New(env, UnmountFd, "unmountFd"));
   exports.Set("removeTreeAt", Napi::Function::New(env, RemoveTreeAt, "removeTreeAt"));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd, "closeFd"));
+  exports.Set("pipe", Napi::Function::New(env, Pipe, "pipe"));
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen, "pidfdOpen"));
   exports.Set("pidfdSendSignal", Napi::Function::New(env, PidfdSendSignal, "pidfdSendSignal"));
   Napi::Object c = Napi::Object::New(env);

@@ -15,13 +15,12 @@ import { assertTransition, type ContainerState } from '../sandbox/state-machine.
 import { InvalidArgumentError } from '../errors.js';
 import * as validate from '../validate.js';
 import { DEFAULT_PATH, checkOverrides, type ProcessOverrides } from './spec.js';
+import type { CallOptions } from '../options.js';
 
 export type { ContainerStats, ExitStatus };
 
-/** Options of calls that can be cancelled. */
-export interface SignalOptions {
-  signal?: AbortSignal;
-}
+/** Options of calls that can be cancelled and bounded (the one options type of vmpod). */
+export type SignalOptions = CallOptions;
 
 /** Which stdio streams to open. With a terminal there is one stream: stdout (stderr goes to it too). */
 export interface StdioOptions {
@@ -35,7 +34,8 @@ export interface StdioOptions {
 
 /** What a {@link Container} or {@link Process} needs from its sandbox. @internal */
 export interface ContainerHost {
-  readonly agent: AgentClient;
+  /** This process's agent connection (made on demand, with a deadline). */
+  agent(options?: CallOptions): Promise<AgentClient>;
   /** `sandbox "ID"`, for messages. */
   readonly label: string;
   /** Called after the agent deleted a container: releases its host-side mounts. */
@@ -93,19 +93,19 @@ export class Process {
 
   /** Resolves with the exit status once the process has exited (like `wait(2)`). */
   wait(options: SignalOptions = {}): Promise<ExitStatus> {
-    if (options.signal) return this.host.agent.wait(this.containerId, { ...this.#target(), signal: options.signal });
-    this.#exit ??= this.host.agent.wait(this.containerId, this.#target());
+    if (options.signal) return this.host.agent(options).then((agent) => agent.wait(this.containerId, { ...this.#target(), signal: options.signal }));
+    this.#exit ??= this.host.agent().then((agent) => agent.wait(this.containerId, this.#target()));
     return this.#exit;
   }
 
   /** Sends a signal (default SIGTERM); `kill -SIGNAL PID`. */
   async kill(signal: NodeJS.Signals | number = 'SIGTERM', options: SignalOptions = {}): Promise<void> {
-    await this.host.agent.signal(this.containerId, signal, { ...this.#target(), ...options });
+    await (await this.host.agent()).signal(this.containerId, signal, { ...this.#target(), ...options });
   }
 
   /** Sets the size of its terminal (`stty rows R cols C`); only for processes with a terminal. */
   async resizeTty(size: { rows: number; cols: number }, options: SignalOptions = {}): Promise<void> {
-    await this.host.agent.resizeTty(this.containerId, size, { ...this.#target(), ...options });
+    await (await this.host.agent()).resizeTty(this.containerId, size, { ...this.#target(), ...options });
   }
 }
 
@@ -167,7 +167,7 @@ export class Container extends EventEmitter<ContainerEvents> {
   /** Starts the init process (`runc start`). */
   async start(options: SignalOptions = {}): Promise<void> {
     assertTransition('container', this.#label(), this.#state, 'running');
-    await this.host.agent.startContainer(this.id, options);
+    await (await this.host.agent()).startContainer(this.id, options);
     this.#state = 'running';
     this.#watchExit();
   }
@@ -175,7 +175,7 @@ export class Container extends EventEmitter<ContainerEvents> {
   #watchExit(): void {
     if (this.#watching) return;
     this.#watching = true;
-    this.host.agent.wait(this.id).then(
+    this.host.agent().then((agent) => agent.wait(this.id)).then(
       (status) => {
         this.#exitStatus = status;
         if (this.#state === 'running' || this.#state === 'created') this.#state = 'stopped';
@@ -190,7 +190,7 @@ export class Container extends EventEmitter<ContainerEvents> {
   /** Resolves with the init's exit status once it has exited. */
   async wait(options: SignalOptions = {}): Promise<ExitStatus> {
     if (this.#exitStatus) return this.#exitStatus;
-    const status = await this.host.agent.wait(this.id, options);
+    const status = await (await this.host.agent()).wait(this.id, options);
     this.#exitStatus = status;
     if (this.#state === 'running') this.#state = 'stopped';
     return status;
@@ -201,7 +201,7 @@ export class Container extends EventEmitter<ContainerEvents> {
    * the container (`runc kill [--all] ID SIGNAL`).
    */
   async kill(signal: NodeJS.Signals | number = 'SIGTERM', options: SignalOptions & { all?: boolean } = {}): Promise<void> {
-    await this.host.agent.signal(this.id, signal, options);
+    await (await this.host.agent()).signal(this.id, signal, options);
   }
 
   /** Runs another process in the running container (`runc exec`, `docker exec`). */
@@ -219,19 +219,19 @@ export class Container extends EventEmitter<ContainerEvents> {
     };
     if (options.user) process.user = options.user;
     const want = normaliseStdio(options.stdio, terminal);
-    const { pid } = await this.host.agent.exec({ containerId: this.id, execId, process, stdio: want }, signalOnly(options));
-    const stdio = await this.host.agent.openStdio(this.id, { execId, ...want }, signalOnly(options));
+    const { pid } = await (await this.host.agent()).exec({ containerId: this.id, execId, process, stdio: want }, signalOnly(options));
+    const stdio = await (await this.host.agent()).openStdio(this.id, { execId, ...want }, signalOnly(options));
     return new Process(this.host, this.id, execId, pid, stdio);
   }
 
   /** Sets the init's terminal size (`stty rows R cols C`). */
   async resizeTty(size: { rows: number; cols: number }, options: SignalOptions = {}): Promise<void> {
-    await this.host.agent.resizeTty(this.id, size, options);
+    await (await this.host.agent()).resizeTty(this.id, size, options);
   }
 
   /** CPU, memory and pids of the container's cgroup in the guest. */
   async stats(options: SignalOptions = {}): Promise<ContainerStats> {
-    return this.host.agent.stats(this.id, options);
+    return (await this.host.agent()).stats(this.id, options);
   }
 
   /**
@@ -241,7 +241,7 @@ export class Container extends EventEmitter<ContainerEvents> {
   async delete(options: SignalOptions & { force?: boolean } = {}): Promise<void> {
     if (this.#state === 'deleted') return;
     if (this.#state === 'running' && !options.force) assertTransition('container', this.#label(), 'running', 'deleted');
-    await this.host.agent.deleteContainer(this.id, options);
+    await (await this.host.agent()).deleteContainer(this.id, options);
     this.#state = 'deleted';
     await this.host.releaseContainer(this.id);
   }

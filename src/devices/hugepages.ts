@@ -387,7 +387,7 @@ export async function reserveHugepages(request: HugepageRequest, options: Hugepa
     const pool = now.find((p) => p.sizeBytes === sizeBytes);
     if (!pool) throw new UnsupportedHugepageSizeError(sizeBytes, now.map((p) => p.sizeBytes));
     const file = poolFile(sizeBytes, node ?? null);
-    const previous = await readCount(sysfs, file);
+    const previous = await readPersistent(sysfs, file);
     const requested = previous + count;
 
     // Asking for more than the memory there is can only fail, after squeezing every cache on the
@@ -425,20 +425,20 @@ export async function reserveHugepages(request: HugepageRequest, options: Hugepa
         await sysfs.write(file, String(requested));
       } catch (cause) {
         // The kernel refused the write; make sure it left nothing half-done.
-        const back = await sysfs.readInt(file).catch(() => undefined);
+        const back = await readPersistent(sysfs, file).catch(() => undefined);
         if (back !== undefined && back !== previous) await restoreCount(sysfs, file, previous).catch(() => undefined);
         throw cause;
       }
       // The kernel may give fewer pages than asked, never more; anything above `requested` would be
       // someone writing the file without the lock, and is not this reservation's.
-      const obtained = Math.max(previous, Math.min(await readCount(sysfs, file), requested));
+      const obtained = Math.max(previous, Math.min(await readPersistent(sysfs, file), requested));
       holds = obtained - previous;
       if (obtained < requested && !request.allowPartial) {
         shortfall = { obtained, rolledBack: holds === 0, cause: undefined };
         if (holds > 0) {
           try {
             // Relative to the pool as it is: take off what this call added, nothing else.
-            const back = await readCount(sysfs, file);
+            const back = await readPersistent(sysfs, file);
             await restoreCount(sysfs, file, Math.max(0, back - holds));
             shortfall.rolledBack = true;
             holds = 0;
@@ -456,7 +456,7 @@ export async function reserveHugepages(request: HugepageRequest, options: Hugepa
     // Settle the claim: what the pool says this call holds, under the lock held since the claim was
     // written. If the pool cannot be read, the claim stays `writing` for the next lock holder.
     if (holds === undefined) {
-      const current = await readCount(sysfs, file).catch((error: unknown) => {
+      const current = await readPersistent(sysfs, file).catch((error: unknown) => {
         throw failure ?? error;
       });
       holds = settledPages(entry, current);
@@ -470,7 +470,7 @@ export async function reserveHugepages(request: HugepageRequest, options: Hugepa
       let givenBack = holds === 0;
       if (!givenBack) {
         try {
-          const back = await readCount(sysfs, file);
+          const back = await readPersistent(sysfs, file);
           await restoreCount(sysfs, file, Math.max(0, back - holds));
           givenBack = true;
         } catch {
@@ -508,10 +508,20 @@ function poolFile(sizeBytes: number, node: number | null): string {
   return `${node === null ? globalDir(sizeBytes) : nodeDir(node, sizeBytes)}/nr_hugepages`;
 }
 
-/** Writes `value` and checks that it reads back. */
+/**
+ * The persistent size of a pool: `nr_hugepages` minus `surplus_hugepages`. Writing `nr_hugepages`
+ * sets this; when pages are still mapped (a vhost-user backend has not let go of a dead VM's RAM
+ * yet) the kernel keeps them as surplus, counted in `nr_hugepages`, and frees them once unmapped.
+ */
+async function readPersistent(sysfs: Sysfs, file: string): Promise<number> {
+  const surplus = (await sysfs.readInt(file.replace(/nr_hugepages$/u, 'surplus_hugepages'))) ?? 0;
+  return (await readCount(sysfs, file)) - surplus;
+}
+
+/** Writes `value` and checks that the pool's persistent size reads back as it. */
 async function restoreCount(sysfs: Sysfs, file: string, value: number): Promise<void> {
   await sysfs.write(file, String(value));
-  const back = await readCount(sysfs, file);
+  const back = await readPersistent(sysfs, file);
   if (back !== value) throw new SysfsReadbackError(sysfs.path(file), String(value), String(back));
 }
 
@@ -552,7 +562,7 @@ export async function releaseHugepages(record: HugepageReservationRecord, option
   return withLedger(sizeBytes, options, sysfs, async (dir, claims) => {
     if (id === undefined) {
       // A record of an earlier version: no claim, released by its numbers as then.
-      const before = await readCount(sysfs, file);
+      const before = await readPersistent(sysfs, file);
       const removed = Math.min(before, record.obtained - record.previous);
       const after = before - removed;
       if (after !== before) await restoreCount(sysfs, file, after);
@@ -560,7 +570,7 @@ export async function releaseHugepages(record: HugepageReservationRecord, option
     }
     const claim = claims.find((c) => c.claimId === id);
     if (claim === undefined) {
-      const current = await readCount(sysfs, file);
+      const current = await readPersistent(sysfs, file);
       return { before: current, removed: 0, after: current, surplus: await surplusOf(sysfs, sizeBytes, record.node), alreadyReleased: true };
     }
     if (claim.node !== record.node) {
@@ -614,7 +624,7 @@ async function releaseClaim(
   me: { pid: number; pidStart: number },
 ): Promise<HugepageRelease> {
   const file = poolFile(claim.sizeBytes, claim.node);
-  const before = await readCount(sysfs, file);
+  const before = await readPersistent(sysfs, file);
   const removed = Math.min(before, claim.added);
   const after = before - removed;
   if (removed > 0) {
@@ -624,7 +634,7 @@ async function releaseClaim(
       await restoreCount(sysfs, file, after);
     } catch (error) {
       try {
-        const left = settledPages(releasing, await readCount(sysfs, file));
+        const left = settledPages(releasing, await readPersistent(sysfs, file));
         await writeLedger(dir, claim.sizeBytes, replaceClaim(claims, claim, left === 0 ? undefined : settledClaim(releasing, left)));
       } catch {
         // The claim stays `releasing`: the next lock holder settles it from the pool as it is.
@@ -862,7 +872,7 @@ async function withLedger<T>(
     if (claims.some((c) => c.state !== 'held')) {
       const settled: HugepageClaim[] = [];
       for (const c of claims) {
-        const pages = c.state === 'held' ? c.added : settledPages(c, await readCount(sysfs, poolFile(sizeBytes, c.node)));
+        const pages = c.state === 'held' ? c.added : settledPages(c, await readPersistent(sysfs, poolFile(sizeBytes, c.node)));
         if (pages > 0) settled.push(c.state === 'held' ? c : settledClaim(c, pages));
       }
       await writeLedger(dir, sizeBytes, settled);

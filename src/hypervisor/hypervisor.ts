@@ -6,6 +6,7 @@
  * @module
  */
 import type { EventEmitter } from 'eventemitter3';
+import type { CallOptions } from '../options.js';
 
 /**
  * The machine model.
@@ -159,6 +160,11 @@ export interface VmConfig {
   readonly hotplugPorts?: number;
   /** The guest's serial console and the hypervisor's own stderr are appended here. */
   readonly consoleLog: string;
+  /**
+   * Where the hypervisor's output (console and stderr) goes instead of being appended to
+   * `consoleLog` directly: an fd, e.g. a pipe to a writer that caps the log.
+   */
+  readonly output?: { readonly fd: number };
   /** A private directory for the VM's control sockets (it must exist). */
   readonly runDir: string;
 }
@@ -204,11 +210,8 @@ export interface HotplugResult {
   readonly pciPath: string;
 }
 
-/** Options of a call that can be cancelled and bounded. */
-export interface CallOptions {
-  readonly signal?: AbortSignal;
-  readonly timeoutMs?: number;
-}
+/** Options of a call that can be cancelled and bounded (the one options type of vmpod). */
+export type { CallOptions } from '../options.js';
 
 /** Options of {@link VirtualMachine.shutdown}. */
 export interface ShutdownOptions {
@@ -269,11 +272,20 @@ export interface VirtualMachine extends EventEmitter<VmEvents> {
   detach(): void;
 }
 
+/** A VM whose process was just spawned: its handle, to record at once, and the wait for its control channel. */
+export interface SpawnedVm {
+  readonly handle: VmHandle;
+  /** Resolves once the control channel is up; kills the VM when it does not come up in time. */
+  ready(options?: CallOptions): Promise<VirtualMachine>;
+}
+
 /** A VM backend. */
 export interface Hypervisor {
   readonly name: string;
   /** Starts a VM, detached from this process, and resolves once its control channel is up. */
   start(config: VmConfig, options?: CallOptions): Promise<VirtualMachine>;
+  /** Spawns a VM and resolves at once with its handle (record it), then {@link SpawnedVm.ready} waits for it. */
+  spawn(config: VmConfig, options?: CallOptions): Promise<SpawnedVm>;
   /** Takes control of a VM started by another (or an earlier) process. */
   attach(handle: VmHandle, options?: CallOptions): Promise<VirtualMachine>;
 }

@@ -8,6 +8,5 @@ export * from './console.js';
 export * from './errors.js';
 export * from './host.js';
 export * from './hypervisor.js';
-export * from './process.js';
 export * from './qemu/index.js';
 export * from './virtiofsd.js';

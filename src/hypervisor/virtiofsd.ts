@@ -21,7 +21,7 @@ import * as validate from '../validate.js';
 import { socketPath } from './config.js';
 import { waitForConsoleLine } from './console.js';
 import { DaemonError } from './errors.js';
-import { isAlive, logTail, signalProcess, spawnDetached, waitForProcessExit, type ProcessIdentity } from './process.js';
+import { isAlive, logTail, signalProcess, spawnDetached, waitForProcessExit, type ProcessIdentity } from '../host/process.js';
 
 /** Debian's virtiofsd (package qemu-system-common, pulled in by qemu-system-x86). */
 export const DEFAULT_VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
@@ -52,6 +52,11 @@ export interface VirtiofsdOptions {
   /** Default 10 s. */
   readonly timeoutMs?: number;
   readonly signal?: AbortSignal;
+  /**
+   * Called with the daemon's identity the moment it is spawned, before the wait for it to be
+   * ready: a caller records it there, so that a crash during the wait leaves nothing unknown.
+   */
+  readonly onSpawn?: (handle: VirtiofsdHandle) => Promise<void>;
 }
 
 /** What a caller persists to stop a virtiofsd from another process. JSON-serialisable. */
@@ -105,12 +110,13 @@ export class Virtiofsd {
     let listener: number;
     try {
       listener = native().unixListen(socket, 1);
+      fs.chmodSync(socket, 0o600); // QEMU (its owner) alone connects
     } catch (error) {
       throw systemError(error);
     }
     let proc;
     try {
-      proc = await spawnDetached(binary, args, { logFile, fds: [listener] });
+      proc = await spawnDetached(binary, args, { output: { file: logFile }, fds: [listener] });
     } catch (cause) {
       fs.rmSync(socket, { force: true });
       throw new DaemonError('virtiofsd', `cannot start ${binary}: ${(cause as Error).message}`, '', { cause });
@@ -123,6 +129,7 @@ export class Virtiofsd {
     });
     const daemon = new Virtiofsd({ pid: proc.pid, startTime: proc.startTime, socket, sharedDir, logFile });
     try {
+      await options.onSpawn?.(daemon.handle);
       await waitForConsoleLine(logFile, READY_LINE, {
         offset,
         timeoutMs: options.timeoutMs ?? 10_000,

@@ -97,4 +97,3 @@ export {
   type CniNetworkSpec,
   type InterfaceSettings,
 } from './sandbox-config.js';
-export { NETWORK_KIND, planEndpoints, type AddNetworkOptions, type RescanResult, type SandboxInterfaceInfo } from './sandbox-network.js';

@@ -1,22 +1,10 @@
 /**
  * NFV data paths of sandboxes: guest RAM on hugepages, vhost-user NICs, PCI passthrough with
- * VFIO, KSM.
+ * VFIO, KSM. Devices are added to a running sandbox with its `addVhostUserNic` and
+ * `addPciDevice`.
  *
  * @module
  */
 export type { NfvConfigInput, PciPassthrough, SandboxHugepages, VhostUserNic } from './config.js';
 export { VhostUserSocketError } from './errors.js';
-export type { VhostUserNicInfo } from './vhost-user.js';
-export type { PciDeviceInfo } from './pci-devices.js';
-export {
-  hotplugPciDevice,
-  hotplugVhostUserNic,
-  ksmReport,
-  sandboxNfvDevices,
-  unplugPciDevice,
-  unplugVhostUserNic,
-  type KsmReport,
-  type NfvCallOptions,
-  type NfvHost,
-  type SandboxNfvDevices,
-} from './api.js';
+export { ksmReport, type KsmReport } from './ksm.js';

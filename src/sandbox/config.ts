@@ -14,9 +14,7 @@ import { DEFAULT_STATE_DIR } from '../state/store.js';
 import { DEFAULT_GUEST_CACHE_DIR } from '../guest/assets.js';
 import { resolveNfvConfig, type NfvConfigInput, type ResolvedNfvConfig } from '../nfv/config.js';
 import { checkVolumes, volumeHugepages, type VolumeSpec } from '../volume/spec.js';
-import type { Volume } from '../volume/volume.js';
 import { resolveNetworkConfig, type ResolvedNetworkConfig, type SandboxNetworkConfig } from '../network/sandbox-config.js';
-import { checkStreamPorts } from './stream-ports.js';
 
 /** Where the guest kernel and initramfs come from. */
 export interface GuestConfig {
@@ -94,8 +92,8 @@ export interface SandboxConfig extends NfvConfigInput {
    * virtio-serial port). Their ids must not collide with vmpod's (`agent`, `streams`, `sharedfs`, ...).
    */
   extraDevices?: VmDevice[];
-  /** Volumes of the sandbox, mounted at every start; containers use them by name. */
-  volumes?: (Volume | VolumeSpec)[];
+  /** Volumes of the sandbox (`Volume` objects or their specs), mounted at every start; containers use them by name. */
+  volumes?: (VolumeSpec | { toJSON(): VolumeSpec })[];
   /**
    * The sandbox's network (see docs/sandbox-networking.md): a namespace (made, or adopted), CNI
    * networks and scanned interfaces plugged into the VM, mirrored in the guest. Absent: no network.
@@ -151,6 +149,20 @@ function checkExtraDevices(devices: unknown): VmDevice[] {
 function checkSharedFsCache(value: unknown): SharedFsCache {
   if (value === undefined) return 'auto';
   if (value !== 'auto' && value !== 'always' && value !== 'none') throw new InvalidArgumentError('sharedFsCache', 'must be "auto", "always" or "none"');
+  return value;
+}
+
+/** Stream ports of a sandbox unless its config says otherwise: four containers with both outputs. */
+export const DEFAULT_STREAM_PORTS = 8;
+/** Most stream ports a sandbox can have (one virtio-serial device). */
+export const MAX_STREAM_PORTS = 30;
+
+/** Checks `streamPorts` of a sandbox config (default {@link DEFAULT_STREAM_PORTS}; 0 turns the fast path off). */
+export function checkStreamPorts(value: unknown): number {
+  if (value === undefined) return DEFAULT_STREAM_PORTS;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > MAX_STREAM_PORTS) {
+    throw new InvalidArgumentError('streamPorts', `must be an integer from 0 to ${MAX_STREAM_PORTS}`);
+  }
   return value;
 }
 

@@ -4,7 +4,12 @@
  * @module
  */
 export { Sandbox, SandboxError } from './sandbox.js';
-export type { ContainerConfig, LookupOptions, SandboxCallOptions, SandboxEvents, SandboxInfo, StopInfo } from './sandbox.js';
+export type { ContainerConfig, LookupOptions, SandboxCallOptions, SandboxDevices, SandboxEvents, SandboxInfo, StopInfo, VolumeInfo } from './sandbox.js';
 export { resolveSandboxConfig, type GuestConfig, type ResolvedSandboxConfig, type SandboxConfig, type SharedFsCache } from './config.js';
-export type { InitStdioOptions, StdioTransport } from './stream-ports.js';
+export type { InitStdioOptions, StdioTransport } from './containers.js';
+export { SupersededError } from './record.js';
 export { isValidContainerTransition, isValidSandboxTransition, type ContainerState, type SandboxState } from './state-machine.js';
+export { planEndpoints, type AddNetworkOptions, type RescanResult, type SandboxInterfaceInfo } from './resources/network.js';
+export type { VhostUserNicInfo } from './resources/vhost-user.js';
+export type { PciDeviceInfo } from './resources/pci-devices.js';
+export { RootfsImageError } from './resources/volumes/container.js';

@@ -11,56 +11,45 @@
  * ```
  *
  * The VM (QEMU) runs detached: it outlives the Node process that started it, and any process
- * can {@link Sandbox.attach} to it by id. Everything the sandbox makes on the host is written
- * to its record first, so {@link Sandbox.delete} can always finish, even after a crash.
+ * can {@link Sandbox.attach} to it by id. Everything the sandbox makes on the host is written to
+ * its record first, so {@link Sandbox.delete} can always finish, even after a crash; `stop` and
+ * `delete` work from the record alone, whatever the guest and the hypervisor's control channel
+ * do. Changes of the record are short transactions under the sandbox's lock; nothing waits for
+ * the guest while holding it (see record.ts).
  *
  * @module
  */
 import fs from 'node:fs/promises';
-import path from 'node:path';
-import { randomBytes } from 'node:crypto';
+import type { Readable } from 'node:stream';
 import { EventEmitter } from 'eventemitter3';
-import { AgentClient } from '../agent/client.js';
+import type { AgentClient } from '../agent/client.js';
 import type { ContainerInfo, ExitStatus } from '../agent/messages.js';
-import { AbortError, AlreadyExistsError, InvalidArgumentError, InvalidStateError, NotFoundError, VmpodError } from '../errors.js';
-import { buildGuestAssets, rebuildOptions } from '../guest/build.js';
-import { resolveGuestAssets, type GuestAssets } from '../guest/assets.js';
-import { sha256FileStamped } from '../guest/hash.js';
-import { packageRoot } from '../native.js';
-import type { Hypervisor, MemoryConfig, VirtualMachine, VmConfig, VmDevice, VmExit } from '../hypervisor/hypervisor.js';
+import { runAll } from '../cleanup.js';
+import { Container, Process, type ContainerHost } from '../container/container.js';
+import { AbortError, InvalidArgumentError, InvalidStateError, NotFoundError } from '../errors.js';
+import type { Hypervisor, SpawnedVm, VirtualMachine, VmExit } from '../hypervisor/hypervisor.js';
 import { QemuHypervisor } from '../hypervisor/qemu/hypervisor.js';
-import { isAlive, logTail, signalProcess, waitForProcessExit } from '../hypervisor/process.js';
-import { FileLock } from '../state/lock.js';
-import { DEFAULT_STATE_DIR, StateStore } from '../state/store.js';
-import { removeTree } from '../state/remove.js';
-import { mount } from '../devices/mount.js';
-import * as validate from '../validate.js';
-import { Container, Process, normaliseStdio, type ContainerHost } from '../container/container.js';
-import {
-  adaptSpecForGuest,
-  applyOverrides,
-  checkOverrides,
-  defaultSpec,
-  readBundle,
-  type OciSpec,
-  type ProcessOverrides,
-} from '../container/spec.js';
-import { resolveSandboxConfig, type ResolvedSandboxConfig, type SandboxConfig } from './config.js';
-import { RECORD_FORMAT, checkRecord, type SandboxRecord } from './record.js';
-import { bindIntoSharedDir, releaseMounts } from './shared-dir.js';
-import { guestRootfsImageDir, rootfsImageFormat } from './guest-rootfs.js';
-import type { GuestContext, ResourceContext, SandboxResource, VmContribution } from './resource.js';
-import { sandboxResources } from './resources.js';
-import { createInit, releaseStreamPorts, stdioTransport, type InitStdioOptions } from './stream-ports.js';
-import { guestSharedDir, sharedDirOf } from './shared-fs.js';
-import { assertTransition, type SandboxState } from './state-machine.js';
-import { blockRootfs, containerMounts, releaseContainerVolumes } from '../volume/container.js';
-import { VOLUMES_KIND, volumesState } from '../volume/resource.js';
-import { checkContainerVolumes, type ContainerVolume } from '../volume/spec.js';
-import { loadNetworkConfig } from '../network/sandbox-config.js';
+import { closeFds } from '../network/endpoints/index.js';
 import type { CniCheckOutcome } from '../network/network.js';
+import { isAlive, logTail, spawnLogPipe, waitForProcessExit, type LogPipe } from '../host/process.js';
+import { mountTable } from '../host/tree.js';
+import { resolveNfvConfig, type PciPassthrough, type VhostUserNic } from '../nfv/config.js';
+import type { CallOptions } from '../options.js';
+import { CorruptStateError, DEFAULT_STATE_DIR, StateStore } from '../state/store.js';
+import { removeTree } from '../state/remove.js';
+import { unmount } from '../devices/mount.js';
+import * as validate from '../validate.js';
+import { checkVolumeSpec, type VolumeSpec } from '../volume/spec.js';
+import { bootDirOf, bootDirsOf, connectAgent, guestAssetsFor, killBoot, killStrays, makeBootDir, sandboxFiles, SandboxError, vmConfigFor, type AgentLink } from './boot.js';
+import { resolveSandboxConfig, type ResolvedSandboxConfig, type SandboxConfig } from './config.js';
+import { ContainerManager, type ContainerConfig, type GuestSession } from './containers.js';
+import { Journal, RECORD_FORMAT, SupersededError, checkRecord, newBootId, newOwner, ownedHere, ownerAlive, type BootRecord, type SandboxRecord, type Transaction } from './record.js';
+import { ResourceManager, type ContextOptions } from './resources/manager.js';
+import type { GuestContext, SandboxResource } from './resources/resource.js';
+import { rootfsImageFormat } from './resources/guest-rootfs.js';
 import {
   NETWORK_KIND,
+  NetworkResource,
   addSandboxNetwork,
   checkSandboxNetwork,
   describeSandboxNetwork,
@@ -69,28 +58,27 @@ import {
   type AddNetworkOptions,
   type RescanResult,
   type SandboxInterfaceInfo,
-} from '../network/sandbox-network.js';
+} from './resources/network.js';
+import { loadNetworkConfig } from '../network/sandbox-config.js';
+import { VOLUMES_KIND, detachVolume, hotplugVolume, volumesState } from './resources/volumes/index.js';
+import { PCI_DEVICES_KIND, hotplugPci, pciDevices, unplugPci, type PciDeviceInfo } from './resources/pci-devices.js';
+import { VHOST_USER_KIND, hotplugNic, unplugNic, vhostUserNics, type VhostUserNicInfo } from './resources/vhost-user.js';
+import { STREAM_PORTS_KIND, parseStreamPorts, reopenPort } from './resources/stream-ports.js';
+import { TRANSITIONAL_STATES, VM_STATES, assertTransition, type SandboxState } from './state-machine.js';
 
-export type { SandboxConfig, SandboxState };
+export type { SandboxConfig, SandboxState, ContainerConfig };
+export { SandboxError };
 
-/** Name prefix of the agent's virtio-serial ports (the agent looks for it). */
-const AGENT_PORT_PREFIX = 'vmpod.agent.';
-
-/** The VM or its agent failed to come up, or went away. */
-export class SandboxError extends VmpodError {
-  constructor(readonly sandboxId: string, message: string, options: { cause?: unknown } = {}) {
-    super('ERR_VMPOD_SANDBOX', `sandbox "${sandboxId}": ${message}`, options);
-  }
-}
+/** How long stop() waits for the agent to take the power-off request before it moves on. */
+const AGENT_ANSWER_MS = 3_000;
+/** How long a hypervisor control channel may take to answer before it counts as silent. */
+const CONTROL_ANSWER_MS = 2_000;
 
 /** Why a sandbox stopped. */
 export interface StopInfo {
   /** `requested`: stop() or delete(); `guest`: the guest powered off; `unexpected`: the VM died. */
   reason: 'requested' | 'unexpected' | 'guest';
-  /**
-   * e.g. `SIGKILL`, `guest-shutdown`; for stop(), `stop` when the guest powered off in time,
-   * else a sentence saying the hypervisor was told to quit or killed.
-   */
+  /** e.g. `SIGKILL`, `guest-shutdown`; for stop(), `stop` when the guest powered off in time, else what ended it. */
   detail: string;
 }
 
@@ -102,27 +90,19 @@ export interface SandboxEvents {
   started: () => void;
   paused: () => void;
   resumed: () => void;
-  /**
-   * The VM is gone, on request or not (a VM killed from outside gives `unexpected`), also when
-   * another process stopped or deleted the sandbox (with the reason it recorded).
-   */
+  /** The VM is gone, on request or not, also when another process stopped or deleted the sandbox. */
   stopped: (info: StopInfo) => void;
   /** A container's init process exited. */
   containerExit: (containerId: string, status: ExitStatus) => void;
-  /**
-   * A background failure: recording that the VM died, the agent connection broken by the guest
-   * (a protocol violation, a hang-up while the VM runs), the hypervisor's control channel lost.
-   */
+  /** A background failure: recording that the VM died, the agent connection broken by the guest, the control channel lost. */
   error: (error: Error) => void;
 }
 
-/** Options of calls that can be cancelled. */
-export interface SandboxCallOptions {
-  signal?: AbortSignal;
-}
+/** Options of calls that can be cancelled and bounded (the one options type of vmpod). */
+export type SandboxCallOptions = CallOptions;
 
 /** Options of {@link Sandbox.attach} and {@link Sandbox.list}. */
-export interface LookupOptions extends SandboxCallOptions {
+export interface LookupOptions extends CallOptions {
   /** State directory root (default `/run/vmpod`, or `$VMPOD_STATE_DIR`). */
   stateDir?: string;
   /** The VM backend (default: QEMU). */
@@ -139,72 +119,37 @@ export interface SandboxInfo {
   cpus: number;
   memoryMiB: number;
   machine: string;
-  /** The console log (guest console and hypervisor messages). */
+  /** The console log (guest console and hypervisor messages; the previous part in `.1`). */
   consoleLog: string;
 }
 
-/** Where a container comes from: an OCI bundle, a rootfs directory, or the builtin busybox rootfs. */
-export interface ContainerConfig extends SandboxCallOptions {
-  /** Container id, unique in the sandbox (default random). */
-  id?: string;
-  /** Host path of an OCI bundle (config.json + rootfs), as for `runc run --bundle`. */
-  bundle?: string;
-  /**
-   * Host path of a root filesystem directory, or `builtin` (the default without a bundle):
-   * busybox, or the sandbox's `guest.rootfsImage` when it has one; copy-on-write either way.
-   */
-  rootfs?: string;
-  /** Overrides of the bundle's process (or the process of a rootfs container: args default to `/bin/sh`). */
-  process?: ProcessOverrides;
-  /** Hostname (default: the container id, or the bundle's). */
-  hostname?: string;
-  /**
-   * Which stdio streams of the init to open (default: stdout and stderr), and how its stdout
-   * and stderr travel (`transport`: stream ports when free, or always the agent).
-   */
-  stdio?: InitStdioOptions;
-  /** Volumes of the sandbox to mount in the container (see {@link Volume.at}). */
-  volumes?: ContainerVolume[];
-  /**
-   * How the rootfs of a bundle or rootfs directory reaches the guest: `virtiofs` (default: a
-   * bind mount into the shared directory) or `block` (an ext4 image made with `mkfs.ext4 -d`,
-   * hot plugged as a virtio-blk disk; q35 only; writes stay in the image).
-   */
-  rootfsTransport?: 'virtiofs' | 'block';
+/** A volume of a sandbox. */
+export interface VolumeInfo {
+  spec: VolumeSpec;
+  /** Where it is in the guest, once mounted. */
+  guestPath?: string;
+  /** Added to the running sandbox rather than from its config (forgotten at stop). */
+  hotplugged: boolean;
+  /** The container whose rootfs image it is. */
+  container?: string;
 }
 
-/** What a guest context adds to a resource context. */
-type GuestParts = Pick<GuestContext, 'agent' | 'vm' | 'guestStateDir'>;
-
-/** Paths of a sandbox's folder in the state directory. */
-function sandboxPaths(dir: string, ports: number) {
-  return {
-    dir,
-    consoleLog: path.join(dir, 'console.log'),
-    sharedDir: sharedDirOf(dir),
-    agentSockets: Array.from({ length: ports }, (_, i) => path.join(dir, `agent-${i}.sock`)),
-    agentLocks: Array.from({ length: ports }, (_, i) => path.join(dir, `agent-${i}.lock`)),
-  };
+/** The NFV devices of a sandbox, with their guest PCI paths. */
+export interface SandboxDevices {
+  vhostUser: VhostUserNicInfo[];
+  pci: PciDeviceInfo[];
 }
 
-function now(): string {
-  return new Date().toISOString();
+function stateRootOf(options: { stateDir?: string | undefined }): string {
+  return validate.absolutePath(options.stateDir ?? process.env['VMPOD_STATE_DIR'] ?? DEFAULT_STATE_DIR, 'stateDir');
 }
 
-function raceAbort(signal: AbortSignal | undefined, what: string): void {
-  if (signal?.aborted) throw new AbortError(what, { cause: signal.reason });
+function storeAt(root: string): StateStore<SandboxRecord> {
+  return new StateStore<SandboxRecord>(root, checkRecord);
 }
 
-/** Rejects when `vm` exits first: a guest that dies during boot must not leave us waiting. */
-function unlessVmExits<T>(vm: VirtualMachine, work: Promise<T>, sandboxId: string, consoleLog: string): Promise<T> {
-  const abort = new AbortController();
-  const exited = vm.waitForExit(abort.signal).then(
-    (exit) => {
-      throw new SandboxError(sandboxId, `the VM exited during start (${exit.detail}); console:\n${logTail(consoleLog)}`);
-    },
-    () => new Promise<never>(() => undefined),
-  );
-  return Promise.race([work, exited]).finally(() => abort.abort());
+function checkedTimeout(value: number | undefined, fallback: number, field = 'timeoutMs'): number {
+  return validate.integer(value ?? fallback, field, 0, 2 ** 31 - 1);
 }
 
 /**
@@ -216,29 +161,42 @@ function unlessVmExits<T>(vm: VirtualMachine, work: Promise<T>, sandboxId: strin
  */
 export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposable, ContainerHost {
   #record: SandboxRecord;
-  readonly #store: StateStore<SandboxRecord>;
+  readonly #journal: Journal;
   readonly #hypervisor: Hypervisor;
   readonly #owned: boolean;
-  #vm: VirtualMachine | undefined;
-  #agent: AgentClient | undefined;
-  #agentLock: FileLock | undefined;
-  #guestStateDir = '/run/vmpod';
-  #stopping = false;
-  readonly #containers = new Map<string, Container>();
+  readonly #resources: ResourceManager;
+  readonly #containers: ContainerManager;
+  readonly #objects = new Map<string, Container>();
+  /** This process's control channel to the current boot's VM (connected on demand). */
+  #vm: { boot: string; vm: VirtualMachine } | undefined;
+  /** This process's agent connection to the current boot (connected on demand). */
+  #link: { boot: string; link: AgentLink } | undefined;
+  #watch: { boot: string; timer: NodeJS.Timeout } | undefined;
+  /** This object runs stop() or delete(): the VM's exit is theirs to record. */
+  #ending = 0;
 
   private constructor(record: SandboxRecord, store: StateStore<SandboxRecord>, hypervisor: Hypervisor, owned: boolean) {
     super();
     this.#record = record;
-    this.#store = store;
+    this.#journal = new Journal(store, record.id);
     this.#hypervisor = hypervisor;
     this.#owned = owned;
+    this.#resources = new ResourceManager(this.#journal, store.dir(record.id), record.config);
+    this.#containers = new ContainerManager({
+      id: record.id,
+      label: this.label,
+      dir: store.dir(record.id),
+      journal: this.#journal,
+      resources: this.#resources,
+      session: (options, action) => this.#session(options, action),
+    });
   }
 
   /**
    * Checks `config`, then records a new sandbox in state `created` (nothing runs yet: call
    * {@link start}). Bad input fails here, before anything is written.
    */
-  static async create(config: SandboxConfig = {}, options: SandboxCallOptions = {}): Promise<Sandbox> {
+  static async create(config: SandboxConfig = {}, options: CallOptions = {}): Promise<Sandbox> {
     const resolved = resolveSandboxConfig(config);
     for (const field of ['kernel', 'initramfs'] as const) {
       const file = resolved.guest[field];
@@ -247,21 +205,13 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       }
     }
     if (resolved.guest.rootfsImage !== undefined) await rootfsImageFormat(resolved.guest.rootfsImage); // checked again at each start
-    raceAbort(options.signal, 'sandbox create');
+    if (options.signal?.aborted) throw new AbortError('sandbox create', { cause: options.signal.reason });
     // CNI files read, plugins asked (VERSION): an unknown plugin fails here, before anything exists.
     if (resolved.network) await loadNetworkConfig(resolved.network, options.signal ? { signal: options.signal } : {});
-    const store = newStore(resolved.stateDir);
+    const store = storeAt(resolved.stateDir);
     await store.create(resolved.id);
-    const record: SandboxRecord = {
-      format: RECORD_FORMAT,
-      id: resolved.id,
-      state: 'created',
-      createdAt: now(),
-      updatedAt: now(),
-      config: resolved,
-      resources: {},
-      mounts: [],
-    };
+    const now = new Date().toISOString();
+    const record: SandboxRecord = { format: RECORD_FORMAT, id: resolved.id, state: 'created', createdAt: now, updatedAt: now, config: resolved, resources: {}, containers: {} };
     try {
       await store.write(record);
     } catch (error) {
@@ -272,44 +222,48 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   }
 
   /**
-   * Takes over sandbox `id` from another (or an earlier) process: its VM and a free agent
-   * port. A sandbox whose VM died meanwhile is marked `stopped`.
+   * Takes over sandbox `id` from another (or an earlier) process. Nothing is connected yet: the
+   * agent and the hypervisor's control channel are reached when a call needs them. A sandbox
+   * whose VM died meanwhile is recorded `stopped`.
    */
   static async attach(id: string, options: LookupOptions = {}): Promise<Sandbox> {
-    const store = newStore(stateDirOf(options));
+    const store = storeAt(stateRootOf(options));
     const record = await store.read(validate.id(id));
     const sandbox = new Sandbox(record, store, options.hypervisor ?? new QemuHypervisor(), false);
-    if (record.state === 'running' || record.state === 'paused') {
-      // No VM handle while "running" means a release is under way (or crashed midway).
-      if (!record.vm || !isAlive(record.vm)) {
-        await sandbox.#recordVmGone({ reason: 'shutdown', detail: 'the VM was found gone' }, true);
-      } else {
-        const vm = await sandbox.#hypervisor.attach(record.vm, options.signal ? { signal: options.signal } : {});
-        sandbox.#adoptVm(vm);
-        try {
-          await sandbox.#connectAgent(options.signal);
-        } catch (error) {
-          vm.detach();
-          throw error;
-        }
-      }
+    if ((record.state === 'running' || record.state === 'paused') && record.boot) {
+      if (!record.boot.vm || !isAlive(record.boot.vm)) await sandbox.#vmGone(record.boot.id, { reason: 'unexpected', detail: 'the VM was found gone' });
+      else sandbox.#watchVm(record.boot);
     }
     return sandbox;
   }
 
+  /**
+   * Deletes sandbox `id` (`vmpod delete`), also when its record cannot be read: then what can be
+   * found without it is removed (its processes, its mounts, its folders), and the warnings it
+   * resolves with say what could not be known.
+   */
+  static async remove(id: string, options: LookupOptions & { force?: boolean } = {}): Promise<string[]> {
+    const store = storeAt(stateRootOf(options));
+    try {
+      const sandbox = await Sandbox.attach(id, options);
+      await sandbox.delete(options);
+      return [];
+    } catch (error) {
+      if (!(error instanceof CorruptStateError)) throw error;
+      return removeUnreadable(store, validate.id(id), error);
+    }
+  }
+
   /** Every sandbox under the state directory, with its state checked against the live VM. */
   static async list(options: Omit<LookupOptions, 'signal' | 'hypervisor'> = {}): Promise<SandboxInfo[]> {
-    const store = newStore(stateDirOf(options));
+    const store = storeAt(stateRootOf(options));
     const infos: SandboxInfo[] = [];
     for (const id of await store.ids()) {
-      let record: SandboxRecord;
-      try {
-        record = await store.read(id);
-      } catch {
-        continue; // a folder whose record was never written: delete() can still remove it
-      }
+      const record = await store.read(id).catch(() => undefined);
+      if (!record) continue; // no record yet, or unreadable: `vmpod delete` can still remove it
       let state = record.state;
-      if ((state === 'running' || state === 'paused') && (!record.vm || !isAlive(record.vm))) state = 'stopped';
+      const vm = record.boot?.vm;
+      if ((state === 'running' || state === 'paused') && (!vm || !isAlive(vm))) state = 'stopped';
       const info: SandboxInfo = {
         id,
         state,
@@ -317,9 +271,9 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
         cpus: record.config.cpus,
         memoryMiB: record.config.memoryMiB,
         machine: record.config.machine,
-        consoleLog: sandboxPaths(store.dir(id), 0).consoleLog,
+        consoleLog: sandboxFiles(store.dir(id)).consoleLog,
       };
-      if (record.vm && state !== 'stopped') info.pid = record.vm.pid;
+      if (vm && VM_STATES.has(state)) info.pid = vm.pid;
       infos.push(info);
     }
     return infos;
@@ -342,17 +296,17 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
 
   /** The hypervisor's pid while the VM runs. */
   get pid(): number | undefined {
-    return this.#record.vm?.pid;
+    return this.#record.boot?.vm?.pid;
   }
 
-  /** The console log: guest kernel and agent output, hypervisor messages. */
+  /** The console log: guest kernel and agent output, hypervisor messages (capped; the previous part in `.1`). */
   get consoleLog(): string {
-    return this.#paths().consoleLog;
+    return sandboxFiles(this.dir).consoleLog;
   }
 
   /** The state folder of this sandbox. */
   get dir(): string {
-    return this.#store.dir(this.id);
+    return this.#journal.store.dir(this.id);
   }
 
   /** @internal `sandbox "ID"`. */
@@ -360,431 +314,297 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     return `sandbox "${this.id}"`;
   }
 
-  /** @internal The agent connection of this process (only while the sandbox runs). */
-  get agent(): AgentClient {
-    if (!this.#agent || this.#agent.closed) {
-      throw new InvalidStateError(this.label, this.state, 'running', { action: 'talking to the agent' });
-    }
-    return this.#agent;
+  /** @internal The record as on disk now. */
+  async record(): Promise<SandboxRecord> {
+    this.#record = await this.#journal.read();
+    return this.#record;
   }
 
-  #paths() {
-    return sandboxPaths(this.dir, this.#record.config.agentPorts);
-  }
-
-  /** Runs `fn` on the freshly read record under the sandbox lock, then persists it. */
-  async #update<T>(fn: (record: SandboxRecord) => Promise<T> | T, signal?: AbortSignal): Promise<T> {
-    const lock = await this.#store.lock(this.id, signal ? { signal } : {});
-    try {
-      const record = await this.#store.read(this.id);
-      this.#record = record;
-      try {
-        return await fn(record);
-      } finally {
-        record.updatedAt = now();
-        await this.#store.write(record);
-      }
-    } finally {
-      await lock.release();
-    }
-  }
+  // --- Lifecycle ---------------------------------------------------------------------------------
 
   /**
    * Boots the VM and connects to its agent (`created` or `stopped` -> `running`). Builds the
-   * guest assets first if there are none (see the `progress` event).
+   * guest assets first if there are none (see the `progress` event). The host side is prepared
+   * and the VM spawned under the sandbox lock (host work only; the VM's pid is recorded the moment
+   * it exists); the wait for the VM and its agent runs without the lock, so `stop` and `delete`
+   * from any process can end a boot that hangs.
    */
-  async start(options: SandboxCallOptions = {}): Promise<void> {
+  async start(options: CallOptions = {}): Promise<void> {
     const { signal } = options;
-    await this.#update(async (record) => {
-      // Only a VM that does not run can be started (a paused one is resumed).
-      if (record.state !== 'created' && record.state !== 'stopped') {
-        throw new InvalidStateError(this.label, record.state, 'running', { hint: record.state === 'paused' ? 'start() boots a VM: resume() a paused one' : 'start() boots a VM that does not run' });
-      }
-      assertTransition('sandbox', this.label, record.state, 'running');
-      const config = record.config;
-      const paths = this.#paths();
-      // The asset check runs while the resources are prepared: neither needs the other.
-      const pendingAssets = this.#guestAssets(config, signal);
-      pendingAssets.catch(() => undefined);
-      for (const socket of paths.agentSockets) await fs.rm(socket, { force: true });
-      const resources = sandboxResources(config);
-      const prepared: SandboxResource[] = [];
+    await this.#recoverCrashedOperation();
+    const current = await this.record();
+    this.#checkStartable(current.state);
+    const assets = await guestAssetsFor(this.id, current.config, (m) => this.emit('progress', m), signal);
+    const owner = newOwner();
+    const bootId = newBootId();
+    const boot = { id: bootId, dir: bootDirOf(this.#journal.store.root, bootId) };
+    const guard = (r: SandboxRecord): void => {
+      if (r.boot?.id !== bootId || r.op?.owner.token !== owner.token) throw new SupersededError(this.id, `was ${r.state === 'starting' ? 'restarted' : r.state} by another process while it was starting`);
+    };
+    const context: ContextOptions = { boot, guard, signal };
+    let spawned: SpawnedVm | undefined;
+    await this.#journal.transact(async (tx) => {
+      const r = tx.record;
+      this.#checkStartable(r.state);
+      r.state = 'starting';
+      r.op = { kind: 'start', owner, since: new Date().toISOString() };
+      r.boot = { id: bootId, dir: boot.dir, startedAt: new Date().toISOString(), guest: { kernel: assets.kernel, initramfs: assets.initramfs } };
+      if (assets.id !== undefined) r.boot.guest!.id = assets.id;
+      if (assets.manifest) r.boot.guest!.kernelRelease = assets.manifest.kernelRelease;
+      r.containers = {};
+      delete r.stopReason;
+      await tx.save();
+      let log: LogPipe | undefined;
+      let fds: number[] = [];
       try {
-        const contributions: VmContribution[] = [];
-        for (const resource of resources) {
-          prepared.push(resource);
-          contributions.push(await resource.prepare(this.#resourceContext(record, resource, signal)));
-        }
-        const assets = await pendingAssets;
-        record.guest = { kernel: assets.kernel, initramfs: assets.initramfs };
-        if (assets.id !== undefined) record.guest.id = assets.id;
-        if (assets.manifest) record.guest.kernelRelease = assets.manifest.kernelRelease;
-        const vm = await this.#hypervisor.start(this.#vmConfig(record, assets, contributions), signal ? { signal } : {});
-        record.vm = vm.handle;
-        record.state = 'running';
-        delete record.stopReason;
-        await this.#store.write(record);
-        this.#adoptVm(vm);
-        await unlessVmExits(vm, this.#connectAgent(signal, 120_000), this.id, paths.consoleLog);
-        // Setting the clock needs no round trip of its own: it overlaps the resources' guest setup.
-        const clockSet = this.agent.setTime(new Date(), signal ? { signal } : {});
-        clockSet.catch(() => undefined);
-        for (const resource of resources) await resource.attach?.(this.#guestContext(record, resource, signal));
-        await clockSet;
+        await makeBootDir(boot, this.dir);
+        const contributions = await this.#resources.prepare(r, context);
+        fds = contributions.flatMap((c) => [...(c.fds ?? [])]);
+        log = await spawnLogPipe(this.consoleLog);
+        r.boot.logger = { pid: log.logger.pid, startTime: log.logger.startTime };
+        await tx.save();
+        spawned = await this.#hypervisor.spawn(vmConfigFor(r, boot, assets, contributions, this.dir, { fd: log.fd }), signal ? { signal } : {});
+        r.boot.vm = spawned.handle;
       } catch (error) {
-        if (record.state === 'running') {
-          record.state = 'stopped';
-          record.stopReason = { reason: 'unexpected', detail: `start failed: ${(error as Error).message}` };
-        }
-        await this.#releaseVm(record, prepared).catch(() => undefined);
+        await this.#endBootIn(tx, 'stop', context).catch((cleanup: unknown) => Object.assign(error as Error, { cleanupError: cleanup }));
+        r.state = 'stopped';
+        r.stopReason = { reason: 'unexpected', detail: `start failed: ${(error as Error).message}` };
+        delete r.op;
+        await tx.save();
         throw error;
+      } finally {
+        log?.close(); // the hypervisor has its own copy of the pipe, and of the NICs' queues
+        closeFds(fds);
       }
-    }, signal);
+    }, signal ? { signal } : {}).finally(async () => {
+      this.#record = await this.#journal.read().catch(() => this.#record);
+    });
+    try {
+      const vm = await spawned!.ready(signal ? { signal } : {});
+      this.#adoptVm(bootId, vm);
+      const link = await this.#raceVmExit(vm, this.#agentLink(this.#record.boot!, { signal, timeoutMs: 120_000 }));
+      // Setting the clock needs no round trip of its own: it overlaps the resources' guest setup.
+      const clockSet = link.agent.setTime(new Date(), signal ? { signal } : {});
+      clockSet.catch(() => undefined);
+      await this.#resources.attach(this.#record, context, { agent: link.agent, vm, guestStateDir: link.agent.info.stateDir });
+      await clockSet;
+      await this.#journal.transact((tx) => {
+        guard(tx.record);
+        tx.record.state = 'running';
+        delete tx.record.op;
+      });
+    } catch (error) {
+      if (error instanceof SupersededError) throw new SandboxError(this.id, error.message, { cause: error });
+      await this.#journal
+        .transact(async (tx) => {
+          if (tx.record.op?.owner.token !== owner.token) return; // another process ended it already
+          try {
+            await this.#endBootIn(tx, 'stop', { boot, signal: undefined });
+          } finally {
+            tx.record.state = 'stopped';
+            tx.record.stopReason = { reason: 'unexpected', detail: `start failed: ${(error as Error).message}` };
+            delete tx.record.op;
+          }
+        })
+        .catch((cleanup: unknown) => Object.assign(error as Error, { cleanupError: cleanup }));
+      this.#dropConnections();
+      throw error;
+    } finally {
+      this.#record = await this.#journal.read().catch(() => this.#record);
+    }
     this.emit('started');
   }
 
-  /** The VM configuration: the agent's ports plus what each resource contributed. */
-  #vmConfig(record: SandboxRecord, assets: GuestAssets, contributions: readonly VmContribution[]): VmConfig {
-    const config = record.config;
-    const paths = this.#paths();
-    const devices: VmDevice[] = [
-      {
-        kind: 'virtio-serial',
-        id: 'agent',
-        ports: paths.agentSockets.map((socket, i) => ({ name: `${AGENT_PORT_PREFIX}${i}`, socket })),
-      },
-    ];
-    devices.push(...config.extraDevices);
-    const kernelArgs = [...config.guest.kernelArgs];
-    if (config.debug) kernelArgs.push('vmpod.debug=1');
-    let backend: MemoryConfig['backend'];
-    for (const c of contributions) {
-      devices.push(...(c.devices ?? []));
-      kernelArgs.push(...(c.kernelArgs ?? []));
-      if (c.memoryBackend) {
-        if (backend) throw new InvalidArgumentError('memory', 'two resources ask for a memory backend');
-        backend = c.memoryBackend;
-      }
-    }
-    const shared = contributions.some((c) => c.sharedMemory);
-    const memory: MemoryConfig = {
-      sizeMiB: config.memoryMiB,
-      backend: backend ?? (shared ? { kind: 'memfd' } : { kind: 'anonymous' }),
-      ...(shared || backend ? { shared: true } : {}),
-      ...(contributions.some((c) => c.prealloc) ? { prealloc: true } : {}),
-      merge: config.ksm === true,
-    };
-    return {
-      id: config.id,
-      machine: config.machine,
-      cpus: config.cpus,
-      memory,
-      kernel: assets.kernel,
-      initramfs: assets.initramfs,
-      kernelArgs,
-      devices,
-      consoleLog: paths.consoleLog,
-      runDir: paths.dir,
-    };
+  #checkStartable(state: SandboxState): void {
+    if (state === 'paused') throw new InvalidStateError(this.label, state, 'starting', { hint: 'start() boots a VM: resume() a paused one' });
+    assertTransition('sandbox', this.label, state, 'starting', state === 'running' ? 'start() boots a VM that does not run' : undefined);
   }
 
-  /** The context a resource's hooks get: its own slice of the record, saved atomically. */
-  #resourceContext(record: SandboxRecord, resource: SandboxResource, signal?: AbortSignal): ResourceContext;
-  #resourceContext(record: SandboxRecord, resource: SandboxResource, signal: AbortSignal | undefined, guest: GuestParts): GuestContext;
-  #resourceContext(record: SandboxRecord, resource: SandboxResource, signal?: AbortSignal, guest?: GuestParts): ResourceContext {
-    const store = this.#store;
-    return {
-      sandboxId: record.id,
-      dir: this.dir,
-      config: record.config,
-      get state() {
-        return record.resources[resource.kind];
+  /** Rejects when `vm` exits first: a guest that dies during boot must not leave us waiting. */
+  #raceVmExit<T>(vm: VirtualMachine, work: Promise<T>): Promise<T> {
+    const abort = new AbortController();
+    const exited = vm.waitForExit(abort.signal).then(
+      (exit) => {
+        throw new SandboxError(this.id, `the VM exited during start (${exit.detail}); console:\n${logTail(this.consoleLog)}`);
       },
-      async save(state: unknown) {
-        record.resources[resource.kind] = state;
-        record.updatedAt = now();
-        await store.write(record);
-      },
-      ...(signal ? { signal } : {}),
-      ...guest,
-    };
-  }
-
-  #guestContext(record: SandboxRecord, resource: SandboxResource, signal?: AbortSignal): GuestContext {
-    return this.#resourceContext(record, resource, signal, {
-      agent: this.agent,
-      vm: this.#requireVm(),
-      guestStateDir: this.#guestStateDir,
-    });
+      () => new Promise<never>(() => undefined),
+    );
+    work.catch(() => undefined);
+    return Promise.race([work, exited]).finally(() => abort.abort());
   }
 
   /**
-   * @internal Runs `fn` with a resource's guest context under the sandbox lock (for hotplug:
-   * adding a network or a volume to a running sandbox). The record is persisted afterwards.
+   * Stops the VM (`running`/`paused`/`starting` -> `stopped`): the agent stops every container and
+   * powers the guest off; after `timeoutMs` (default 10 s; 0: at once) the hypervisor is told to
+   * quit, then killed. A silent agent or control channel is given a few seconds, never more: the
+   * VM is killed through the pid the record holds, so stop always finishes.
    */
-  async withResource<T>(kind: string, fn: (ctx: GuestContext) => Promise<T>, signal?: AbortSignal): Promise<T> {
-    return this.#update(async (record) => {
-      if (record.state !== 'running') throw new InvalidStateError(this.label, record.state, 'running', { action: 'changing devices' });
-      const resource = sandboxResources(record.config).find((r) => r.kind === kind) ?? { kind, prepare: async () => ({}), release: async () => undefined };
-      return fn(this.#guestContext(record, resource, signal));
-    }, signal);
-  }
-
-  async #guestAssets(config: ResolvedSandboxConfig, signal: AbortSignal | undefined): Promise<GuestAssets> {
-    const overrides = {
-      cacheDir: config.guest.cacheDir,
-      verify: 'size' as const,
-      ...(config.guest.kernel === undefined ? {} : { kernel: config.guest.kernel }),
-      ...(config.guest.initramfs === undefined ? {} : { initramfs: config.guest.initramfs }),
-    };
-    if (config.guest.kernel !== undefined && config.guest.initramfs !== undefined) return resolveGuestAssets(overrides);
-    let assets: GuestAssets | undefined;
-    let previous: GuestAssets['manifest'];
-    try {
-      assets = await resolveGuestAssets(overrides);
-      previous = assets.manifest;
-      // The assets carry the agent: when this package's agent was rebuilt, so must they be.
-      const agent = path.join(packageRoot, 'build', 'Release', 'vmpod-agent');
-      const agentSha = await sha256FileStamped(agent, path.join(config.guest.cacheDir, 'agent.stamp')).catch(() => undefined);
-      if (agentSha !== undefined && assets.manifest && agentSha !== assets.manifest.inputs.agentSha256) assets = undefined;
-    } catch (error) {
-      if (config.guest.build === 'never') throw error;
+  async stop(options: CallOptions = {}): Promise<void> {
+    const timeoutMs = checkedTimeout(options.timeoutMs, 10_000);
+    await this.#recoverCrashedOperation();
+    let record = await this.record();
+    // Another process is stopping it: let it finish (up to our own deadline), then take over.
+    if (record.state === 'stopping' && ownerAlive(record.op?.owner) && !ownedHere(record.op?.owner)) {
+      record = await this.#waitWhile('stopping', timeoutMs + 15_000, options.signal);
+      if (record.state === 'stopped' && record.stopReason) return void this.emit('stopped', record.stopReason);
     }
-    if (assets) return assets;
-    if (config.guest.build === 'never') {
-      throw new SandboxError(this.id, 'the guest assets are older than the agent; run "vmpod guest build"');
-    }
-    this.emit('progress', 'building the guest assets (kernel, initramfs, agent): this happens once');
-    await buildGuestAssets({
-      ...(previous ? rebuildOptions(previous) : {}), // the same kernel, modules and features as before
-      cacheDir: config.guest.cacheDir,
-      onProgress: (p) => this.emit('progress', p.message),
-      ...(signal ? { signal } : {}),
-    });
-    return resolveGuestAssets(overrides);
-  }
-
-  #guestShared(): string {
-    return guestSharedDir(this.#guestStateDir);
-  }
-
-  #adoptVm(vm: VirtualMachine): void {
-    this.#vm = vm;
-    vm.on('paused', () => this.emit('paused'));
-    vm.on('resumed', () => this.emit('resumed'));
-    vm.on('exit', (exit) => {
-      if (this.#stopping) return;
-      this.#recordVmGone(exit, false).catch((error: unknown) => this.emit('error', error as Error));
-    });
-    // QMP broke while QEMU lives on: calls that need it will fail; say so now.
-    vm.on('error', (error) => this.emit('error', error));
-  }
-
-  /** Connects to the first agent port no other process holds. */
-  async #connectAgent(signal: AbortSignal | undefined, timeoutMs = 30_000): Promise<void> {
-    const paths = this.#paths();
-    for (let i = 0; i < paths.agentSockets.length; i++) {
-      let lock: FileLock;
-      try {
-        lock = await FileLock.acquire(paths.agentLocks[i]!, { timeoutMs: 0 });
-      } catch {
-        continue;
-      }
-      try {
-        const agent = await AgentClient.connectUnix(paths.agentSockets[i]!, {
-          timeoutMs,
-          clientName: `vmpod-node/${process.pid}`,
-          ...(signal ? { signal } : {}),
-        });
-        this.#agent = agent;
-        this.#agentLock = lock;
-        this.#guestStateDir = agent.info.stateDir;
-        agent.on('close', (error) => {
-          void lock.release();
-          // The agent hung up or broke the protocol while this process still used it.
-          if (error && this.#agent === agent && !this.#stopping) this.emit('error', error);
-        });
-        return;
-      } catch (error) {
-        await lock.release();
-        throw error;
-      }
-    }
-    throw new SandboxError(this.id, `all ${paths.agentSockets.length} agent ports are in use by other processes`);
-  }
-
-  /** Records that the VM is gone and releases what it used; `found` when discovered at attach. */
-  async #recordVmGone(exit: VmExit, found: boolean): Promise<void> {
+    const owner = newOwner();
+    this.#ending++;
     let info: StopInfo | undefined;
     try {
-      await this.#update(async (record) => {
-        if (record.state !== 'running' && record.state !== 'paused') {
-          // Another process stopped it (and recorded why): this one still hears of it.
-          if (!found && record.state === 'stopped') info = record.stopReason ?? { reason: 'requested', detail: 'stopped by another process' };
-          return;
+      const boot = await this.#journal.transact((tx) => {
+        const r = tx.record;
+        if (r.state !== 'stopping' && r.state !== 'starting') assertTransition('sandbox', this.label, r.state, 'stopping');
+        r.state = 'stopping';
+        r.op = { kind: 'stop', owner, since: new Date().toISOString() };
+        return r.boot;
+      }, options.signal ? { signal: options.signal } : {});
+      const detail = boot?.vm && isAlive(boot.vm) ? await this.#shutdownVm(boot, timeoutMs, options.signal) : 'stop: the VM was already gone';
+      await this.#journal.transact(async (tx) => {
+        if (tx.record.op?.owner.token !== owner.token) return; // another stop or delete finished it
+        let failure: unknown;
+        await this.#endBootIn(tx, 'stop', { boot: boot && { id: boot.id, dir: boot.dir } }).catch((error: unknown) => (failure = error));
+        tx.record.state = 'stopped';
+        tx.record.stopReason = info = { reason: 'requested', detail };
+        delete tx.record.op;
+        if (failure !== undefined) {
+          await tx.save();
+          throw failure;
         }
-        info = {
-          reason: exit.reason === 'unexpected' ? 'unexpected' : found ? 'unexpected' : 'guest',
-          detail: exit.detail,
-        };
-        await this.#releaseVm(record);
-        record.state = 'stopped';
-        record.stopReason = info;
       });
-    } catch (error) {
-      if (!(error instanceof NotFoundError)) throw error;
-      info = { reason: 'requested', detail: 'deleted by another process' }; // its record is gone too
-      this.#record.state = 'deleted';
+    } finally {
+      this.#ending--;
+      this.#dropConnections();
+      this.#record = await this.#journal.read().catch(() => this.#record);
     }
-    this.#closeAgent();
     if (info) this.emit('stopped', info);
   }
 
-  #closeAgent(): void {
-    this.#agent?.close();
-    this.#agent = undefined;
-    void this.#agentLock?.release();
-    this.#agentLock = undefined;
+  /** Waits while another live process holds the sandbox in `state`; returns the record after. */
+  async #waitWhile(state: SandboxState, timeoutMs: number, signal: AbortSignal | undefined): Promise<SandboxRecord> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const record = await this.record();
+      if (record.state !== state || !ownerAlive(record.op?.owner) || Date.now() > deadline) return record;
+      if (signal?.aborted) throw new AbortError(`waiting for another process to leave "${state}"`, { cause: signal.reason });
+      await new Promise((r) => setTimeout(r, 100));
+    }
   }
 
   /**
-   * Releases the VM side of a sandbox: the hypervisor (killed if still alive), its sockets, the
-   * containers' host mounts, then each resource (`stop` phase) in reverse order. Idempotent;
-   * every step is tried even if one fails. `resources` defaults to all of the config's.
+   * The graceful part of a stop, without the lock: the agent is asked to power the guest off (a
+   * silent one gets {@link AGENT_ANSWER_MS}), the VM is given `timeoutMs` to go; then the
+   * hypervisor is told to quit (a silent control channel gets {@link CONTROL_ANSWER_MS}); what is
+   * left is killed afterwards, from the record. Returns how the VM ended.
    */
-  async #releaseVm(record: SandboxRecord, resources?: readonly SandboxResource[], phase: 'stop' | 'delete' = 'stop'): Promise<void> {
-    const failures: unknown[] = [];
-    const attempt = async (step: () => Promise<unknown>): Promise<void> => {
+  async #shutdownVm(boot: BootRecord, timeoutMs: number, signal: AbortSignal | undefined): Promise<string> {
+    const vmIdentity = boot.vm!;
+    if (timeoutMs > 0) {
       try {
-        await step();
-      } catch (error) {
-        failures.push(error);
+        const answer = Math.min(AGENT_ANSWER_MS, timeoutMs);
+        const { agent } = await this.#agentLink(boot, { signal, timeoutMs: answer });
+        await agent.shutdown({ timeoutMs: answer, ...(signal ? { signal } : {}) });
+        if (await waitForProcessExit(vmIdentity, timeoutMs, signal)) return 'stop';
+      } catch {
+        // a silent or broken agent: on to the hypervisor
       }
-    };
-    this.#closeAgent();
-    const vm = record.vm;
-    if (vm) {
-      await attempt(async () => {
-        if (this.#vm && !this.#vm.exited) await this.#vm.kill();
-        else if (signalProcess(vm, 'SIGKILL')) await waitForProcessExit(vm, 10_000);
-      });
-      this.#vm?.detach();
-      this.#vm = undefined;
-      for (const socket of [...vm.controlSockets, ...vm.sockets]) await attempt(() => fs.rm(socket, { force: true }));
-      delete record.vm;
-      await attempt(() => this.#store.write(record));
-    }
-    await attempt(async () => {
-      const released = await releaseMounts(record.mounts);
-      record.mounts = record.mounts.filter((m) => !released.includes(m));
-    });
-    delete record.rootfsUsers; // their containers died with the VM
-    this.#containers.clear();
-    for (const resource of [...(resources ?? sandboxResources(record.config))].reverse()) {
-      await attempt(() => resource.release(this.#resourceContext(record, resource), phase));
-    }
-    if (failures.length > 0) {
-      throw new SandboxError(this.id, `could not release everything: ${failures.map((f) => (f as Error).message).join('; ')}`, {
-        cause: failures[0],
-      });
-    }
-  }
-
-  /** Freezes the VM's vCPUs (`running` -> `paused`); QMP `stop`. */
-  async pause(options: SandboxCallOptions = {}): Promise<void> {
-    await this.#update(async (record) => {
-      assertTransition('sandbox', this.label, record.state, 'paused');
-      await this.#requireVm().pause(options);
-      record.state = 'paused';
-    }, options.signal);
-  }
-
-  /** Thaws the VM's vCPUs (`paused` -> `running`); QMP `cont`. */
-  async resume(options: SandboxCallOptions = {}): Promise<void> {
-    await this.#update(async (record) => {
-      if (record.state !== 'paused') throw new InvalidStateError(this.label, record.state, 'paused', { action: 'resume()' });
-      await this.#requireVm().resume(options);
-      record.state = 'running';
-      // The guest clock stood still while paused: set it again.
-      if (this.#agent && !this.#agent.closed) await this.#agent.setTime(new Date(), options).catch(() => undefined);
-    }, options.signal);
-  }
-
-  #requireVm(): VirtualMachine {
-    if (!this.#vm) throw new SandboxError(this.id, 'this process is not connected to the VM');
-    return this.#vm;
-  }
-
-  /**
-   * Stops the VM (`running`/`paused` -> `stopped`): the agent stops every container and powers
-   * the guest off; after `timeoutMs` (default 10 s) the hypervisor is told to quit, then killed.
-   */
-  async stop(options: SandboxCallOptions & { timeoutMs?: number } = {}): Promise<void> {
-    let stopped: StopInfo | undefined;
-    await this.#update(async (record) => {
-      assertTransition('sandbox', this.label, record.state, 'stopped');
-      this.#stopping = true;
       try {
-        const vm = this.#vm;
-        const agent = this.#agent;
-        let detail = 'stop';
-        if (vm && !vm.exited) {
-          if (record.state === 'paused') await vm.resume().catch(() => undefined);
-          const { method } = await vm.shutdown({
-            gracefulTimeoutMs: options.timeoutMs ?? 10_000,
-            ...(agent && !agent.closed ? { graceful: async (signal: AbortSignal) => agent.shutdown({ signal }) } : {}),
-            ...(options.signal ? { signal: options.signal } : {}),
-          });
-          // Say when the guest did not power off in time and the hypervisor had to be ended.
-          if (method === 'quit') detail = 'stop: the guest did not power off in time, the hypervisor was told to quit';
-          if (method === 'kill') detail = 'stop: the guest did not power off in time, the hypervisor was killed';
-        }
-        await this.#releaseVm(record);
-        record.state = 'stopped';
-        stopped = { reason: 'requested', detail };
-        record.stopReason = stopped;
-      } finally {
-        this.#stopping = false;
+        const vm = await this.#vmControl(boot, { timeoutMs: CONTROL_ANSWER_MS });
+        const { method } = await vm.shutdown({ graceful: () => Promise.reject(new Error('skipped')), gracefulTimeoutMs: 0 });
+        if (method === 'quit') return 'stop: the guest did not power off in time, the hypervisor was told to quit';
+      } catch {
+        // a silent control channel: the VM is killed below
       }
-    }, options.signal);
-    if (stopped) this.emit('stopped', stopped);
+    }
+    return 'stop: the guest did not power off in time, the hypervisor was killed';
   }
 
   /**
    * Removes the sandbox and everything it made on the host (`created`/`stopped` -> `deleted`).
-   * A running sandbox needs `force` (it is stopped first). Safe to call again after a crash.
+   * A running sandbox needs `force` (it is stopped first, with `timeoutMs`, default 3 s). Safe to
+   * call again after a crash.
    */
-  async delete(options: SandboxCallOptions & { force?: boolean } = {}): Promise<void> {
+  async delete(options: CallOptions & { force?: boolean } = {}): Promise<void> {
     if (this.#record.state === 'deleted') return;
-    const fresh = await this.#store.read(this.id).catch((error: unknown) => {
-      if (error instanceof NotFoundError) return undefined;
-      throw error;
+    await this.#recoverCrashedOperation().catch((error: unknown) => {
+      if (!(error instanceof NotFoundError)) throw error;
     });
-    if (fresh) this.#record = fresh;
-    if (this.#record.state === 'running' || this.#record.state === 'paused') {
-      if (!options.force) assertTransition('sandbox', this.label, this.#record.state, 'deleted');
-      if (this.#record.vm && isAlive(this.#record.vm)) {
-        await this.stop({ ...options, timeoutMs: 3_000 });
+    let record: SandboxRecord;
+    try {
+      record = await this.record();
+    } catch (error) {
+      if (error instanceof NotFoundError) return void (this.#record.state = 'deleted');
+      throw error;
+    }
+    if (VM_STATES.has(record.state) || (record.state === 'deleting' && !ownerAlive(record.op?.owner))) {
+      if (VM_STATES.has(record.state)) {
+        if (!options.force) assertTransition('sandbox', this.label, record.state, 'deleting', 'stop it first, or delete with force');
+        await this.stop({ timeoutMs: checkedTimeout(options.timeoutMs, 3_000), ...(options.signal ? { signal: options.signal } : {}) });
       }
     }
-    const lock = await this.#store.lock(this.id, options.signal ? { signal: options.signal } : {}).catch((error: unknown) => {
-      if (error instanceof NotFoundError) return undefined;
-      throw error;
-    });
+    const owner = newOwner();
+    this.#ending++;
     try {
-      if (fresh) await this.#releaseVm(this.#record, undefined, 'delete');
-      await this.#store.remove(this.id);
+      await this.#journal.transact(async (tx) => {
+        const r = tx.record;
+        if (r.state === 'deleting' && ownerAlive(r.op?.owner) && !ownedHere(r.op?.owner)) {
+          throw new InvalidStateError(this.label, r.state, 'deleting', { hint: `process ${r.op!.owner.pid} is deleting it` });
+        }
+        if (r.state !== 'deleting') assertTransition('sandbox', this.label, r.state, 'deleting');
+        r.state = 'deleting';
+        r.op = { kind: 'delete', owner, since: new Date().toISOString() };
+        await tx.save();
+        const context: ContextOptions = { boot: r.boot && { id: r.boot.id, dir: r.boot.dir } };
+        await runAll(
+          [
+            ['the last boot', () => this.#endBootIn(tx, 'stop', context)],
+            ['resources', () => this.#resources.release('delete', r, context)],
+          ],
+          `${this.label}: could not delete everything`,
+        );
+        tx.drop();
+        await this.#journal.store.remove(this.id);
+      }, options.signal ? { signal: options.signal } : {});
+    } catch (error) {
+      if (error instanceof NotFoundError) return void (this.#record.state = 'deleted'); // another process deleted it
+      throw error;
     } finally {
-      await lock?.release();
+      this.#ending--;
+      this.#dropConnections();
     }
     this.#record.state = 'deleted';
   }
 
+  /** Freezes the VM's vCPUs (`running` -> `paused`); QMP `stop`. */
+  async pause(options: CallOptions = {}): Promise<void> {
+    const record = await this.record();
+    assertTransition('sandbox', this.label, record.state, 'paused');
+    const vm = await this.#vmControl(record.boot!, options);
+    await vm.pause(options);
+    await this.#journal.transact((tx) => {
+      if (tx.record.boot?.id === record.boot!.id && tx.record.state === 'running') tx.record.state = 'paused';
+    });
+    this.#record = await this.#journal.read();
+  }
+
+  /** Thaws the VM's vCPUs (`paused` -> `running`); QMP `cont`. */
+  async resume(options: CallOptions = {}): Promise<void> {
+    const record = await this.record();
+    if (record.state !== 'paused') throw new InvalidStateError(this.label, record.state, 'paused', { action: 'resume()' });
+    const vm = await this.#vmControl(record.boot!, options);
+    await vm.resume(options);
+    await this.#journal.transact((tx) => {
+      if (tx.record.boot?.id === record.boot!.id && tx.record.state === 'paused') tx.record.state = 'running';
+    });
+    this.#record = await this.#journal.read();
+    // The guest clock stood still while paused: set it again.
+    const link = this.#link?.boot === record.boot!.id ? this.#link.link : undefined;
+    if (link && !link.agent.closed) await link.agent.setTime(new Date(), options).catch(() => undefined);
+  }
+
   /** Closes this process's connections; the sandbox keeps running. */
   detach(): void {
-    this.#closeAgent();
-    this.#vm?.detach();
-    this.#vm = undefined;
+    this.#dropConnections();
   }
 
   /** Deletes a sandbox this process created (stopping it first); detaches from an attached one. */
@@ -794,220 +614,403 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   }
 
   /**
-   * Creates a container (`created`; call `start()`): from an OCI bundle on the host, from a
-   * rootfs directory, or from the builtin busybox rootfs. Its stdio streams are open before
-   * it starts, so no output is missed.
+   * Finishes what a process that died in the middle of an operation left (state `starting`,
+   * `stopping` with a dead owner): the VM and what it used are released, the state is `stopped`.
+   * A `deleting` left so is finished by {@link delete}.
    */
-  async createContainer(options: ContainerConfig = {}): Promise<Container> {
-    const { signal } = options;
-    const id = options.id === undefined ? `c-${randomBytes(4).toString('hex')}` : validate.id(options.id, 'id');
-    const overrides = checkOverrides(options.process ?? {});
-    const volumes = checkContainerVolumes(options.volumes);
-    const transport = options.rootfsTransport ?? 'virtiofs';
-    const stdioVia = stdioTransport(options.stdio);
-    if (transport !== 'virtiofs' && transport !== 'block') throw new InvalidArgumentError('rootfsTransport', 'must be "virtiofs" or "block"');
-    if (options.bundle !== undefined && options.rootfs !== undefined) {
-      throw new InvalidArgumentError('rootfs', 'give either a bundle or a rootfs, not both');
-    }
-    if (options.hostname !== undefined && !/^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$/u.test(options.hostname)) {
-      throw new InvalidArgumentError('hostname', `${JSON.stringify(options.hostname)} is not a valid hostname`);
-    }
-    let spec: OciSpec;
-    let hostRootfs: string | undefined;
-    if (options.bundle !== undefined) {
-      const bundle = await readBundle(options.bundle);
-      spec = applyOverrides(bundle.spec, overrides);
-      hostRootfs = bundle.rootfs;
-    } else {
-      if (options.rootfs !== undefined && options.rootfs !== 'builtin') {
-        hostRootfs = validate.absolutePath(options.rootfs, 'rootfs');
-        if (!(await fs.stat(hostRootfs).catch(() => undefined))?.isDirectory()) {
-          throw new InvalidArgumentError('rootfs', `${hostRootfs} is not a directory`);
-        }
-      }
-      spec = applyOverrides(defaultSpec({ args: ['/bin/sh'], hostname: id, terminal: overrides.terminal ?? false }), overrides);
-    }
-    if (options.hostname !== undefined) spec.hostname = options.hostname;
-    const adapted = adaptSpecForGuest(spec);
-    if (((hostRootfs !== undefined && transport === 'virtiofs') || adapted.shares.length > 0) && !this.config.sharedFs) {
-      throw new InvalidArgumentError('sharedFs', 'this sandbox has no shared filesystem: only the builtin rootfs can be used');
-    }
-    if (this.state !== 'running') throw new InvalidStateError(this.label, this.state, 'running', { action: 'creating a container' });
-    void this.agent; // fails here, before anything is mounted, when this process has no agent connection
-    if (this.#containers.has(id)) throw new AlreadyExistsError('container', id);
-    const guestPages = this.config.hugepages?.guestPages ?? 0;
-    adapted.spec.mounts!.push(
-      ...(volumes.length === 0
-        ? containerMounts(undefined, [], adapted.spec, guestPages)
-        : await this.withResource(VOLUMES_KIND, async (ctx) => containerMounts(ctx.state, volumes, adapted.spec, guestPages), signal)),
-    );
-    const terminal = adapted.spec.process.terminal ?? false;
-    const stdio = normaliseStdio(options.stdio, terminal);
-    const hostBase = path.join(this.#paths().sharedDir, 'containers', id);
-    const guestBase = `${this.#guestShared()}/containers/${id}`;
+  async #recoverCrashedOperation(): Promise<void> {
+    const record = await this.record();
+    if (!TRANSITIONAL_STATES.has(record.state) || record.state === 'deleting' || ownerAlive(record.op?.owner)) return;
+    this.#ending++;
     try {
-      const record = async (point: string): Promise<void> => {
-        await this.#update((r) => {
-          r.mounts.push(point);
-        });
-      };
-      let rootfs = 'builtin';
-      // The user's rootfs image replaces the builtin rootfs: copy-on-write over its mount.
-      const overImage = hostRootfs === undefined && this.config.guest.rootfsImage !== undefined;
-      if (overImage) rootfs = guestRootfsImageDir(this.#guestStateDir);
-      if (hostRootfs !== undefined && transport === 'block') {
-        rootfs = await blockRootfs(this, {
-          rootfs: hostRootfs,
-          disksDir: path.join(this.dir, 'disks'),
-          containerId: id,
-          readOnly: adapted.spec.root?.readonly === true,
-          ...(signal ? { signal } : {}),
-        });
-      } else if (hostRootfs !== undefined) {
-        rootfs = await this.#acquireRootfsShare(id, hostRootfs, adapted.spec.root?.readonly === true, signal);
-      }
-      for (const share of adapted.shares) {
-        await bindIntoSharedDir(share.source, path.join(hostBase, 'mounts', String(share.index)), { readOnly: share.readOnly, record });
-        adapted.spec.mounts![share.index]!.source = `${guestBase}/mounts/${share.index}`;
-      }
-      const { pid, stdio: streams } = await createInit(this, { id, config: adapted.spec, rootfs, ...(overImage ? { overlay: true } : {}), stdio, transport: stdioVia }, signal);
-      const init = new Process(this, id, undefined, pid, streams);
-      const container = new Container(this, id, 'created', init);
-      this.#containers.set(id, container);
-      return container;
-    } catch (error) {
-      await this.releaseContainer(id).catch(() => undefined);
-      throw error;
+      await this.#journal.transact(async (tx) => {
+        const r = tx.record;
+        if (!TRANSITIONAL_STATES.has(r.state) || r.state === 'deleting' || ownerAlive(r.op?.owner)) return;
+        const kind = r.op?.kind ?? 'start';
+        let failure: unknown;
+        await this.#endBootIn(tx, 'stop', { boot: r.boot && { id: r.boot.id, dir: r.boot.dir } }).catch((error: unknown) => (failure = error));
+        r.state = 'stopped';
+        r.stopReason = { reason: 'unexpected', detail: `the process that was ${kind === 'start' ? 'starting' : 'stopping'} it died` };
+        delete r.op;
+        if (failure !== undefined) {
+          await tx.save();
+          throw failure;
+        }
+      });
+    } finally {
+      this.#ending--;
     }
   }
 
-  /** A container of this sandbox by id, whichever process created it. */
-  async container(id: string, options: SandboxCallOptions = {}): Promise<Container> {
-    validate.id(id);
-    const known = this.#containers.get(id);
-    if (known) return known;
-    const info = (await this.agent.listContainers(options)).find((c) => c.id === id);
-    if (!info) throw new NotFoundError('container', id);
-    const state = info.status === 'stopped' ? 'stopped' : info.status === 'running' ? 'running' : 'created';
-    const container = new Container(this, id, state, undefined);
-    this.#containers.set(id, container);
+  /**
+   * Inside a transaction: ends the record's boot and releases what it used: the VM and its log
+   * writer killed from the record (and any daemon of the boot that was spawned but not yet
+   * recorded), the containers' host sides, each resource (`phase`), the boot's folder. Every step
+   * is tried; the boot is forgotten once its VM is gone.
+   */
+  async #endBootIn(tx: Transaction, phase: 'stop' | 'delete', context: ContextOptions): Promise<void> {
+    const r = tx.record;
+    const boot = r.boot;
+    let vmGone = !boot;
+    const steps: [string, () => Promise<unknown>][] = [];
+    if (boot) {
+      steps.push([
+        'the VM',
+        async () => {
+          await killBoot(boot, this.dir);
+          vmGone = true;
+        },
+      ]);
+    }
+    for (const id of Object.keys(r.containers)) steps.push([`container ${id}`, () => this.#containers.releaseHost(tx, id, context)]);
+    if (phase === 'stop') steps.push(['resources', () => this.#resources.release('stop', r, context)]);
+    if (boot) steps.push(['the boot folder', () => removeTree(boot.dir)]);
+    try {
+      await runAll(steps, `${this.label}: could not release everything of its VM`);
+    } finally {
+      if (vmGone) {
+        delete r.boot;
+        r.containers = {};
+      }
+      this.#objects.clear();
+      await tx.save();
+    }
+  }
+
+  // --- The VM's exit ------------------------------------------------------------------------------
+
+  #adoptVm(bootId: string, vm: VirtualMachine): void {
+    this.#vm = { boot: bootId, vm };
+    vm.on('paused', () => this.emit('paused'));
+    vm.on('resumed', () => this.emit('resumed'));
+    vm.on('exit', (exit) => void this.#vmGone(bootId, exit).catch((error: unknown) => this.emit('error', error as Error)));
+    // QMP broke while QEMU lives on: calls that need it will connect again; say so now.
+    vm.on('error', (error) => this.emit('error', error));
+  }
+
+  /** Watches a VM this process has no control channel to (an attached sandbox): its exit is recorded and told. */
+  #watchVm(boot: BootRecord): void {
+    if (this.#watch?.boot === boot.id || !boot.vm) return;
+    this.#unwatch();
+    const identity = boot.vm;
+    const timer = setInterval(() => {
+      if (isAlive(identity)) return;
+      this.#unwatch();
+      void this.#vmGone(boot.id, { reason: 'unexpected', detail: 'the VM process is gone' }).catch((error: unknown) => this.emit('error', error as Error));
+    }, 500);
+    timer.unref();
+    this.#watch = { boot: boot.id, timer };
+  }
+
+  #unwatch(): void {
+    if (this.#watch) clearInterval(this.#watch.timer);
+    this.#watch = undefined;
+  }
+
+  /**
+   * The VM of boot `bootId` is gone: records it (releasing what it used) unless it was this
+   * process's own stop, another boot, or an operation of another process that will. Tells
+   * listeners why it stopped, also when another process stopped or deleted the sandbox.
+   */
+  async #vmGone(bootId: string, exit: VmExit): Promise<void> {
+    if (this.#ending > 0) return;
+    let info: StopInfo | undefined;
+    try {
+      await this.#journal.transact(async (tx) => {
+        const r = tx.record;
+        if (r.boot?.id === bootId && (r.state === 'running' || r.state === 'paused')) {
+          info = { reason: exit.reason === 'unexpected' ? 'unexpected' : 'guest', detail: exit.detail };
+          let failure: unknown;
+          await this.#endBootIn(tx, 'stop', { boot: { id: r.boot.id, dir: r.boot.dir } }).catch((error: unknown) => (failure = error));
+          r.state = 'stopped';
+          r.stopReason = info;
+          if (failure !== undefined) {
+            await tx.save();
+            throw failure;
+          }
+        } else if (r.boot?.id !== bootId && r.state === 'stopped') {
+          info = r.stopReason ?? { reason: 'requested', detail: 'stopped by another process' };
+        }
+      });
+    } catch (error) {
+      if (!(error instanceof NotFoundError)) throw error;
+      info = { reason: 'requested', detail: 'deleted by another process' }; // its record is gone too
+      this.#record.state = 'deleted';
+    }
+    this.#dropConnections(bootId);
+    this.#record = await this.#journal.read().catch(() => this.#record);
+    if (info) this.emit('stopped', info);
+  }
+
+  /** Closes this process's connections (only those to boot `bootId` when given: a newer boot's stay). */
+  #dropConnections(bootId?: string): void {
+    if (bootId === undefined || this.#watch?.boot === bootId) this.#unwatch();
+    if (this.#link && (bootId === undefined || this.#link.boot === bootId)) {
+      this.#link.link.agent.close();
+      void this.#link.link.lock.release();
+      this.#link = undefined;
+    }
+    if (this.#vm && (bootId === undefined || this.#vm.boot === bootId)) {
+      this.#vm.vm.detach();
+      this.#vm = undefined;
+    }
+  }
+
+  // --- Connections to the guest and the hypervisor -----------------------------------------------
+
+  /** This process's agent connection to `boot` (connected on demand, with a deadline). */
+  async #agentLink(boot: BootRecord, options: { signal?: AbortSignal | undefined; timeoutMs: number }): Promise<AgentLink> {
+    const held = this.#link;
+    if (held?.boot === boot.id && !held.link.agent.closed) return held.link;
+    if (held) this.#link = undefined;
+    const link = await connectAgent(this.id, boot.dir, this.config.agentPorts, options);
+    this.#link = { boot: boot.id, link };
+    link.agent.on('close', (error) => {
+      // The agent hung up or broke the protocol while this process still used it.
+      if (error && this.#link?.link === link && this.#ending === 0) this.emit('error', error);
+    });
+    return link;
+  }
+
+  /** The hypervisor's control channel to `boot` (connected on demand, with a deadline). */
+  async #vmControl(boot: BootRecord, options: CallOptions = {}): Promise<VirtualMachine> {
+    if (this.#vm?.boot === boot.id && !this.#vm.vm.exited) return this.#vm.vm;
+    if (!boot.vm) throw new SandboxError(this.id, 'the VM of this boot was never spawned');
+    const vm = await this.#hypervisor.attach(boot.vm, { timeoutMs: options.timeoutMs ?? 10_000, ...(options.signal ? { signal: options.signal } : {}) });
+    this.#unwatch();
+    this.#adoptVm(boot.id, vm);
+    return vm;
+  }
+
+  /**
+   * @internal The agent connection of this process (the sandbox must run; a paused one's agent
+   * answers once it is resumed, or the call's deadline ends it).
+   */
+  async agent(options: CallOptions = {}): Promise<AgentClient> {
+    return (await this.#session(options, 'talking to the guest', true)).agent;
+  }
+
+  /** The running boot and this process's way to its guest; every record change it makes checks the boot is still running. */
+  async #session(options: CallOptions = {}, action = 'talking to the guest', pausedToo = false): Promise<GuestSession> {
+    const record = await this.record();
+    if (!record.boot || (record.state !== 'running' && !(pausedToo && record.state === 'paused'))) {
+      throw new InvalidStateError(this.label, record.state, 'running', { action });
+    }
+    const boot = record.boot;
+    const link = await this.#agentLink(boot, { signal: options.signal, timeoutMs: options.timeoutMs ?? 30_000 });
+    if (!this.#vm && !this.#watch) this.#watchVm(boot);
+    const guard = (r: SandboxRecord): void => {
+      if (r.boot?.id !== boot.id || (r.state !== 'running' && r.state !== 'paused')) throw new SupersededError(this.id, `is ${r.state} now: it was stopped or restarted meanwhile`);
+    };
+    return {
+      agent: link.agent,
+      guestStateDir: link.agent.info.stateDir,
+      bootDir: boot.dir,
+      contextOptions: { boot: { id: boot.id, dir: boot.dir }, guard, signal: options.signal },
+      vm: () => this.#vmControl(boot, options),
+    };
+  }
+
+  /** Runs `fn` with a resource's guest context on the running sandbox (hotplug and friends). */
+  async #withGuest<S, T>(kind: string, fn: (ctx: GuestContext<S>) => Promise<T>, options: CallOptions, action: string): Promise<T> {
+    const session = await this.#session(options, action);
+    const resource = (this.#resources.find<S>(kind) ?? (kind === NETWORK_KIND ? new NetworkResource() : undefined)) as SandboxResource<S> | undefined;
+    if (!resource) throw new InvalidArgumentError(kind, `${this.label} has no ${kind}`);
+    const vm = await session.vm();
+    return fn(this.#resources.guestContext(resource, await this.#journal.read(), session.contextOptions, { agent: session.agent, vm, guestStateDir: session.guestStateDir }));
+  }
+
+  // --- Containers --------------------------------------------------------------------------------
+
+  /**
+   * Creates a container (`created`; call `start()`): from an OCI bundle on the host, from a
+   * rootfs directory, or from the builtin busybox rootfs. Its stdio streams are open before it
+   * starts, so no output is missed. Its id is reserved in the sandbox's record first: the same id
+   * from another process is refused, and a create that fails undoes only what it made.
+   */
+  async createContainer(options: ContainerConfig = {}): Promise<Container> {
+    const created = await this.#containers.create(options, this.config);
+    const container = new Container(this, created.id, 'created', new Process(this, created.id, undefined, created.pid, created.stdio));
+    this.#objects.set(created.id, container);
     return container;
   }
 
-  /**
-   * Adds an interface to the running sandbox (q35): CNI ADD of a network, or an interface already
-   * in its namespace, hot plugged as a NIC (QMP `getfd`, `netdev_add`, `device_add`) and
-   * configured in the guest. See docs/sandbox-networking.md.
-   */
-  async addNetwork(options: AddNetworkOptions): Promise<SandboxInterfaceInfo> {
-    return this.withResource(NETWORK_KIND, (ctx) => addSandboxNetwork(ctx, options), options.signal);
-  }
-
-  /** Removes an interface (by its name, or its CNI network's name) from the running sandbox; CNI DEL for a CNI one. */
-  async removeNetwork(name: string, options: SandboxCallOptions = {}): Promise<void> {
-    await this.withResource(NETWORK_KIND, (ctx) => removeSandboxNetwork(ctx, name), options.signal);
-  }
-
-  /**
-   * Runs CNI CHECK for the sandbox's CNI networks (or the one of interface or network `name`),
-   * as `cnitool check`: each plugin verifies what it made. One outcome per attachment; a plugin's
-   * failure is in its outcome (`CniPluginError`), not thrown.
-   */
-  async checkNetwork(name?: string, options: SandboxCallOptions = {}): Promise<CniCheckOutcome[]> {
-    return this.withResource(NETWORK_KIND, (ctx) => checkSandboxNetwork(ctx, name), options.signal);
-  }
-
-  /** Scans the sandbox's namespace again: plugs new interfaces, unplugs gone ones, mirrors changed addresses and routes. */
-  async rescanNetwork(options: SandboxCallOptions = {}): Promise<RescanResult> {
-    return this.withResource(NETWORK_KIND, (ctx) => rescanSandboxNetwork(ctx), options.signal);
-  }
-
-  /** The interfaces of the sandbox's network, from its record (whatever its state). */
-  async networks(): Promise<SandboxInterfaceInfo[]> {
-    return describeSandboxNetwork((await this.#store.read(this.id)).resources[NETWORK_KIND]);
+  /** A container of this sandbox by id, whichever process created it. */
+  async container(id: string, options: CallOptions = {}): Promise<Container> {
+    validate.id(id);
+    const known = this.#objects.get(id);
+    if (known) return known;
+    const info = (await (await this.agent(options)).listContainers(options)).find((c) => c.id === id);
+    if (!info) throw new NotFoundError('container', id);
+    const state = info.status === 'stopped' ? 'stopped' : info.status === 'running' ? 'running' : 'created';
+    const container = new Container(this, id, state, undefined);
+    this.#objects.set(id, container);
+    return container;
   }
 
   /** Every container in the sandbox, as the agent reports them. */
-  async containers(options: SandboxCallOptions = {}): Promise<ContainerInfo[]> {
-    return this.agent.listContainers(options);
+  async containers(options: CallOptions = {}): Promise<ContainerInfo[]> {
+    return (await this.agent(options)).listContainers(options);
+  }
+
+  /** @internal Releases the host side of container `id` (the agent deleted it). */
+  async releaseContainer(id: string): Promise<void> {
+    this.#objects.delete(id);
+    await this.#containers.release(id);
   }
 
   /**
-   * Binds a container's rootfs directory into the shared directory, once per source directory
-   * and read-only flag (`shared/rootfs/DEV-INO-ro|rw.RANDOM`), for every container that uses it: the
-   * guest tells files apart by the mount they come through, so containers of one bundle then
-   * share the guest's dentry and page caches instead of reading the binaries again (with
-   * `sharedFsCache: 'always'` a second container's exec reads nothing from the host). Writes
-   * are shared too, as with `runc run` of one bundle twice. Returns the guest path.
+   * @internal Connects again to the stream port of output `fd` of container `id`, as a reader that
+   * joins the stream under way (its first reader went away; what was in flight to it is lost: see
+   * docs/sandbox.md, "Output streams"). Fails while another process reads it.
    */
-  async #acquireRootfsShare(id: string, source: string, readOnly: boolean, signal?: AbortSignal): Promise<string> {
-    const stat = await fs.stat(source);
-    const key = `${stat.dev.toString(16)}-${stat.ino.toString(16)}-${readOnly ? 'ro' : 'rw'}`;
-    const isBound = async (point: string): Promise<boolean> => {
-      const there = await fs.stat(point).catch(() => undefined); // a bind shows the source's own inode
-      return there?.dev === stat.dev && there.ino === stat.ino;
-    };
-    let point = '';
-    // Under the lock, so two containers of one bundle created at once bind it once.
-    await this.#update(async (record) => {
-      const users = (record.rootfsUsers ??= {});
-      const existing = Object.keys(users).find((p) => path.basename(p).startsWith(`${key}.`));
-      if (existing !== undefined && (await isBound(existing))) {
-        point = existing;
-        users[point]!.push(id);
-        await this.#store.write(record);
-        if (readOnly) await mount(point, { source: null, flags: ['remount', 'bind', 'ro'] }); // in case a crash came between bind and remount
-        return;
-      }
-      // A new bind gets a path the guest has never seen: the guest keeps its view of a path
-      // (a FUSE submount) after the host unbinds it, so a path is never used twice.
-      point = path.join(this.#paths().sharedDir, 'rootfs', `${key}.${randomBytes(4).toString('hex')}`);
-      users[point] = [id];
-      record.mounts.push(point);
-      await this.#store.write(record); // before the mount: a crash leaves a note for release
-      await bindIntoSharedDir(source, point, { readOnly, record: async () => undefined });
-    }, signal);
-    return `${this.#guestShared()}/rootfs/${path.basename(point)}`;
-  }
-
-  /** @internal Releases the host mounts of container `id` (and its rootfs bind when it was the last user). */
-  async releaseContainer(id: string): Promise<void> {
-    this.#containers.delete(id);
-    const ownVolumes = volumesState(this.#record.resources[VOLUMES_KIND]).volumes.some((v) => v.container === id);
-    if (ownVolumes && this.state === 'running') await releaseContainerVolumes(this, id);
-    const hostBase = path.join(this.#paths().sharedDir, 'containers', id);
-    const unusedRootfs: string[] = [];
-    await this.#update(async (record) => {
-      const mine = record.mounts.filter((m) => m === hostBase || m.startsWith(`${hostBase}/`));
-      for (const [point, users] of Object.entries(record.rootfsUsers ?? {})) {
-        if (!users.includes(id)) continue;
-        const others = users.filter((u) => u !== id);
-        if (others.length > 0) {
-          record.rootfsUsers![point] = others;
-        } else {
-          delete record.rootfsUsers![point];
-          mine.push(point);
-          unusedRootfs.push(point);
-        }
-      }
-      const released = await releaseMounts(mine);
-      record.mounts = record.mounts.filter((m) => !released.includes(m));
-      releaseStreamPorts(record, id);
-    });
-    await removeTree(hostBase);
-    for (const point of unusedRootfs) await removeTree(point);
+  async reopenOutput(id: string, fd: 'stdout' | 'stderr', options: CallOptions = {}): Promise<Readable> {
+    const record = await this.record();
+    if (record.state !== 'running' || !record.boot) throw new InvalidStateError(this.label, record.state, 'running', { action: 'reading a container output' });
+    return reopenPort(parseStreamPorts(record.resources[STREAM_PORTS_KIND]), this.dir, record.boot.dir, validate.id(id, 'id'), fd, options.signal);
   }
 
   /** @internal */
   containerExited(id: string, status: ExitStatus): void {
     this.emit('containerExit', id, status);
   }
+
+  // --- Hotplug: one shape for networks, volumes, vhost-user NICs and PCI devices ----------------
+
+  /**
+   * Adds an interface to the running sandbox (q35): CNI ADD of a network, or an interface already
+   * in its namespace, hot plugged as a NIC (QMP `getfd`, `netdev_add`, `device_add`) and
+   * configured in the guest. See docs/sandbox-networking.md.
+   */
+  async addNetwork(network: Omit<AddNetworkOptions, 'signal'>, options: CallOptions = {}): Promise<SandboxInterfaceInfo> {
+    return this.#withGuest(NETWORK_KIND, (ctx) => addSandboxNetwork(ctx as never, { ...network, ...(options.signal ? { signal: options.signal } : {}) }), options, 'adding a network');
+  }
+
+  /** Removes an interface (by its name, or its CNI network's name) from the running sandbox; CNI DEL for a CNI one. */
+  async removeNetwork(name: string, options: CallOptions = {}): Promise<void> {
+    await this.#withGuest(NETWORK_KIND, (ctx) => removeSandboxNetwork(ctx as never, name), options, 'removing a network');
+  }
+
+  /** CNI CHECK of the sandbox's CNI networks (or the one of `name`); a plugin's failure is in its outcome. */
+  async checkNetwork(name?: string, options: CallOptions = {}): Promise<CniCheckOutcome[]> {
+    return this.#withGuest(NETWORK_KIND, (ctx) => checkSandboxNetwork(ctx as never, name), options, 'checking its networks');
+  }
+
+  /** Scans the sandbox's namespace again: plugs new interfaces, unplugs gone ones, mirrors changed addresses and routes. */
+  async rescanNetwork(options: CallOptions = {}): Promise<RescanResult> {
+    return this.#withGuest(NETWORK_KIND, (ctx) => rescanSandboxNetwork(ctx as never), options, 'rescanning its network');
+  }
+
+  /** The interfaces of the sandbox's network, from its record (whatever its state). */
+  async networks(): Promise<SandboxInterfaceInfo[]> {
+    return describeSandboxNetwork((await this.record()).resources[NETWORK_KIND]);
+  }
+
+  /**
+   * Adds a volume to the running sandbox (hot plug for a block volume: QMP `blockdev-add` +
+   * `device_add`; a bind into the share for a directory; an agent mount for tmpfs and hugepages).
+   * It is forgotten when the sandbox stops; give it in the sandbox config to have it at every start.
+   */
+  async addVolume(volume: VolumeSpec | { toJSON(): VolumeSpec }, options: CallOptions = {}): Promise<VolumeInfo> {
+    const spec = checkVolumeSpec(volume, 'volume');
+    return volumeInfo(await this.#withGuest(VOLUMES_KIND, (ctx) => hotplugVolume(ctx as never, spec), options, 'adding a volume'));
+  }
+
+  /** Removes a volume from the running sandbox (no container may use it any more). */
+  async removeVolume(name: string, options: CallOptions = {}): Promise<void> {
+    await this.#withGuest(VOLUMES_KIND, (ctx) => detachVolume(ctx as never, name), options, 'removing a volume');
+  }
+
+  /** The volumes of the sandbox, from its record. */
+  async volumes(): Promise<VolumeInfo[]> {
+    return volumesState((await this.record()).resources[VOLUMES_KIND]).volumes.filter((v) => v.pending === undefined).map(volumeInfo);
+  }
+
+  /**
+   * Hot plugs a vhost-user NIC into the running q35 sandbox (its guest RAM must be shared).
+   * QEMU equivalent: QMP `chardev-add`, `netdev_add vhost-user`, `device_add virtio-net-pci,vectors=0,bus=rpN`.
+   */
+  async addVhostUserNic(nic: VhostUserNic, options: CallOptions = {}): Promise<VhostUserNicInfo> {
+    return this.#withGuest(
+      VHOST_USER_KIND,
+      async (ctx) => {
+        const count = vhostUserNics(ctx.state).length + (ctx.config.vhostUser ?? []).length;
+        const [resolved] = resolveNfvConfig(
+          { vhostUser: [{ ...nic, id: nic.id ?? `vhu${count}` }] },
+          { memoryMiB: ctx.config.memoryMiB, machine: ctx.config.machine, sharedMemory: false, volumePages: 0 },
+        ).vhostUser;
+        return hotplugNic(ctx as never, { ...resolved!, rootPort: false });
+      },
+      options,
+      'adding a vhost-user NIC',
+    );
+  }
+
+  /** Unplugs a vhost-user NIC (`device_del`, then its netdev and chardev). */
+  async removeVhostUserNic(id: string, options: CallOptions = {}): Promise<void> {
+    await this.#withGuest(VHOST_USER_KIND, (ctx) => unplugNic(ctx as never, validate.id(id, 'id')), options, 'removing a vhost-user NIC');
+  }
+
+  /**
+   * Binds a host PCI device (with its IOMMU group) to vfio-pci and hot plugs it into the running
+   * q35 sandbox (QMP `device_add vfio-pci,host=ADDR,bus=rpN`). On failure the drivers are restored.
+   */
+  async addPciDevice(device: PciPassthrough, options: CallOptions = {}): Promise<PciDeviceInfo> {
+    return this.#withGuest(
+      PCI_DEVICES_KIND,
+      async (ctx) => {
+        const count = pciDevices(ctx.state).length + (ctx.config.devices ?? []).length;
+        const [resolved] = resolveNfvConfig(
+          { devices: [{ ...device, id: device.id ?? `hostdev${count}` }] },
+          { memoryMiB: ctx.config.memoryMiB, machine: ctx.config.machine, sharedMemory: false, volumePages: 0 },
+        ).devices;
+        return hotplugPci(ctx as never, resolved!);
+      },
+      options,
+      'adding a PCI device',
+    );
+  }
+
+  /** Unplugs a passed-through device and puts its IOMMU group back on the original drivers. */
+  async removePciDevice(id: string, options: CallOptions = {}): Promise<void> {
+    await this.#withGuest(PCI_DEVICES_KIND, (ctx) => unplugPci(ctx as never, validate.id(id, 'id')), options, 'removing a PCI device');
+  }
+
+  /** The vhost-user NICs and passed-through devices of the sandbox, from its record. */
+  async devices(): Promise<SandboxDevices> {
+    const record = await this.record();
+    return { vhostUser: vhostUserNics(record.resources[VHOST_USER_KIND]), pci: pciDevices(record.resources[PCI_DEVICES_KIND]) };
+  }
 }
 
-function stateDirOf(options: { stateDir?: string }): string {
-  return validate.absolutePath(options.stateDir ?? process.env['VMPOD_STATE_DIR'] ?? DEFAULT_STATE_DIR, 'stateDir');
+function volumeInfo(state: { spec: VolumeSpec; guestPath?: string; hotplugged: boolean; container?: string }): VolumeInfo {
+  return {
+    spec: state.spec,
+    hotplugged: state.hotplugged,
+    ...(state.guestPath === undefined ? {} : { guestPath: state.guestPath }),
+    ...(state.container === undefined ? {} : { container: state.container }),
+  };
 }
 
-function newStore(root: string): StateStore<SandboxRecord> {
-  return new StateStore<SandboxRecord>(root, checkRecord);
+/**
+ * Deletes a sandbox whose record cannot be read: its daemons (found by the folders their command
+ * lines name), its mounts (everything mounted under its folder), its boot folders and its own
+ * folder. What only the record knew (hugepage reservations, PCI drivers, CNI attachments, a
+ * network namespace it made) cannot be found: the warnings say so.
+ */
+async function removeUnreadable(store: StateStore<SandboxRecord>, id: string, cause: CorruptStateError): Promise<string[]> {
+  const dir = store.dir(id);
+  const boots = await bootDirsOf(store.root, dir);
+  await killStrays([dir, ...boots]);
+  const inside = (await mountTable()).filter((m) => m.mountPoint === dir || m.mountPoint.startsWith(`${dir}/`));
+  // Deepest first; the folder is the host's, so its mount points are unmounted by path.
+  for (const m of inside.sort((a, b) => b.mountPoint.length - a.mountPoint.length || b.id - a.id)) {
+    await unmount(m.mountPoint, { detach: true, noFollow: true }).catch(() => undefined);
+  }
+  for (const boot of boots) await removeTree(boot);
+  await store.remove(id);
+  return [
+    `sandbox "${id}": ${cause.message}`,
+    `its processes, mounts and folders are removed; hugepage reservations, PCI driver bindings, CNI attachments and a network namespace it may have made (vmpod-${id}) could not be known from it: check them`,
+  ];
 }

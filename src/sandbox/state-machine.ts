@@ -1,7 +1,13 @@
 /**
- * The lifecycle of a sandbox and of a container as checked state machines. Every transition
- * goes through {@link assertTransition}, so a call made in the wrong state fails with an
- * {@link InvalidStateError} naming both states instead of doing something half-way.
+ * The lifecycle of a sandbox and of a container as checked state machines: one transition table
+ * each, and every transition goes through {@link assertTransition}, so a call made in the wrong
+ * state fails with an {@link InvalidStateError} naming both states instead of doing something
+ * half-way.
+ *
+ * A sandbox has transitional states (`starting`, `stopping`, `deleting`): they are written to its
+ * record with the operation's owner before the operation's slow part (talking to the guest), which
+ * runs without the record lock. Another process that finds one knows an operation is under way,
+ * and whose it is; when the owner died, the next lifecycle call finishes (or undoes) it.
  *
  * @module
  */
@@ -10,20 +16,35 @@ import { InvalidStateError } from '../errors.js';
 /**
  * States of a sandbox:
  * - `created`: config validated and persisted, nothing running yet;
+ * - `starting`: host resources being prepared, the VM booting, its agent coming up;
  * - `running`: the VM runs and its agent answered;
  * - `paused`: the VM's vCPUs are stopped (QMP `stop`);
- * - `stopped`: the VM is gone (stopped on request, or it died); resources can be released;
- * - `deleted`: everything the sandbox created on the host is gone.
+ * - `stopping`: the VM is being shut down and what it used released;
+ * - `stopped`: the VM is gone (stopped on request, or it died); host resources kept for the next start;
+ * - `deleting`: everything the sandbox made on the host being removed;
+ * - `deleted`: gone (never persisted: the record goes with it).
  */
-export type SandboxState = 'created' | 'running' | 'paused' | 'stopped' | 'deleted';
+export type SandboxState = 'created' | 'starting' | 'running' | 'paused' | 'stopping' | 'stopped' | 'deleting' | 'deleted';
+
+/** Every sandbox state, for checks of persisted records. */
+export const SANDBOX_STATES: readonly SandboxState[] = ['created', 'starting', 'running', 'paused', 'stopping', 'stopped', 'deleting', 'deleted'];
 
 const SANDBOX_TRANSITIONS: Readonly<Record<SandboxState, readonly SandboxState[]>> = {
-  created: ['running', 'stopped', 'deleted'],
-  running: ['paused', 'stopped'],
-  paused: ['running', 'stopped'],
-  stopped: ['running', 'deleted'],
+  created: ['starting', 'deleting'],
+  starting: ['running', 'stopping', 'stopped'],
+  running: ['paused', 'stopping'],
+  paused: ['running', 'stopping'],
+  stopping: ['stopped'],
+  stopped: ['starting', 'deleting'],
+  deleting: ['deleted'],
   deleted: [],
 };
+
+/** States in which the sandbox's VM may exist. */
+export const VM_STATES: ReadonlySet<SandboxState> = new Set(['starting', 'running', 'paused', 'stopping']);
+
+/** States that name an operation under way (the record says whose). */
+export const TRANSITIONAL_STATES: ReadonlySet<SandboxState> = new Set(['starting', 'stopping', 'deleting']);
 
 /**
  * States of a container:
@@ -52,9 +73,9 @@ export function isValidContainerTransition(from: ContainerState, to: ContainerSt
 }
 
 /** Throws {@link InvalidStateError} unless `from -> to` is legal for `object` (e.g. `sandbox "web"`). */
-export function assertTransition(kind: 'sandbox', object: string, from: SandboxState, to: SandboxState): void;
-export function assertTransition(kind: 'container', object: string, from: ContainerState, to: ContainerState): void;
-export function assertTransition(kind: 'sandbox' | 'container', object: string, from: string, to: string): void {
+export function assertTransition(kind: 'sandbox', object: string, from: SandboxState, to: SandboxState, hint?: string): void;
+export function assertTransition(kind: 'container', object: string, from: ContainerState, to: ContainerState, hint?: string): void;
+export function assertTransition(kind: 'sandbox' | 'container', object: string, from: string, to: string, hint?: string): void {
   const table: Readonly<Record<string, readonly string[]>> = kind === 'sandbox' ? SANDBOX_TRANSITIONS : CONTAINER_TRANSITIONS;
-  if (!table[from]?.includes(to)) throw new InvalidStateError(object, from, to);
+  if (!table[from]?.includes(to)) throw new InvalidStateError(object, from, to, hint === undefined ? {} : { hint });
 }

@@ -16,6 +16,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomic, removeStaleTempFiles } from './atomic.js';
+import { afterRecordWrite, beforeRecordWrite } from '../failpoint.js';
 import { FileLock } from './lock.js';
 import { removeTree, type StillMountedError } from './remove.js';
 import * as validate from '../validate.js';
@@ -70,7 +71,9 @@ export class StateStore<R extends { id: string }> {
 
   /** Writes the record atomically. Callers hold the lock. */
   async write(record: R): Promise<void> {
+    beforeRecordWrite();
     await writeFileAtomic(path.join(this.dir(record.id), 'state.json'), `${JSON.stringify(record, null, 2)}\n`);
+    afterRecordWrite();
   }
 
   /** Reads and validates the record; {@link NotFoundError} when the sandbox has none. */

@@ -4,7 +4,7 @@
  *
  * @module
  */
-export { Volume, type VolumeCallOptions, type VolumeInfo } from './volume.js';
+export { Volume } from './volume.js';
 export {
   checkVolumeSpec,
   type BlockVolume,
@@ -15,4 +15,3 @@ export {
   type VolumeSpec,
 } from './spec.js';
 export { VolumeReadOnlyError } from './errors.js';
-export { RootfsImageError } from './container.js';

@@ -8,7 +8,7 @@
  * await using sandbox = await Sandbox.create({ volumes: [data, Volume.tmpfs('scratch', { sizeMiB: 64 })] });
  * await sandbox.start();
  * const disk = Volume.block('db', '/srv/db.qcow2', { format: 'qcow2' });
- * await disk.attach(sandbox);                          // hot plug into the running VM
+ * await sandbox.addVolume(disk);                       // hot plug into the running VM
  * const c = await sandbox.createContainer({
  *   volumes: [data.at('/data', { readOnly: true }), disk.at('/var/lib/db')],
  * });
@@ -17,25 +17,7 @@
  * @module
  */
 import * as validate from '../validate.js';
-import type { VolumeHost } from './container.js';
-import { detachVolume, hotplugVolume, volumesState, VOLUMES_KIND } from './resource.js';
 import { checkVolumeSpec, type BlockVolume, type ContainerVolume, type DirectoryVolume, type VolumeSpec } from './spec.js';
-
-/** A volume of a running sandbox. */
-export interface VolumeInfo {
-  spec: VolumeSpec;
-  /** Where it is in the guest, once mounted. */
-  guestPath?: string;
-  /** Added to the running sandbox rather than from its config (forgotten at stop). */
-  hotplugged: boolean;
-  /** The container whose rootfs image it is. */
-  container?: string;
-}
-
-/** Options of calls that can be cancelled. */
-export interface VolumeCallOptions {
-  signal?: AbortSignal;
-}
 
 export class Volume {
   /** The checked description (what the sandbox config and record hold). */
@@ -89,36 +71,7 @@ export class Volume {
     return { volume: this.name, destination: validate.absolutePath(destination, 'destination'), ...options };
   }
 
-  /**
-   * Adds this volume to a running sandbox (hot plug for a block volume, a bind into the share
-   * for a directory, an agent mount for tmpfs and hugepages). It is forgotten when the
-   * sandbox stops; give it in the sandbox config to have it at every start.
-   */
-  async attach(sandbox: VolumeHost, options: VolumeCallOptions = {}): Promise<VolumeInfo> {
-    const state = await sandbox.withResource(VOLUMES_KIND, (ctx) => hotplugVolume(ctx, this.spec), options.signal);
-    return info(state);
-  }
-
-  /** Removes this volume from a running sandbox (no container may use it any more). */
-  async detach(sandbox: VolumeHost, options: VolumeCallOptions = {}): Promise<void> {
-    await sandbox.withResource(VOLUMES_KIND, (ctx) => detachVolume(ctx, this.name), options.signal);
-  }
-
-  /** The volumes of a running sandbox. */
-  static async list(sandbox: VolumeHost, options: VolumeCallOptions = {}): Promise<VolumeInfo[]> {
-    return sandbox.withResource(VOLUMES_KIND, async (ctx) => volumesState(ctx.state).volumes.map(info), options.signal);
-  }
-
   toJSON(): VolumeSpec {
     return this.spec;
   }
-}
-
-function info(state: { spec: VolumeSpec; guestPath?: string; hotplugged: boolean; container?: string }): VolumeInfo {
-  return {
-    spec: state.spec,
-    hotplugged: state.hotplugged,
-    ...(state.guestPath === undefined ? {} : { guestPath: state.guestPath }),
-    ...(state.container === undefined ? {} : { container: state.container }),
-  };
 }

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { GuestAssets } from '../../src/guest/index.js';
 import type { MachineProfile, VmConfig, VmDevice } from '../../src/hypervisor/hypervisor.js';
-import { isAlive, type ProcessIdentity } from '../../src/hypervisor/process.js';
+import { isAlive, type ProcessIdentity } from '../../src/host/process.js';
 import { TEST_PORT } from './guest-fixture.js';
 
 /** `vt` + 4 random hex characters. */

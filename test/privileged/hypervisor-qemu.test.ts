@@ -8,7 +8,7 @@ import type { GuestAssets } from '../../src/guest/index.js';
 import { INIT_MARKER } from '../../src/guest/init.js';
 import { VmExitedError, VmStartError } from '../../src/hypervisor/errors.js';
 import type { VmExit, VmHandle } from '../../src/hypervisor/hypervisor.js';
-import { isAlive, readProcStat } from '../../src/hypervisor/process.js';
+import { isAlive, readProcStat } from '../../src/host/process.js';
 import { QemuHypervisor } from '../../src/hypervisor/qemu/hypervisor.js';
 import type { QemuVm } from '../../src/hypervisor/qemu/vm.js';
 import { packageRoot } from '../../src/native.js';

@@ -15,7 +15,7 @@ import { formatCheckOutcomes, formatInterfaces } from '../../src/cli/commands/ne
 import { VmpodError } from '../../src/errors.js';
 import { PrintableDecoder } from '../../src/printable.js';
 import type { ContainerInfo } from '../../src/agent/messages.js';
-import type { SandboxInterfaceInfo } from '../../src/network/sandbox-network.js';
+import type { SandboxInterfaceInfo } from '../../src/sandbox/resources/network.js';
 
 const ESC = '\x1b';
 /** What a hostile guest puts in a string: clear screen, title, clipboard write, C1 CSI, bidi override, newline. */

@@ -314,8 +314,18 @@ export class FakeSysfs extends Sysfs {
       await this.replace(nodeFile(n, 'free_hugepages'), `${c}\n`);
       sum += c;
     }
-    await this.replace(`kernel/mm/hugepages/hugepages-${sizeKb}kB/nr_hugepages`, `${sum}\n`);
-    await this.replace(`kernel/mm/hugepages/hugepages-${sizeKb}kB/free_hugepages`, `${sum}\n`);
+    // Pages still mapped cannot go: like the kernel, the pool keeps them as surplus (counted in
+    // nr_hugepages) and frees them once unmapped.
+    const mapped = Number((await this.readOptional(`${FAKE}/hugepages-${sizeKb}kB.mapped`)) ?? 0);
+    const surplus = Math.max(0, mapped - sum);
+    await this.replace(`kernel/mm/hugepages/hugepages-${sizeKb}kB/nr_hugepages`, `${sum + surplus}\n`);
+    await this.replace(`kernel/mm/hugepages/hugepages-${sizeKb}kB/free_hugepages`, `${Math.max(0, sum - mapped)}\n`);
+    await this.replace(`kernel/mm/hugepages/hugepages-${sizeKb}kB/surplus_hugepages`, `${surplus}\n`);
+  }
+
+  /** Marks `pages` pages of the global pool of `sizeKb` as mapped by some process (they survive a shrink as surplus). */
+  async mapHugepages(sizeKb: number, pages: number): Promise<void> {
+    await this.replace(`${FAKE}/hugepages-${sizeKb}kB.mapped`, `${pages}\n`);
   }
 
   /** Every file's content and every symlink's target, for before/after comparisons. */

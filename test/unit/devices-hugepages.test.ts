@@ -256,9 +256,13 @@ describe('hugepage reservations and releases at the same time (fake sysfs)', () 
 
   it('reports the pages still in use when the pool shrank (surplus), and never goes below 0', async () => {
     const r = await reserveHugepages({ size: '2M', count: 4 }, { sysfs });
-    // The kernel turns pages still mapped into surplus pages instead of refusing to shrink.
-    await sysfs.file('kernel/mm/hugepages/hugepages-2048kB/surplus_hugepages', '3');
+    // The kernel turns pages still mapped into surplus pages instead of refusing to shrink: the
+    // pool's persistent size is what was written, its nr_hugepages counts the surplus too.
+    await sysfs.mapHugepages(2048, 3);
     expect(await r.release()).toEqual({ before: 4, removed: 4, after: 0, surplus: 3, alreadyReleased: false });
+    expect(await sysfs.readInt(GLOBAL_2M)).toBe(3);
+    await sysfs.mapHugepages(2048, 0);
+    await sysfs.write(GLOBAL_2M, '0'); // (the kernel frees surplus pages by itself once unmapped)
     // Someone shrank the pool without the lock: only what is there comes off.
     await sysfs.write(GLOBAL_2M, '2');
     expect(await releaseHugepages({ sizeBytes: 2 * MiB, node: null, previous: 0, obtained: 4 }, { sysfs })).toMatchObject({ before: 2, removed: 2, after: 0 });

@@ -11,7 +11,7 @@ import type { Address } from '../../src/network/address.js';
 import type { Route } from '../../src/network/route.js';
 import type { Interface } from '../../src/network/scan.js';
 import { resolveNetworkConfig } from '../../src/network/sandbox-config.js';
-import { nicQueues, planEndpoints } from '../../src/network/sandbox-network.js';
+import { nicQueues, planEndpoints } from '../../src/sandbox/resources/network.js';
 
 const GROUP = 0x766d;
 

@@ -10,12 +10,13 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { InvalidArgumentError } from '../../src/errors.js';
 import { InsufficientHugepagesError } from '../../src/devices/errors.js';
+import { reserveHugepages } from '../../src/devices/hugepages.js';
 import { buildQemuCommandLine } from '../../src/hypervisor/qemu/cmdline.js';
-import { HugepagesResource } from '../../src/nfv/hugepages.js';
+import { HugepagesResource } from '../../src/sandbox/resources/hugepages.js';
 import { resolveSandboxConfig, type SandboxConfig } from '../../src/sandbox/config.js';
-import type { ResourceContext } from '../../src/sandbox/resource.js';
+import { memoryContext, type MemoryRecord } from './resource-context.js';
 import { Volume } from '../../src/volume/volume.js';
-import { containerMounts } from '../../src/volume/container.js';
+import { containerMounts } from '../../src/sandbox/resources/volumes/container.js';
 import { VolumeReadOnlyError } from '../../src/volume/errors.js';
 import { FakeSysfs } from './devices-fake-sysfs.js';
 
@@ -134,20 +135,11 @@ describe('the hugepages resource on a generated sysfs', () => {
     await fs.rm(dir, { recursive: true, force: true });
   });
 
+  let record: MemoryRecord;
   function context(config: SandboxConfig) {
-    let state: unknown;
-    const ctx: ResourceContext = {
-      sandboxId: 'sb',
-      dir,
-      config: resolveSandboxConfig({ ...config, sysfs: sysfs.root, stateDir: dir }),
-      get state() {
-        return state;
-      },
-      async save(s: unknown) {
-        state = structuredClone(s);
-      },
-    };
-    return ctx;
+    const made = memoryContext(new HugepagesResource(), { dir, config: resolveSandboxConfig({ ...config, sysfs: sysfs.root, stateDir: dir }) });
+    record = made.record;
+    return made.ctx;
   }
 
   it('refuses more pages than the host has before writing anything, and leaves no mount', async () => {
@@ -168,17 +160,24 @@ describe('the hugepages resource on a generated sysfs', () => {
     expect(error).toBeInstanceOf(InsufficientHugepagesError);
     expect(error).toMatchObject({ attempted: true, obtained: 50, requested: 128, rolledBack: true });
     expect(await sysfs.readInt('kernel/mm/hugepages/hugepages-2048kB/nr_hugepages')).toBe(0);
-    expect(ctx.state).toEqual({ pending: { sizeBytes: 2097152, previous: 0, count: 128 } });
+    expect(ctx.state).toEqual({ claim: { claimId: expect.stringMatching(/^sb:hugepages:/u), sizeBytes: 2097152 } });
     await new HugepagesResource().release(ctx);
     expect(await sysfs.readInt('kernel/mm/hugepages/hugepages-2048kB/nr_hugepages')).toBe(0);
     expect(ctx.state).toEqual({});
   });
 
-  it('after a crash between the write and its record, gives back exactly the pages it added', async () => {
+  it('after a crash between the reservation and its record, gives back exactly the pages it added, once', async () => {
     const ctx = context({ memoryMiB: 256, hugepages: true });
     await sysfs.write('kernel/mm/hugepages/hugepages-2048kB/nr_hugepages', '10'); // someone else's
-    await ctx.save({ pending: { sizeBytes: 2097152, previous: 10, count: 128 } });
-    await sysfs.write('kernel/mm/hugepages/hugepages-2048kB/nr_hugepages', '138'); // the write whose record was lost
+    const claimId = 'sb:hugepages:crashed';
+    record.state = { claim: { claimId, sizeBytes: 2097152 } }; // recorded before the reservation
+    await reserveHugepages({ size: 2097152, count: 128 }, { sysfs: sysfs.root, claimId, owner: 'sandbox sb' }); // whose record was lost
+    expect(await sysfs.readInt('kernel/mm/hugepages/hugepages-2048kB/nr_hugepages')).toBe(138);
+    await new HugepagesResource().release(ctx);
+    expect(await sysfs.readInt('kernel/mm/hugepages/hugepages-2048kB/nr_hugepages')).toBe(10);
+    expect(ctx.state).toEqual({});
+    // Released again (a crash before the record said so): nothing more is taken.
+    record.state = { claim: { claimId, sizeBytes: 2097152 } };
     await new HugepagesResource().release(ctx);
     expect(await sysfs.readInt('kernel/mm/hugepages/hugepages-2048kB/nr_hugepages')).toBe(10);
   });

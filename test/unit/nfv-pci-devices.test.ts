@@ -13,10 +13,9 @@ import { DeviceBindError, DeviceBusyError, IommuGroupNotViableError } from '../.
 import { buildQemuCommandLine } from '../../src/hypervisor/qemu/cmdline.js';
 import type { HostFacts } from '../../src/hypervisor/host.js';
 import type { VmDevice } from '../../src/hypervisor/hypervisor.js';
-import { PciDevicesResource, hotplugPci, pciDevices, unplugPci } from '../../src/nfv/pci-devices.js';
-import type { GuestContext } from '../../src/sandbox/resource.js';
+import { PciDevicesResource, hotplugPci, pciDevices, unplugPci } from '../../src/sandbox/resources/pci-devices.js';
 import { resolveSandboxConfig, type SandboxConfig } from '../../src/sandbox/config.js';
-import type { ResourceContext } from '../../src/sandbox/resource.js';
+import { memoryContext, withGuest } from './resource-context.js';
 import { InvalidArgumentError } from '../../src/errors.js';
 import type { Hypervisor, VmConfig } from '../../src/hypervisor/hypervisor.js';
 import { Sandbox } from '../../src/sandbox/sandbox.js';
@@ -53,21 +52,8 @@ afterEach(async () => {
 });
 
 /** A resource context over an in-memory record, as the sandbox gives it. */
-function context(config: Omit<SandboxConfig, 'sysfs' | 'stateDir'>) {
-  const record: { state: unknown; saves: unknown[] } = { state: undefined, saves: [] };
-  const ctx: ResourceContext = {
-    sandboxId: 'sb',
-    dir,
-    config: resolveSandboxConfig({ ...config, sysfs: sysfs.root, stateDir: dir }),
-    get state() {
-      return record.state;
-    },
-    async save(state: unknown) {
-      record.state = structuredClone(state);
-      record.saves.push(record.state);
-    },
-  };
-  return { ctx, record };
+function context(config: Omit<SandboxConfig, 'sysfs' | 'stateDir'>, initial?: unknown) {
+  return memoryContext(new PciDevicesResource(), { dir, config: resolveSandboxConfig({ ...config, sysfs: sysfs.root, stateDir: dir }) }, initial);
 }
 
 /** A snapshot of the tree: every driver link and driver_override. */
@@ -247,7 +233,7 @@ describe('the devices resource binds at prepare and restores at release', () => 
     const before = await snapshot();
     const { ctx, record } = context({ devices: [{ address: '0000:3b:02.0' }] });
     // What prepare saves before its first write, as a crashed process would have left it.
-    await ctx.save({
+    const crashed = {
       devices: [
         {
           id: 'hostdev0',
@@ -256,11 +242,12 @@ describe('the devices resource binds at prepare and restores at release', () => 
           hotplugged: false,
         },
       ],
-    });
+    };
+    record.state = structuredClone(crashed);
     await new PciDevicesResource().release(ctx);
     expect(sysfs.writes).toEqual([]);
     // Mid-bind: the override was written and the driver unbound, then the process died.
-    await ctx.save((record.saves[0] as object));
+    record.state = structuredClone(crashed);
     await sysfs.write('bus/pci/devices/0000:3b:02.0/driver_override', 'vfio-pci');
     await sysfs.write('bus/pci/drivers/iavf/unbind', '0000:3b:02.0');
     await new PciDevicesResource().release(ctx);
@@ -281,12 +268,14 @@ describe('the devices resource binds at prepare and restores at release', () => 
     const before = await snapshot();
     for (const f of ['vmlinux', 'initramfs']) await fs.writeFile(path.join(dir, f), 'x');
     let started: VmConfig | undefined;
+    const fail = async (config: VmConfig): Promise<never> => {
+      started = config;
+      throw new Error('qemu-system-x86_64: -device vfio-pci,host=0000:3b:02.1: vfio 0000:3b:02.1: no iommu_group found');
+    };
     const hypervisor: Hypervisor = {
       name: 'fake',
-      start: async (config) => {
-        started = config;
-        throw new Error('qemu-system-x86_64: -device vfio-pci,host=0000:3b:02.1: vfio 0000:3b:02.1: no iommu_group found');
-      },
+      start: fail,
+      spawn: fail,
       attach: async () => {
         throw new Error('unused');
       },
@@ -313,7 +302,7 @@ describe('the devices resource binds at prepare and restores at release', () => 
     ]);
     expect(await snapshot()).toEqual(before);
     const record = JSON.parse(await fs.readFile(path.join(sandbox.dir, 'state.json'), 'utf8'));
-    expect(record.state).toBe('created');
+    expect(record.state).toBe('stopped');
     expect(record.resources.devices).toEqual({ devices: [] });
     await sandbox.delete();
   });
@@ -345,8 +334,7 @@ describe('the devices resource binds at prepare and restores at release', () => 
         return guestDevice;
       },
     };
-    const gctx = Object.assign(Object.create(Object.getPrototypeOf(ctx)), ctx, { vm, agent, guestStateDir: '/run/vmpod' }) as GuestContext;
-    Object.defineProperty(gctx, 'state', { get: () => record.state });
+    const gctx = withGuest(ctx, { vm, agent });
     const info = await hotplugPci(gctx, { address: '0000:3b:02.0', id: 'vf0', force: false });
     expect(info).toMatchObject({ id: 'vf0', address: '0000:3b:02.0', pciPath: '12/00', hotplugged: true, guest: guestDevice });
     expect(calls).toEqual([['hotplug', { kind: 'vfio-pci', id: 'vf0', host: '0000:3b:02.0' }], ['findDevice', '12/00', false]]);

@@ -3,31 +3,20 @@
  * bookkeeping when containers are deleted.
  */
 import { describe, expect, it } from 'vitest';
-import { resolveSandboxConfig } from '../../src/sandbox/config.js';
-import type { ResourceContext } from '../../src/sandbox/resource.js';
-import { sandboxResources } from '../../src/sandbox/resources.js';
-import {
-  DEFAULT_STREAM_PORTS,
-  STREAM_PORTS_KIND,
-  StreamPortsResource,
-  releaseStreamPorts,
-  stdioTransport,
-  streamSocket,
-} from '../../src/sandbox/stream-ports.js';
+import { DEFAULT_STREAM_PORTS, resolveSandboxConfig } from '../../src/sandbox/config.js';
+import { sandboxResources } from '../../src/sandbox/resources/manager.js';
+import { STREAM_PORTS_KIND, StreamPortsResource, parseStreamPorts, releaseClaims, streamSocket } from '../../src/sandbox/resources/stream-ports.js';
+import { stdioTransport } from '../../src/sandbox/containers.js';
 import { InvalidArgumentError } from '../../src/errors.js';
+import { memoryContext } from './resource-context.js';
 
-function context(streamPorts: number, state: unknown): ResourceContext & { saved: unknown[] } {
-  const saved: unknown[] = [];
-  return {
-    sandboxId: 'sb',
-    dir: '/nonexistent/vmpod-test/sb',
-    config: resolveSandboxConfig({ id: 'sb', streamPorts }),
+function context(streamPorts: number, state: unknown) {
+  const made = memoryContext(
+    new StreamPortsResource(),
+    { dir: '/nonexistent/vmpod-test/sb', config: resolveSandboxConfig({ id: 'sb', streamPorts }), boot: { id: '0123456789ab', dir: '/nonexistent/vmpod-test/boots/0123456789ab' } },
     state,
-    async save(value: unknown) {
-      saved.push(structuredClone(value));
-    },
-    saved,
-  };
+  );
+  return Object.assign(made.ctx, { saved: made.record.saves });
 }
 
 describe('stream ports', () => {
@@ -52,33 +41,27 @@ describe('stream ports', () => {
       {
         kind: 'virtio-serial',
         id: 'streams',
-        ports: [0, 1, 2].map((i) => ({ name: `vmpod.stream.${i}`, socket: streamSocket(ctx.dir, i) })),
+        ports: [0, 1, 2].map((i) => ({ name: `vmpod.stream.${i}`, socket: streamSocket(ctx.boot!.dir, i) })),
       },
     ]);
-    expect(ctx.saved).toEqual([{ ports: {} }]);
+    expect(ctx.saved.at(-1)).toEqual({ ports: {} });
     const release = context(3, { ports: { 0: { container: 'c', fd: 'stderr', marker: 'cd' } } });
     await new StreamPortsResource().release(release);
-    expect(release.saved).toEqual([{ ports: {} }]);
+    expect(release.saved.at(-1)).toEqual({ ports: {} });
   });
 
   it('are freed in the record when their container is deleted, and only theirs', () => {
-    const record = {
-      resources: {
-        [STREAM_PORTS_KIND]: {
-          ports: {
-            0: { container: 'a', fd: 'stdout', marker: '00' },
-            1: { container: 'a', fd: 'stderr', marker: '11' },
-            2: { container: 'b', fd: 'stdout', marker: '22' },
-            3: { container: 7, fd: 'stdout' }, // garbage is dropped
-          },
-        },
-      } as Record<string, unknown>,
-    };
-    releaseStreamPorts(record, 'a');
-    expect(record.resources[STREAM_PORTS_KIND]).toEqual({ ports: { 2: { container: 'b', fd: 'stdout', marker: '22' } } });
-    const none = { resources: {} as Record<string, unknown> };
-    releaseStreamPorts(none, 'a');
-    expect(none.resources).toEqual({});
+    const state = parseStreamPorts({
+      ports: {
+        0: { container: 'a', fd: 'stdout', marker: '00' },
+        1: { container: 'a', fd: 'stderr', marker: '11' },
+        2: { container: 'b', fd: 'stdout', marker: '22' },
+        3: { container: 7, fd: 'stdout' }, // garbage is dropped
+      },
+    });
+    releaseClaims(state, 'a');
+    expect(state).toEqual({ ports: { 2: { container: 'b', fd: 'stdout', marker: '22' } } });
+    expect(parseStreamPorts(undefined)).toEqual({ ports: {} });
   });
 
   it('are used or not as stdio.transport says', () => {

@@ -5,6 +5,7 @@ import { COMMON_OPTIONS, type Command } from '../command.js';
 import { UsageError } from '../io.js';
 import { STOP_TIMEOUT_S } from '../limits.js';
 import { parseTarget } from '../target.js';
+import { printable } from '../../printable.js';
 
 function oneId(positionals: string[]): string {
   if (positionals.length !== 1) throw new UsageError('give exactly one sandbox id');
@@ -44,8 +45,8 @@ export const remove: Command = {
 Removes a stopped sandbox. With --force a running one is stopped first.`,
   spec: { options: [...COMMON_OPTIONS, { long: 'force', short: 'f', type: 'boolean' }] },
   async run(parsed) {
-    const sandbox = await Sandbox.attach(oneId(parsed.positionals));
-    await sandbox.delete({ force: parsed.options['force'] === true });
+    const warnings = await Sandbox.remove(oneId(parsed.positionals), { force: parsed.options['force'] === true });
+    for (const warning of warnings) process.stderr.write(`vmpod: ${printable(warning)}\n`);
     return 0;
   },
 };

@@ -1,7 +1,7 @@
 /** `vmpod network add|rm|ls|rescan`: the interfaces of a sandbox's network. */
 import path from 'node:path';
 import { Sandbox } from '../../sandbox/sandbox.js';
-import type { SandboxInterfaceInfo } from '../../network/sandbox-network.js';
+import type { SandboxInterfaceInfo } from '../../sandbox/resources/network.js';
 import type { CniCheckOutcome } from '../../network/network.js';
 import { MODELS, type InterNetworkModel } from '../../network/endpoints/endpoint.js';
 import * as validate from '../../validate.js';

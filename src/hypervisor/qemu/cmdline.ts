@@ -389,7 +389,10 @@ export function buildQemuCommandLine(config: VmConfig, context: QemuContext): Qe
   });
   args.push(
     '-chardev',
-    optionString('file', [['id', 'console'], ['path', config.consoleLog], ['append', true]], 'consoleLog'),
+    // With `output` QEMU's stdout is a pipe to a log writer: the console goes there too.
+    config.output === undefined
+      ? optionString('file', [['id', 'console'], ['path', config.consoleLog], ['append', true]], 'consoleLog')
+      : 'stdio,id=console,signal=off',
     '-serial',
     'chardev:console',
     '-kernel',

@@ -17,7 +17,7 @@ import type { QmpClient } from './qmp.js';
 export interface HotplugOptions {
   readonly signal?: AbortSignal | undefined;
   /** Per QMP command, and for the guest to release a device on unplug (default 30 s). */
-  readonly timeoutMs?: number;
+  readonly timeoutMs?: number | undefined;
   /** True for KVM, where vhost-user NICs may keep MSI-X (TCG needs vectors=0). */
   readonly kvm: boolean;
 }

@@ -10,8 +10,8 @@ import { AbortError, InvalidArgumentError, SystemError } from '../../errors.js';
 import * as validate from '../../validate.js';
 import { VmExitedError, VmStartError } from '../errors.js';
 import { probeHost, type HostFacts } from '../host.js';
-import type { CallOptions, Hypervisor, VmConfig, VmHandle } from '../hypervisor.js';
-import { isAlive, logTail, signalProcess, spawnDetached, waitForProcessExit } from '../process.js';
+import type { CallOptions, Hypervisor, SpawnedVm, VmConfig, VmHandle } from '../hypervisor.js';
+import { isAlive, logTail, signalProcess, spawnDetached, waitForProcessExit } from '../../host/process.js';
 import { buildQemuCommandLine, type QemuCommandLine } from './cmdline.js';
 import { QmpClient } from './qmp.js';
 import { QemuVm } from './vm.js';
@@ -38,6 +38,11 @@ export interface QemuHypervisorOptions {
 /** QEMU has not created or not yet listens on its QMP socket. */
 function isRetryableConnectError(error: unknown): boolean {
   return error instanceof SystemError && ['ENOENT', 'ECONNREFUSED', 'EAGAIN'].includes(error.errnoName);
+}
+
+/** A QEMU just spawned: its handle, and the wait for its QMP monitor. */
+export interface SpawnedQemu extends SpawnedVm {
+  ready(options?: CallOptions): Promise<QemuVm>;
 }
 
 /** The QEMU backend. */
@@ -74,6 +79,18 @@ export class QemuHypervisor implements Hypervisor {
    * once QMP is negotiated. The VM keeps running when this process exits.
    */
   async start(config: VmConfig, options: CallOptions = {}): Promise<QemuVm> {
+    const spawned = await this.spawn(config, options);
+    return spawned.ready(options);
+  }
+
+
+
+  /**
+   * Spawns QEMU and resolves at once with its handle (pid and start time read right after the
+   * spawn), before QEMU has done anything: a caller records the handle, then waits for
+   * {@link SpawnedVm.ready}. The VM keeps running when this process exits.
+   */
+  async spawn(config: VmConfig, options: CallOptions = {}): Promise<SpawnedQemu> {
     const cmd = await this.commandLine(config);
     for (const [field, file] of [['kernel', config.kernel], ['initramfs', config.initramfs]] as const) {
       if (file !== undefined && !fs.statSync(file, { throwIfNoEntry: false })?.isFile()) {
@@ -89,7 +106,10 @@ export class QemuHypervisor implements Hypervisor {
     }
     if (options.signal?.aborted) throw new AbortError('VM start', { cause: options.signal.reason });
 
-    const proc = await spawnDetached(this.binary, cmd.args, { logFile: config.consoleLog, fds: cmd.fds });
+    const proc = await spawnDetached(this.binary, cmd.args, {
+      output: config.output ?? { file: config.consoleLog },
+      fds: cmd.fds,
+    });
     let exited: string | undefined;
     proc.child.once('exit', (code, signal) => {
       exited = signal ?? `exit code ${code ?? 'unknown'}`;
@@ -104,33 +124,39 @@ export class QemuHypervisor implements Hypervisor {
       consoleLog: config.consoleLog,
       sockets: cmd.sockets,
     };
-    const timeoutMs = options.timeoutMs ?? this.#options.startTimeoutMs ?? 30_000;
-    const deadline = Date.now() + timeoutMs;
-    const fail = async (error: Error): Promise<never> => {
-      signalProcess(proc, 'SIGKILL');
-      await waitForProcessExit(proc, 5000);
-      for (const socket of [...cmd.qmpSockets, ...cmd.sockets]) fs.rmSync(socket, { force: true });
-      throw error;
-    };
-    const [qmpSocket] = cmd.qmpSockets;
-    for (;;) {
-      if (exited !== undefined) {
-        return fail(new VmStartError(config.id, `QEMU exited during start (${exited})`, logTail(config.consoleLog)));
-      }
-      if (options.signal?.aborted) return fail(new AbortError('VM start', { cause: options.signal.reason }));
-      if (Date.now() >= deadline) {
-        return fail(new VmStartError(config.id, `QMP did not come up within ${timeoutMs} ms`, logTail(config.consoleLog)));
-      }
-      try {
-        const qmp = await QmpClient.connect(qmpSocket ?? '', { timeoutMs: Math.max(deadline - Date.now(), 1), signal: options.signal });
-        return new QemuVm(handle, qmp, { kvm: cmd.accel === 'kvm', child: proc.child });
-      } catch (error) {
-        if (!isRetryableConnectError(error)) {
-          return fail(error instanceof AbortError ? error : new VmStartError(config.id, `QMP failed: ${(error as Error).message}`, logTail(config.consoleLog), { cause: error }));
+    const defaultTimeout = this.#options.startTimeoutMs ?? 30_000;
+    return {
+      handle,
+      ready: async (ready: CallOptions = {}): Promise<QemuVm> => {
+        const timeoutMs = ready.timeoutMs ?? defaultTimeout;
+        const deadline = Date.now() + timeoutMs;
+        const fail = async (error: Error): Promise<never> => {
+          signalProcess(proc, 'SIGKILL');
+          await waitForProcessExit(proc, 5000);
+          for (const socket of [...cmd.qmpSockets, ...cmd.sockets]) fs.rmSync(socket, { force: true });
+          throw error;
+        };
+        const [qmpSocket] = cmd.qmpSockets;
+        for (;;) {
+          if (exited !== undefined) {
+            return fail(new VmStartError(config.id, `QEMU exited during start (${exited})`, logTail(config.consoleLog)));
+          }
+          if (ready.signal?.aborted) return fail(new AbortError('VM start', { cause: ready.signal.reason }));
+          if (Date.now() >= deadline) {
+            return fail(new VmStartError(config.id, `QMP did not come up within ${timeoutMs} ms`, logTail(config.consoleLog)));
+          }
+          try {
+            const qmp = await QmpClient.connect(qmpSocket ?? '', { timeoutMs: Math.max(deadline - Date.now(), 1), signal: ready.signal });
+            return new QemuVm(handle, qmp, { kvm: cmd.accel === 'kvm', child: proc.child });
+          } catch (error) {
+            if (!isRetryableConnectError(error)) {
+              return fail(error instanceof AbortError ? error : new VmStartError(config.id, `QMP failed: ${(error as Error).message}`, logTail(config.consoleLog), { cause: error }));
+            }
+          }
+          await sleep(5);
         }
-      }
-      await sleep(5);
-    }
+      },
+    };
   }
 
   /**

@@ -23,7 +23,7 @@ import type {
   VmExit,
   VmHandle,
 } from '../hypervisor.js';
-import { isAlive, signalProcess, waitForProcessExit, type DetachedProcess } from '../process.js';
+import { isAlive, signalProcess, waitForProcessExit, type DetachedProcess } from '../../host/process.js';
 import { hotplugDevice, unplugDevice } from './hotplug.js';
 import type { QmpClient, QmpEvent } from './qmp.js';
 

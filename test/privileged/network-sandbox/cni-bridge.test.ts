@@ -83,7 +83,7 @@ describe.skipIf(skipReason)(`sandbox networks over CNI bridges${skipReason ? ` (
     expect(r.stdout).toContain(`${peer.ip}\tpeer\n`);
     expect(r.stdout).toContain(`${address.local}\tctr-a\n`);
     expect(r.stdout.trimEnd().endsWith('ctr-a')).toBe(true);
-    expect((await a.agent.listInterfaces()).hostname).toBe('web-a');
+    expect((await (await a.agent()).listInterfaces()).hostname).toBe('web-a');
   });
 
   it('reaches a peer namespace across the bridge: ping, and HTTP from busybox httpd by the name in /etc/hosts', async () => {
@@ -125,7 +125,7 @@ describe.skipIf(skipReason)(`sandbox networks over CNI bridges${skipReason ? ` (
 
     const info = await a.addNetwork({ cni: { config: limited.config, ifName: 'eth1' } });
     expect(info).toMatchObject({ name: 'eth1', origin: 'cni', network: limited.name, plugged: true, kind: 'veth' });
-    const guest = (await a.agent.listInterfaces()).interfaces.find((i) => i.name === 'eth1');
+    const guest = (await (await a.agent()).listInterfaces()).interfaces.find((i) => i.name === 'eth1');
     expect(guest?.mac).toBe(info.mac);
     expect(guest?.addresses).toContain(info.addresses[0]);
 
@@ -149,7 +149,7 @@ describe.skipIf(skipReason)(`sandbox networks over CNI bridges${skipReason ? ` (
     expect(limitedSeconds).toBeGreaterThanOrEqual(((big.length - 64 * 1024) * 8) / rate / 1.1);
 
     await a.removeNetwork('eth1');
-    expect((await a.agent.listInterfaces()).interfaces.map((i) => i.name)).not.toContain('eth1');
+    expect((await (await a.agent()).listInterfaces()).interfaces.map((i) => i.name)).not.toContain('eth1');
     expect((await a.networks()).map((n) => n.name)).toEqual(['eth0']);
     expect((await ipj<any[]>(['link', 'show'], `vmpod-${a.id}`)).map((l) => l.ifname)).not.toContain('eth1');
     // CNI DEL ran: the plugin's host side (veth, ifb of the bandwidth plugin) and the IP are gone.
@@ -180,7 +180,7 @@ describe.skipIf(skipReason)(`sandbox networks over CNI bridges${skipReason ? ` (
     const hand = (await a.networks()).find((n) => n.name === 'hand0')!;
     await sh('ip', ['-n', ns, 'link', 'del', 'hand0']);
     expect(await a.rescanNetwork()).toEqual({ added: [], removed: ['hand0'], updated: [] });
-    expect((await a.agent.listInterfaces()).interfaces.map((i) => i.mac)).not.toContain(hand.mac);
+    expect((await (await a.agent()).listInterfaces()).interfaces.map((i) => i.mac)).not.toContain(hand.mac);
     expect((await ipj<any[]>(['link', 'show'], ns)).map((l) => l.ifname)).not.toContain(hand.hostLinks[0]);
   });
 

@@ -78,7 +78,7 @@ describe.skipIf(skipReason)(`endpoint kinds in an adopted namespace${skipReason 
     for (const name of ['v0', 'mv0', 'mvt0']) expect(byName[name]!.mac).toBe(links[name].address);
     expect(byName['tap0']!.addresses).toEqual([`${base}.2.2/24`]); // from the config, not the tap's own
     expect(byName['mvt0']!.addresses).toEqual([`${base}.3.2/24`]);
-    const guest = (await sandbox.agent.listInterfaces()).interfaces;
+    const guest = (await (await sandbox.agent()).listInterfaces()).interfaces;
     expect(guest.map((i) => i.name)).toEqual(expect.arrayContaining(['v0', 'mv0', 'tap0', 'mvt0']));
     // A static neighbour from the config, next to the mirrored address.
     expect(guest.find((i) => i.name === 'v0')).toMatchObject({ addresses: expect.arrayContaining([`${base}.0.2/24`]), neighbors: [{ ip: `${base}.0.1`, mac: farMac }] });

@@ -63,7 +63,7 @@ describe.skipIf(skipReason)(`inter-network models in a sandbox${skipReason ? ` (
     expect(links['eth1'].address).not.toBe(byName['eth1']!.mac);
     expect(links['vmtap1'].master).toBe('vmbr1');
     expect(links['vmtap2'].master).toBeUndefined();
-    const guest = Object.fromEntries((await sandbox.agent.listInterfaces()).interfaces.map((i) => [i.name, i]));
+    const guest = Object.fromEntries((await (await sandbox.agent()).listInterfaces()).interfaces.map((i) => [i.name, i]));
     for (const name of ['eth0', 'eth1', 'eth2']) expect(guest[name]?.mac).toBe(byName[name]!.mac);
   });
 
@@ -122,7 +122,7 @@ describe.skipIf(skipReason)(`inter-network models in a sandbox${skipReason ? ` (
   it('removes a cold-plugged NIC: unplugged from the VM, its tap gone, CNI DEL run', async () => {
     await sandbox.removeNetwork('eth2');
     expect((await sandbox.networks()).map((n) => n.name)).toEqual(['eth0', 'eth1']);
-    expect((await sandbox.agent.listInterfaces()).interfaces.map((i) => i.name)).not.toContain('eth2');
+    expect((await (await sandbox.agent()).listInterfaces()).interfaces.map((i) => i.name)).not.toContain('eth2');
     const links = (await ipj<any[]>(['link', 'show'], ns)).map((l) => l.ifname);
     expect(links).not.toContain('eth2');
     expect(links).not.toContain('vmtap2');

@@ -14,7 +14,6 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { hugepagePool } from '../../../src/devices/hugepages.js';
-import { hotplugVhostUserNic, sandboxNfvDevices, unplugVhostUserNic } from '../../../src/nfv/api.js';
 import { Volume } from '../../../src/volume/volume.js';
 import { collect, expectNothingLeft, forceCleanup, makeStateDir, runcSpecBundle, skipReason as vmSkip , runScript } from '../sandbox/fixture.js';
 import { Testpmd, testpmdSkipReason } from '../../../benchmarks/lib/testpmd.js';
@@ -108,7 +107,7 @@ describe.skipIf(skipReason)(`vhost-user and hugepages in a sandbox${skipReason ?
   });
 
   it('exchanges packets with testpmd over a cold-plugged vhost-user NIC, found by the agent at its guest PCI path', async () => {
-    const { vhostUser } = await sandboxNfvDevices(sandbox);
+    const { vhostUser } = await sandbox.devices();
     const pciPath = vhostUser[0]?.pciPath ?? '';
     expect(vhostUser).toEqual([
       { id: 'vnic0', socket: testpmd.options.socket, mode: 'client', pciPath: expect.stringMatching(/^1[0-9a-e]\/00$/u), guest: guestNic(pciPath), hotplugged: false },
@@ -131,15 +130,15 @@ describe.skipIf(skipReason)(`vhost-user and hugepages in a sandbox${skipReason ?
     // vhost-user client, which retries) must be up first.
     const client = await Testpmd.start({ socket, client: true, forwardMode: 'icmpecho', prefix: `${tag}b` });
     try {
-      const nic = await hotplugVhostUserNic(sandbox, { id: 'vnic1', socket, mode: 'server', mac: '52:54:00:77:00:02' });
+      const nic = await sandbox.addVhostUserNic({ id: 'vnic1', socket, mode: 'server', mac: '52:54:00:77:00:02' });
       expect(nic).toMatchObject({ id: 'vnic1', mode: 'server', hotplugged: true, pciPath: expect.stringMatching(/^1[0-9a-e]\/00$/u) });
       expect(nic.guest).toEqual(guestNic(nic.pciPath!));
       const r = await run(sandbox, bundle, pingScript(nic.guest!.netdevs[0]!, '52:54:00:77:00:02', '198.51.100.1', '198.51.100.2'));
       expect(r.code).toBe(0);
       expect(Number(/(\d+) packets received/u.exec(r.out)?.[1])).toBeGreaterThanOrEqual(4);
       expect((await client.stats()).rxPackets).toBeGreaterThanOrEqual(5);
-      await unplugVhostUserNic(sandbox, 'vnic1');
-      expect((await sandboxNfvDevices(sandbox)).vhostUser.map((n) => n.id)).toEqual(['vnic0']);
+      await sandbox.removeVhostUserNic('vnic1');
+      expect((await sandbox.devices()).vhostUser.map((n) => n.id)).toEqual(['vnic0']);
       await expect(fs.stat(socket)).rejects.toThrow();
     } finally {
       await client.stop();
@@ -174,7 +173,7 @@ describe.skipIf(skipReason)(`vhost-user and hugepages in a sandbox${skipReason ?
     expect(await fs.readFile('/proc/self/mountinfo', 'utf8')).not.toContain(path.join(sandbox.dir, 'hugepages'));
     await sandbox.start();
     expect((await hugepagePool('2M')).total).toBe(poolBefore + 32 + 128);
-    const { vhostUser } = await sandboxNfvDevices(sandbox);
+    const { vhostUser } = await sandbox.devices();
     expect(vhostUser.map((n) => n.id)).toEqual(['vnic0']);
     expect(vhostUser[0]!.guest).toEqual(guestNic(vhostUser[0]!.pciPath!));
     const r = await run(sandbox, bundle, pingScript(vhostUser[0]!.guest!.netdevs[0]!, '52:54:00:77:00:01', '192.0.2.1', '192.0.2.2'));

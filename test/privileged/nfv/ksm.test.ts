@@ -8,7 +8,7 @@ import fs from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { configureKsm, ksmAvailable, readKsm, type KsmConfiguration, type KsmSettings } from '../../../src/devices/ksm.js';
-import { ksmReport } from '../../../src/nfv/api.js';
+import { ksmReport } from '../../../src/nfv/ksm.js';
 import { expectNothingLeft, forceCleanup, makeStateDir, skipReason as vmSkip } from '../sandbox/fixture.js';
 
 const skipReason = vmSkip ?? ((await ksmAvailable()) ? undefined : 'the host kernel has no KSM');

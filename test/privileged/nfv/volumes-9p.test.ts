@@ -130,7 +130,7 @@ describe.skipIf(skipReason)(`9p volumes on a guest kernel that has 9p${skipReaso
   });
 
   it('mounts each 9p volume in the guest by its tag, read-write and read-only, and binds it into a container', async () => {
-    const byName = new Map((await Volume.list(sandbox)).map((v) => [v.spec.name, v]));
+    const byName = new Map((await sandbox.volumes()).map((v) => [v.spec.name, v]));
     expect(byName.get('data')?.guestPath).toBe('/run/vmpod/volumes/data');
     expect(byName.get('conf')?.guestPath).toBe('/run/vmpod/volumes/conf');
     const r = await run(
@@ -185,16 +185,16 @@ describe.skipIf(skipReason)(`9p volumes on a guest kernel that has 9p${skipReaso
   });
 
   it('refuses to hot plug a 9p volume, changing nothing', async () => {
-    const before = await Volume.list(sandbox);
-    const error = await Volume.directory('late', rw, { transport: '9p' }).attach(sandbox).catch((e: unknown) => e);
+    const before = await sandbox.volumes();
+    const error = await sandbox.addVolume(Volume.directory('late', rw, { transport: '9p' })).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(InvalidArgumentError);
     expect((error as Error).message).toMatch(/9p devices cannot be hot plugged: give the volume in the sandbox config/u);
-    expect(await Volume.list(sandbox)).toEqual(before);
+    expect(await sandbox.volumes()).toEqual(before);
   });
 
   it('detaching a 9p volume unmounts it in the guest; containers can no longer ask for it', async () => {
-    await Volume.directory('data', rw, { transport: '9p' }).detach(sandbox);
-    expect((await Volume.list(sandbox)).map((v) => v.spec.name)).toEqual(['conf', 'vfs', 'disk']);
+    await sandbox.removeVolume('data');
+    expect((await sandbox.volumes()).map((v) => v.spec.name)).toEqual(['conf', 'vfs', 'disk']);
     await expect(sandbox.createContainer({ volumes: [{ volume: 'data', destination: '/data' }] })).rejects.toThrow(NotFoundError);
     // The host directory is untouched.
     expect(await fs.readFile(path.join(rw, 'dir', 'from-guest.txt'), 'utf8')).toBe('changed on the host\n');

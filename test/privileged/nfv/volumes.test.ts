@@ -81,10 +81,10 @@ describe.skipIf(skipReason)(`volumes in a sandbox${skipReason ? ` (skipped: ${sk
     await fs.mkdir(late);
     await fs.writeFile(path.join(late, 'hello'), 'added later\n');
     const volume = Volume.directory('late', late);
-    expect(await volume.attach(sandbox)).toMatchObject({ guestPath: '/run/vmpod/shared/volumes/late', hotplugged: true });
+    expect(await sandbox.addVolume(volume)).toMatchObject({ guestPath: expect.stringMatching(/^\/run\/vmpod\/shared\/volumes\/late\.[0-9a-f]{8}$/u), hotplugged: true });
     const r = await run(sandbox, { volumes: [volume.at('/late')] }, 'cat /late/hello');
     expect(r.out).toBe('added later\n');
-    await volume.detach(sandbox);
+    await sandbox.removeVolume(volume.name);
     expect((await mountPoints()).filter((m) => m.includes('/volumes/late'))).toEqual([]);
   });
 
@@ -111,29 +111,29 @@ describe.skipIf(skipReason)(`volumes in a sandbox${skipReason ? ` (skipped: ${sk
     await exec('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, qcow2]);
 
     const disk = Volume.block('disk', raw);
-    const info = await disk.attach(sandbox);
+    const info = await sandbox.addVolume(disk);
     expect(info).toEqual({ spec: { kind: 'block', name: 'disk', source: raw, format: 'raw' }, hotplugged: true, guestPath: '/run/vmpod/volumes/disk' });
     const r = await run(sandbox, { volumes: [disk.at('/mnt')] }, 'cat /mnt/hello.txt && echo from the guest > /mnt/new.txt && grep " /mnt " /proc/mounts');
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/^on the disk\n\/dev\/vd[a-z] \/mnt ext4 rw/u);
-    await disk.detach(sandbox);
+    await sandbox.removeVolume(disk.name);
     // The guest's write is in the image.
     const { stdout } = await exec('debugfs', ['-R', 'cat /new.txt', raw]);
     expect(stdout).toBe('from the guest\n');
 
     // qcow2 read-write: the guest's write lands in the image (read back through a read-only attach).
     const qw = Volume.block('qdisk', qcow2, { format: 'qcow2' });
-    await qw.attach(sandbox);
+    await sandbox.addVolume(qw);
     const wq = await run(sandbox, { volumes: [qw.at('/q')] }, 'echo into qcow2 > /q/q.txt && grep " /q " /proc/mounts');
     expect(wq.out).toMatch(/^\/dev\/vd[a-z] \/q ext4 rw/u);
-    await qw.detach(sandbox);
+    await sandbox.removeVolume(qw.name);
     const q = Volume.block('qdisk', qcow2, { format: 'qcow2', readOnly: true });
-    await q.attach(sandbox);
+    await sandbox.addVolume(q);
     const rq = await run(sandbox, { volumes: [q.at('/q', { readOnly: true })] }, 'cat /q/hello.txt /q/q.txt; grep " /q " /proc/mounts');
     expect(rq.out).toMatch(/^on the disk\ninto qcow2\n\/dev\/vd[a-z] \/q ext4 ro/u);
-    expect((await Volume.list(sandbox)).map((v) => v.spec.name)).toEqual(['data', 'conf', 'scratch', 'cold', 'qdisk']);
-    await q.detach(sandbox);
-    expect((await Volume.list(sandbox)).map((v) => v.spec.name)).toEqual(['data', 'conf', 'scratch', 'cold']);
+    expect((await sandbox.volumes()).map((v) => v.spec.name)).toEqual(['data', 'conf', 'scratch', 'cold', 'qdisk']);
+    await sandbox.removeVolume(q.name);
+    expect((await sandbox.volumes()).map((v) => v.spec.name)).toEqual(['data', 'conf', 'scratch', 'cold']);
   });
 
   it('refuses to attach a block image that lies on a read-only mount read-write', async () => {
@@ -142,12 +142,12 @@ describe.skipIf(skipReason)(`volumes in a sandbox${skipReason ? ` (skipped: ${sk
     await exec('mkfs.ext4', ['-q', '-F', path.join(ro, 'image.raw'), '8M']);
     await exec('mount', ['--bind', '-o', 'ro', ro, roMount]);
     try {
-      await expect(Volume.block('rodisk', path.join(roMount, 'image.raw')).attach(sandbox)).rejects.toThrow(VolumeReadOnlyError);
-      expect((await Volume.list(sandbox)).map((v) => v.spec.name)).toEqual(['data', 'conf', 'scratch', 'cold']);
+      await expect(sandbox.addVolume(Volume.block('rodisk', path.join(roMount, 'image.raw')))).rejects.toThrow(VolumeReadOnlyError);
+      expect((await sandbox.volumes()).map((v) => v.spec.name)).toEqual(['data', 'conf', 'scratch', 'cold']);
       // Read-only, it attaches.
       const disk = Volume.block('rodisk', path.join(roMount, 'image.raw'), { readOnly: true });
-      await disk.attach(sandbox);
-      await disk.detach(sandbox);
+      await sandbox.addVolume(disk);
+      await sandbox.removeVolume(disk.name);
     } finally {
       await exec('umount', [roMount]);
     }
@@ -168,6 +168,6 @@ describe.skipIf(skipReason)(`volumes in a sandbox${skipReason ? ` (skipped: ${sk
     console.log(`container start to exit, rootfs through: block ${times['block']!.toFixed(0)} ms, virtio-fs ${times['virtiofs']!.toFixed(0)} ms`);
     // The image and its disk are gone with the container.
     expect(await fs.readdir(path.join(sandbox.dir, 'disks'))).toEqual([]);
-    expect((await Volume.list(sandbox)).map((v) => v.spec.name)).toEqual(['data', 'conf', 'scratch', 'cold']);
+    expect((await sandbox.volumes()).map((v) => v.spec.name)).toEqual(['data', 'conf', 'scratch', 'cold']);
   });
 });

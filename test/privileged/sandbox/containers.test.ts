@@ -240,7 +240,8 @@ describe.skipIf(skipReason)(`containers in a sandbox${skipReason ? ` (skipped: $
     expect(await binds()).toEqual([]);
     expect(await fs.readdir(path.join(sandbox.dir, 'shared', 'rootfs'))).toEqual([]);
     const record = JSON.parse(await fs.readFile(path.join(sandbox.dir, 'state.json'), 'utf8'));
-    expect(record.rootfsUsers).toEqual({});
+    expect(record.resources.sharedFs.binds).toEqual({});
+    expect(record.containers).toEqual({});
   });
 
   it('rejects bad input with typed errors and leaves nothing behind', async () => {

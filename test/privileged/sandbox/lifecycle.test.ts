@@ -42,7 +42,7 @@ describe.skipIf(skipReason)(`sandbox lifecycle${skipReason ? ` (skipped: ${skipR
     await sandbox.start();
     expect(sandbox.state).toBe('running');
     expect((await Sandbox.list({ stateDir })).map((s) => [s.id, s.state])).toEqual([['life', 'running']]);
-    await expect(sandbox.delete()).rejects.toThrow('cannot go from "running" to "deleted"');
+    await expect(sandbox.delete()).rejects.toThrow('cannot go from "running" to "deleting"');
 
     const ticker = await sandbox.createContainer({ process: { args: ['sh', '-c', 'while :; do date +%s; sleep 0.2; done'] } });
     await ticker.start();
@@ -51,7 +51,7 @@ describe.skipIf(skipReason)(`sandbox lifecycle${skipReason ? ` (skipped: ${skipR
     await expect(sandbox.createContainer()).rejects.toThrow('sandbox "life": is "paused"; creating a container needs "running"');
     // A paused VM is resumed, never booted a second time; and only a paused one resumes.
     const pid = sandbox.pid;
-    await expect(sandbox.start()).rejects.toThrow('cannot go from "paused" to "running" (start() boots a VM: resume() a paused one)');
+    await expect(sandbox.start()).rejects.toThrow('cannot go from "paused" to "starting" (start() boots a VM: resume() a paused one)');
     await expect(sandbox.start()).rejects.toBeInstanceOf(InvalidStateError);
     expect(sandbox.state).toBe('paused');
     expect(sandbox.pid).toBe(pid);

@@ -16,7 +16,7 @@ import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { DirectStreamReadable } from '../../../src/agent/direct-stream.js';
 import { AgentClosedError, AgentError } from '../../../src/agent/errors.js';
 import { StdioReadable } from '../../../src/agent/stdio.js';
-import { STREAM_PORTS_KIND, reopenDirectStream } from '../../../src/sandbox/stream-ports.js';
+import { STREAM_PORTS_KIND } from '../../../src/sandbox/resources/stream-ports.js';
 import { busyboxRootfs, collect, expectNothingLeft, forceCleanup, makeStateDir, skipReason } from './fixture.js';
 
 const exec = promisify(execFile);
@@ -156,7 +156,7 @@ describe.skipIf(skipReason)(`stream ports${skipReason ? ` (skipped: ${skipReason
 
   it('answers OpenStdio of a stream-port output with the port it goes to', async () => {
     const c = await sandbox.createContainer({ process: { args: ['true'] } });
-    const error = await sandbox.agent.openStdio(c.id, { stdout: true }).catch((e: unknown) => e);
+    const error = await (await sandbox.agent()).openStdio(c.id, { stdout: true }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(AgentError);
     expect((error as AgentError).agentCode).toBe('FAILED_PRECONDITION');
     expect((error as AgentError).message).toMatch(/stream port vmpod\.stream\.\d/);
@@ -228,7 +228,7 @@ int main(void) {
     first.destroy(); // as if its process died: the port has no reader, the container blocks
     await new Promise((resolve) => setTimeout(resolve, 1000));
     expect((await sandbox.containers()).find((x) => x.id === 'relay')?.status).toBe('running');
-    const second = await reopenDirectStream(sandbox, 'relay', 'stdout');
+    const second = await sandbox.reopenOutput('relay', 'stdout');
     const rest = await collect(second);
     expect((await c.wait()).exitCode).toBe(0);
     expect((await err).toString()).toBe('');
@@ -250,7 +250,7 @@ int main(void) {
     await gone.start();
     await gone.wait();
     await Promise.all([collect(gone.stdout), collect(gone.stderr)]);
-    await sandbox.agent.deleteContainer('gone');
+    await (await sandbox.agent()).deleteContainer('gone');
     expect(await portTable()).toEqual({ 0: { container: 'gone', fd: 'stdout' }, 1: { container: 'gone', fd: 'stderr' } });
     const next = await sandbox.createContainer({ id: 'next', process: { args: ['echo', 'next'] } });
     expect([next.stdout, next.stderr].map((s) => s instanceof DirectStreamReadable)).toEqual([true, true]);

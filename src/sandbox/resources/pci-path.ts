@@ -7,11 +7,11 @@
  * @internal
  * @module
  */
-import type { GuestDevice } from '../agent/messages.js';
-import type { VirtualMachine } from '../hypervisor/hypervisor.js';
-import type { GuestContext } from '../sandbox/resource.js';
-import { rootPortPciPath } from '../hypervisor/qemu/cmdline.js';
-import { QemuVm } from '../hypervisor/qemu/vm.js';
+import type { GuestDevice } from '../../agent/messages.js';
+import type { VirtualMachine } from '../../hypervisor/hypervisor.js';
+import type { GuestContext } from './resource.js';
+import { rootPortPciPath } from '../../hypervisor/qemu/cmdline.js';
+import { QemuVm } from '../../hypervisor/qemu/vm.js';
 
 /**
  * The guest PCI path of device `id` when it sits on a root port, from QEMU's QOM tree
@@ -37,13 +37,13 @@ export function guestPortDir(pciPath: string): string {
  * it has a network interface): what the guest calls it. Undefined when the device has no PCI
  * path (microvm, the root complex) or the agent predates `find-device`.
  */
-export async function locateInGuest(ctx: GuestContext, pciPath: string | undefined, netdev: boolean): Promise<GuestDevice | undefined> {
+export async function locateInGuest(ctx: GuestContext<unknown>, pciPath: string | undefined, netdev: boolean): Promise<GuestDevice | undefined> {
   if (pciPath === undefined || !ctx.agent.info.features.includes('find-device')) return undefined;
   return ctx.agent.findDevice({ pciPath, netdev, timeoutMs: 30_000 }, ctx.signal ? { signal: ctx.signal } : {});
 }
 
 /** Where device `id` landed after a cold plug: its guest PCI path (from QEMU) and what the guest made of it. */
-export async function placeInGuest(ctx: GuestContext, id: string, netdev: boolean): Promise<{ pciPath?: string; guest?: GuestDevice }> {
+export async function placeInGuest(ctx: GuestContext<unknown>, id: string, netdev: boolean): Promise<{ pciPath?: string; guest?: GuestDevice }> {
   const pciPath = await guestPciPath(ctx.vm, id, ctx.signal);
   const guest = await locateInGuest(ctx, pciPath, netdev);
   return { ...(pciPath === undefined ? {} : { pciPath }), ...(guest ? { guest } : {}) };

@@ -14,8 +14,11 @@
  * @module
  */
 import fs from 'node:fs/promises';
-import { InvalidArgumentError, NotFoundError } from '../errors.js';
+import { InvalidArgumentError, NotFoundError } from '../../errors.js';
 import type { GuestContext, ResourceContext, SandboxResource, VmContribution } from './resource.js';
+
+/** Nothing is recorded: the disk goes with the VM. */
+type NoState = Record<string, never>;
 
 /** The disk's serial and VM device id. */
 export const ROOTFS_IMAGE_SERIAL = 'vmpod-rootfs';
@@ -41,10 +44,14 @@ export async function rootfsImageFormat(image: string): Promise<'raw' | 'qcow2'>
   }
 }
 
-export class GuestRootfsResource implements SandboxResource {
+export class GuestRootfsResource implements SandboxResource<NoState> {
   readonly kind = 'guestRootfs';
 
-  async prepare(ctx: ResourceContext): Promise<VmContribution> {
+  parse(): NoState {
+    return {};
+  }
+
+  async prepare(ctx: ResourceContext<NoState>): Promise<VmContribution> {
     const image = ctx.config.guest.rootfsImage!;
     const format = await rootfsImageFormat(image);
     return {
@@ -62,7 +69,7 @@ export class GuestRootfsResource implements SandboxResource {
     };
   }
 
-  async attach(ctx: GuestContext): Promise<void> {
+  async attach(ctx: GuestContext<NoState>): Promise<void> {
     if (!ctx.agent.info.features.includes('rootfs-overlay')) {
       throw new InvalidArgumentError('guest.rootfsImage', "the guest's agent is too old for a rootfs image (no rootfs-overlay feature): rebuild the guest or its initramfs");
     }

@@ -14,18 +14,26 @@
  * @module
  */
 import path from 'node:path';
-import { InvalidArgumentError, NotFoundError } from '../errors.js';
-import type { AgentClient } from '../agent/client.js';
-import type { GuestRoute } from '../agent/network.js';
-import type { VmDevice } from '../hypervisor/hypervisor.js';
-import type { GuestContext, ResourceContext, SandboxResource, VmContribution } from '../sandbox/resource.js';
-import * as validate from '../validate.js';
-import { CniConfig } from './cni/config.js';
-import { closeFds, isPluggable, type EndpointKind, type EndpointRecord, type InterNetworkModel } from './endpoints/index.js';
-import { guestInterface, hostResolvConf, mergeDns, networkConfigRequest, type GuestInterface } from './guest-config.js';
-import { Network, type CniAttachmentRecord, type CniCheckOutcome, type NetworkRecord } from './network.js';
-import type { Interface } from './scan.js';
-import { loadCniNetwork, resolveCniNetwork, resolveInterfaceSettings, type CniNetworkSpec, type InterfaceSettings, type ResolvedNetworkConfig } from './sandbox-config.js';
+import { InvalidArgumentError, NotFoundError } from '../../errors.js';
+import type { AgentClient } from '../../agent/client.js';
+import type { GuestRoute } from '../../agent/network.js';
+import type { VmDevice } from '../../hypervisor/hypervisor.js';
+import * as validate from '../../validate.js';
+import { FileLock } from '../../state/lock.js';
+import { CniConfig } from '../../network/cni/config.js';
+import { closeFds, isPluggable, type EndpointKind, type EndpointRecord, type InterNetworkModel } from '../../network/endpoints/index.js';
+import { guestInterface, hostResolvConf, mergeDns, networkConfigRequest, type GuestInterface } from '../../network/guest-config.js';
+import { Network, type CniAttachmentRecord, type CniCheckOutcome, type NetworkRecord } from '../../network/network.js';
+import type { Interface } from '../../network/scan.js';
+import {
+  loadCniNetwork,
+  resolveCniNetwork,
+  resolveInterfaceSettings,
+  type CniNetworkSpec,
+  type InterfaceSettings,
+  type ResolvedNetworkConfig,
+} from '../../network/sandbox-config.js';
+import type { GuestContext, ResourceContext, SandboxResource, VmContribution } from './resource.js';
 
 /** Key of this resource's state in the sandbox record. */
 export const NETWORK_KIND = 'network';
@@ -35,18 +43,27 @@ const MAX_NIC_QUEUES = 8;
 /** How long the agent waits for a NIC to appear in the guest. */
 const GUEST_NIC_TIMEOUT_MS = 20_000;
 
-/** The persisted state: the network's record, and whether its first setup completed. */
-interface NetworkState {
-  record: NetworkRecord;
+/** The persisted state: the network's record (none before the first setup), and whether its first setup completed. */
+export interface NetworkState {
+  record?: NetworkRecord;
   ready: boolean;
 }
 
-function stateOf(state: unknown): NetworkState | undefined {
-  const s = state as Partial<NetworkState> | undefined;
-  return s && typeof s === 'object' && s.record && typeof s.record === 'object' ? { record: s.record, ready: s.ready === true } : undefined;
+/** The network's state from a record (the network's own module checks the record itself when it resumes it). */
+export function parseNetworkState(value: unknown): NetworkState {
+  const s = value as Partial<NetworkState> | undefined;
+  return s && typeof s === 'object' && s.record && typeof s.record === 'object' ? { record: s.record, ready: s.ready === true } : { ready: false };
 }
 
-function configOf(ctx: ResourceContext): ResolvedNetworkConfig {
+/** A state with a record. */
+type SetUpState = NetworkState & { record: NetworkRecord };
+
+function stateOf(state: unknown): SetUpState | undefined {
+  const parsed = parseNetworkState(state);
+  return parsed.record ? (parsed as SetUpState) : undefined;
+}
+
+function configOf(ctx: ResourceContext<unknown>): ResolvedNetworkConfig {
   const config = ctx.config.network;
   if (!config) throw new InvalidArgumentError('network', `sandbox "${ctx.sandboxId}" has no network: create it with a network config (e.g. network: {})`);
   return config;
@@ -125,45 +142,48 @@ async function configureNic(agent: AgentClient, guest: GuestInterface, signal?: 
   await agent.configureInterface({ ...guest, timeoutMs: GUEST_NIC_TIMEOUT_MS }, { timeoutMs: GUEST_NIC_TIMEOUT_MS + 10_000, ...(signal ? { signal } : {}) });
 }
 
-export class NetworkResource implements SandboxResource {
+export class NetworkResource implements SandboxResource<NetworkState> {
   readonly kind = NETWORK_KIND;
-  /** This boot's copies of the queue fds, closed once the hypervisor has its own. */
-  #fds: number[] = [];
 
-  async prepare(ctx: ResourceContext): Promise<VmContribution> {
+  parse(value: unknown): NetworkState {
+    return parseNetworkState(value);
+  }
+
+  async prepare(ctx: ResourceContext<NetworkState>): Promise<VmContribution> {
     const config = configOf(ctx);
     const state = stateOf(ctx.state);
     const q35 = ctx.config.machine === 'q35';
     const devices: VmDevice[] = [];
+    const fds: number[] = [];
     if (state?.ready) {
       // A later boot: the namespace and its endpoints are there; open their queues again.
-      const save = (record: NetworkRecord): Promise<void> => ctx.save({ record, ready: true });
+      const save = (record: NetworkRecord): Promise<void> => ctx.update((s) => void Object.assign(s, { record, ready: true }));
       const net = await Network.resume(state.record, save).catch(async (error: unknown) => {
         if (!(error instanceof NotFoundError)) throw error;
         // The namespace is gone (deleted by hand, or the host rebooted): set it all up again.
         await Network.release(state.record).catch(() => undefined);
-        await ctx.save(undefined);
+        await ctx.update((s) => void Object.assign(s, { record: undefined, ready: false }));
         return undefined;
       });
       if (!net) return this.prepare(ctx);
       try {
         for (const endpoint of net.endpoints) {
-          const fds = await net.reopen(endpoint.name);
-          this.#fds.push(...fds);
+          const queues = await net.reopen(endpoint.name);
+          fds.push(...queues);
           endpoint.plugged = true;
-          devices.push(nicDevice(endpoint, fds, q35));
+          devices.push(nicDevice(endpoint, queues, q35));
         }
         await save(net.record);
       } catch (error) {
-        this.#closeFds();
+        closeFds(fds);
         throw error;
       } finally {
         net.close();
       }
-      return { devices };
+      return { devices, fds };
     }
     if (state) await Network.release(state.record); // a first setup that never finished
-    const save = (record: NetworkRecord): Promise<void> => ctx.save({ record, ready: false });
+    const save = (record: NetworkRecord): Promise<void> => ctx.update((s) => void Object.assign(s, { record, ready: false }));
     const net = await Network.open({
       netns: config.netns ?? `vmpod-${ctx.sandboxId}`,
       create: config.netns === undefined,
@@ -186,26 +206,25 @@ export class NetworkResource implements SandboxResource {
       const interfaces = await net.scan();
       const queues = nicQueues(ctx.config.cpus);
       for (const planned of planEndpoints(config, net.record.attachments, interfaces, { linkGroup: net.record.linkGroup, plugged: [] })) {
-        const { record, fds } = await net.plug(planned.name, { origin: planned.origin, queues, model: planned.model, overrides: planned.settings }, interfaces);
-        this.#fds.push(...fds);
-        record.plugged = true;
-        devices.push(nicDevice(record, fds, q35));
+        const plugged = await net.plug(planned.name, { origin: planned.origin, queues, model: planned.model, overrides: planned.settings }, interfaces);
+        fds.push(...plugged.fds);
+        plugged.record.plugged = true;
+        devices.push(nicDevice(plugged.record, plugged.fds, q35));
       }
-      await ctx.save({ record: net.record, ready: true });
+      await ctx.update((s) => void Object.assign(s, { record: net.record, ready: true }));
     } catch (error) {
       // The first setup is all or nothing: what was made goes again (CNI DEL included).
-      this.#closeFds();
+      closeFds(fds);
       net.close();
       await Network.release(net.record, { save }).catch(() => undefined);
-      await ctx.save(undefined);
+      await ctx.update((s) => void Object.assign(s, { record: undefined, ready: false }));
       throw error;
     }
     net.close();
-    return { devices };
+    return { devices, fds };
   }
 
-  async attach(ctx: GuestContext): Promise<void> {
-    this.#closeFds(); // the hypervisor holds its own copies now
+  async attach(ctx: GuestContext<NetworkState>): Promise<void> {
     const state = stateOf(ctx.state);
     if (!state) return;
     await configureDns(ctx.agent, configOf(ctx), state.record, ctx.sandboxId, ctx.signal);
@@ -214,23 +233,18 @@ export class NetworkResource implements SandboxResource {
     }
   }
 
-  async release(ctx: ResourceContext, phase: 'stop' | 'delete'): Promise<void> {
-    this.#closeFds();
+  async release(ctx: ResourceContext<NetworkState>, phase: 'stop' | 'delete'): Promise<void> {
     const state = stateOf(ctx.state);
     if (!state) return;
     if (phase === 'stop') {
       // The VM is gone with its NICs; the namespace and its endpoints stay for the next boot.
-      for (const endpoint of state.record.endpoints) endpoint.plugged = false;
-      await ctx.save(state);
+      await ctx.update((s) => {
+        for (const endpoint of s.record?.endpoints ?? []) endpoint.plugged = false;
+      });
       return;
     }
-    await Network.release(state.record, { save: (record) => ctx.save({ ...state, record }) });
-    await ctx.save(undefined);
-  }
-
-  #closeFds(): void {
-    closeFds(this.#fds);
-    this.#fds = [];
+    await Network.release(state.record, { save: (record) => ctx.update((s) => void (s.record = record)) });
+    await ctx.update((s) => void Object.assign(s, { record: undefined, ready: false }));
   }
 }
 
@@ -297,18 +311,34 @@ export function describeSandboxNetwork(state: unknown): SandboxInterfaceInfo[] {
   });
 }
 
-/** The running sandbox's network, resumed for a hotplug operation. */
-async function hotplugContext(ctx: GuestContext): Promise<{ config: ResolvedNetworkConfig; net: Network; save: (r: NetworkRecord) => Promise<void> }> {
+/**
+ * Runs a change of a running sandbox's network with the network resumed from the record. The
+ * network's record is one document that each step rewrites, so changes of one sandbox's network
+ * are serialised by a lock of their own (`network.lock`), taken for the whole change. That lock
+ * never blocks anything else: stop and delete do not take it (a change under way finds the
+ * sandbox stopped at its next record write and ends), and each guest call in it has a deadline.
+ */
+async function withNetwork<T>(ctx: GuestContext<NetworkState>, fn: (config: ResolvedNetworkConfig, net: Network) => Promise<T>): Promise<T> {
   const config = configOf(ctx);
   if (ctx.config.machine !== 'q35') throw new InvalidArgumentError('machine', 'NICs can be hot plugged only on q35 (microvm has no PCI hotplug)');
-  const state = stateOf(ctx.state);
-  if (!state?.ready) throw new InvalidArgumentError('network', `sandbox "${ctx.sandboxId}" has no network set up`);
-  const save = (record: NetworkRecord): Promise<void> => ctx.save({ record, ready: true });
-  return { config, net: await Network.resume(state.record, save), save };
+  const lock = await FileLock.acquire(path.join(ctx.dir, 'network.lock'), { timeoutMs: 60_000, ...(ctx.signal ? { signal: ctx.signal } : {}) });
+  try {
+    const state = stateOf(await ctx.update((s) => s));
+    if (!state?.ready) throw new InvalidArgumentError('network', `sandbox "${ctx.sandboxId}" has no network set up`);
+    const save = (record: NetworkRecord): Promise<void> => ctx.update((s) => void Object.assign(s, { record, ready: true }));
+    const net = await Network.resume(state.record, save);
+    try {
+      return await fn(config, net);
+    } finally {
+      net.close();
+    }
+  } finally {
+    await lock.release();
+  }
 }
 
 /** Plugs one interface of the namespace into the running VM and configures it in the guest. */
-async function hotplugEndpoint(ctx: GuestContext, net: Network, name: string, options: Parameters<Network['plug']>[1], interfaces: readonly Interface[]): Promise<EndpointRecord> {
+async function hotplugEndpoint(ctx: GuestContext<NetworkState>, net: Network, name: string, options: Parameters<Network['plug']>[1], interfaces: readonly Interface[]): Promise<EndpointRecord> {
   const { record, fds } = await net.plug(name, options, interfaces);
   try {
     await ctx.vm.hotplug(nicDevice(record, fds, false), ctx.signal ? { signal: ctx.signal } : {});
@@ -329,7 +359,7 @@ async function hotplugEndpoint(ctx: GuestContext, net: Network, name: string, op
 }
 
 /** Takes one endpoint out of the running VM and undoes what vmpod made for it (not the CNI attachment). */
-async function hotunplugEndpoint(ctx: GuestContext, net: Network, endpoint: EndpointRecord): Promise<void> {
+async function hotunplugEndpoint(ctx: GuestContext<NetworkState>, net: Network, endpoint: EndpointRecord): Promise<void> {
   if (endpoint.plugged) {
     await ctx.agent.removeInterface(endpoint.mac, ctx.signal ? { signal: ctx.signal } : {}).catch(() => undefined);
     await ctx.vm.unplug(endpoint.deviceId, ctx.signal ? { signal: ctx.signal } : {}).catch((error: unknown) => {
@@ -352,9 +382,8 @@ function freeIfName(record: NetworkRecord, interfaces: readonly Interface[]): st
  * `device_add virtio-net-pci,bus=rpN`) and configured in the guest; the containers' DNS is
  * refreshed. On failure everything done is undone (CNI DEL included).
  */
-export async function addSandboxNetwork(ctx: GuestContext, options: AddNetworkOptions): Promise<SandboxInterfaceInfo> {
-  const { config, net } = await hotplugContext(ctx);
-  try {
+export async function addSandboxNetwork(ctx: GuestContext<NetworkState>, options: AddNetworkOptions): Promise<SandboxInterfaceInfo> {
+  return withNetwork(ctx, async (config, net) => {
     if ((options.cni === undefined) === (options.interface === undefined)) {
       throw new InvalidArgumentError('options', 'give either a CNI network (cni) or the name of an interface in the namespace (interface)');
     }
@@ -399,9 +428,7 @@ export async function addSandboxNetwork(ctx: GuestContext, options: AddNetworkOp
     }
     await configureDns(ctx.agent, config, net.record, ctx.sandboxId, ctx.signal);
     return describeSandboxNetwork({ record: net.record, ready: true }).find((i) => i.name === name) as SandboxInterfaceInfo;
-  } finally {
-    net.close();
-  }
+  });
 }
 
 /**
@@ -411,9 +438,8 @@ export async function addSandboxNetwork(ctx: GuestContext, options: AddNetworkOp
  *
  * @throws {@link NotFoundError} when the sandbox has no such interface.
  */
-export async function removeSandboxNetwork(ctx: GuestContext, name: string): Promise<void> {
-  const { config, net } = await hotplugContext(ctx);
-  try {
+export async function removeSandboxNetwork(ctx: GuestContext<NetworkState>, name: string): Promise<void> {
+  await withNetwork(ctx, async (config, net) => {
     const record = net.record;
     const endpoint = record.endpoints.find((e) => e.name === name) ?? record.endpoints.find((e) => e.origin.type === 'cni' && e.origin.network === name);
     const ifName = endpoint?.name ?? name;
@@ -422,23 +448,18 @@ export async function removeSandboxNetwork(ctx: GuestContext, name: string): Pro
     if (endpoint) await hotunplugEndpoint(ctx, net, endpoint);
     if (attachment) await net.removeCni(attachment.ifName);
     await configureDns(ctx.agent, config, net.record, ctx.sandboxId, ctx.signal);
-  } finally {
-    net.close();
-  }
+  });
 }
 
 /**
  * CNI CHECK of a running sandbox's CNI attachments (or the one of interface or network
  * `name`): see {@link Network.checkCni}.
  */
-export async function checkSandboxNetwork(ctx: GuestContext, name?: string): Promise<CniCheckOutcome[]> {
-  const { net } = await hotplugContext(ctx);
-  try {
+export async function checkSandboxNetwork(ctx: GuestContext<NetworkState>, name?: string): Promise<CniCheckOutcome[]> {
+  return withNetwork(ctx, async (_config, net) => {
     const ifName = name === undefined ? undefined : (net.record.attachments.find((a) => a.ifName === name || a.network === name)?.ifName ?? name);
-    return await net.checkCni(ifName);
-  } finally {
-    net.close();
-  }
+    return net.checkCni(ifName);
+  });
 }
 
 /** What a rescan changed, by interface name. */
@@ -460,10 +481,9 @@ function sameGuest(a: GuestInterface, b: GuestInterface): boolean {
  * tap and macvtap interfaces (other than excluded ones) are plugged, endpoints whose interface
  * is gone are unplugged (and CNI DEL'd), and changed addresses or routes are mirrored again.
  */
-export async function rescanSandboxNetwork(ctx: GuestContext): Promise<RescanResult> {
-  const { config, net } = await hotplugContext(ctx);
-  const result: RescanResult = { added: [], removed: [], updated: [] };
-  try {
+export async function rescanSandboxNetwork(ctx: GuestContext<NetworkState>): Promise<RescanResult> {
+  return withNetwork(ctx, async (config, net) => {
+    const result: RescanResult = { added: [], removed: [], updated: [] };
     const interfaces = await net.scan();
     for (const endpoint of [...net.endpoints]) {
       const iface = interfaces.find((i) => i.name === endpoint.name);
@@ -492,7 +512,5 @@ export async function rescanSandboxNetwork(ctx: GuestContext): Promise<RescanRes
     }
     if (result.removed.length > 0) await configureDns(ctx.agent, config, net.record, ctx.sandboxId, ctx.signal);
     return result;
-  } finally {
-    net.close();
-  }
+  });
 }

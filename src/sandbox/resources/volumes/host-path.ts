@@ -6,8 +6,8 @@
  */
 import fs from 'node:fs/promises';
 import { constants } from 'node:fs';
-import { InvalidArgumentError, NotFoundError } from '../errors.js';
-import { VolumeReadOnlyError } from './errors.js';
+import { InvalidArgumentError, NotFoundError } from '../../../errors.js';
+import { VolumeReadOnlyError } from '../../../volume/errors.js';
 
 /**
  * Stats `source` and, for a read-write volume, checks it can be written: `access(W_OK)` fails

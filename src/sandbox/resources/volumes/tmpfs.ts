@@ -5,8 +5,8 @@
  * @internal
  * @module
  */
+import type { TmpfsVolume } from '../../../volume/spec.js';
 import { guestMemoryDriver } from './driver.js';
-import type { TmpfsVolume } from './spec.js';
 
 export const tmpfsDriver = guestMemoryDriver((spec) => {
   const { sizeMiB } = spec as TmpfsVolume;

@@ -11,12 +11,11 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { InvalidArgumentError, NotFoundError, VmpodError } from '../errors.js';
-import type { OciMount, OciSpec } from '../agent/messages.js';
-import type { GuestContext } from '../sandbox/resource.js';
-import { VolumeReadOnlyError } from './errors.js';
-import { hotplugVolume, volumesState, detachVolume, VOLUMES_KIND } from './resource.js';
-import type { ContainerVolume } from './spec.js';
+import { InvalidArgumentError, NotFoundError, VmpodError } from '../../../errors.js';
+import type { OciMount, OciSpec } from '../../../agent/messages.js';
+import { VolumeReadOnlyError } from '../../../volume/errors.js';
+import { volumesState } from './index.js';
+import type { ContainerVolume } from '../../../volume/spec.js';
 
 const exec = promisify(execFile);
 
@@ -27,11 +26,6 @@ export class RootfsImageError extends VmpodError {
   }
 }
 
-/** What a container needs of its sandbox to run `fn` under the sandbox lock. */
-export interface VolumeHost {
-  withResource<T>(kind: string, fn: (ctx: GuestContext) => Promise<T>, signal?: AbortSignal): Promise<T>;
-}
-
 /**
  * The OCI mounts of a container's volumes (`mount --rbind [-o ro] GUEST_PATH DEST` in the
  * container) and, when `linux.resources.hugepageLimits` sets a limit and no mount is at
@@ -40,7 +34,7 @@ export interface VolumeHost {
 export function containerMounts(volumesStateValue: unknown, wanted: readonly ContainerVolume[], spec: OciSpec, guestPages: number): OciMount[] {
   const volumes = volumesState(volumesStateValue).volumes;
   const mounts: OciMount[] = wanted.map((w, i) => {
-    const volume = volumes.find((v) => v.spec.name === w.volume && v.container === undefined);
+    const volume = volumes.find((v) => v.spec.name === w.volume && v.container === undefined && v.pending === undefined);
     if (!volume || volume.guestPath === undefined) throw new NotFoundError('volume', w.volume);
     const readOnly = w.readOnly === true;
     const volumeRo = 'readOnly' in volume.spec && volume.spec.readOnly === true;
@@ -83,43 +77,18 @@ export function rootfsVolumeName(containerId: string): string {
 }
 
 /**
- * Makes an ext4 image of `rootfs` in `disksDir` (`mkfs.ext4 -d ROOTFS IMG SIZE`), hot plugs it
- * into the running sandbox and has the agent mount it; returns the guest path for the
- * container's rootfs. Released with the container ({@link releaseContainerVolumes}).
+ * Makes an ext4 image of directory `rootfs` at `image` (`mkfs.ext4 -d ROOTFS IMG SIZE`, sized
+ * from the tree plus room to write), for a container's rootfs on a hot-plugged disk.
  */
-export async function blockRootfs(
-  host: VolumeHost,
-  options: { rootfs: string; disksDir: string; containerId: string; readOnly: boolean; signal?: AbortSignal },
-): Promise<string> {
-  const name = rootfsVolumeName(options.containerId);
-  await fs.mkdir(options.disksDir, { recursive: true, mode: 0o700 });
-  const image = path.join(options.disksDir, `${name}.img`);
-  const sizeKiB = Math.ceil(((await treeSize(options.rootfs)) * 1.25 + 16 * 1024 * 1024) / 1024 / 4) * 4;
+export async function makeRootfsImage(rootfs: string, image: string, signal?: AbortSignal): Promise<void> {
+  const sizeKiB = Math.ceil(((await treeSize(rootfs)) * 1.25 + 16 * 1024 * 1024) / 1024 / 4) * 4;
   try {
-    await exec('mkfs.ext4', ['-q', '-F', '-O', '^has_journal', '-E', 'root_owner=0:0', '-d', options.rootfs, image, `${sizeKiB}k`], {
-      ...(options.signal ? { signal: options.signal } : {}),
+    await exec('mkfs.ext4', ['-q', '-F', '-O', '^has_journal', '-E', 'root_owner=0:0', '-d', rootfs, image, `${sizeKiB}k`], {
+      ...(signal ? { signal } : {}),
     });
   } catch (cause) {
     await fs.rm(image, { force: true });
     const stderr = (cause as { stderr?: string }).stderr?.trim();
-    throw new RootfsImageError(options.rootfs, `mkfs.ext4 -d failed${stderr ? `: ${stderr}` : ''} (e2fsprogs 1.43+ is needed)`, { cause });
+    throw new RootfsImageError(rootfs, `mkfs.ext4 -d failed${stderr ? `: ${stderr}` : ''} (e2fsprogs 1.43+ is needed)`, { cause });
   }
-  try {
-    const volume = await host.withResource(
-      VOLUMES_KIND,
-      (ctx) => hotplugVolume(ctx, { kind: 'block', name, source: image, format: 'raw', readOnly: options.readOnly }, options.containerId, image),
-      options.signal,
-    );
-    return volume.guestPath!;
-  } catch (error) {
-    await fs.rm(image, { force: true });
-    throw error;
-  }
-}
-
-/** Unmounts, unplugs and removes the volumes that belong to container `id` (its rootfs image). */
-export async function releaseContainerVolumes(host: VolumeHost, containerId: string): Promise<void> {
-  await host.withResource(VOLUMES_KIND, async (ctx) => {
-    for (const v of volumesState(ctx.state).volumes.filter((x) => x.container === containerId)) await detachVolume(ctx, v.spec.name);
-  });
 }

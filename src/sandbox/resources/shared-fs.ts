@@ -1,0 +1,398 @@
+/**
+ * The sandbox's shared filesystem: host directories (container rootfs, bind sources, directory
+ * volumes) exported to the guest by virtiofsd (`-device vhost-user-fs-pci,tag=vmpod`), mounted by
+ * the agent in the guest.
+ *
+ * The guest is root over what it is given, so the host never acts on a path the guest can
+ * change. The share's own tree (the folders vmpod makes to mount things on) is a small tmpfs of
+ * its own, seen twice: read-write at `DIR/share`, where only the host makes and removes folders,
+ * and read-only at `DIR/shared` (a bind of it, `ro,nosuid,nodev,noexec`, made a shared mount),
+ * which is what virtiofsd exports. The guest can write inside what is bound into the share (a
+ * read-write rootfs, a volume), never the tree itself: it cannot rename or replace a folder the
+ * host made, nor fill host memory through it. Binds are made on top of `DIR/shared` (they
+ * propagate into virtiofsd's mount namespace, a slave of the host's, so they appear in the guest
+ * at once), recursively read-only where asked, always nosuid and nodev. And every operation in
+ * the tree goes through src/host/tree.ts, by fd (no symlink followed, no mount crossed,
+ * identities and mount ids checked), so even a guest that could write the tree could not turn a
+ * host step against another path.
+ *
+ * Equivalent (setup): `mount -t tmpfs -o size=1m,nr_inodes=16384,mode=0755 tmpfs DIR/share;
+ * mount --bind DIR/share DIR/shared; mount -o remount,bind,ro,nosuid,nodev,noexec DIR/shared;
+ * mount --make-shared DIR/shared; virtiofsd -o source=DIR/shared`.
+ *
+ * @internal
+ * @module
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { runAll } from '../../cleanup.js';
+import { InvalidArgumentError, SystemError } from '../../errors.js';
+import { mount, unmount } from '../../devices/mount.js';
+import { Dir, TargetFile, bindMount, mountTable, unmountAt, type FileIdentity } from '../../host/tree.js';
+import { isProcessIdentity, terminate } from '../../host/process.js';
+import { Virtiofsd, type VirtiofsdHandle } from '../../hypervisor/virtiofsd.js';
+import type { GuestContext, ResourceContext, SandboxResource, VmContribution } from './resource.js';
+
+/** The virtio-fs tag of the sandbox's shared directory. */
+export const SHARED_FS_TAG = 'vmpod';
+
+/** Key of the share's state in the sandbox record. */
+export const SHARED_FS_KIND = 'sharedFs';
+
+/** The folders of the share's tree. */
+export type ShareTop = 'rootfs' | 'mounts' | 'volumes';
+const TOPS: readonly ShareTop[] = ['rootfs', 'mounts', 'volumes'];
+
+/** Size of the tree's tmpfs: folders only, the host's. */
+const TREE_OPTIONS = 'size=1m,nr_inodes=16384,mode=0755';
+
+/** One bind into the share, as the record keeps it. */
+export interface ShareBind {
+  /** `TOP/NAME` below the share (NAME is never used twice: the guest keeps its view of a path). */
+  path: string;
+  source: string;
+  readOnly: boolean;
+  file: boolean;
+  /** The folder (or file) made to mount on, recorded right after it was made. */
+  point?: FileIdentity;
+  /** The mount, recorded right after it was attached. */
+  mntId?: number;
+  /** For rootfs binds shared by the containers of one bundle: `DEV-INO-ro|rw` of the source. */
+  key?: string;
+  /** Containers using it. */
+  users?: string[];
+}
+
+/** The persisted state of the share. */
+export interface SharedFsState {
+  /** The tree's two mounts: recorded (`made`) before the first mount, then their ids. */
+  tree?: { made: true; rwMntId?: number; roMntId?: number };
+  /** By name (the last component of `path`). */
+  binds: Record<string, ShareBind>;
+  virtiofsd?: VirtiofsdHandle;
+}
+
+function isIdentity(v: unknown): v is FileIdentity {
+  const o = v as Partial<FileIdentity> | undefined;
+  return typeof o === 'object' && o !== null && Number.isFinite(o.dev) && Number.isFinite(o.ino);
+}
+
+const BIND_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/u;
+
+/** Parses the share's state from a record, keeping only well-formed entries. */
+export function parseSharedFsState(value: unknown): SharedFsState {
+  const v = (typeof value === 'object' && value !== null ? value : {}) as Record<string, unknown>;
+  const state: SharedFsState = { binds: {} };
+  const tree = v['tree'] as Record<string, unknown> | undefined;
+  if (tree && typeof tree === 'object' && tree['made'] === true) {
+    state.tree = { made: true };
+    if (Number.isInteger(tree['rwMntId'])) state.tree.rwMntId = tree['rwMntId'] as number;
+    if (Number.isInteger(tree['roMntId'])) state.tree.roMntId = tree['roMntId'] as number;
+  }
+  const binds = v['binds'];
+  if (typeof binds === 'object' && binds !== null) {
+    for (const [name, b] of Object.entries(binds as Record<string, Partial<ShareBind>>)) {
+      if (!BIND_NAME.test(name) || typeof b !== 'object' || b === null) continue;
+      const top = b.path?.split('/')[0];
+      if (typeof b.path !== 'string' || b.path !== `${top}/${name}` || !TOPS.includes(top as ShareTop)) continue;
+      if (typeof b.source !== 'string' || typeof b.readOnly !== 'boolean') continue;
+      const bind: ShareBind = { path: b.path, source: b.source, readOnly: b.readOnly, file: b.file === true };
+      if (isIdentity(b.point)) bind.point = { dev: b.point.dev, ino: b.point.ino };
+      if (Number.isInteger(b.mntId)) bind.mntId = b.mntId!;
+      if (typeof b.key === 'string') bind.key = b.key;
+      if (Array.isArray(b.users)) bind.users = b.users.filter((u) => typeof u === 'string');
+      state.binds[name] = bind;
+    }
+  }
+  if (isProcessIdentity(v['virtiofsd']) && typeof (v['virtiofsd'] as VirtiofsdHandle).socket === 'string') state.virtiofsd = v['virtiofsd'] as VirtiofsdHandle;
+  return state;
+}
+
+/** The host view of the share's tree (read-write, never exported). */
+function treeDir(dir: string): string {
+  return path.join(dir, 'share');
+}
+
+/** What virtiofsd exports (read-only view of the tree, with the binds on it). */
+export function sharedDirOf(dir: string): string {
+  return path.join(dir, 'shared');
+}
+
+/** Where the agent mounts the share in the guest. */
+export function guestSharedDir(guestStateDir: string): string {
+  return `${guestStateDir}/shared`;
+}
+
+/** Opens a view of the tree, checking it is the recorded mount (the sandbox folder is the host's, but a stale record must not steer us). */
+async function openView(where: string, mntId: number | undefined): Promise<Dir> {
+  const dir = await Dir.open(where);
+  const stat = await dir.stat().catch((error: unknown) => {
+    dir.close();
+    throw error;
+  });
+  if (mntId === undefined || stat.mntId !== mntId || !stat.mountRoot) {
+    dir.close();
+    throw new SystemError('open', 116, 'ESTALE', `${where} is not the share's recorded mount ${mntId ?? '(none)'}`);
+  }
+  return dir;
+}
+
+/** Mount points (ids, topmost first) at absolute `point` whose parent is mount `parent`, or any parent when undefined. */
+async function mountsAt(point: string, parent?: number): Promise<number[]> {
+  const table = await mountTable();
+  const ids = new Set<number>();
+  // A stack: the lowest sits on `parent`, each next one on the one below.
+  let below = parent;
+  for (;;) {
+    const next = table.find((m) => m.mountPoint === point && !ids.has(m.id) && (below === undefined || m.parent === below));
+    if (!next) break;
+    ids.add(next.id);
+    below = next.id;
+  }
+  return [...ids].reverse();
+}
+
+/**
+ * The share's operations on its tree, for the share resource, the volumes and the containers.
+ * Each change is recorded (through `update`) before it is made.
+ */
+export class Share {
+  constructor(
+    private readonly dir: string,
+    private readonly update: <T>(fn: (state: SharedFsState, save: () => Promise<void>) => T | Promise<T>) => Promise<T>,
+  ) {}
+
+  /** Mounts the tree (tmpfs, its read-only exported view) and makes its top folders. */
+  async setUp(): Promise<void> {
+    const rw = treeDir(this.dir);
+    const ro = sharedDirOf(this.dir);
+    await fs.mkdir(rw, { recursive: true, mode: 0o700 });
+    await fs.mkdir(ro, { recursive: true, mode: 0o700 });
+    await this.update((s) => {
+      s.tree = { made: true };
+    });
+    await mount(rw, { source: 'vmpod-share', fstype: 'tmpfs', flags: ['nosuid', 'nodev', 'noexec'], data: TREE_OPTIONS });
+    await mount(rw, { flags: ['private'] });
+    const rwDir = await Dir.open(rw);
+    try {
+      const rwMntId = (await rwDir.stat()).mntId;
+      await this.update((s) => {
+        s.tree = { made: true, rwMntId };
+      });
+      for (const top of TOPS) await rwDir.mkdir(top, 0o755);
+    } finally {
+      rwDir.close();
+    }
+    await mount(ro, { source: rw, flags: ['bind'] });
+    await mount(ro, { flags: ['private'] });
+    await mount(ro, { flags: ['remount', 'bind', 'ro', 'nosuid', 'nodev', 'noexec'] });
+    const roDir = await Dir.open(ro);
+    try {
+      const roMntId = (await roDir.stat()).mntId;
+      await this.update((s) => {
+        s.tree = { ...s.tree!, roMntId };
+      });
+    } finally {
+      roDir.close();
+    }
+    await mount(ro, { flags: ['shared'] });
+  }
+
+  /**
+   * Binds host path `source` (a directory or file) into the share at `TOP/PREFIX.RANDOM`,
+   * read-only all the way down when asked, always nosuid and nodev; returns the bind's name and
+   * its path below the share (the guest sees it at `guestSharedDir/PATH`).
+   */
+  async bind(request: { top: ShareTop; prefix: string; source: string; readOnly: boolean; key?: string; users?: string[] }): Promise<{ name: string; path: string }> {
+    const stat = await fs.stat(request.source).catch((cause: unknown) => {
+      throw new InvalidArgumentError('source', `${request.source} cannot be shared: ${(cause as Error).message}`, { cause });
+    });
+    if (!stat.isDirectory() && !stat.isFile()) throw new InvalidArgumentError('source', `${request.source} is neither a directory nor a regular file`);
+    const name = `${request.prefix}.${randomBytes(4).toString('hex')}`;
+    if (!BIND_NAME.test(name)) throw new InvalidArgumentError('prefix', `${JSON.stringify(request.prefix)} makes a bad share name`);
+    const bindPath = `${request.top}/${name}`;
+    const file = !stat.isDirectory();
+    const tree = await this.update((s) => {
+      if (!s.tree?.roMntId || !s.tree.rwMntId) throw new InvalidArgumentError('sharedFs', 'the share is not set up');
+      s.binds[name] = {
+        path: bindPath,
+        source: request.source,
+        readOnly: request.readOnly,
+        file,
+        ...(request.key === undefined ? {} : { key: request.key }),
+        ...(request.users === undefined ? {} : { users: [...request.users] }),
+      };
+      return { ...s.tree };
+    });
+    const rw = await openView(treeDir(this.dir), tree.rwMntId);
+    try {
+      const top = await rw.open(request.top);
+      try {
+        const point = file ? await top.createFile(name, 0o600) : await top.mkdir(name, 0o755);
+        await this.update((s) => {
+          if (s.binds[name]) s.binds[name].point = point;
+        });
+      } finally {
+        top.close();
+      }
+    } finally {
+      rw.close();
+    }
+    const ro = await openView(sharedDirOf(this.dir), tree.roMntId);
+    try {
+      const top = await ro.open(request.top);
+      try {
+        const target = file ? await TargetFile.open(top, name) : await top.open(name);
+        try {
+          const mntId = await bindMount(request.source, target, { readOnly: request.readOnly });
+          await this.update((s) => {
+            if (s.binds[name]) s.binds[name].mntId = mntId;
+          });
+        } finally {
+          target.close();
+        }
+      } finally {
+        top.close();
+      }
+    } finally {
+      ro.close();
+    }
+    return { name, path: bindPath };
+  }
+
+  /**
+   * Undoes bind `name` from what the record says: unmounts what is mounted on its point (by the
+   * recorded mount id; without one, what sits there on the share's view, which only the host
+   * mounts on), checks it is gone, removes the point if it is still the recorded one. A missing
+   * entry is fine.
+   */
+  async unbind(name: string): Promise<void> {
+    const { bind, tree } = await this.update((s) => ({ bind: s.binds[name], tree: s.tree }));
+    if (!bind) return;
+    if (tree?.roMntId !== undefined) await this.#unmount(bind, tree.roMntId);
+    if (tree?.rwMntId !== undefined) await this.#removePoint(bind, tree.rwMntId);
+    await this.update((s) => {
+      delete s.binds[name];
+    });
+  }
+
+  async #unmount(bind: ShareBind, roMntId: number): Promise<void> {
+    const point = path.join(sharedDirOf(this.dir), bind.path);
+    const ids = await mountsAt(point, roMntId);
+    if (bind.mntId !== undefined && !ids.includes(bind.mntId)) ids.push(bind.mntId);
+    if (ids.length === 0) return;
+    const ro = await openView(sharedDirOf(this.dir), roMntId).catch((error: unknown) => {
+      // The view is gone: nothing can be mounted on it any more.
+      if (error instanceof SystemError && (error.errnoName === 'ENOENT' || error.errnoName === 'ESTALE')) return undefined;
+      throw error;
+    });
+    if (!ro) return;
+    try {
+      for (const id of ids) await unmountAt(ro, bind.path, id, point);
+    } finally {
+      ro.close();
+    }
+  }
+
+  async #removePoint(bind: ShareBind, rwMntId: number): Promise<void> {
+    const rw = await openView(treeDir(this.dir), rwMntId).catch((error: unknown) => {
+      if (error instanceof SystemError && (error.errnoName === 'ENOENT' || error.errnoName === 'ESTALE')) return undefined;
+      throw error;
+    });
+    if (!rw) return; // the tree is gone, and its folders with it
+    try {
+      const [topName, name] = bind.path.split('/') as [string, string];
+      const top = await rw.open(topName);
+      try {
+        const there = await top.statIfExists(name);
+        if (!there) return;
+        // A point made but not yet recorded is removed only if it is what we would have made: an empty folder or file.
+        const identity = bind.point ?? { dev: there.dev, ino: there.ino };
+        await top.remove(name, identity, bind.file ? 'file' : 'dir');
+      } finally {
+        top.close();
+      }
+    } finally {
+      rw.close();
+    }
+  }
+
+  /** Releases every bind, then the tree's mounts and folders. Every step is tried. */
+  async tearDown(): Promise<void> {
+    const state = await this.update((s) => s);
+    await runAll(Object.keys(state.binds).reverse().map((name) => [`share bind ${name}`, () => this.unbind(name)] as const), 'could not release the share');
+    const failures: unknown[] = [];
+    for (const where of [sharedDirOf(this.dir), treeDir(this.dir)]) {
+      try {
+        // The sandbox folder is the host's: its two mount points are unmounted by path, every layer.
+        while ((await mountsAt(where)).length > 0) await unmount(where, { detach: true, noFollow: true });
+        await fs.rmdir(where).catch((error: NodeJS.ErrnoException) => {
+          if (error.code !== 'ENOENT') throw error;
+        });
+      } catch (error) {
+        failures.push(error);
+      }
+    }
+    if (failures.length > 0) throw failures[0];
+    await this.update((s) => {
+      delete s.tree;
+    });
+  }
+}
+
+export class SharedFsResource implements SandboxResource<SharedFsState> {
+  readonly kind = SHARED_FS_KIND;
+
+  parse(value: unknown): SharedFsState {
+    return parseSharedFsState(value);
+  }
+
+  async prepare(ctx: ResourceContext<SharedFsState>): Promise<VmContribution> {
+    if (!ctx.boot) throw new InvalidArgumentError('boot', 'the share is prepared for a boot');
+    const share = shareOf(ctx);
+    if (ctx.state.tree || ctx.state.virtiofsd) await this.release(ctx); // what a crashed boot left
+    await share.setUp();
+    const socket = path.join(ctx.boot.dir, 'virtiofsd.sock');
+    await Virtiofsd.start({
+      sharedDir: sharedDirOf(ctx.dir),
+      socket,
+      logFile: path.join(ctx.dir, 'virtiofsd.log'),
+      announceSubmounts: true,
+      cache: ctx.config.sharedFsCache ?? 'auto',
+      onSpawn: (handle) => ctx.update((s) => void (s.virtiofsd = handle)),
+      ...(ctx.signal ? { signal: ctx.signal } : {}),
+    });
+    return { devices: [{ kind: 'vhost-user-fs', id: 'sharedfs', socket, tag: SHARED_FS_TAG }], sharedMemory: true };
+  }
+
+  async attach(ctx: GuestContext<SharedFsState>): Promise<void> {
+    await ctx.agent.mount({ type: 'virtiofs', source: SHARED_FS_TAG, target: guestSharedDir(ctx.guestStateDir) }, ctx.signal ? { signal: ctx.signal } : {});
+  }
+
+  /** The share goes with each boot: virtiofsd (it exits with its VM; this is for a VM that never connected), the binds, the tree. */
+  async release(ctx: ResourceContext<SharedFsState>): Promise<void> {
+    const share = shareOf(ctx);
+    await runAll(
+      [
+        [
+          'virtiofsd',
+          async () => {
+            const daemon = ctx.state.virtiofsd;
+            if (!daemon) return;
+            if (!(await terminate(daemon, 2000))) throw new Error(`virtiofsd (pid ${daemon.pid}) did not exit`);
+            await fs.rm(daemon.socket, { force: true });
+            await ctx.update((s) => void delete s.virtiofsd);
+          },
+        ],
+        ['share', () => share.tearDown()],
+      ],
+      'could not release the shared filesystem',
+    );
+  }
+}
+
+/** The share's own context as a {@link Share}. */
+function shareOf(ctx: ResourceContext<SharedFsState>): Share {
+  return new Share(ctx.dir, (fn) => ctx.update(fn));
+}
