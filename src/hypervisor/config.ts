@@ -153,6 +153,14 @@ export function checkDevice(device: VmDevice, field: string): void {
   }
 }
 
+/** Checks an unprivileged user to run as: uid and gid integers above 0 (root is what it drops). */
+export function runAsUser(value: unknown, field: string): { uid: number; gid: number } {
+  if (typeof value !== 'object' || value === null) throw new InvalidArgumentError(field, 'must be { uid, gid }');
+  const v = value as Record<string, unknown>;
+  for (const key of Object.keys(v)) if (key !== 'uid' && key !== 'gid') throw new InvalidArgumentError(`${field}.${key}`, 'unknown field');
+  return { uid: validate.integer(v['uid'], `${field}.uid`, 1, 2 ** 32 - 2), gid: validate.integer(v['gid'], `${field}.gid`, 1, 2 ** 32 - 2) };
+}
+
 /** Checks a whole VM config; throws on the first problem. */
 export function checkVmConfig(config: VmConfig): void {
   validate.id(config.id, 'id');
@@ -174,6 +182,7 @@ export function checkVmConfig(config: VmConfig): void {
   filePath(config.consoleLog, 'consoleLog');
   filePath(config.runDir, 'runDir');
   if (config.hotplugPorts !== undefined) validate.integer(config.hotplugPorts, 'hotplugPorts', 0, MAX_ROOT_PORTS);
+  if (config.runAs !== undefined) runAsUser(config.runAs, 'runAs');
 
   const devices = config.devices ?? [];
   const ids = new Set<string>();

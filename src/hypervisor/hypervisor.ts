@@ -167,6 +167,12 @@ export interface VmConfig {
   readonly output?: { readonly fd: number };
   /** A private directory for the VM's control sockets (it must exist). */
   readonly runDir: string;
+  /**
+   * Run the hypervisor as this unprivileged user once it has opened what it needs at start (QEMU
+   * `-runas UID:GID`). Default: it stays root. See docs/security.md for what then needs care
+   * (hot-plugged devices are opened by the host and passed as fds where the hypervisor allows).
+   */
+  readonly runAs?: { readonly uid: number; readonly gid: number };
 }
 
 /** Why a VM ended. */

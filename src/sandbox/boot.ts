@@ -155,6 +155,7 @@ export function vmConfigFor(
     devices,
     consoleLog: sandboxFiles(sandboxDir).consoleLog,
     ...(output ? { output } : {}),
+    ...(config.runAs ? { runAs: config.runAs } : {}),
     runDir: boot.dir,
   };
 }

@@ -8,7 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import { InvalidArgumentError } from '../errors.js';
 import type { Hypervisor, MachineProfile, VmDevice } from '../hypervisor/hypervisor.js';
-import { checkDevice } from '../hypervisor/config.js';
+import { checkDevice, runAsUser } from '../hypervisor/config.js';
 import * as validate from '../validate.js';
 import { DEFAULT_STATE_DIR } from '../state/store.js';
 import { DEFAULT_GUEST_CACHE_DIR } from '../guest/assets.js';
@@ -88,6 +88,12 @@ export interface SandboxConfig extends NfvConfigInput {
   /** The VM backend (default: QEMU). */
   hypervisor?: Hypervisor;
   /**
+   * Run the hypervisor as this unprivileged user (QEMU `-runas UID:GID`, after it opened what it
+   * needs at start), so that a guest that escapes into QEMU has no root on the host. vmpod
+   * itself, virtiofsd and the host plumbing still run as root: see docs/security.md.
+   */
+  runAs?: { uid: number; gid: number };
+  /**
    * Extra VM devices, added as given (for devices vmpod does not manage itself, e.g. a spare
    * virtio-serial port). Their ids must not collide with vmpod's (`agent`, `streams`, `sharedfs`, ...).
    */
@@ -119,11 +125,12 @@ export interface ResolvedSandboxConfig extends ResolvedNfvConfig {
   extraDevices: VmDevice[];
   volumes: VolumeSpec[];
   network?: ResolvedNetworkConfig;
+  runAs?: { uid: number; gid: number };
 }
 
 const CONFIG_KEYS = new Set([
   'id', 'stateDir', 'cpus', 'memoryMiB', 'machine', 'guest', 'sharedFs', 'sharedFsCache', 'agentPorts', 'streamPorts', 'debug', 'hypervisor', 'extraDevices',
-  'hugepages', 'vhostUser', 'devices', 'ksm', 'sysfs', 'volumes', 'network',
+  'hugepages', 'vhostUser', 'devices', 'ksm', 'sysfs', 'volumes', 'network', 'runAs',
 ]);
 const GUEST_KEYS = new Set(['cacheDir', 'kernel', 'initramfs', 'rootfsImage', 'kernelArgs', 'build']);
 
@@ -210,6 +217,7 @@ export function resolveSandboxConfig(config: SandboxConfig): ResolvedSandboxConf
     ...resolveNfvConfig(config, { memoryMiB, machine, sharedMemory: sharedFs, volumePages: volumeHugepages(volumes) }),
   };
   if (config.network !== undefined) resolved.network = resolveNetworkConfig(config.network);
+  if (config.runAs !== undefined) resolved.runAs = runAsUser(config.runAs, 'runAs');
   if (guest.kernel !== undefined) resolved.guest.kernel = validate.absolutePath(guest.kernel, 'guest.kernel');
   if (guest.initramfs !== undefined) resolved.guest.initramfs = validate.absolutePath(guest.initramfs, 'guest.initramfs');
   if (guest.rootfsImage !== undefined) resolved.guest.rootfsImage = validate.absolutePath(guest.rootfsImage, 'guest.rootfsImage');

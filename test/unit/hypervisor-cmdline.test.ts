@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../../src/errors.js';
 import type { HostFacts } from '../../src/hypervisor/host.js';
 import type { VmConfig, VmDevice } from '../../src/hypervisor/hypervisor.js';
-import { buildQemuCommandLine, QEMU_SANDBOX, rootPortPciPath } from '../../src/hypervisor/qemu/cmdline.js';
+import { buildQemuCommandLine, QEMU_SANDBOX, QEMU_SANDBOX_RUNAS, rootPortPciPath } from '../../src/hypervisor/qemu/cmdline.js';
 import { optionString, optionValue } from '../../src/hypervisor/qemu/options.js';
 
 const tcg: HostFacts = { kvm: false, vhostNet: false, tscKhz: 2596145 };
@@ -104,6 +104,16 @@ describe('buildQemuCommandLine: machine profiles', () => {
     expect(values(cmd.args, '-mon')).toEqual(['chardev=qmp0,mode=control', 'chardev=qmp1,mode=control', 'chardev=qmp2,mode=control']);
     expect(cmd.args).not.toContain('-sandbox');
     expect(values(buildQemuCommandLine(config(), { host: tcg }).args, '-sandbox')).toEqual([QEMU_SANDBOX]);
+  });
+
+  it('drops to an unprivileged user with -runas, letting the seccomp filter allow that one setuid', () => {
+    const cmd = buildQemuCommandLine(config({ runAs: { uid: 65534, gid: 65534 } }), { host: tcg });
+    expect(values(cmd.args, '-runas')).toEqual(['65534:65534']);
+    expect(values(cmd.args, '-sandbox')).toEqual([QEMU_SANDBOX_RUNAS]);
+    expect(QEMU_SANDBOX_RUNAS).toBe(QEMU_SANDBOX.replace('elevateprivileges=deny', 'elevateprivileges=allow'));
+    expect(buildQemuCommandLine(config(), { host: tcg }).args).not.toContain('-runas');
+    rejects(() => buildQemuCommandLine(config({ runAs: { uid: 0, gid: 0 } }), { host: tcg }), 'runAs.uid', /not an integer in \[1,/);
+    rejects(() => buildQemuCommandLine(config({ runAs: { uid: 1000, gid: 1.5 } }), { host: tcg }), 'runAs.gid', /not an integer/);
   });
 
   it('four hotplug ports by default on q35', () => {

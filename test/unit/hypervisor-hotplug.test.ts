@@ -79,17 +79,28 @@ describe('hotplug over QMP', () => {
     ]);
   });
 
-  it('rolls back what it added when device_add fails', async () => {
-    const { qmp, fake } = await connect(q35([], { device_add: (m, p) => replyError(p, m['id'], 'GenericError', 'Bus rp0 is full') }));
-    const error = await hotplugDevice(qmp, { kind: 'virtio-blk', id: 'd1', path: '/img/a.raw', readOnly: true }, { kvm: false }).catch((e: unknown) => e);
+  it('passes a block image as an fd set (the host opens it) and rolls back what it added when device_add fails', async () => {
+    const image = path.join(dir, 'a.raw');
+    fs.writeFileSync(image, Buffer.alloc(4096));
+    const { qmp, fake } = await connect(
+      q35([], {
+        'add-fd': (m, p) => reply(p, m['id'], { 'fdset-id': 3, fd: 12 }),
+        device_add: (m, p) => replyError(p, m['id'], 'GenericError', 'Bus rp0 is full'),
+      }),
+    );
+    const error = await hotplugDevice(qmp, { kind: 'virtio-blk', id: 'd1', path: image, readOnly: true }, { kvm: false }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(QmpError);
     expect(commands(fake)).toEqual([
-      ['blockdev-add', { driver: 'file', 'node-name': 'file-d1', filename: '/img/a.raw', 'read-only': true }],
+      ['add-fd', { opaque: 'blk-d1' }],
+      ['blockdev-add', { driver: 'file', 'node-name': 'file-d1', filename: '/dev/fdset/3', 'read-only': true }],
       ['blockdev-add', { driver: 'raw', 'node-name': 'blk-d1', file: 'file-d1', 'read-only': true }],
       ['device_add', { driver: 'virtio-blk-pci', drive: 'blk-d1', id: 'd1', bus: 'rp0' }],
       ['blockdev-del', { 'node-name': 'blk-d1' }],
       ['blockdev-del', { 'node-name': 'file-d1' }],
+      ['remove-fd', { 'fdset-id': 3 }],
     ]);
+    // A missing image fails before QEMU is asked anything.
+    await expect(hotplugDevice(qmp, { kind: 'virtio-blk', id: 'd2', path: path.join(dir, 'missing.raw') }, { kvm: false })).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
   it('closes passed fds when netdev_add fails', async () => {

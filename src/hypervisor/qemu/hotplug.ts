@@ -6,6 +6,7 @@
  *
  * @module
  */
+import fs from 'node:fs';
 import { InvalidArgumentError, NotFoundError } from '../../errors.js';
 import { checkDevice } from '../config.js';
 import { QmpError } from '../errors.js';
@@ -130,7 +131,17 @@ export async function hotplugDevice(qmp: QmpClient, device: VmDevice, options: H
       }
       case 'virtio-blk': {
         const readOnly = device.readOnly === true;
-        await qmp.execute('blockdev-add', { driver: blockDriver(device.path), 'node-name': `file-${id}`, filename: device.path, 'read-only': readOnly }, call);
+        // The host opens the image and hands QEMU the fd (an fd set): QEMU never resolves the
+        // path itself, so the open is the host's, and a QEMU that dropped root can use it.
+        const fd = fs.openSync(device.path, readOnly ? 'r' : 'r+');
+        let fdset: number;
+        try {
+          ({ 'fdset-id': fdset } = await qmp.execute<{ 'fdset-id': number }>('add-fd', { opaque: `blk-${id}` }, { ...call, fds: [fd] }));
+        } finally {
+          fs.closeSync(fd);
+        }
+        undo.push(() => quietly(qmp, 'remove-fd', { 'fdset-id': fdset }));
+        await qmp.execute('blockdev-add', { driver: blockDriver(device.path), 'node-name': `file-${id}`, filename: `/dev/fdset/${fdset}`, 'read-only': readOnly }, call);
         undo.push(() => quietly(qmp, 'blockdev-del', { 'node-name': `file-${id}` }));
         await qmp.execute('blockdev-add', { driver: device.format ?? 'raw', 'node-name': `blk-${id}`, file: `file-${id}`, 'read-only': readOnly }, call);
         undo.push(() => quietly(qmp, 'blockdev-del', { 'node-name': `blk-${id}` }));
@@ -181,5 +192,8 @@ export async function unplugDevice(qmp: QmpClient, id: string, options: Omit<Hot
   } else if (type.startsWith('virtio-blk')) {
     await quietly(qmp, 'blockdev-del', { 'node-name': `blk-${id}` });
     await quietly(qmp, 'blockdev-del', { 'node-name': `file-${id}` });
+    // The fd set its image was passed in (QEMU closes the fd once nothing uses it).
+    const sets = await qmp.execute<{ 'fdset-id': number; fds: { opaque?: string }[] }[]>('query-fdsets', {}, call).catch(() => []);
+    for (const set of sets) if (set.fds.some((f) => f.opaque === `blk-${id}`)) await quietly(qmp, 'remove-fd', { 'fdset-id': set['fdset-id'] });
   }
 }
