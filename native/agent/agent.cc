@@ -794,6 +794,10 @@ json Agent::ListContainers() {
 
 void Agent::Mount(Session& s, uint32_t stream, const json& p) {
   GuestMount m = ParseGuestMount(p, opts_.stateDir);
+  if (m.type == "virtiofs") {
+    auto share = opts_.shares.find(m.source);
+    if (share != opts_.shares.end()) m.shareDir = share->second;
+  }
   for (const auto& t : mounts_) {
     if (t == m.target) throw Error(Code::kAlreadyExists, "something is already mounted on " + m.target + " by the agent");
   }
@@ -822,8 +826,9 @@ void Agent::TryMount(GuestMount m, Pending pending, int64_t deadline) {
   try {
     DoGuestMount(m, device);
     mounts_.push_back(m.target);
-    Log("mounted %s (%s) on %s", m.type == "virtiofs" || m.type == "9p" ? m.source.c_str() : device.empty() ? m.type.c_str() : device.c_str(),
-        m.type.c_str(), m.target.c_str());
+    if (!m.shareDir.empty()) shareBinds_.insert(m.target);
+    Log("mounted %s (%s%s%s) on %s", m.type == "virtiofs" || m.type == "9p" ? m.source.c_str() : device.empty() ? m.type.c_str() : device.c_str(),
+        m.type.c_str(), m.shareDir.empty() ? "" : ": a bind of ", m.shareDir.c_str(), m.target.c_str());
     json result = {{"target", m.target}};
     if (!device.empty()) result["device"] = device;
     Reply(pending, result);
@@ -864,11 +869,15 @@ json Agent::Unmount(const json& p) {
   std::string target = GetString(p, "target", "");
   auto it = std::find(mounts_.begin(), mounts_.end(), target);
   if (it == mounts_.end()) throw Error(Code::kNotFound, "the agent mounted nothing on " + target);
-  if (umount2(target.c_str(), 0) < 0) {
+  // A --share bind holds the host's binds inside it as submounts, which would keep it busy
+  // (virtiofs's announced submounts expire with it): it goes with them.
+  bool share = shareBinds_.count(target) > 0;
+  if (umount2(target.c_str(), share ? MNT_DETACH : 0) < 0) {
     int err = errno;
     throw Error(err == EBUSY ? Code::kBusy : Code::kInternal, "umount " + target + ": " + strerror(err), err);
   }
   mounts_.erase(it);
+  shareBinds_.erase(target);
   rmdir(target.c_str());
   return json::object();
 }

@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -38,6 +39,9 @@ struct Options {
   bool allowSetTime = false;
   bool manageNetwork = false;  // network methods allowed (always as PID 1)
   std::string sysRoot = "/sys";  // where devices are looked up (tests point it at a fake tree)
+  // On a host (tests): virtio-fs tag -> host directory. A virtiofs Mount of one of these tags is
+  // a recursive bind of the directory (--share TAG=DIR).
+  std::map<std::string, std::string> shares;
 };
 
 class Agent;
@@ -276,6 +280,7 @@ class Agent {
   std::map<std::string, std::unique_ptr<Container>> containers_;
   std::unordered_map<pid_t, Process*> byPid_;
   std::vector<std::string> mounts_;
+  std::set<std::string> shareBinds_;  // the mounts_ that are --share binds
   struct Port {
     std::string path;
     Fd fd;

@@ -117,6 +117,8 @@ void Usage(FILE* out) {
           "  --manage-network       accept the network methods when not PID 1 (tests: run the agent\n"
           "                         in a network namespace of its own)\n"
           "  --sys-root DIR         look devices up under DIR instead of /sys (tests)\n"
+          "  --share TAG=DIR        on a host (tests): a virtiofs Mount of TAG binds DIR (recursively)\n"
+          "                         instead of mounting a virtio-fs device (repeatable)\n"
           "  --debug                log every request to stderr\n"
           "  --version, --help\n"
           "kernel command line (read as PID 1): vmpod.debug=1, vmpod.cgroup=auto|none\n");
@@ -147,6 +149,22 @@ int main(int argc, char** argv) {
     else if (a == "--no-set-time") setTimeGiven = true, o.allowSetTime = false;
     else if (a == "--manage-network") o.manageNetwork = true;
     else if (a == "--sys-root") o.sysRoot = agent::NormalizePath(value());
+    else if (a == "--share") {
+      std::string share = value();
+      auto eq = share.find('=');
+      std::string tag = share.substr(0, eq == std::string::npos ? 0 : eq);
+      std::string dir = eq == std::string::npos ? "" : share.substr(eq + 1);
+      bool tagOk = !tag.empty() && tag.size() <= 36 &&
+                   tag.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") == std::string::npos;
+      if (!tagOk || dir.empty() || agent::NormalizePath(dir) != dir) {
+        fprintf(stderr, "vmpod-agent: --share needs TAG=DIR: a tag of 1-36 of [A-Za-z0-9_.-], a normalised absolute path\n");
+        return 2;
+      }
+      if (!o.shares.emplace(tag, dir).second) {
+        fprintf(stderr, "vmpod-agent: --share %s given twice\n", tag.c_str());
+        return 2;
+      }
+    }
     else if (a == "--debug") agent::g_debug = true;
     else if (a == "--version") {
       printf("vmpod-agent %s (protocol %d)\n", agent::kAgentVersion, agent::kProtocolVersion);

@@ -474,10 +474,35 @@ std::string FindBlockDevice(const GuestMount& m, const std::string& sysRoot) {
   return found.empty() ? "" : "/dev/" + found;
 }
 
+// A virtio-fs share on a host (--share TAG=DIR): a recursive bind of DIR, with the per-mount
+// flags asked for on its top mount and read-only all the way down when asked. The agent's mount
+// namespace is a slave of the host's, so what the host mounts inside DIR later shows up here as
+// it would through virtiofsd's announced submounts. Filesystem options (o.data) mean nothing to
+// a bind: they are left out, and said so.
+void BindShare(const GuestMount& m, const MountOptions& o) {
+  struct stat st;
+  if (stat(m.shareDir.c_str(), &st) < 0) ThrowErrno("share " + m.source + " (" + m.shareDir + ")");
+  if (!S_ISDIR(st.st_mode)) throw Error(Code::kFailedPrecondition, "share " + m.source + ": " + m.shareDir + " is not a directory");
+  if (!o.data.empty()) Log("share %s: options \"%s\" do not apply to a bind, ignored", m.source.c_str(), o.data.c_str());
+  MountOrThrow(m.shareDir, m.target, nullptr, MS_BIND | MS_REC, "");
+  try {
+    unsigned long extra = o.flags & ~(MS_BIND | MS_REC | MS_REMOUNT | MS_RDONLY);
+    if (extra) MountOrThrow("", m.target, nullptr, MS_REMOUNT | MS_BIND | extra, "");
+    if (o.flags & MS_RDONLY) MakeReadOnly(m.target, true);
+  } catch (const Error&) {
+    umount2(m.target.c_str(), MNT_DETACH);
+    throw;
+  }
+}
+
 void DoGuestMount(const GuestMount& m, const std::string& device) {
   MountOptions o = ParseMountOptions(m.type == "9p" ? NinePOptions(m.options) : m.options);
   if (m.readOnly) o.flags |= MS_RDONLY;
   MkdirAll(m.target);
+  if (!m.shareDir.empty()) {
+    BindShare(m, o);
+    return;
+  }
   std::string source = m.type == "virtiofs" || m.type == "9p" ? m.source : m.type == "ext4" ? device : m.type;
   try {
     MountOrThrow(source, m.target, m.type.c_str(), o.flags, o.data);

@@ -35,6 +35,8 @@ struct GuestMount {
   bool readOnly = false;
   std::vector<std::string> options;
   int64_t timeoutMs = 10000;
+  // On a host (--share TAG=DIR): a virtiofs mount of TAG binds DIR instead (recursively).
+  std::string shareDir;
 };
 GuestMount ParseGuestMount(const json& params, const std::string& stateDir);
 // Returns the block device path for a GuestMount, or "" when it has not appeared (yet).

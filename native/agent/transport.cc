@@ -186,6 +186,7 @@ void Agent::FinishShutdown() {
     if (umount2(it->c_str(), MNT_DETACH) < 0) Log("umount %s: %s", it->c_str(), strerror(errno));
   }
   mounts_.clear();
+  shareBinds_.clear();
   rmdir((opts_.stateDir + "/containers").c_str());
   for (auto& [id, s] : sessions_) s->Flush();
   for (const auto& path : socketPaths_) unlink(path.c_str());
