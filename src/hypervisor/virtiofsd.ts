@@ -11,23 +11,66 @@
  *
  * Equivalent of `/usr/lib/qemu/virtiofsd --socket-path=SOCK -o source=DIR -o cache=auto`.
  *
+ * With `user` it runs without root on the host: in a user namespace of its own whose ids
+ * 0..count-1 are the host's uid..uid+count-1 (gid likewise), created by root (so a host process of
+ * that uid cannot enter it), joined with uid and gid 0 there. virtiofsd then is host uid `uid`
+ * with no capability outside the namespace, and still sandboxes itself inside it (its namespaces,
+ * pivot_root). A host process with the same uid could still ptrace it: the range must be
+ * virtiofsd's alone. The guest sees host id `uid + k` as `k`; host ids outside the range
+ * appear as 65534 (overflow) and the guest can use such files only as "others". Equivalent:
+ * `unshare --user sh -c 'read _' &` (the holder), `echo 0 UID COUNT > /proc/HOLDER/uid_map` (and
+ * gid_map), `nsenter --user=/proc/HOLDER/ns/user --setuid=0 --setgid=0 -- virtiofsd ...`, then the
+ * holder exits. See docs/hypervisor.md for what this does not cover (a share owned by host root).
+ *
  * @module
  */
 import fs from 'node:fs';
-import { AbortError, InvalidArgumentError } from '../errors.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AbortError, InvalidArgumentError, TimeoutError } from '../errors.js';
 import { native } from '../native.js';
 import { systemError } from '../native-call.js';
 import * as validate from '../validate.js';
-import { socketPath } from './config.js';
+import { runAsUser, socketPath } from './config.js';
 import { waitForConsoleLine } from './console.js';
 import { DaemonError } from './errors.js';
-import { isAlive, logTail, signalProcess, spawnDetached, waitForProcessExit, type ProcessIdentity } from '../host/process.js';
+import { isAlive, logTail, signalProcess, spawnDetached, waitForProcessExit, type DetachedProcess, type ProcessIdentity } from '../host/process.js';
 
 /** Debian's virtiofsd (package qemu-system-common, pulled in by qemu-system-x86). */
 export const DEFAULT_VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
 
 /** What virtiofsd prints once it waits for QEMU. */
 const READY_LINE = 'Waiting for vhost-user socket connection';
+
+/** util-linux (Essential on Debian): the user namespace of an unprivileged virtiofsd. */
+const UNSHARE = '/usr/bin/unshare';
+const NSENTER = '/usr/bin/nsenter';
+
+/** Ids mapped into the user namespace by default: 0..65535, as a subordinate range of /etc/subuid. */
+export const DEFAULT_USER_ID_COUNT = 65536;
+
+/** Highest valid id (2^32 - 1 is `(uid_t) -1`). */
+const MAX_ID = 2 ** 32 - 2;
+
+/** The host identity of an unprivileged virtiofsd ({@link VirtiofsdOptions.user}). */
+export interface VirtiofsdUser {
+  /** Host uid of the daemon: uid 0 of its user namespace. Host uids uid..uid+count-1 are 0..count-1 there. */
+  readonly uid: number;
+  /** Host gid of the daemon: gid 0 of its user namespace, likewise. */
+  readonly gid: number;
+  /** How many ids are mapped (default {@link DEFAULT_USER_ID_COUNT}). */
+  readonly count?: number;
+}
+
+/** Checks {@link VirtiofsdUser}: not root, and the whole range valid. */
+function checkUser(value: unknown, field: string): Required<VirtiofsdUser> {
+  if (typeof value !== 'object' || value === null) throw new InvalidArgumentError(field, 'must be { uid, gid, count? }');
+  const v = value as Record<string, unknown>;
+  for (const key of Object.keys(v)) if (!['uid', 'gid', 'count'].includes(key)) throw new InvalidArgumentError(`${field}.${key}`, 'unknown field');
+  const uid = validate.integer(v['uid'], `${field}.uid`, 1, MAX_ID);
+  const gid = validate.integer(v['gid'], `${field}.gid`, 1, MAX_ID);
+  const count = validate.integer(v['count'] ?? DEFAULT_USER_ID_COUNT, `${field}.count`, 1, MAX_ID + 1 - Math.max(uid, gid));
+  return { uid, gid, count };
+}
 
 /** Options of {@link Virtiofsd.start}. */
 export interface VirtiofsdOptions {
@@ -47,6 +90,19 @@ export interface VirtiofsdOptions {
   readonly threadPoolSize?: number;
   /** `namespace` (default) or `chroot` (inside a container that forbids namespaces). */
   readonly sandbox?: 'namespace' | 'chroot';
+  /**
+   * Run virtiofsd as this unprivileged host user, in a user namespace of its own mapping ids
+   * 0..count-1 to host uid..uid+count-1 (see the module comment). The shared directory must be
+   * reachable by that uid (every parent searchable), and its files owned by ids of the range for
+   * the guest to own them: give each daemon a range no other process uses. Needs root here (the
+   * maps are written by this process) and util-linux's unshare and nsenter.
+   */
+  readonly user?: VirtiofsdUser;
+  /**
+   * Owner of the socket (mode 0600), for a QEMU that connects after it dropped root (`runAs`),
+   * e.g. on a hot plug. Default: root (QEMU connects devices given at start before it drops).
+   */
+  readonly socketOwner?: { readonly uid: number; readonly gid: number };
   /** Default {@link DEFAULT_VIRTIOFSD}. */
   readonly binary?: string;
   /** Default 10 s. */
@@ -87,6 +143,9 @@ export class Virtiofsd {
     const sandbox = options.sandbox ?? 'namespace';
     if (sandbox !== 'namespace' && sandbox !== 'chroot') throw new InvalidArgumentError('sandbox', 'must be "namespace" or "chroot"');
     if (options.threadPoolSize !== undefined) validate.integer(options.threadPoolSize, 'threadPoolSize', 1, 1024);
+    const user = options.user === undefined ? undefined : checkUser(options.user, 'user');
+    const socketOwner = options.socketOwner === undefined ? undefined : runAsUser(options.socketOwner, 'socketOwner');
+    const timeoutMs = options.timeoutMs ?? 10_000;
     if (options.signal?.aborted) throw new AbortError('virtiofsd start', { cause: options.signal.reason });
 
     const existing = fs.lstatSync(socket, { throwIfNoEntry: false });
@@ -110,16 +169,30 @@ export class Virtiofsd {
     let listener: number;
     try {
       listener = native().unixListen(socket, 1);
-      fs.chmodSync(socket, 0o600); // QEMU (its owner) alone connects
     } catch (error) {
       throw systemError(error);
     }
-    let proc;
     try {
-      proc = await spawnDetached(binary, args, { output: { file: logFile }, fds: [listener] });
-    } catch (cause) {
+      fs.chmodSync(socket, 0o600); // QEMU (its owner) alone connects
+      if (socketOwner) fs.chownSync(socket, socketOwner.uid, socketOwner.gid);
+    } catch (error) {
+      fs.closeSync(listener);
       fs.rmSync(socket, { force: true });
-      throw new DaemonError('virtiofsd', `cannot start ${binary}: ${(cause as Error).message}`, '', { cause });
+      throw error;
+    }
+    const deadline = Date.now() + timeoutMs;
+    let userns: UserNamespace | undefined;
+    let proc: DetachedProcess;
+    try {
+      if (user) userns = await UserNamespace.create(user, logFile, deadline, options.signal);
+      proc = userns
+        ? await spawnDetached(NSENTER, [`--user=/proc/${userns.holder.pid}/ns/user`, '--setuid=0', '--setgid=0', '--', binary, ...args], { output: { file: logFile }, fds: [listener] })
+        : await spawnDetached(binary, args, { output: { file: logFile }, fds: [listener] });
+    } catch (cause) {
+      userns?.release();
+      fs.rmSync(socket, { force: true });
+      if (cause instanceof DaemonError || cause instanceof AbortError) throw cause;
+      throw new DaemonError('virtiofsd', `cannot start ${binary}: ${(cause as Error).message}`, logTail(logFile), { cause });
     } finally {
       fs.closeSync(listener);
     }
@@ -132,15 +205,19 @@ export class Virtiofsd {
       await options.onSpawn?.(daemon.handle);
       await waitForConsoleLine(logFile, READY_LINE, {
         offset,
-        timeoutMs: options.timeoutMs ?? 10_000,
+        timeoutMs: Math.max(1, deadline - Date.now()),
         signal: options.signal,
         abortWhen: () => (exited === undefined ? undefined : new DaemonError('virtiofsd', `exited during start (${exited})`, logTail(logFile))),
       });
+      // It printed the line, so nsenter is done: check that it is what was asked, before the namespace's holder goes.
+      if (user && userns) checkUnprivileged(proc.pid, binary, user, userns.id);
     } catch (error) {
       await daemon.stop();
       throw error instanceof DaemonError || error instanceof AbortError
         ? error
         : new DaemonError('virtiofsd', `did not become ready: ${(error as Error).message}`, logTail(logFile), { cause: error });
+    } finally {
+      userns?.release();
     }
     return daemon;
   }
@@ -172,4 +249,90 @@ export class Virtiofsd {
       if (signal?.aborted) throw new AbortError('waiting for virtiofsd to exit', { cause: signal.reason });
     }
   }
+}
+
+/**
+ * A fresh user namespace held open by a process (`unshare --user sh -c 'read _'`, stdin a pipe of
+ * ours) while its maps are written and virtiofsd joins it; the holder exits when the pipe closes
+ * (by {@link release}, or when this process dies).
+ */
+class UserNamespace {
+  #write: number | undefined;
+
+  private constructor(
+    readonly holder: DetachedProcess,
+    /** `user:[INODE]`, as /proc/PID/ns/user reads. */
+    readonly id: string,
+    write: number,
+  ) {
+    this.#write = write;
+  }
+
+  static async create(user: Required<VirtiofsdUser>, logFile: string, deadline: number, signal?: AbortSignal): Promise<UserNamespace> {
+    const [read, write] = native().pipe();
+    let holder: DetachedProcess;
+    try {
+      holder = await spawnDetached(UNSHARE, ['--user', '--', '/bin/sh', '-c', 'read -r _'], { output: { file: logFile }, stdin: read });
+    } catch (error) {
+      native().closeFd(write);
+      throw error;
+    } finally {
+      native().closeFd(read);
+    }
+    const fail = (message: string, cause?: unknown): never => {
+      native().closeFd(write);
+      throw new DaemonError('virtiofsd', message, logTail(logFile), cause === undefined ? {} : { cause });
+    };
+    const own = fs.readlinkSync('/proc/self/ns/user');
+    const started = Date.now();
+    let id: string | undefined;
+    for (;;) {
+      if (!isAlive(holder)) fail(`${UNSHARE} --user exited: no user namespace (are user namespaces enabled?)`);
+      try {
+        id = fs.readlinkSync(`/proc/${holder.pid}/ns/user`);
+      } catch {
+        id = undefined;
+      }
+      if (id !== undefined && id !== own) break;
+      if (signal?.aborted) {
+        native().closeFd(write);
+        throw new AbortError('virtiofsd start', { cause: signal.reason });
+      }
+      if (Date.now() > deadline) fail(`${UNSHARE} --user made no user namespace`, new TimeoutError('user namespace', deadline - started));
+      await sleep(5);
+    }
+    try {
+      // Root in the parent namespace may map any range, once. setgroups stays allowed (virtiofsd drops its groups).
+      fs.writeFileSync(`/proc/${holder.pid}/uid_map`, `0 ${user.uid} ${user.count}\n`);
+      fs.writeFileSync(`/proc/${holder.pid}/gid_map`, `0 ${user.gid} ${user.count}\n`);
+    } catch (error) {
+      fail(`cannot map ids into the user namespace: ${(error as Error).message}`, error);
+    }
+    return new UserNamespace(holder, id, write);
+  }
+
+  /** Lets the holder exit (the namespace lives on while virtiofsd is in it). Idempotent. */
+  release(): void {
+    if (this.#write !== undefined) native().closeFd(this.#write);
+    this.#write = undefined;
+  }
+}
+
+/** Throws unless process `pid` is `binary` (nsenter did not fork) with exactly the host ids of `user`, no groups, in user namespace `ns` mapped as asked. */
+function checkUnprivileged(pid: number, binary: string, user: Required<VirtiofsdUser>, ns: string): void {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const field = (name: string): string => status.match(new RegExp(`^${name}:[ \\t]*(.*)$`, 'mu'))?.[1]?.trim() ?? '';
+  const ids = (name: string): number[] => field(name).split(/\s+/u).map(Number);
+  const uidMap = fs.readFileSync(`/proc/${pid}/uid_map`, 'utf8').trim().split(/\s+/u).map(Number);
+  const gidMap = fs.readFileSync(`/proc/${pid}/gid_map`, 'utf8').trim().split(/\s+/u).map(Number);
+  const problems = [
+    fs.readlinkSync(`/proc/${pid}/exe`) === fs.realpathSync(binary) ? '' : `not ${binary}`,
+    ids('Uid').every((id) => id === user.uid) ? '' : `uids ${field('Uid')}`,
+    ids('Gid').every((id) => id === user.gid) ? '' : `gids ${field('Gid')}`,
+    field('Groups') === '' ? '' : `groups ${field('Groups')}`,
+    fs.readlinkSync(`/proc/${pid}/ns/user`) === ns ? '' : 'another user namespace',
+    uidMap.join(' ') === `0 ${user.uid} ${user.count}` ? '' : `uid_map ${uidMap.join(' ')}`,
+    gidMap.join(' ') === `0 ${user.gid} ${user.count}` ? '' : `gid_map ${gidMap.join(' ')}`,
+  ].filter(Boolean);
+  if (problems.length > 0) throw new DaemonError('virtiofsd', `does not run as asked (${user.uid}:${user.gid}): ${problems.join(', ')}`, '');
 }
