@@ -286,7 +286,9 @@ class Agent {
     Fd fd;
     uint64_t session = 0;
     bool poisoned = false;  // the last session failed: ignore input until the host hangs up
+    std::string early;      // what a host sent before the guest saw it connect (see WatchPort)
   };
+  static constexpr size_t kMaxEarlyBytes = 1u << 20;
   std::vector<Port> ports_;
   std::vector<Fd> listeners_;
   std::vector<std::string> socketPaths_;

@@ -123,20 +123,26 @@ void Agent::WatchPort(size_t i) {
     return;
   }
   // No session: at start, or after a protocol error (ignore input until the host hangs up).
-  std::string early;
   bool hup = hungUp();
   if (hup || port.poisoned) {
+    bool poisoned = port.poisoned;
     char buf[4096];
     for (ssize_t n; (n = read(port.fd.get(), buf, sizeof buf)) > 0;) {
-      if (early.size() < (1u << 20)) early.append(buf, n);
+      // Bytes on a port without a session come from a host that connected since: the guest
+      // learns that a host opened the port (a control message) after the host's first bytes may
+      // already be readable, so POLLHUP can still be set while a new host's Hello waits. They are
+      // kept for its session (dropping them left that host waiting forever for an answer); only
+      // a poisoned port's input is ignored, until the host hangs up.
+      if (!poisoned && port.early.size() + n <= kMaxEarlyBytes) port.early.append(buf, n);
     }
     if (hup) port.poisoned = false;
-    // A host that connected while we read may already have sent its Hello: keep those bytes.
     if (!hup || hungUp() || port.poisoned) {
       WatchPortLater(i);
       return;
     }
   }
+  std::string early = std::move(port.early);
+  port.early.clear();
   port.session = AddSession(port.fd.get(), false, port.path);
   Session& s = *sessions_[port.session];
   s.setPort();

@@ -36,6 +36,8 @@ export interface StdioOptions {
 export interface ContainerHost {
   /** This process's agent connection (made on demand, with a deadline). */
   agent(options?: CallOptions): Promise<AgentClient>;
+  /** This process's agent connection if it has one now (background watches never make one). */
+  currentAgent(): AgentClient | undefined;
   /** `sandbox "ID"`, for messages. */
   readonly label: string;
   /** Called after the agent deleted a container: releases its host-side mounts. */
@@ -167,15 +169,17 @@ export class Container extends EventEmitter<ContainerEvents> {
   /** Starts the init process (`runc start`). */
   async start(options: SignalOptions = {}): Promise<void> {
     assertTransition('container', this.#label(), this.#state, 'running');
-    await (await this.host.agent()).startContainer(this.id, options);
+    const agent = await this.host.agent(options);
+    await agent.startContainer(this.id, options);
     this.#state = 'running';
-    this.#watchExit();
+    this.#watchExit(agent);
   }
 
-  #watchExit(): void {
-    if (this.#watching) return;
+  /** Watches the init's exit on `agent` (the connection in hand: a detached sandbox is never reconnected for it). */
+  #watchExit(agent = this.host.currentAgent()): void {
+    if (this.#watching || !agent) return;
     this.#watching = true;
-    this.host.agent().then((agent) => agent.wait(this.id)).then(
+    agent.wait(this.id).then(
       (status) => {
         this.#exitStatus = status;
         if (this.#state === 'running' || this.#state === 'created') this.#state = 'stopped';

@@ -602,8 +602,15 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     if (link && !link.agent.closed) await link.agent.setTime(new Date(), options).catch(() => undefined);
   }
 
-  /** Closes this process's connections; the sandbox keeps running. */
+  /**
+   * Closes this process's connections (the agent's, the hypervisor's, the output streams of the
+   * containers it holds); the sandbox and its containers keep running, and any process can attach.
+   */
   detach(): void {
+    for (const container of this.#objects.values()) {
+      for (const stream of [container.stdin, container.stdout, container.stderr]) stream?.destroy();
+    }
+    this.#objects.clear();
     this.#dropConnections();
   }
 
@@ -709,29 +716,41 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
 
   /**
    * The VM of boot `bootId` is gone: records it (releasing what it used) unless it was this
-   * process's own stop, another boot, or an operation of another process that will. Tells
-   * listeners why it stopped, also when another process stopped or deleted the sandbox.
+   * process's own stop, another boot, or an operation of another process that will (it is waited
+   * for). Tells listeners why it stopped, also when another process stopped, restarted or deleted
+   * the sandbox; an attached process then watches the new boot.
    */
   async #vmGone(bootId: string, exit: VmExit): Promise<void> {
     if (this.#ending > 0) return;
     let info: StopInfo | undefined;
+    let next: BootRecord | undefined;
     try {
-      await this.#journal.transact(async (tx) => {
-        const r = tx.record;
-        if (r.boot?.id === bootId && (r.state === 'running' || r.state === 'paused')) {
-          info = { reason: exit.reason === 'unexpected' ? 'unexpected' : 'guest', detail: exit.detail };
-          let failure: unknown;
-          await this.#endBootIn(tx, 'stop', { boot: { id: r.boot.id, dir: r.boot.dir } }).catch((error: unknown) => (failure = error));
-          r.state = 'stopped';
-          r.stopReason = info;
-          if (failure !== undefined) {
-            await tx.save();
-            throw failure;
-          }
-        } else if (r.boot?.id !== bootId && r.state === 'stopped') {
-          info = r.stopReason ?? { reason: 'requested', detail: 'stopped by another process' };
+      for (let wait = 0; info === undefined && wait < 600; wait++) {
+        const r = await this.record();
+        if (r.boot?.id === bootId && TRANSITIONAL_STATES.has(r.state) && ownerAlive(r.op?.owner)) {
+          await new Promise((resolve) => setTimeout(resolve, 100)); // another process is stopping or restarting it
+          continue;
         }
-      });
+        await this.#journal.transact(async (tx) => {
+          const t = tx.record;
+          if (t.boot?.id === bootId && (t.state === 'running' || t.state === 'paused')) {
+            info = { reason: exit.reason === 'unexpected' ? 'unexpected' : 'guest', detail: exit.detail };
+            let failure: unknown;
+            await this.#endBootIn(tx, 'stop', { boot: { id: t.boot.id, dir: t.boot.dir } }).catch((error: unknown) => (failure = error));
+            t.state = 'stopped';
+            t.stopReason = info;
+            if (failure !== undefined) {
+              await tx.save();
+              throw failure;
+            }
+          } else if (t.boot?.id !== bootId) {
+            info = t.state === 'stopped' && t.stopReason ? t.stopReason : { reason: 'requested', detail: 'stopped by another process' };
+            if (t.boot && (t.state === 'running' || t.state === 'paused')) next = t.boot;
+          } else if (!ownerAlive(t.op?.owner)) {
+            info = { reason: 'unexpected', detail: exit.detail }; // an operation that died: the next lifecycle call finishes it
+          }
+        });
+      }
     } catch (error) {
       if (!(error instanceof NotFoundError)) throw error;
       info = { reason: 'requested', detail: 'deleted by another process' }; // its record is gone too
@@ -739,6 +758,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     }
     this.#dropConnections(bootId);
     this.#record = await this.#journal.read().catch(() => this.#record);
+    if (next && !this.#vm && !this.#watch) this.#watchVm(next);
     if (info) this.emit('stopped', info);
   }
 
@@ -788,6 +808,12 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
    */
   async agent(options: CallOptions = {}): Promise<AgentClient> {
     return (await this.#session(options, 'talking to the guest', true)).agent;
+  }
+
+  /** @internal This process's agent connection to the current boot, if it has one now. */
+  currentAgent(): AgentClient | undefined {
+    const link = this.#link?.link;
+    return link && !link.agent.closed && this.#link!.boot === this.#record.boot?.id ? link.agent : undefined;
   }
 
   /** The running boot and this process's way to its guest; every record change it makes checks the boot is still running. */

@@ -4,6 +4,7 @@
  * file ends with: no VM, virtiofsd, mount, socket or state folder may survive.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import fsSync from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -143,4 +144,23 @@ export function spawnVmpod(stateDir: string, args: string[], input?: string): { 
 /** Runs `vmpod ARGS` (stdin: `input`, or nothing) with its state under `stateDir`. */
 export function vmpod(stateDir: string, args: string[], input?: string): Promise<CliResult> {
   return spawnVmpod(stateDir, args, input).result;
+}
+
+/**
+ * A Node script (TypeScript, run by tsx, with `vmpod` the package's index) started in its own
+ * process; `output()` is what it printed so far, `result` settles when it exits.
+ */
+export function nodeScript(dir: string, code: string, env: NodeJS.ProcessEnv = {}): { child: ChildProcess; output(): string; result: Promise<CliResult> } {
+  const file = path.join(dir, `script-${process.hrtime.bigint()}.mts`);
+  fsSync.writeFileSync(file, `import * as vmpod from ${JSON.stringify(path.resolve('src/index.ts'))};\n${code}`);
+  const child = spawn(process.execPath, ['--import', 'tsx', file], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d: Buffer) => (stdout += d));
+  child.stderr!.on('data', (d: Buffer) => (stderr += d));
+  const result = new Promise<CliResult>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+  return { child, output: () => stdout, result };
 }
