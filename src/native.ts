@@ -48,8 +48,12 @@ export interface NativeAddon {
   unlinkAt(dirFd: number, name: string, dir: boolean, dev: number, ino: number): Promise<void>;
   /** `open_tree(dirFd, path, OPEN_TREE_CLONE [|AT_RECURSIVE])`: a detached copy of the mount tree. */
   openTree(dirFd: number, path: string, recursive: boolean): Promise<number>;
-  /** `mount_setattr(fd, "", AT_EMPTY_PATH [|AT_RECURSIVE], {attr_set, attr_clr})`. */
-  mountSetattr(fd: number, recursive: boolean, set: number, clear: number): Promise<void>;
+  /**
+   * `mount_setattr(fd, "", AT_EMPTY_PATH [|AT_RECURSIVE], {attr_set, attr_clr, userns_fd})`.
+   * `usernsFd` (a user namespace's fd) goes with `MOUNT_ATTR_IDMAP` in `set`, and only with it:
+   * the detached mount takes that namespace's id maps (EINVAL where the filesystem cannot).
+   */
+  mountSetattr(fd: number, recursive: boolean, set: number, clear: number, usernsFd?: number): Promise<void>;
   /** `move_mount(fromFd, "", toFd, "", F_EMPTY_PATH|T_EMPTY_PATH)`. */
   moveMount(fromFd: number, toFd: number): Promise<void>;
   /** Detaches the mount whose root `fd` is, if it is mount `mntId` (else ESTALE). */
@@ -67,7 +71,7 @@ export interface NativeAddon {
   readonly pathConstants: Readonly<Record<
     | 'AT_FDCWD' | 'O_RDONLY' | 'O_PATH' | 'O_DIRECTORY' | 'O_NOFOLLOW'
     | 'RESOLVE_BENEATH' | 'RESOLVE_NO_SYMLINKS' | 'RESOLVE_NO_MAGICLINKS' | 'RESOLVE_NO_XDEV'
-    | 'MOUNT_ATTR_RDONLY' | 'MOUNT_ATTR_NOSUID' | 'MOUNT_ATTR_NODEV' | 'MOUNT_ATTR_NOEXEC',
+    | 'MOUNT_ATTR_RDONLY' | 'MOUNT_ATTR_NOSUID' | 'MOUNT_ATTR_NODEV' | 'MOUNT_ATTR_NOEXEC' | 'MOUNT_ATTR_IDMAP',
     number
   >>;
 

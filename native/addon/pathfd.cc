@@ -179,16 +179,29 @@ Napi::Value OpenTree(const Napi::CallbackInfo& info) {
   });
 }
 
-// mountSetattr(fd, recursive, set, clear): Promise<void> — mount_setattr(2) on the mount of fd.
+// mountSetattr(fd, recursive, set, clear, usernsFd?): Promise<void> — mount_setattr(2) on the
+// mount of fd. With MOUNT_ATTR_IDMAP in `set`, `usernsFd` (an fd of /proc/PID/ns/user) is the user
+// namespace whose id maps the mount takes (attr.userns_fd): the mount must be a detached one
+// (open_tree OPEN_TREE_CLONE, not yet attached), and its filesystem must support idmapping
+// (EINVAL otherwise, e.g. overlayfs). One goes with the other: either alone is a TypeError.
 Napi::Value MountSetattr(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info[0], "fd");
   bool recursive = info[1].ToBoolean().Value();
   uint32_t set = ArgU32(info[2], "set");
   uint32_t clear = ArgU32(info[3], "clear");
+  bool idmap = (set & MOUNT_ATTR_IDMAP) != 0;
+  bool hasUserns = info.Length() > 4 && !info[4].IsUndefined();
+  if (idmap != hasUserns) {
+    throw Napi::TypeError::New(info.Env(), "usernsFd must be given with MOUNT_ATTR_IDMAP in set, and only then");
+  }
+  int userns = hasUserns ? ArgFd(info[4], "usernsFd") : -1;
+  if (hasUserns && userns < 0) throw Napi::RangeError::New(info.Env(), "usernsFd must be a file descriptor");
+  if ((clear & MOUNT_ATTR_IDMAP) != 0) throw Napi::TypeError::New(info.Env(), "an idmapping cannot be cleared");
   return Schedule(info.Env(), [=]() -> ToJs {
     mount_attr attr{};
     attr.attr_set = set;
     attr.attr_clr = clear;
+    if (idmap) attr.userns_fd = static_cast<uint64_t>(userns);
     if (::syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), &attr, sizeof(attr)) != 0) {
       ThrowSys("mount_setattr", errno);
     }
@@ -381,6 +394,7 @@ void InitPathfd(Napi::Env env, Napi::Object exports) {
   c.Set("MOUNT_ATTR_NOSUID", Napi::Number::New(env, MOUNT_ATTR_NOSUID));
   c.Set("MOUNT_ATTR_NODEV", Napi::Number::New(env, MOUNT_ATTR_NODEV));
   c.Set("MOUNT_ATTR_NOEXEC", Napi::Number::New(env, MOUNT_ATTR_NOEXEC));
+  c.Set("MOUNT_ATTR_IDMAP", Napi::Number::New(env, MOUNT_ATTR_IDMAP));
   exports.Set("pathConstants", c);
 }
 

@@ -62,7 +62,7 @@ export interface VirtiofsdUser {
 }
 
 /** Checks {@link VirtiofsdUser}: not root, and the whole range valid. */
-function checkUser(value: unknown, field: string): Required<VirtiofsdUser> {
+export function checkUser(value: unknown, field: string): Required<VirtiofsdUser> {
   if (typeof value !== 'object' || value === null) throw new InvalidArgumentError(field, 'must be { uid, gid, count? }');
   const v = value as Record<string, unknown>;
   for (const key of Object.keys(v)) if (!['uid', 'gid', 'count'].includes(key)) throw new InvalidArgumentError(`${field}.${key}`, 'unknown field');

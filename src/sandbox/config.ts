@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { InvalidArgumentError } from '../errors.js';
 import type { Hypervisor, MachineProfile, VmDevice } from '../hypervisor/hypervisor.js';
 import { checkDevice, runAsUser } from '../hypervisor/config.js';
+import { checkUser } from '../hypervisor/virtiofsd.js';
 import * as validate from '../validate.js';
 import { DEFAULT_STATE_DIR } from '../state/store.js';
 import { DEFAULT_GUEST_CACHE_DIR } from '../guest/assets.js';
@@ -75,6 +76,27 @@ export interface SandboxConfig extends NfvConfigInput {
    * - `none`: nothing cached, every read goes to the host (direct I/O).
    */
   sharedFsCache?: SharedFsCache;
+  /**
+   * Serve the shared filesystem with an unprivileged virtiofsd (default: virtiofsd runs as
+   * root). It runs as host uid `uid` and gid `gid`, root only inside a user namespace of its own
+   * whose ids 0..count-1 are the host's uid..uid+count-1 (gids likewise; `count` default 65536),
+   * so that a guest that took over virtiofsd holds no privilege on the host. Every mount it
+   * exports (the share's tree, each container rootfs, OCI bind source and directory volume) is
+   * an idmapped mount with that same map, so the guest sees files with their real owners: host
+   * ids 0..count-1 as themselves (host root's files are root's in the guest, which can write them
+   * as before), what the guest writes is stored with the writer's id (guest root: host 0).
+   * Host ids outside 0..count-1 appear as 65534 (nobody) and can be used only as "others".
+   *
+   * Limits: a source must be on a filesystem that supports idmapped mounts (ext4, xfs, btrfs,
+   * tmpfs do); an overlayfs mount (e.g. a container engine's merged rootfs), FUSE or NFS source,
+   * or one with such a mount below it, cannot be shared so and is refused with
+   * `IdmapUnsupportedError` (nothing left behind). Every folder above the state directory must let
+   * `uid`:`gid` pass (o+x): the daemon reaches the share by path; the sandbox folder is then made
+   * 0710 of group `gid` and `sandboxes/` 0711. Give each sandbox a range no host user or other
+   * daemon uses (a process of uid `uid` could ptrace the daemon, and sees the share as its owner),
+   * and not the one of `runAs`. Needs util-linux's unshare and nsenter. See docs/sandbox.md.
+   */
+  sharedFsUser?: { uid: number; gid: number; count?: number };
   /** Host processes that can talk to the agent at once (virtio-serial ports, default 4). */
   agentPorts?: number;
   /**
@@ -90,7 +112,8 @@ export interface SandboxConfig extends NfvConfigInput {
   /**
    * Run the hypervisor as this unprivileged user (QEMU `-runas UID:GID`, after it opened what it
    * needs at start), so that a guest that escapes into QEMU has no root on the host. vmpod
-   * itself, virtiofsd and the host plumbing still run as root: see docs/security.md.
+   * itself and the host plumbing still run as root, and so does virtiofsd unless
+   * {@link SandboxConfig.sharedFsUser} is set.
    */
   runAs?: { uid: number; gid: number };
   /**
@@ -118,6 +141,8 @@ export interface ResolvedSandboxConfig extends ResolvedNfvConfig {
   sharedFs: boolean;
   /** Absent in records of older versions: `auto`. */
   sharedFsCache?: SharedFsCache;
+  /** Absent: virtiofsd runs as root. */
+  sharedFsUser?: { uid: number; gid: number; count: number };
   agentPorts: number;
   /** Absent in records of older versions: no stream ports. */
   streamPorts?: number;
@@ -129,7 +154,7 @@ export interface ResolvedSandboxConfig extends ResolvedNfvConfig {
 }
 
 const CONFIG_KEYS = new Set([
-  'id', 'stateDir', 'cpus', 'memoryMiB', 'machine', 'guest', 'sharedFs', 'sharedFsCache', 'agentPorts', 'streamPorts', 'debug', 'hypervisor', 'extraDevices',
+  'id', 'stateDir', 'cpus', 'memoryMiB', 'machine', 'guest', 'sharedFs', 'sharedFsCache', 'sharedFsUser', 'agentPorts', 'streamPorts', 'debug', 'hypervisor', 'extraDevices',
   'hugepages', 'vhostUser', 'devices', 'ksm', 'sysfs', 'volumes', 'network', 'runAs',
 ]);
 const GUEST_KEYS = new Set(['cacheDir', 'kernel', 'initramfs', 'rootfsImage', 'kernelArgs', 'build']);
@@ -157,6 +182,17 @@ function checkSharedFsCache(value: unknown): SharedFsCache {
   if (value === undefined) return 'auto';
   if (value !== 'auto' && value !== 'always' && value !== 'none') throw new InvalidArgumentError('sharedFsCache', 'must be "auto", "always" or "none"');
   return value;
+}
+
+/** Checks `sharedFsUser`: a valid range (not root, within 2^32-2), a share to serve, and not the ids QEMU runs as. */
+function checkSharedFsUser(value: unknown, sharedFs: boolean, runAs: { uid: number; gid: number } | undefined): { uid: number; gid: number; count: number } {
+  const user = checkUser(value, 'sharedFsUser');
+  if (!sharedFs) throw new InvalidArgumentError('sharedFsUser', 'needs sharedFs (it is the user of the shared filesystem\'s daemon)');
+  const inside = (id: number, base: number): boolean => id >= base && id < base + user.count;
+  if (runAs && (inside(runAs.uid, user.uid) || inside(runAs.gid, user.gid))) {
+    throw new InvalidArgumentError('sharedFsUser', `its range ${user.uid}:${user.gid} (+${user.count}) holds the ids of runAs (${runAs.uid}:${runAs.gid}): QEMU and virtiofsd must not share ids`);
+  }
+  return user;
 }
 
 /** Stream ports of a sandbox unless its config says otherwise: four containers with both outputs. */
@@ -218,6 +254,7 @@ export function resolveSandboxConfig(config: SandboxConfig): ResolvedSandboxConf
   };
   if (config.network !== undefined) resolved.network = resolveNetworkConfig(config.network);
   if (config.runAs !== undefined) resolved.runAs = runAsUser(config.runAs, 'runAs');
+  if (config.sharedFsUser !== undefined) resolved.sharedFsUser = checkSharedFsUser(config.sharedFsUser, sharedFs, resolved.runAs);
   if (guest.kernel !== undefined) resolved.guest.kernel = validate.absolutePath(guest.kernel, 'guest.kernel');
   if (guest.initramfs !== undefined) resolved.guest.initramfs = validate.absolutePath(guest.initramfs, 'guest.initramfs');
   if (guest.rootfsImage !== undefined) resolved.guest.rootfsImage = validate.absolutePath(guest.rootfsImage, 'guest.rootfsImage');

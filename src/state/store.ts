@@ -10,6 +10,12 @@
  * <root>/sandboxes/<id>/...          qmp.sock, agent-N.sock, console.log, shared/, ...
  * ```
  *
+ * Folders are root's 0700, except for a sandbox whose shared filesystem is served by an
+ * unprivileged virtiofsd (`sharedFsUser`): that daemon must reach `<id>/shared` by path, so the
+ * root and `sandboxes/` are 0711 (others may pass, not list) and the sandbox folder is 0710 of
+ * the daemon's group, so that no other host user reaches its share (where the sources it binds
+ * are visible, whatever the modes of the folders above them): {@link makeReachable}.
+ *
  * @internal
  * @module
  */
@@ -20,7 +26,7 @@ import { afterRecordWrite, beforeRecordWrite } from '../failpoint.js';
 import { FileLock } from './lock.js';
 import { removeTree, type StillMountedError } from './remove.js';
 import * as validate from '../validate.js';
-import { AlreadyExistsError, NotFoundError, VmpodError } from '../errors.js';
+import { AlreadyExistsError, InvalidArgumentError, NotFoundError, VmpodError } from '../errors.js';
 
 /** Default root of the state directory. */
 export const DEFAULT_STATE_DIR = '/run/vmpod';
@@ -45,16 +51,28 @@ export class StateStore<R extends { id: string }> {
     return path.join(this.root, 'sandboxes', validate.id(id));
   }
 
-  /** Creates the folder of a new sandbox; {@link AlreadyExistsError} if the id is taken. */
-  async create(id: string): Promise<string> {
+  /**
+   * Creates the folder of a new sandbox; {@link AlreadyExistsError} if the id is taken. With
+   * `reachableBy` (the ids of an unprivileged daemon that must reach into it), the folders made
+   * above it are 0711 and the sandbox folder is 0710 of that group ({@link makeReachable}).
+   */
+  async create(id: string, options: { reachableBy?: { uid: number; gid: number } } = {}): Promise<string> {
     const dir = this.dir(id);
-    await fs.mkdir(path.dirname(dir), { recursive: true, mode: 0o700 });
+    const first = await fs.mkdir(path.dirname(dir), { recursive: true, mode: 0o700 });
+    if (options.reachableBy && first !== undefined) {
+      // Each folder made just now, from the first down to sandboxes/ (the mode given to mkdir is cut by the umask).
+      for (let made = path.dirname(dir); ; made = path.dirname(made)) {
+        await fs.chmod(made, 0o711);
+        if (made === first || made === path.dirname(made)) break;
+      }
+    }
     try {
       await fs.mkdir(dir, { mode: 0o700 });
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw new AlreadyExistsError('sandbox', id, { cause: error });
       throw error;
     }
+    if (options.reachableBy) await openSandboxDir(dir, options.reachableBy.gid);
     return dir;
   }
 
@@ -122,5 +140,43 @@ export class StateStore<R extends { id: string }> {
     const dir = this.dir(id);
     await removeStaleTempFiles(dir);
     await removeTree(dir);
+  }
+}
+
+/** The sandbox folder `dir` becomes 0710 of group `gid`, and `sandboxes/` above it passable by others (o+x, not o+r). */
+async function openSandboxDir(dir: string, gid: number): Promise<void> {
+  const parent = path.dirname(dir);
+  const mode = (await fs.stat(parent)).mode & 0o7777;
+  if ((mode & 0o011) !== 0o011) await fs.chmod(parent, mode | 0o011);
+  await fs.chown(dir, process.getuid?.() ?? 0, gid);
+  await fs.chmod(dir, 0o710);
+}
+
+/**
+ * Lets an unprivileged daemon of host ids `uid`:`gid` (no other groups) reach into sandbox folder
+ * `dir` (`<root>/sandboxes/<id>`) by path, as an unprivileged virtiofsd must reach the share it
+ * exports: the sandbox folder becomes root's 0710 of group `gid` (that group alone passes; it
+ * lists nothing, and the files in it are 0600), `sandboxes/` gains o+x (0711). These two are
+ * vmpod's own; the state root and the folders above it are not changed, only checked: each must
+ * let `uid`:`gid` pass (by its mode bits: owner, group, or others' x), else an
+ * {@link InvalidArgumentError} (field `stateDir`) names the first that does not. Idempotent.
+ */
+export async function makeReachable(dir: string, ids: { uid: number; gid: number }): Promise<void> {
+  await openSandboxDir(dir, ids.gid);
+  const chain: string[] = [];
+  for (let at = path.dirname(path.dirname(dir)); ; at = path.dirname(at)) {
+    chain.unshift(at);
+    if (at === path.dirname(at)) break;
+  }
+  for (const folder of chain) {
+    const stat = await fs.stat(folder);
+    const bit = stat.uid === ids.uid ? 0o100 : stat.gid === ids.gid ? 0o010 : 0o001;
+    if ((stat.mode & bit) === 0) {
+      throw new InvalidArgumentError(
+        'stateDir',
+        `${folder} (mode ${(stat.mode & 0o7777).toString(8).padStart(4, '0')}, owner ${stat.uid}:${stat.gid}) does not let uid ${ids.uid} gid ${ids.gid} pass: ` +
+          `the unprivileged virtiofsd of sharedFsUser must reach ${dir}/shared; make it searchable (chmod o+x, e.g. 0711) or use a stateDir whose folders are`,
+      );
+    }
   }
 }

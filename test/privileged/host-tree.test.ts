@@ -3,14 +3,17 @@
  * crossings; binds are read-only all the way down; removals check identity and never leave
  * their tree; unmounts check the mount id.
  */
+import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
+import { promisify } from 'node:util';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SystemError } from '../../src/errors.js';
 import { mount, unmount } from '../../src/devices/mount.js';
-import { Dir, TargetFile, bindMount, mountTable, unmountAt } from '../../src/host/tree.js';
+import { Dir, IdmapUnsupportedError, TargetFile, bindMount, mountTable, unmountAt, withUserNamespace } from '../../src/host/tree.js';
 
+const exec = promisify(execFile);
 const root = process.getuid?.() === 0;
 let dir: string;
 const opened: Dir[] = [];
@@ -146,5 +149,70 @@ describe.skipIf(!root)('path operations by fd (needs root)', () => {
     await fs.writeFile(path.join(dir, 'share', 'f'), 'changed');
     expect(await fs.readFile(path.join(dir, 'src-file'), 'utf8')).toBe('changed');
     expect(await unmountAt(share, 'f', mntId, path.join(dir, 'share', 'f'))).toBe('unmounted');
+  });
+
+  it('idmaps every mount of a bind before it is attached, and refuses an overlay naming it; no namespace holder is left', async () => {
+    const BASE = 300000;
+    const map = { uid: BASE, gid: BASE, count: 65536 };
+    const source = path.join(dir, 'source');
+    await fs.mkdir(path.join(source, 'sub'), { recursive: true });
+    await fs.writeFile(path.join(source, 'root-file'), 'r');
+    await mount(path.join(source, 'sub'), { source: 'vt', fstype: 'tmpfs', data: 'size=1m' });
+    await fs.writeFile(path.join(source, 'sub', 'user-file'), 'u');
+    await fs.chown(path.join(source, 'sub', 'user-file'), 1000, 1000);
+    await fs.writeFile(path.join(source, 'far'), 'f');
+    await fs.chown(path.join(source, 'far'), 70000, 70000); // outside 0..65535
+    await fs.mkdir(path.join(dir, 'share', 'vol'), { recursive: true });
+    const share = await open(path.join(dir, 'share'));
+    const target = await share.open('vol');
+    opened.push(target);
+    const point = path.join(dir, 'share', 'vol');
+
+    let nsInode = 0;
+    const mntId = await withUserNamespace(map, async (usernsFd) => {
+      nsInode = (await fs.stat(`/proc/self/fd/${usernsFd}`)).ino;
+      return bindMount(source, target, { readOnly: false, idmap: { usernsFd } });
+    });
+    expect(nsInode).toBeGreaterThan(0);
+    // Both mounts of the tree are idmapped: host k is seen as BASE + k; an id outside the range as overflow.
+    const info = (await fs.readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter((l) => l.split(' ')[4]?.startsWith(point));
+    expect(info).toHaveLength(2);
+    for (const line of info) expect(line.split(' ')[5]).toMatch(/idmapped/u);
+    expect((await mountTable()).find((m) => m.id === mntId)?.mountPoint).toBe(point);
+    const owner = async (p: string): Promise<[number, number]> => {
+      const s = await fs.lstat(p);
+      return [s.uid, s.gid];
+    };
+    expect(await owner(path.join(point, 'root-file'))).toEqual([BASE, BASE]);
+    expect(await owner(path.join(point, 'sub', 'user-file'))).toEqual([BASE + 1000, BASE + 1000]);
+    expect(await owner(path.join(point, 'far'))).toEqual([65534, 65534]);
+    // Written through it by uid BASE (the owner of the range's 0): stored as host 0. Host root, outside the range, cannot write through it.
+    await fs.chmod(dir, 0o711);
+    await fs.chmod(path.join(source, 'sub'), 0o777);
+    await exec('setpriv', [`--reuid=${BASE}`, `--regid=${BASE}`, '--clear-groups', '--', 'sh', '-c', `echo n > ${path.join(point, 'sub', 'new')}`]);
+    expect(await owner(path.join(source, 'sub', 'new'))).toEqual([0, 0]);
+    expect(await owner(path.join(point, 'sub', 'new'))).toEqual([BASE, BASE]);
+    await expect(fs.writeFile(path.join(point, 'sub', 'root-new'), 'x')).rejects.toMatchObject({ code: 'EOVERFLOW' });
+    // The namespace lives on as the mount's reference only: no process is in it.
+    const holders: number[] = [];
+    for (const pid of (await fs.readdir('/proc')).filter((n) => /^\d+$/u.test(n))) {
+      const ns = await fs.stat(`/proc/${pid}/ns/user`).catch(() => undefined);
+      if (ns?.ino === nsInode) holders.push(Number(pid));
+    }
+    expect(holders).toEqual([]);
+    expect(await unmountAt(share, 'vol', mntId, point)).toBe('unmounted');
+    expect((await mountTable()).some((m) => m.mountPoint.startsWith(point))).toBe(false);
+
+    // An overlay cannot be idmapped: a typed error naming the source and its filesystem; nothing attached.
+    for (const d of ['lower', 'upper', 'work', 'merged']) await fs.mkdir(path.join(dir, d));
+    await mount(path.join(dir, 'merged'), { source: 'vt', fstype: 'overlay', data: `lowerdir=${dir}/lower,upperdir=${dir}/upper,workdir=${dir}/work` });
+    const refused = await withUserNamespace(map, (usernsFd) => bindMount(path.join(dir, 'merged'), target, { readOnly: true, idmap: { usernsFd } })).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(IdmapUnsupportedError);
+    expect(refused).toMatchObject({ field: 'source', source: path.join(dir, 'merged'), filesystems: [`overlay at ${path.join(dir, 'merged')}`] });
+    expect((refused as Error).message).toMatch(/EINVAL/u);
+    expect((await mountTable()).some((m) => m.mountPoint.startsWith(point))).toBe(false);
+    // Bad maps are refused before anything runs.
+    await expect(withUserNamespace({ uid: 0, gid: BASE, count: 1 }, async () => 0)).rejects.toMatchObject({ field: 'idmap.uid' });
+    await expect(withUserNamespace({ uid: 2 ** 32 - 10, gid: BASE, count: 65536 }, async () => 0)).rejects.toMatchObject({ field: 'idmap.count' });
   });
 });

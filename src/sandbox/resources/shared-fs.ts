@@ -20,6 +20,20 @@
  * mount --bind DIR/share DIR/shared; mount -o remount,bind,ro,nosuid,nodev,noexec DIR/shared;
  * mount --make-shared DIR/shared; virtiofsd -o source=DIR/shared`.
  *
+ * With `sharedFsUser` ({@link SharedFsState.tree} `idmap`), virtiofsd runs as an unprivileged
+ * host uid in a user namespace mapping `0 UID COUNT` (src/hypervisor/virtiofsd.ts), and every
+ * mount it exports is idmapped with that same map, so that it serves files with their real owners
+ * (host 0 is its 0, host 1000 its 1000; without the idmap host root's files would be 65534 to it,
+ * and guest root could not write them). The read-only view is then not a bind remounted read-only
+ * but a clone of the tree made read-only and idmapped before it is attached (an idmapping can only
+ * be given to a detached mount), and so is every bind: a plain bind on an idmapped view arrives
+ * unmapped. The map is recorded with the tree before the view is made, so that every later bind,
+ * from any process, idmaps with the same map: each makes a user namespace of its own with it
+ * ({@link withUserNamespace}; the map matters, not which namespace), which lives on only as the
+ * mount's reference. A source that cannot be idmapped (overlayfs) is refused before anything is
+ * recorded. Equivalent of the view: `mount --bind -o X-mount.idmap='0 UID COUNT'
+ * DIR/share DIR/shared` (util-linux 2.39), read-only, nosuid, nodev, noexec, made shared.
+ *
  * @internal
  * @module
  */
@@ -29,9 +43,10 @@ import { randomBytes } from 'node:crypto';
 import { runAll } from '../../cleanup.js';
 import { InvalidArgumentError, SystemError } from '../../errors.js';
 import { mount, unmount } from '../../devices/mount.js';
-import { Dir, TargetFile, bindMount, mountTable, unmountAt, type FileIdentity } from '../../host/tree.js';
+import { DetachedTree, Dir, TargetFile, bindMount, mountTable, unmountAt, withUserNamespace, type FileIdentity, type IdMap } from '../../host/tree.js';
 import { isProcessIdentity, terminate } from '../../host/process.js';
-import { Virtiofsd, type VirtiofsdHandle } from '../../hypervisor/virtiofsd.js';
+import { checkUser, Virtiofsd, type VirtiofsdHandle } from '../../hypervisor/virtiofsd.js';
+import { makeReachable } from '../../state/store.js';
 import type { GuestContext, ResourceContext, SandboxResource, VmContribution } from './resource.js';
 
 /** The virtio-fs tag of the sandbox's shared directory. */
@@ -66,8 +81,11 @@ export interface ShareBind {
 
 /** The persisted state of the share. */
 export interface SharedFsState {
-  /** The tree's two mounts: recorded (`made`) before the first mount, then their ids. */
-  tree?: { made: true; rwMntId?: number; roMntId?: number };
+  /**
+   * The tree's two mounts: recorded (`made`) before the first mount, then their ids. `idmap`
+   * (recorded with `made`): the exported view and every bind are idmapped with this map.
+   */
+  tree?: { made: true; rwMntId?: number; roMntId?: number; idmap?: IdMap };
   /** By name (the last component of `path`). */
   binds: Record<string, ShareBind>;
   virtiofsd?: VirtiofsdHandle;
@@ -89,6 +107,14 @@ export function parseSharedFsState(value: unknown): SharedFsState {
     state.tree = { made: true };
     if (Number.isInteger(tree['rwMntId'])) state.tree.rwMntId = tree['rwMntId'] as number;
     if (Number.isInteger(tree['roMntId'])) state.tree.roMntId = tree['roMntId'] as number;
+    if (tree['idmap'] !== undefined) {
+      // A damaged map must not turn into "no idmap" (binds would arrive unmapped): an impossible one makes binds fail instead.
+      try {
+        state.tree.idmap = checkUser(tree['idmap'], 'idmap');
+      } catch {
+        state.tree.idmap = { uid: 0, gid: 0, count: 0 };
+      }
+    }
   }
   const binds = v['binds'];
   if (typeof binds === 'object' && binds !== null) {
@@ -163,14 +189,17 @@ export class Share {
     private readonly update: <T>(fn: (state: SharedFsState, save: () => Promise<void>) => T | Promise<T>) => Promise<T>,
   ) {}
 
-  /** Mounts the tree (tmpfs, its read-only exported view) and makes its top folders. */
-  async setUp(): Promise<void> {
+  /**
+   * Mounts the tree (tmpfs, its read-only exported view) and makes its top folders. With
+   * `idmap`, the view (and later every bind) is idmapped with it.
+   */
+  async setUp(idmap?: IdMap): Promise<void> {
     const rw = treeDir(this.dir);
     const ro = sharedDirOf(this.dir);
     await fs.mkdir(rw, { recursive: true, mode: 0o700 });
     await fs.mkdir(ro, { recursive: true, mode: 0o700 });
     await this.update((s) => {
-      s.tree = { made: true };
+      s.tree = { made: true, ...(idmap ? { idmap: { ...idmap } } : {}) };
     });
     await mount(rw, { source: 'vmpod-share', fstype: 'tmpfs', flags: ['nosuid', 'nodev', 'noexec'], data: TREE_OPTIONS });
     await mount(rw, { flags: ['private'] });
@@ -178,31 +207,45 @@ export class Share {
     try {
       const rwMntId = (await rwDir.stat()).mntId;
       await this.update((s) => {
-        s.tree = { made: true, rwMntId };
+        s.tree = { ...s.tree!, made: true, rwMntId };
       });
       for (const top of TOPS) await rwDir.mkdir(top, 0o755);
     } finally {
       rwDir.close();
     }
-    await mount(ro, { source: rw, flags: ['bind'] });
-    await mount(ro, { flags: ['private'] });
-    await mount(ro, { flags: ['remount', 'bind', 'ro', 'nosuid', 'nodev', 'noexec'] });
-    const roDir = await Dir.open(ro);
-    try {
-      const roMntId = (await roDir.stat()).mntId;
-      await this.update((s) => {
-        s.tree = { ...s.tree!, roMntId };
-      });
-    } finally {
-      roDir.close();
+    let roMntId: number;
+    if (idmap) {
+      // Read-only and idmapped before it is attached (private: a clone of a private mount).
+      const point = await Dir.open(ro);
+      try {
+        roMntId = await withUserNamespace(idmap, (usernsFd) => bindMount(rw, point, { readOnly: true, noexec: true, idmap: { usernsFd } }));
+      } finally {
+        point.close();
+      }
+    } else {
+      await mount(ro, { source: rw, flags: ['bind'] });
+      await mount(ro, { flags: ['private'] });
+      await mount(ro, { flags: ['remount', 'bind', 'ro', 'nosuid', 'nodev', 'noexec'] });
+      const roDir = await Dir.open(ro);
+      try {
+        roMntId = (await roDir.stat()).mntId;
+      } finally {
+        roDir.close();
+      }
     }
+    await this.update((s) => {
+      s.tree = { ...s.tree!, roMntId };
+    });
     await mount(ro, { flags: ['shared'] });
   }
 
   /**
    * Binds host path `source` (a directory or file) into the share at `TOP/PREFIX.RANDOM`,
-   * read-only all the way down when asked, always nosuid and nodev; returns the bind's name and
-   * its path below the share (the guest sees it at `guestSharedDir/PATH`).
+   * read-only all the way down when asked, always nosuid and nodev, idmapped as the tree is;
+   * returns the bind's name and its path below the share (the guest sees it at
+   * `guestSharedDir/PATH`). The copy of the source's mount tree is made (and its attributes
+   * set) first, before anything is recorded: a source that refuses them (an overlayfs under an
+   * idmapped share: {@link IdmapUnsupportedError}) leaves nothing behind.
    */
   async bind(request: { top: ShareTop; prefix: string; source: string; readOnly: boolean; key?: string; users?: string[] }): Promise<{ name: string; path: string }> {
     const stat = await fs.stat(request.source).catch((cause: unknown) => {
@@ -213,21 +256,38 @@ export class Share {
     if (!BIND_NAME.test(name)) throw new InvalidArgumentError('prefix', `${JSON.stringify(request.prefix)} makes a bad share name`);
     const bindPath = `${request.top}/${name}`;
     const file = !stat.isDirectory();
-    const tree = await this.update((s) => {
-      if (!s.tree?.roMntId || !s.tree.rwMntId) throw new InvalidArgumentError('sharedFs', 'the share is not set up');
-      s.binds[name] = {
-        path: bindPath,
-        source: request.source,
-        readOnly: request.readOnly,
-        file,
-        ...(request.key === undefined ? {} : { key: request.key }),
-        ...(request.users === undefined ? {} : { users: [...request.users] }),
-      };
-      return { ...s.tree };
-    });
+    // A detached copy: nothing on the host until it is attached, and gone with its fd.
+    let detached: DetachedTree | undefined;
+    try {
+      const tree = await this.update(async (s) => {
+        if (!s.tree?.roMntId || !s.tree.rwMntId) throw new InvalidArgumentError('sharedFs', 'the share is not set up');
+        const idmap = s.tree.idmap;
+        const attributes = { readOnly: request.readOnly };
+        detached ??= idmap
+          ? await withUserNamespace(idmap, (usernsFd) => DetachedTree.clone(request.source, { ...attributes, idmap: { usernsFd } }))
+          : await DetachedTree.clone(request.source, attributes);
+        s.binds[name] = {
+          path: bindPath,
+          source: request.source,
+          readOnly: request.readOnly,
+          file,
+          ...(request.key === undefined ? {} : { key: request.key }),
+          ...(request.users === undefined ? {} : { users: [...request.users] }),
+        };
+        return { ...s.tree };
+      });
+      await this.#attach(name, request.top, file, detached!, tree as { rwMntId: number; roMntId: number });
+    } finally {
+      detached?.close();
+    }
+    return { name, path: bindPath };
+  }
+
+  /** Makes the point of bind `name` in the read-write view, then attaches `detached` on it in the exported one; each recorded. */
+  async #attach(name: string, topName: ShareTop, file: boolean, detached: DetachedTree, tree: { rwMntId: number; roMntId: number }): Promise<void> {
     const rw = await openView(treeDir(this.dir), tree.rwMntId);
     try {
-      const top = await rw.open(request.top);
+      const top = await rw.open(topName);
       try {
         const point = file ? await top.createFile(name, 0o600) : await top.mkdir(name, 0o755);
         await this.update((s) => {
@@ -241,11 +301,11 @@ export class Share {
     }
     const ro = await openView(sharedDirOf(this.dir), tree.roMntId);
     try {
-      const top = await ro.open(request.top);
+      const top = await ro.open(topName);
       try {
         const target = file ? await TargetFile.open(top, name) : await top.open(name);
         try {
-          const mntId = await bindMount(request.source, target, { readOnly: request.readOnly });
+          const mntId = await detached.attach(target);
           await this.update((s) => {
             if (s.binds[name]) s.binds[name].mntId = mntId;
           });
@@ -258,7 +318,6 @@ export class Share {
     } finally {
       ro.close();
     }
-    return { name, path: bindPath };
   }
 
   /**
@@ -352,7 +411,10 @@ export class SharedFsResource implements SandboxResource<SharedFsState> {
     if (!ctx.boot) throw new InvalidArgumentError('boot', 'the share is prepared for a boot');
     const share = shareOf(ctx);
     if (ctx.state.tree || ctx.state.virtiofsd) await this.release(ctx); // what a crashed boot left
-    await share.setUp();
+    const user = ctx.config.sharedFsUser;
+    // The unprivileged daemon reaches DIR/shared by path (checked before anything is mounted).
+    if (user) await makeReachable(ctx.dir, user);
+    await share.setUp(user);
     const socket = path.join(ctx.boot.dir, 'virtiofsd.sock');
     await Virtiofsd.start({
       sharedDir: sharedDirOf(ctx.dir),
@@ -360,6 +422,10 @@ export class SharedFsResource implements SandboxResource<SharedFsState> {
       logFile: path.join(ctx.dir, 'virtiofsd.log'),
       announceSubmounts: true,
       cache: ctx.config.sharedFsCache ?? 'auto',
+      ...(user ? { user } : {}),
+      // QEMU connects while still root; the socket is given to the user it drops to anyway (it is
+      // in the boot folder, root's 0700), so that no part of the share needs QEMU to be root.
+      ...(user && ctx.config.runAs ? { socketOwner: ctx.config.runAs } : {}),
       onSpawn: (handle) => ctx.update((s) => void (s.virtiofsd = handle)),
       ...(ctx.signal ? { signal: ctx.signal } : {}),
     });
