@@ -26,9 +26,8 @@ function crash(): never {
 
 /** Before a record write (counts it). */
 export function beforeRecordWrite(): void {
-  if (target === undefined) return;
   writes++;
-  if (target === `write:${writes}`) crash();
+  if (target !== undefined && target === `write:${writes}`) crash();
 }
 
 /** After a record write. */

@@ -5,6 +5,11 @@
  * @packageDocumentation
  */
 export * from './errors.js';
+export { CleanupError } from './cleanup.js';
+export type { CallOptions } from './options.js';
+export { IdmapUnsupportedError, UserNamespaceError } from './host/tree.js';
+export { CorruptStateError } from './state/store.js';
+export { StillMountedError } from './state/remove.js';
 export * from './devices/index.js';
 export * from './network/index.js';
 export * from './network/cni/index.js';

@@ -294,4 +294,9 @@ export interface Hypervisor {
   spawn(config: VmConfig, options?: CallOptions): Promise<SpawnedVm>;
   /** Takes control of a VM started by another (or an earlier) process. */
   attach(handle: VmHandle, options?: CallOptions): Promise<VirtualMachine>;
+  /**
+   * Ends the VM of `handle` at once from the handle alone (no control channel): whatever the VM
+   * runs dies with it. Resolves once it is gone (at once if it was); rejects if it survived.
+   */
+  kill(handle: VmHandle): Promise<void>;
 }

@@ -15,8 +15,8 @@ import { InvalidArgumentError, VmpodError } from '../errors.js';
 import { buildGuestAssets, rebuildOptions } from '../guest/build.js';
 import { resolveGuestAssets, type GuestAssets } from '../guest/assets.js';
 import { sha256FileStamped } from '../guest/hash.js';
-import type { MemoryConfig, VmConfig, VmDevice } from '../hypervisor/hypervisor.js';
-import { isAlive, terminate, type ProcessIdentity } from '../host/process.js';
+import type { Hypervisor, MemoryConfig, VmConfig, VmDevice } from '../hypervisor/hypervisor.js';
+import { isAlive, terminate } from '../host/process.js';
 import { packageRoot } from '../native.js';
 import { FileLock } from '../state/lock.js';
 import type { ResolvedSandboxConfig } from './config.js';
@@ -166,12 +166,12 @@ export function vmConfigFor(
  * waited for; then to any daemon of the boot that was spawned but never recorded (a crash in
  * between). Throws when a process outlived SIGKILL.
  */
-export async function killBoot(boot: BootRecord, sandboxDir: string): Promise<void> {
-  const processes: [string, ProcessIdentity | undefined][] = [['the VM', boot.vm], ['the console log writer', boot.logger]];
-  for (const [what, identity] of processes) {
-    if (identity && isAlive(identity) && !(await terminate(identity, 0))) throw new VmpodError('ERR_VMPOD_SANDBOX', `${what} (pid ${identity.pid}) did not die from SIGKILL`);
+export async function killBoot(boot: BootRecord, sandboxDir: string, hypervisor: Hypervisor): Promise<void> {
+  if (boot.vm) await hypervisor.kill(boot.vm);
+  if (boot.logger && isAlive(boot.logger) && !(await terminate(boot.logger, 0))) {
+    throw new VmpodError('ERR_VMPOD_SANDBOX', `the console log writer (pid ${boot.logger.pid}) did not die from SIGKILL`);
   }
-  await killStrays([boot.dir, `${sandboxDir}/console.log`]);
+  await killStrays([boot.dir, sandboxDir]);
 }
 
 /** An agent connection of this process, with the port lock it holds. */
@@ -209,8 +209,8 @@ export async function connectAgent(sandboxId: string, bootDir: string, count: nu
   throw new SandboxError(sandboxId, `all ${count} agent ports are in use by other processes`);
 }
 
-/** The daemons a sandbox runs, by the basename of their argv[0]. */
-const DAEMONS = new Set(['qemu-system-x86_64', 'virtiofsd', 'vmpod-logger']);
+/** The daemons a sandbox runs, by the basename of their argv[0] (vmpod-agent: a VM run on the host, in tests). */
+const DAEMONS = new Set(['qemu-system-x86_64', 'virtiofsd', 'vmpod-logger', 'vmpod-agent']);
 
 /**
  * Kills the sandbox daemons (QEMU, virtiofsd, log writers) whose command line names one of

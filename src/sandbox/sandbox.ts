@@ -31,7 +31,7 @@ import type { Hypervisor, SpawnedVm, VirtualMachine, VmExit } from '../hyperviso
 import { QemuHypervisor } from '../hypervisor/qemu/hypervisor.js';
 import { closeFds } from '../network/endpoints/index.js';
 import type { CniCheckOutcome } from '../network/network.js';
-import { isAlive, logTail, spawnLogPipe, waitForProcessExit, type LogPipe } from '../host/process.js';
+import { isAlive, logTail, spawnLogPipe, waitForProcessExit, type LogPipe, type ProcessIdentity } from '../host/process.js';
 import { mountTable } from '../host/tree.js';
 import { resolveNfvConfig, type PciPassthrough, type VhostUserNic } from '../nfv/config.js';
 import type { CallOptions } from '../options.js';
@@ -47,6 +47,7 @@ import { Journal, RECORD_FORMAT, SupersededError, checkRecord, newBootId, newOwn
 import { ResourceManager, type ContextOptions } from './resources/manager.js';
 import type { GuestContext, SandboxResource } from './resources/resource.js';
 import { rootfsImageFormat } from './resources/guest-rootfs.js';
+import { SHARED_FS_KIND } from './resources/shared-fs.js';
 import {
   NETWORK_KIND,
   NetworkResource,
@@ -209,7 +210,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     // CNI files read, plugins asked (VERSION): an unknown plugin fails here, before anything exists.
     if (resolved.network) await loadNetworkConfig(resolved.network, options.signal ? { signal: options.signal } : {});
     const store = storeAt(resolved.stateDir);
-    await store.create(resolved.id);
+    await store.create(resolved.id, resolved.sharedFsUser ? { reachableBy: resolved.sharedFsUser } : {});
     const now = new Date().toISOString();
     const record: SandboxRecord = { format: RECORD_FORMAT, id: resolved.id, state: 'created', createdAt: now, updatedAt: now, config: resolved, resources: {}, containers: {} };
     try {
@@ -249,6 +250,11 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       await sandbox.delete(options);
       return [];
     } catch (error) {
+      if (error instanceof NotFoundError && (await fs.stat(store.dir(validate.id(id))).catch(() => undefined))) {
+        // A folder whose record was never written (a crash in create): nothing else was made yet.
+        await store.remove(id);
+        return [];
+      }
       if (!(error instanceof CorruptStateError)) throw error;
       return removeUnreadable(store, validate.id(id), error);
     }
@@ -379,21 +385,30 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     }, signal ? { signal } : {}).finally(async () => {
       this.#record = await this.#journal.read().catch(() => this.#record);
     });
+    // The guest part is cut short when a daemon the boot needs dies (virtiofsd: the guest's mount
+    // of the share would wait for it until the agent call's deadline).
+    const died = new AbortController();
+    const daemons = [(this.#record.resources[SHARED_FS_KIND] as { virtiofsd?: ProcessIdentity } | undefined)?.virtiofsd].filter((d) => d !== undefined);
+    const watch = setInterval(() => {
+      for (const d of daemons) if (!isAlive(d)) died.abort(new SandboxError(this.id, `virtiofsd (pid ${d.pid}) exited during start`));
+    }, 200);
+    const guestSignal = signal ? AbortSignal.any([signal, died.signal]) : died.signal;
     try {
-      const vm = await spawned!.ready(signal ? { signal } : {});
+      const vm = await spawned!.ready({ signal: guestSignal });
       this.#adoptVm(bootId, vm);
-      const link = await this.#raceVmExit(vm, this.#agentLink(this.#record.boot!, { signal, timeoutMs: 120_000 }));
+      const link = await this.#raceVmExit(vm, this.#agentLink(this.#record.boot!, { signal: guestSignal, timeoutMs: 120_000 }));
       // Setting the clock needs no round trip of its own: it overlaps the resources' guest setup.
-      const clockSet = link.agent.setTime(new Date(), signal ? { signal } : {});
+      const clockSet = link.agent.setTime(new Date(), { signal: guestSignal });
       clockSet.catch(() => undefined);
-      await this.#resources.attach(this.#record, context, { agent: link.agent, vm, guestStateDir: link.agent.info.stateDir });
+      await this.#resources.attach(this.#record, { ...context, signal: guestSignal }, { agent: link.agent, vm, guestStateDir: link.agent.info.stateDir });
       await clockSet;
       await this.#journal.transact((tx) => {
         guard(tx.record);
         tx.record.state = 'running';
         delete tx.record.op;
       });
-    } catch (error) {
+    } catch (caught) {
+      const error = died.signal.aborted && !signal?.aborted ? (died.signal.reason as Error) : caught;
       if (error instanceof SupersededError) throw new SandboxError(this.id, error.message, { cause: error });
       await this.#journal
         .transact(async (tx) => {
@@ -410,6 +425,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       this.#dropConnections();
       throw error;
     } finally {
+      clearInterval(watch);
       this.#record = await this.#journal.read().catch(() => this.#record);
     }
     this.emit('started');
@@ -664,7 +680,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       steps.push([
         'the VM',
         async () => {
-          await killBoot(boot, this.dir);
+          await killBoot(boot, this.dir, this.#hypervisor);
           vmGone = true;
         },
       ]);

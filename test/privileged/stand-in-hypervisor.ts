@@ -102,9 +102,16 @@ export interface StandInFiles {
 
 let files: StandInFiles | undefined;
 
-/** The run's files, made on first use. */
+/**
+ * The run's files, made on first use; a child process given `VMPOD_STAND_IN_DIR` (another
+ * process's {@link StandInFiles.dir}) uses those and never removes them.
+ */
 export function standInFiles(): StandInFiles {
   if (files && fs.existsSync(files.rootfs)) return files;
+  const given = process.env['VMPOD_STAND_IN_DIR'];
+  if (given !== undefined && fs.existsSync(path.join(given, 'rootfs'))) {
+    return { dir: given, rootfs: path.join(given, 'rootfs'), kernel: path.join(given, 'kernel'), initramfs: path.join(given, 'initramfs') };
+  }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vt-stand-in-'));
   const made: StandInFiles = { dir, rootfs: path.join(dir, 'rootfs'), kernel: path.join(dir, 'kernel'), initramfs: path.join(dir, 'initramfs') };
   try {
@@ -369,6 +376,20 @@ export class StandInHypervisor implements Hypervisor {
         }
       },
     };
+  }
+
+  /**
+   * Ends a stand-in VM from its handle alone, as a VM's death would end what runs in it: SIGKILL
+   * to its whole cgroup (the agent and its containers, host processes here), then the group goes.
+   */
+  async kill(handle: VmHandle): Promise<void> {
+    const cgroup = cgroupPath(handle);
+    if (cgroup !== undefined && fs.existsSync(cgroup)) killCgroup(cgroup);
+    if (isAlive(handle)) {
+      signalProcess(handle, 'SIGKILL');
+      if (!(await waitForProcessExit(handle, 10_000))) throw new VmExitedError(handle.id, `the agent (pid ${handle.pid}) did not die from SIGKILL`);
+    }
+    if (cgroup !== undefined && fs.existsSync(cgroup)) await removeCgroup(cgroup);
   }
 
   /** Takes control of a stand-in VM from its handle, in any process: checks it is still that agent. */

@@ -98,7 +98,8 @@ describe('the devices resource binds at prepare and restores at release', () => 
       ['bus/pci/drivers/iavf/unbind', '0000:3b:02.1'],
       ['bus/pci/drivers_probe', '0000:3b:02.1'],
     ]);
-    // The first save happened before any write, and already named the original driver.
+    // The first save happened before any write, and already named the original driver and the
+    // host-wide claim the binding takes on the group.
     expect(record.saves[0]).toEqual({
       devices: [
         {
@@ -108,11 +109,16 @@ describe('the devices resource binds at prepare and restores at release', () => 
             address: '0000:3b:02.1',
             iommuGroup: 51,
             devices: [{ address: '0000:3b:02.1', originalDriver: 'iavf', originalDriverOverride: null, alreadyBound: false }],
+            claimId: expect.stringMatching(/^[0-9a-f-]{36}$/u),
+            owner: 'sandbox sb',
           },
           hotplugged: false,
         },
       ],
     });
+    expect((record.saves.at(-1) as { devices: { binding: { claimId: string } }[] }).devices[0]!.binding.claimId).toBe(
+      (record.saves[0] as { devices: { binding: { claimId: string } }[] }).devices[0]!.binding.claimId,
+    );
     expect(contribution.devices).toEqual([{ kind: 'vfio-pci', id: 'hostdev0', host: '0000:3b:02.1', rootPort: true }]);
     const args = qemuArgs(contribution.devices!);
     expect(args).toContain('pcie-root-port,id=rp0,bus=pcie.0,chassis=1,addr=0x10');
@@ -276,6 +282,7 @@ describe('the devices resource binds at prepare and restores at release', () => 
       name: 'fake',
       start: fail,
       spawn: fail,
+      kill: async () => undefined,
       attach: async () => {
         throw new Error('unused');
       },

@@ -11,7 +11,7 @@ import * as validate from '../../validate.js';
 import { VmExitedError, VmStartError } from '../errors.js';
 import { probeHost, type HostFacts } from '../host.js';
 import type { CallOptions, Hypervisor, SpawnedVm, VmConfig, VmHandle } from '../hypervisor.js';
-import { isAlive, logTail, signalProcess, spawnDetached, waitForProcessExit } from '../../host/process.js';
+import { isAlive, logTail, signalProcess, spawnDetached, terminate, waitForProcessExit } from '../../host/process.js';
 import { buildQemuCommandLine, type QemuCommandLine } from './cmdline.js';
 import { QmpClient } from './qmp.js';
 import { QemuVm } from './vm.js';
@@ -157,6 +157,11 @@ export class QemuHypervisor implements Hypervisor {
         }
       },
     };
+  }
+
+  /** SIGKILL through a pidfd, after checking the process is the one the handle names; waits until it is gone. */
+  async kill(handle: VmHandle): Promise<void> {
+    if (isAlive(handle) && !(await terminate(handle, 0))) throw new VmExitedError(handle.id, `QEMU (pid ${handle.pid}) did not die from SIGKILL`);
   }
 
   /**
