@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { SystemError, VmpodError, type VmpodErrorOptions } from '../errors.js';
+import { VmpodError, type VmpodErrorOptions } from '../errors.js';
 
 /** The hypervisor process failed to start; the message carries the end of its log. */
 export class VmStartError extends VmpodError {

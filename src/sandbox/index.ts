@@ -4,7 +4,8 @@
  * @module
  */
 export { Sandbox, SandboxError } from './sandbox.js';
-export type { ContainerConfig, LookupOptions, SandboxCallOptions, SandboxDevices, SandboxEvents, SandboxInfo, StopInfo, VolumeInfo } from './sandbox.js';
+export type { ContainerConfig } from './containers.js';
+export type { LookupOptions, SandboxCallOptions, SandboxDevices, SandboxEvents, SandboxInfo, StopInfo, VolumeInfo } from './types.js';
 export { resolveSandboxConfig, type GuestConfig, type ResolvedSandboxConfig, type SandboxConfig, type SharedFsCache } from './config.js';
 export type { InitStdioOptions, StdioTransport } from './containers.js';
 export { SupersededError } from './record.js';

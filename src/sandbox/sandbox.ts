@@ -31,19 +31,20 @@ import type { Hypervisor, SpawnedVm, VirtualMachine, VmExit } from '../hyperviso
 import { QemuHypervisor } from '../hypervisor/qemu/hypervisor.js';
 import { closeFds } from '../network/endpoints/index.js';
 import type { CniCheckOutcome } from '../network/network.js';
+import { loadNetworkConfig } from '../network/sandbox-config.js';
 import { isAlive, logTail, spawnLogPipe, waitForProcessExit, type LogPipe, type ProcessIdentity } from '../host/process.js';
-import { mountTable } from '../host/tree.js';
-import { resolveNfvConfig, type PciPassthrough, type VhostUserNic } from '../nfv/config.js';
+import type { PciPassthrough, VhostUserNic } from '../nfv/config.js';
 import type { CallOptions } from '../options.js';
-import { CorruptStateError, DEFAULT_STATE_DIR, StateStore } from '../state/store.js';
+import { CorruptStateError, type StateStore } from '../state/store.js';
 import { removeTree } from '../state/remove.js';
-import { unmount } from '../devices/mount.js';
 import * as validate from '../validate.js';
 import { checkVolumeSpec, type VolumeSpec } from '../volume/spec.js';
-import { bootDirOf, bootDirsOf, connectAgent, guestAssetsFor, killBoot, killStrays, makeBootDir, sandboxFiles, SandboxError, vmConfigFor, type AgentLink } from './boot.js';
+import { bootDirOf, guestAssetsFor, killBoot, makeBootDir, sandboxFiles, SandboxError, vmConfigFor } from './boot.js';
 import { resolveSandboxConfig, type ResolvedSandboxConfig, type SandboxConfig } from './config.js';
+import { BootConnections } from './connections.js';
 import { ContainerManager, type ContainerConfig, type GuestSession } from './containers.js';
-import { Journal, RECORD_FORMAT, SupersededError, checkRecord, newBootId, newOwner, ownedHere, ownerAlive, type BootRecord, type SandboxRecord, type Transaction } from './record.js';
+import { Journal, RECORD_FORMAT, SupersededError, newBootId, newOwner, ownedHere, ownerAlive, type BootRecord, type SandboxRecord, type Transaction } from './record.js';
+import { listSandboxes, removeUnreadable, stateRootOf, storeAt } from './registry.js';
 import { ResourceManager, type ContextOptions } from './resources/manager.js';
 import type { GuestContext, SandboxResource } from './resources/resource.js';
 import { rootfsImageFormat } from './resources/guest-rootfs.js';
@@ -57,97 +58,25 @@ import {
   removeSandboxNetwork,
   rescanSandboxNetwork,
   type AddNetworkOptions,
+  type NetworkState,
   type RescanResult,
   type SandboxInterfaceInfo,
 } from './resources/network.js';
-import { loadNetworkConfig } from '../network/sandbox-config.js';
-import { VOLUMES_KIND, detachVolume, hotplugVolume, volumesState } from './resources/volumes/index.js';
-import { PCI_DEVICES_KIND, hotplugPci, pciDevices, unplugPci, type PciDeviceInfo } from './resources/pci-devices.js';
-import { VHOST_USER_KIND, hotplugNic, unplugNic, vhostUserNics, type VhostUserNicInfo } from './resources/vhost-user.js';
+import { VOLUMES_KIND, detachVolume, hotplugVolume, volumesState, type VolumesState } from './resources/volumes/index.js';
+import { PCI_DEVICES_KIND, addPciDevice, pciDevices, unplugPci, type PciDeviceInfo, type PciDevicesState } from './resources/pci-devices.js';
+import { VHOST_USER_KIND, addNic, unplugNic, vhostUserNics, type VhostUserNicInfo, type VhostUserState } from './resources/vhost-user.js';
 import { STREAM_PORTS_KIND, parseStreamPorts, reopenPort } from './resources/stream-ports.js';
 import { TRANSITIONAL_STATES, VM_STATES, assertTransition, type SandboxState } from './state-machine.js';
+import { volumeInfo, type LookupOptions, type SandboxDevices, type SandboxEvents, type SandboxInfo, type StopInfo, type VolumeInfo } from './types.js';
 
 export type { SandboxConfig, SandboxState, ContainerConfig };
+export type { LookupOptions, SandboxCallOptions, SandboxDevices, SandboxEvents, SandboxInfo, StopInfo, VolumeInfo } from './types.js';
 export { SandboxError };
 
 /** How long stop() waits for the agent to take the power-off request before it moves on. */
 const AGENT_ANSWER_MS = 3_000;
 /** How long a hypervisor control channel may take to answer before it counts as silent. */
 const CONTROL_ANSWER_MS = 2_000;
-
-/** Why a sandbox stopped. */
-export interface StopInfo {
-  /** `requested`: stop() or delete(); `guest`: the guest powered off; `unexpected`: the VM died. */
-  reason: 'requested' | 'unexpected' | 'guest';
-  /** e.g. `SIGKILL`, `guest-shutdown`; for stop(), `stop` when the guest powered off in time, else what ended it. */
-  detail: string;
-}
-
-/** Events of a {@link Sandbox}. */
-export interface SandboxEvents {
-  /** Progress of a long step (e.g. the first guest build). */
-  progress: (message: string) => void;
-  /** The VM runs and its agent answered. */
-  started: () => void;
-  paused: () => void;
-  resumed: () => void;
-  /** The VM is gone, on request or not, also when another process stopped or deleted the sandbox. */
-  stopped: (info: StopInfo) => void;
-  /** A container's init process exited. */
-  containerExit: (containerId: string, status: ExitStatus) => void;
-  /** A background failure: recording that the VM died, the agent connection broken by the guest, the control channel lost. */
-  error: (error: Error) => void;
-}
-
-/** Options of calls that can be cancelled and bounded (the one options type of vmpod). */
-export type SandboxCallOptions = CallOptions;
-
-/** Options of {@link Sandbox.attach} and {@link Sandbox.list}. */
-export interface LookupOptions extends CallOptions {
-  /** State directory root (default `/run/vmpod`, or `$VMPOD_STATE_DIR`). */
-  stateDir?: string;
-  /** The VM backend (default: QEMU). */
-  hypervisor?: Hypervisor;
-}
-
-/** One line of {@link Sandbox.list}. */
-export interface SandboxInfo {
-  id: string;
-  state: SandboxState;
-  createdAt: string;
-  /** The hypervisor's pid while the VM runs. */
-  pid?: number;
-  cpus: number;
-  memoryMiB: number;
-  machine: string;
-  /** The console log (guest console and hypervisor messages; the previous part in `.1`). */
-  consoleLog: string;
-}
-
-/** A volume of a sandbox. */
-export interface VolumeInfo {
-  spec: VolumeSpec;
-  /** Where it is in the guest, once mounted. */
-  guestPath?: string;
-  /** Added to the running sandbox rather than from its config (forgotten at stop). */
-  hotplugged: boolean;
-  /** The container whose rootfs image it is. */
-  container?: string;
-}
-
-/** The NFV devices of a sandbox, with their guest PCI paths. */
-export interface SandboxDevices {
-  vhostUser: VhostUserNicInfo[];
-  pci: PciDeviceInfo[];
-}
-
-function stateRootOf(options: { stateDir?: string | undefined }): string {
-  return validate.absolutePath(options.stateDir ?? process.env['VMPOD_STATE_DIR'] ?? DEFAULT_STATE_DIR, 'stateDir');
-}
-
-function storeAt(root: string): StateStore<SandboxRecord> {
-  return new StateStore<SandboxRecord>(root, checkRecord);
-}
 
 function checkedTimeout(value: number | undefined, fallback: number, field = 'timeoutMs'): number {
   return validate.integer(value ?? fallback, field, 0, 2 ** 31 - 1);
@@ -168,11 +97,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   readonly #resources: ResourceManager;
   readonly #containers: ContainerManager;
   readonly #objects = new Map<string, Container>();
-  /** This process's control channel to the current boot's VM (connected on demand). */
-  #vm: { boot: string; vm: VirtualMachine } | undefined;
-  /** This process's agent connection to the current boot (connected on demand). */
-  #link: { boot: string; link: AgentLink } | undefined;
-  #watch: { boot: string; timer: NodeJS.Timeout } | undefined;
+  readonly #connections: BootConnections;
   /** This object runs stop() or delete(): the VM's exit is theirs to record. */
   #ending = 0;
 
@@ -190,6 +115,13 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       journal: this.#journal,
       resources: this.#resources,
       session: (options, action) => this.#session(options, action),
+    });
+    this.#connections = new BootConnections(record.id, hypervisor, record.config.agentPorts, {
+      vmGone: (bootId, exit) => void this.#vmGone(bootId, exit).catch((error: unknown) => this.emit('error', error as Error)),
+      // An agent that breaks while this object stops or deletes the sandbox is expected.
+      error: (error, source) => (source === 'vm' || this.#ending === 0) && this.emit('error', error),
+      paused: () => this.emit('paused'),
+      resumed: () => this.emit('resumed'),
     });
   }
 
@@ -233,7 +165,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     const sandbox = new Sandbox(record, store, options.hypervisor ?? new QemuHypervisor(), false);
     if ((record.state === 'running' || record.state === 'paused') && record.boot) {
       if (!record.boot.vm || !isAlive(record.boot.vm)) await sandbox.#vmGone(record.boot.id, { reason: 'unexpected', detail: 'the VM was found gone' });
-      else sandbox.#watchVm(record.boot);
+      else sandbox.#connections.watch(record.boot);
     }
     return sandbox;
   }
@@ -262,27 +194,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
 
   /** Every sandbox under the state directory, with its state checked against the live VM. */
   static async list(options: Omit<LookupOptions, 'signal' | 'hypervisor'> = {}): Promise<SandboxInfo[]> {
-    const store = storeAt(stateRootOf(options));
-    const infos: SandboxInfo[] = [];
-    for (const id of await store.ids()) {
-      const record = await store.read(id).catch(() => undefined);
-      if (!record) continue; // no record yet, or unreadable: `vmpod delete` can still remove it
-      let state = record.state;
-      const vm = record.boot?.vm;
-      if ((state === 'running' || state === 'paused') && (!vm || !isAlive(vm))) state = 'stopped';
-      const info: SandboxInfo = {
-        id,
-        state,
-        createdAt: record.createdAt,
-        cpus: record.config.cpus,
-        memoryMiB: record.config.memoryMiB,
-        machine: record.config.machine,
-        consoleLog: sandboxFiles(store.dir(id)).consoleLog,
-      };
-      if (vm && VM_STATES.has(state)) info.pid = vm.pid;
-      infos.push(info);
-    }
-    return infos;
+    return listSandboxes(storeAt(stateRootOf(options)));
   }
 
   /** The sandbox id. */
@@ -395,8 +307,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     const guestSignal = signal ? AbortSignal.any([signal, died.signal]) : died.signal;
     try {
       const vm = await spawned!.ready({ signal: guestSignal });
-      this.#adoptVm(bootId, vm);
-      const link = await this.#raceVmExit(vm, this.#agentLink(this.#record.boot!, { signal: guestSignal, timeoutMs: 120_000 }));
+      this.#connections.adopt(bootId, vm);
+      const link = await this.#raceVmExit(vm, this.#connections.agent(this.#record.boot!, { signal: guestSignal, timeoutMs: 120_000 }));
       // Setting the clock needs no round trip of its own: it overlaps the resources' guest setup.
       const clockSet = link.agent.setTime(new Date(), { signal: guestSignal });
       clockSet.catch(() => undefined);
@@ -422,7 +334,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
           }
         })
         .catch((cleanup: unknown) => Object.assign(error as Error, { cleanupError: cleanup }));
-      this.#dropConnections();
+      this.#connections.drop();
       throw error;
     } finally {
       clearInterval(watch);
@@ -490,7 +402,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       });
     } finally {
       this.#ending--;
-      this.#dropConnections();
+      this.#connections.drop();
       this.#record = await this.#journal.read().catch(() => this.#record);
     }
     if (info) this.emit('stopped', info);
@@ -518,14 +430,14 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     if (timeoutMs > 0) {
       try {
         const answer = Math.min(AGENT_ANSWER_MS, timeoutMs);
-        const { agent } = await this.#agentLink(boot, { signal, timeoutMs: answer });
+        const { agent } = await this.#connections.agent(boot, { signal, timeoutMs: answer });
         await agent.shutdown({ timeoutMs: answer, ...(signal ? { signal } : {}) });
         if (await waitForProcessExit(vmIdentity, timeoutMs, signal)) return 'stop';
       } catch {
         // a silent or broken agent: on to the hypervisor
       }
       try {
-        const vm = await this.#vmControl(boot, { timeoutMs: CONTROL_ANSWER_MS });
+        const vm = await this.#connections.vmControl(boot, { timeoutMs: CONTROL_ANSWER_MS });
         const { method } = await vm.shutdown({ graceful: () => Promise.reject(new Error('skipped')), gracefulTimeoutMs: 0 });
         if (method === 'quit') return 'stop: the guest did not power off in time, the hypervisor was told to quit';
       } catch {
@@ -586,7 +498,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       throw error;
     } finally {
       this.#ending--;
-      this.#dropConnections();
+      this.#connections.drop();
     }
     this.#record.state = 'deleted';
   }
@@ -595,7 +507,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   async pause(options: CallOptions = {}): Promise<void> {
     const record = await this.record();
     assertTransition('sandbox', this.label, record.state, 'paused');
-    const vm = await this.#vmControl(record.boot!, options);
+    const vm = await this.#connections.vmControl(record.boot!, options);
     await vm.pause(options);
     await this.#journal.transact((tx) => {
       if (tx.record.boot?.id === record.boot!.id && tx.record.state === 'running') tx.record.state = 'paused';
@@ -607,15 +519,14 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   async resume(options: CallOptions = {}): Promise<void> {
     const record = await this.record();
     if (record.state !== 'paused') throw new InvalidStateError(this.label, record.state, 'paused', { action: 'resume()' });
-    const vm = await this.#vmControl(record.boot!, options);
+    const vm = await this.#connections.vmControl(record.boot!, options);
     await vm.resume(options);
     await this.#journal.transact((tx) => {
       if (tx.record.boot?.id === record.boot!.id && tx.record.state === 'paused') tx.record.state = 'running';
     });
     this.#record = await this.#journal.read();
     // The guest clock stood still while paused: set it again.
-    const link = this.#link?.boot === record.boot!.id ? this.#link.link : undefined;
-    if (link && !link.agent.closed) await link.agent.setTime(new Date(), options).catch(() => undefined);
+    await this.#connections.currentAgent(record.boot!.id)?.setTime(new Date(), options).catch(() => undefined);
   }
 
   /**
@@ -627,7 +538,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       for (const stream of [container.stdin, container.stdout, container.stderr]) stream?.destroy();
     }
     this.#objects.clear();
-    this.#dropConnections();
+    this.#connections.drop();
   }
 
   /** Deletes a sandbox this process created (stopping it first); detaches from an attached one. */
@@ -702,34 +613,6 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
 
   // --- The VM's exit ------------------------------------------------------------------------------
 
-  #adoptVm(bootId: string, vm: VirtualMachine): void {
-    this.#vm = { boot: bootId, vm };
-    vm.on('paused', () => this.emit('paused'));
-    vm.on('resumed', () => this.emit('resumed'));
-    vm.on('exit', (exit) => void this.#vmGone(bootId, exit).catch((error: unknown) => this.emit('error', error as Error)));
-    // QMP broke while QEMU lives on: calls that need it will connect again; say so now.
-    vm.on('error', (error) => this.emit('error', error));
-  }
-
-  /** Watches a VM this process has no control channel to (an attached sandbox): its exit is recorded and told. */
-  #watchVm(boot: BootRecord): void {
-    if (this.#watch?.boot === boot.id || !boot.vm) return;
-    this.#unwatch();
-    const identity = boot.vm;
-    const timer = setInterval(() => {
-      if (isAlive(identity)) return;
-      this.#unwatch();
-      void this.#vmGone(boot.id, { reason: 'unexpected', detail: 'the VM process is gone' }).catch((error: unknown) => this.emit('error', error as Error));
-    }, 500);
-    timer.unref();
-    this.#watch = { boot: boot.id, timer };
-  }
-
-  #unwatch(): void {
-    if (this.#watch) clearInterval(this.#watch.timer);
-    this.#watch = undefined;
-  }
-
   /**
    * The VM of boot `bootId` is gone: records it (releasing what it used) unless it was this
    * process's own stop, another boot, or an operation of another process that will (it is waited
@@ -772,51 +655,13 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       info = { reason: 'requested', detail: 'deleted by another process' }; // its record is gone too
       this.#record.state = 'deleted';
     }
-    this.#dropConnections(bootId);
+    this.#connections.drop(bootId);
     this.#record = await this.#journal.read().catch(() => this.#record);
-    if (next && !this.#vm && !this.#watch) this.#watchVm(next);
+    if (next) this.#connections.watch(next);
     if (info) this.emit('stopped', info);
   }
 
-  /** Closes this process's connections (only those to boot `bootId` when given: a newer boot's stay). */
-  #dropConnections(bootId?: string): void {
-    if (bootId === undefined || this.#watch?.boot === bootId) this.#unwatch();
-    if (this.#link && (bootId === undefined || this.#link.boot === bootId)) {
-      this.#link.link.agent.close();
-      void this.#link.link.lock.release();
-      this.#link = undefined;
-    }
-    if (this.#vm && (bootId === undefined || this.#vm.boot === bootId)) {
-      this.#vm.vm.detach();
-      this.#vm = undefined;
-    }
-  }
-
-  // --- Connections to the guest and the hypervisor -----------------------------------------------
-
-  /** This process's agent connection to `boot` (connected on demand, with a deadline). */
-  async #agentLink(boot: BootRecord, options: { signal?: AbortSignal | undefined; timeoutMs: number }): Promise<AgentLink> {
-    const held = this.#link;
-    if (held?.boot === boot.id && !held.link.agent.closed) return held.link;
-    if (held) this.#link = undefined;
-    const link = await connectAgent(this.id, boot.dir, this.config.agentPorts, options);
-    this.#link = { boot: boot.id, link };
-    link.agent.on('close', (error) => {
-      // The agent hung up or broke the protocol while this process still used it.
-      if (error && this.#link?.link === link && this.#ending === 0) this.emit('error', error);
-    });
-    return link;
-  }
-
-  /** The hypervisor's control channel to `boot` (connected on demand, with a deadline). */
-  async #vmControl(boot: BootRecord, options: CallOptions = {}): Promise<VirtualMachine> {
-    if (this.#vm?.boot === boot.id && !this.#vm.vm.exited) return this.#vm.vm;
-    if (!boot.vm) throw new SandboxError(this.id, 'the VM of this boot was never spawned');
-    const vm = await this.#hypervisor.attach(boot.vm, { timeoutMs: options.timeoutMs ?? 10_000, ...(options.signal ? { signal: options.signal } : {}) });
-    this.#unwatch();
-    this.#adoptVm(boot.id, vm);
-    return vm;
-  }
+  // --- Connections to the guest --------------------------------------------------------------------
 
   /**
    * @internal The agent connection of this process (the sandbox must run; a paused one's agent
@@ -828,8 +673,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
 
   /** @internal This process's agent connection to the current boot, if it has one now. */
   currentAgent(): AgentClient | undefined {
-    const link = this.#link?.link;
-    return link && !link.agent.closed && this.#link!.boot === this.#record.boot?.id ? link.agent : undefined;
+    return this.#connections.currentAgent(this.#record.boot?.id);
   }
 
   /** The running boot and this process's way to its guest; every record change it makes checks the boot is still running. */
@@ -839,8 +683,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       throw new InvalidStateError(this.label, record.state, 'running', { action });
     }
     const boot = record.boot;
-    const link = await this.#agentLink(boot, { signal: options.signal, timeoutMs: options.timeoutMs ?? 30_000 });
-    if (!this.#vm && !this.#watch) this.#watchVm(boot);
+    const link = await this.#connections.agent(boot, { signal: options.signal, timeoutMs: options.timeoutMs ?? 30_000 });
+    this.#connections.watch(boot);
     const guard = (r: SandboxRecord): void => {
       if (r.boot?.id !== boot.id || (r.state !== 'running' && r.state !== 'paused')) throw new SupersededError(this.id, `is ${r.state} now: it was stopped or restarted meanwhile`);
     };
@@ -849,7 +693,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       guestStateDir: link.agent.info.stateDir,
       bootDir: boot.dir,
       contextOptions: { boot: { id: boot.id, dir: boot.dir }, guard, signal: options.signal },
-      vm: () => this.#vmControl(boot, options),
+      vm: () => this.#connections.vmControl(boot, options),
     };
   }
 
@@ -925,22 +769,22 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
    * configured in the guest. See docs/sandbox-networking.md.
    */
   async addNetwork(network: Omit<AddNetworkOptions, 'signal'>, options: CallOptions = {}): Promise<SandboxInterfaceInfo> {
-    return this.#withGuest(NETWORK_KIND, (ctx) => addSandboxNetwork(ctx as never, { ...network, ...(options.signal ? { signal: options.signal } : {}) }), options, 'adding a network');
+    return this.#withGuest(NETWORK_KIND, (ctx: GuestContext<NetworkState>) => addSandboxNetwork(ctx, { ...network, ...(options.signal ? { signal: options.signal } : {}) }), options, 'adding a network');
   }
 
   /** Removes an interface (by its name, or its CNI network's name) from the running sandbox; CNI DEL for a CNI one. */
   async removeNetwork(name: string, options: CallOptions = {}): Promise<void> {
-    await this.#withGuest(NETWORK_KIND, (ctx) => removeSandboxNetwork(ctx as never, name), options, 'removing a network');
+    await this.#withGuest(NETWORK_KIND, (ctx: GuestContext<NetworkState>) => removeSandboxNetwork(ctx, name), options, 'removing a network');
   }
 
   /** CNI CHECK of the sandbox's CNI networks (or the one of `name`); a plugin's failure is in its outcome. */
   async checkNetwork(name?: string, options: CallOptions = {}): Promise<CniCheckOutcome[]> {
-    return this.#withGuest(NETWORK_KIND, (ctx) => checkSandboxNetwork(ctx as never, name), options, 'checking its networks');
+    return this.#withGuest(NETWORK_KIND, (ctx: GuestContext<NetworkState>) => checkSandboxNetwork(ctx, name), options, 'checking its networks');
   }
 
   /** Scans the sandbox's namespace again: plugs new interfaces, unplugs gone ones, mirrors changed addresses and routes. */
   async rescanNetwork(options: CallOptions = {}): Promise<RescanResult> {
-    return this.#withGuest(NETWORK_KIND, (ctx) => rescanSandboxNetwork(ctx as never), options, 'rescanning its network');
+    return this.#withGuest(NETWORK_KIND, (ctx: GuestContext<NetworkState>) => rescanSandboxNetwork(ctx), options, 'rescanning its network');
   }
 
   /** The interfaces of the sandbox's network, from its record (whatever its state). */
@@ -955,12 +799,12 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
    */
   async addVolume(volume: VolumeSpec | { toJSON(): VolumeSpec }, options: CallOptions = {}): Promise<VolumeInfo> {
     const spec = checkVolumeSpec(volume, 'volume');
-    return volumeInfo(await this.#withGuest(VOLUMES_KIND, (ctx) => hotplugVolume(ctx as never, spec), options, 'adding a volume'));
+    return volumeInfo(await this.#withGuest(VOLUMES_KIND, (ctx: GuestContext<VolumesState>) => hotplugVolume(ctx, spec), options, 'adding a volume'));
   }
 
   /** Removes a volume from the running sandbox (no container may use it any more). */
   async removeVolume(name: string, options: CallOptions = {}): Promise<void> {
-    await this.#withGuest(VOLUMES_KIND, (ctx) => detachVolume(ctx as never, name), options, 'removing a volume');
+    await this.#withGuest(VOLUMES_KIND, (ctx: GuestContext<VolumesState>) => detachVolume(ctx, name), options, 'removing a volume');
   }
 
   /** The volumes of the sandbox, from its record. */
@@ -973,24 +817,12 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
    * QEMU equivalent: QMP `chardev-add`, `netdev_add vhost-user`, `device_add virtio-net-pci,vectors=0,bus=rpN`.
    */
   async addVhostUserNic(nic: VhostUserNic, options: CallOptions = {}): Promise<VhostUserNicInfo> {
-    return this.#withGuest(
-      VHOST_USER_KIND,
-      async (ctx) => {
-        const count = vhostUserNics(ctx.state).length + (ctx.config.vhostUser ?? []).length;
-        const [resolved] = resolveNfvConfig(
-          { vhostUser: [{ ...nic, id: nic.id ?? `vhu${count}` }] },
-          { memoryMiB: ctx.config.memoryMiB, machine: ctx.config.machine, sharedMemory: false, volumePages: 0 },
-        ).vhostUser;
-        return hotplugNic(ctx as never, { ...resolved!, rootPort: false });
-      },
-      options,
-      'adding a vhost-user NIC',
-    );
+    return this.#withGuest(VHOST_USER_KIND, (ctx: GuestContext<VhostUserState>) => addNic(ctx, nic), options, 'adding a vhost-user NIC');
   }
 
   /** Unplugs a vhost-user NIC (`device_del`, then its netdev and chardev). */
   async removeVhostUserNic(id: string, options: CallOptions = {}): Promise<void> {
-    await this.#withGuest(VHOST_USER_KIND, (ctx) => unplugNic(ctx as never, validate.id(id, 'id')), options, 'removing a vhost-user NIC');
+    await this.#withGuest(VHOST_USER_KIND, (ctx: GuestContext<VhostUserState>) => unplugNic(ctx, validate.id(id, 'id')), options, 'removing a vhost-user NIC');
   }
 
   /**
@@ -998,24 +830,12 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
    * q35 sandbox (QMP `device_add vfio-pci,host=ADDR,bus=rpN`). On failure the drivers are restored.
    */
   async addPciDevice(device: PciPassthrough, options: CallOptions = {}): Promise<PciDeviceInfo> {
-    return this.#withGuest(
-      PCI_DEVICES_KIND,
-      async (ctx) => {
-        const count = pciDevices(ctx.state).length + (ctx.config.devices ?? []).length;
-        const [resolved] = resolveNfvConfig(
-          { devices: [{ ...device, id: device.id ?? `hostdev${count}` }] },
-          { memoryMiB: ctx.config.memoryMiB, machine: ctx.config.machine, sharedMemory: false, volumePages: 0 },
-        ).devices;
-        return hotplugPci(ctx as never, resolved!);
-      },
-      options,
-      'adding a PCI device',
-    );
+    return this.#withGuest(PCI_DEVICES_KIND, (ctx: GuestContext<PciDevicesState>) => addPciDevice(ctx, device), options, 'adding a PCI device');
   }
 
   /** Unplugs a passed-through device and puts its IOMMU group back on the original drivers. */
   async removePciDevice(id: string, options: CallOptions = {}): Promise<void> {
-    await this.#withGuest(PCI_DEVICES_KIND, (ctx) => unplugPci(ctx as never, validate.id(id, 'id')), options, 'removing a PCI device');
+    await this.#withGuest(PCI_DEVICES_KIND, (ctx: GuestContext<PciDevicesState>) => unplugPci(ctx, validate.id(id, 'id')), options, 'removing a PCI device');
   }
 
   /** The vhost-user NICs and passed-through devices of the sandbox, from its record. */
@@ -1025,34 +845,3 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   }
 }
 
-function volumeInfo(state: { spec: VolumeSpec; guestPath?: string; hotplugged: boolean; container?: string }): VolumeInfo {
-  return {
-    spec: state.spec,
-    hotplugged: state.hotplugged,
-    ...(state.guestPath === undefined ? {} : { guestPath: state.guestPath }),
-    ...(state.container === undefined ? {} : { container: state.container }),
-  };
-}
-
-/**
- * Deletes a sandbox whose record cannot be read: its daemons (found by the folders their command
- * lines name), its mounts (everything mounted under its folder), its boot folders and its own
- * folder. What only the record knew (hugepage reservations, PCI drivers, CNI attachments, a
- * network namespace it made) cannot be found: the warnings say so.
- */
-async function removeUnreadable(store: StateStore<SandboxRecord>, id: string, cause: CorruptStateError): Promise<string[]> {
-  const dir = store.dir(id);
-  const boots = await bootDirsOf(store.root, dir);
-  await killStrays([dir, ...boots]);
-  const inside = (await mountTable()).filter((m) => m.mountPoint === dir || m.mountPoint.startsWith(`${dir}/`));
-  // Deepest first; the folder is the host's, so its mount points are unmounted by path.
-  for (const m of inside.sort((a, b) => b.mountPoint.length - a.mountPoint.length || b.id - a.id)) {
-    await unmount(m.mountPoint, { detach: true, noFollow: true }).catch(() => undefined);
-  }
-  for (const boot of boots) await removeTree(boot);
-  await store.remove(id);
-  return [
-    `sandbox "${id}": ${cause.message}`,
-    `its processes, mounts and folders are removed; hugepage reservations, PCI driver bindings, CNI attachments and a network namespace it may have made (vmpod-${id}) could not be known from it: check them`,
-  ];
-}

@@ -8,7 +8,6 @@
  */
 import { InvalidArgumentError } from '../../errors.js';
 import { guestInterface } from '../guest-config.js';
-import { setLink } from '../link.js';
 import type { Netns } from '../netns.js';
 import type { Interface } from '../scan.js';
 import { openMacvtap } from '../tap.js';

@@ -9,7 +9,7 @@
  */
 import { InvalidArgumentError } from '../../errors.js';
 import { guestInterface } from '../guest-config.js';
-import { getLink, setLink } from '../link.js';
+import { getLink } from '../link.js';
 import type { Netns } from '../netns.js';
 import type { Interface } from '../scan.js';
 import { openTap } from '../tap.js';

@@ -18,6 +18,7 @@ import { InvalidArgumentError, NotFoundError } from '../../errors.js';
 import type { VfioPassthroughDevice } from '../../hypervisor/hypervisor.js';
 import { bindVfio, checkVfioGroup, releaseVfio, type VfioBindingRecord } from '../../devices/vfio.js';
 import type { GuestDevice } from '../../agent/messages.js';
+import { resolveNfvConfig, type PciPassthrough } from '../../nfv/config.js';
 import { newOwner } from '../record.js';
 import { assertNotPending, callOptions, type GuestContext, type PendingEntry, type ResourceContext, type SandboxResource, type VmContribution } from './resource.js';
 import { locateInGuest, placeInGuest } from './pci-path.js';
@@ -151,6 +152,16 @@ export class PciDevicesResource implements SandboxResource<PciDevicesState> {
       );
     });
   }
+}
+
+/** Checks `device` (its id defaults to `hostdevN`, N the count of devices so far) and hot plugs it with {@link hotplugPci}. */
+export async function addPciDevice(ctx: GuestContext<PciDevicesState>, device: PciPassthrough): Promise<PciDeviceInfo> {
+  const count = pciDevices(ctx.state).length + (ctx.config.devices ?? []).length;
+  const [resolved] = resolveNfvConfig(
+    { devices: [{ ...device, id: device.id ?? `hostdev${count}` }] },
+    { memoryMiB: ctx.config.memoryMiB, machine: ctx.config.machine, sharedMemory: false, volumePages: 0 },
+  ).devices;
+  return hotplugPci(ctx, resolved!);
 }
 
 /**

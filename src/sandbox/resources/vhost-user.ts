@@ -18,7 +18,7 @@
 import fs from 'node:fs/promises';
 import { InvalidArgumentError, NotFoundError } from '../../errors.js';
 import type { VhostUserNetDevice } from '../../hypervisor/hypervisor.js';
-import type { ResolvedVhostUserNic } from '../../nfv/config.js';
+import { resolveNfvConfig, type ResolvedVhostUserNic, type VhostUserNic } from '../../nfv/config.js';
 import { VhostUserSocketError } from '../../nfv/errors.js';
 import type { GuestDevice } from '../../agent/messages.js';
 import type { ResolvedSandboxConfig } from '../config.js';
@@ -140,6 +140,16 @@ export class VhostUserResource implements SandboxResource<VhostUserState> {
       state.nics = [];
     });
   }
+}
+
+/** Checks `nic` (its id defaults to `vhuN`, N the count of NICs so far) and hot plugs it with {@link hotplugNic}. */
+export async function addNic(ctx: GuestContext<VhostUserState>, nic: VhostUserNic): Promise<VhostUserNicInfo> {
+  const count = vhostUserNics(ctx.state).length + (ctx.config.vhostUser ?? []).length;
+  const [resolved] = resolveNfvConfig(
+    { vhostUser: [{ ...nic, id: nic.id ?? `vhu${count}` }] },
+    { memoryMiB: ctx.config.memoryMiB, machine: ctx.config.machine, sharedMemory: false, volumePages: 0 },
+  ).vhostUser;
+  return hotplugNic(ctx, { ...resolved!, rootPort: false });
 }
 
 /**

@@ -19,7 +19,7 @@ import { packageRoot } from '../../../src/native.js';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { Volume } from '../../../src/volume/volume.js';
 import { VolumeReadOnlyError } from '../../../src/volume/errors.js';
-import { collect, expectNothingLeft, forceCleanup, makeStateDir, processesMentioning, skipReason as vmSkip , runScript } from '../sandbox/fixture.js';
+import { expectNothingLeft, forceCleanup, makeStateDir, processesMentioning, skipReason as vmSkip, runScript } from '../sandbox/fixture.js';
 
 const exec = promisify(execFile);
 

@@ -13,7 +13,7 @@ import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { Volume } from '../../../src/volume/volume.js';
 import { VolumeReadOnlyError } from '../../../src/volume/errors.js';
 import { mountPoints } from '../../../src/state/remove.js';
-import { busyboxRootfs, collect, expectNothingLeft, forceCleanup, makeStateDir, skipReason as vmSkip , runScript } from '../sandbox/fixture.js';
+import { busyboxRootfs, expectNothingLeft, forceCleanup, makeStateDir, skipReason as vmSkip, runScript } from '../sandbox/fixture.js';
 
 const exec = promisify(execFile);
 const skipReason = vmSkip ?? ((await fs.stat('/usr/bin/qemu-img').catch(() => undefined)) ? undefined : 'needs qemu-img (qemu-utils)');

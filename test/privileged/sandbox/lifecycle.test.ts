@@ -3,7 +3,7 @@
  * restart, attach and wait from a second Node process, a VM killed from outside, bad configs,
  * and that delete leaves nothing behind.
  */
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';

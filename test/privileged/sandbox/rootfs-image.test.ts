@@ -11,7 +11,7 @@ import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { InvalidArgumentError, NotFoundError } from '../../../src/errors.js';
-import { busyboxRootfs, collect, expectNothingLeft, forceCleanup, makeStateDir, skipReason , runScript } from './fixture.js';
+import { busyboxRootfs, expectNothingLeft, forceCleanup, makeStateDir, skipReason, runScript } from './fixture.js';
 
 const exec = promisify(execFile);
 
