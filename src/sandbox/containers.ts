@@ -28,7 +28,7 @@ import { checkContainerVolumes, type ContainerVolume } from '../volume/spec.js';
 import { newOwner, ownedHere, ownerAlive, type ContainerEntry, type Journal, type Owner, type SandboxRecord, type Transaction } from './record.js';
 import type { ContextOptions, ResourceManager } from './resources/manager.js';
 import { guestRootfsImageDir } from './resources/guest-rootfs.js';
-import { guestSharedDir, SHARED_FS_KIND, type Share } from './resources/shared-fs.js';
+import { guestSharedDir, SHARED_FS_KIND, type Share } from './resources/share.js';
 import { STREAM_PORTS_KIND, STREAM_PORT_PREFIX, claimPorts, openClaim, releaseClaims, type Output, type PortClaim, type StreamPortsState } from './resources/stream-ports.js';
 import { VOLUMES_KIND, detachVolume, hotplugVolume, type VolumesState } from './resources/volumes/index.js';
 import { containerMounts, makeRootfsImage, rootfsVolumeName } from './resources/volumes/container.js';

@@ -48,7 +48,7 @@ import { listSandboxes, removeUnreadable, stateRootOf, storeAt } from './registr
 import { ResourceManager, type ContextOptions } from './resources/manager.js';
 import type { GuestContext, SandboxResource } from './resources/resource.js';
 import { rootfsImageFormat } from './resources/guest-rootfs.js';
-import { SHARED_FS_KIND } from './resources/shared-fs.js';
+import { SHARED_FS_KIND } from './resources/share.js';
 import {
   NETWORK_KIND,
   NetworkResource,

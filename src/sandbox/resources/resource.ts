@@ -17,7 +17,7 @@ import type { MemoryConfig, VirtualMachine, VmDevice } from '../../hypervisor/hy
 import { InvalidStateError } from '../../errors.js';
 import type { ResolvedSandboxConfig } from '../config.js';
 import { ownerAlive, type Owner } from '../record.js';
-import type { Share } from './shared-fs.js';
+import type { Share } from './share.js';
 
 /** The boot a context belongs to. */
 export interface BootInfo {

@@ -26,7 +26,7 @@ import { parseKernelConfig } from '../../../guest/kernel.js';
 import type { Virtio9pDevice } from '../../../hypervisor/hypervisor.js';
 import type { DirectoryVolume } from '../../../volume/spec.js';
 import { callOptions, type GuestContext, type ResourceContext } from '../resource.js';
-import { guestSharedDir } from '../shared-fs.js';
+import { guestSharedDir } from '../share.js';
 import { guestVolumeDir, type VolumeDriver, type VolumeState } from './driver.js';
 import { checkHostPath } from './host-path.js';
 
