@@ -39,6 +39,15 @@ export async function runAll(steps: Iterable<CleanupStep>, message = 'cleanup fa
   if (failures.length > 0) throw new CleanupError(failures, message);
 }
 
+/**
+ * For a cleanup whose steps are not a plain list (nested, or decided as it goes): throws the one
+ * failure as it is, or a {@link CleanupError} with all of them; nothing when there is none.
+ */
+export function throwFailures(failures: readonly unknown[], message: string): void {
+  if (failures.length === 1) throw failures[0];
+  if (failures.length > 1) throw new CleanupError(failures, message);
+}
+
 /** The error with a label in front of its message (a CleanupError's own failures are kept flat). */
 function labelled(label: string, error: unknown): unknown {
   if (!(error instanceof Error) || label === '') return error;

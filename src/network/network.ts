@@ -18,6 +18,7 @@
  *
  * @module
  */
+import { throwFailures } from '../cleanup.js';
 import { closeSync } from 'node:fs';
 import path from 'node:path';
 import { InvalidArgumentError, NotFoundError } from '../errors.js';
@@ -515,7 +516,8 @@ export class Network implements AsyncDisposable {
    * (last first), CNI DEL of every attachment (reverse order, from the recorded configuration,
    * so it runs even when the cache or the VM is gone), then the namespace if vmpod created it
    * (in which case the endpoints' links, all inside it, go with it instead of one by one).
-   * Every step is tried; the first failure is thrown at the end. Idempotent.
+   * Every step is tried; the failures are thrown at the end (one as it is, several in a
+   * CleanupError). Idempotent.
    */
   static async release(record: NetworkRecord, options: { save?: (record: NetworkRecord) => Promise<void> } = {}): Promise<void> {
     const r = checkRecord(record);
@@ -567,7 +569,7 @@ export class Network implements AsyncDisposable {
     } else if (whole) {
       await undoEndpoints(); // the namespace stays until its CNI DEL succeeds: leave only that
     }
-    if (failures.length > 0) throw failures[0];
+    throwFailures(failures, `could not release the network of namespace ${r.netns.path}`);
   }
 
   /** The tap's queue fds (O_CLOEXEC), to pass to QEMU; empty once closed. */

@@ -8,6 +8,7 @@
  *
  * @module
  */
+import { throwFailures } from '../../cleanup.js';
 import { closeSync } from 'node:fs';
 import { NotFoundError } from '../../errors.js';
 import type { GuestInterface, GuestOverrides } from '../guest-config.js';
@@ -177,7 +178,7 @@ export async function undoChanges(netns: Netns, changes: readonly HostChange[]):
       failures.push(error);
     }
   }
-  if (failures.length > 0) throw failures[0];
+  throwFailures(failures, 'could not undo every change of the endpoint');
 }
 
 /** Opens the queue fds of an attached endpoint's backend again (for a new boot of the VM). */

@@ -41,7 +41,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { runAll } from '../../cleanup.js';
+import { runAll, throwFailures } from '../../cleanup.js';
 import { InvalidArgumentError, SystemError } from '../../errors.js';
 import { mount, unmount } from '../../devices/mount.js';
 import { DetachedTree, Dir, TargetFile, bindMount, mountTable, unmountAt, withUserNamespace, type FileIdentity, type IdMap } from '../../host/tree.js';
@@ -392,7 +392,7 @@ export class Share {
         failures.push(error);
       }
     }
-    if (failures.length > 0) throw failures[0];
+    throwFailures(failures, "could not release the share's tree");
     await this.update((s) => {
       delete s.tree;
     });
