@@ -137,6 +137,22 @@ describe('the numeric options of the commands', () => {
     expect(() => processOverrides(parseArgs(['-u', '1:'], execCommand.spec))).toThrow('--user GID "": expected a decimal integer');
   });
 
+  it('--run-as and --shared-fs-user: numeric ids, checked by the sandbox config', () => {
+    const config = (argv: string[]) => runSandboxConfig(parseArgs(argv, runCommand.spec).options).config;
+    expect(config(['--run-as', '65534:65534'])).toMatchObject({ runAs: { uid: 65534, gid: 65534 } });
+    expect(config(['--shared-fs-user', '200000:200000'])).toMatchObject({ sharedFsUser: { uid: 200000, gid: 200000 } });
+    expect(config(['--shared-fs-user', '200000:200000:1000'])).toMatchObject({ sharedFsUser: { uid: 200000, gid: 200000, count: 1000 } });
+    expect(() => config(['--run-as', '65534'])).toThrow('--run-as "65534": give UID:GID');
+    expect(() => config(['--run-as', '1:2:3'])).toThrow(UsageError);
+    expect(() => config(['--run-as', 'nobody:1'])).toThrow('--run-as UID "nobody": expected a decimal integer');
+    expect(() => config(['--shared-fs-user', '1:2:0'])).toThrow('--shared-fs-user COUNT "0": expected a decimal integer from 1');
+    const resolved = (argv: string[]) => resolveSandboxConfig({ ...config(argv), stateDir: '/nonexistent', guest: { cacheDir: '/nonexistent' } });
+    expect(resolved(['--run-as', '65534:65534', '--shared-fs-user', '200000:200000']).sharedFsUser).toEqual({ uid: 200000, gid: 200000, count: 65536 });
+    // What only the library knows is its to refuse: the same ids for both, root for virtiofsd.
+    expect(() => resolved(['--run-as', '200000:200000', '--shared-fs-user', '200000:200000'])).toThrow(InvalidArgumentError);
+    expect(() => resolved(['--shared-fs-user', '0:0'])).toThrow(InvalidArgumentError);
+  });
+
   it('--guest-hugepages: at most what leaves the guest 128 MiB of --memory', () => {
     const pages = (memory: string, n: string): unknown =>
       runSandboxConfig(parseArgs(['--memory', memory, '--guest-hugepages', n], runCommand.spec).options).config.volumes;

@@ -11,7 +11,7 @@ import { printableField } from '../../printable.js';
 import { integerOption, type ParsedArgs } from '../args.js';
 import { COMMON_OPTIONS, type Command } from '../command.js';
 import { printJson, UsageError } from '../io.js';
-import { CPUS, DEFAULT_MEMORY_MIB, MEMORY_MIB } from '../limits.js';
+import { CPUS, DEFAULT_MEMORY_MIB, MEMORY_MIB, USER_ID } from '../limits.js';
 import { PROCESS_OPTIONS, PROCESS_USAGE, attachStdio, processOverrides, shellExitCode } from '../process-options.js';
 import { nfvOptions } from '../nfv-options.js';
 
@@ -51,9 +51,24 @@ export function runSandboxConfig(o: ParsedArgs['options']): { config: SandboxCon
     if (typeof o['rootfs-image'] === 'string') config.guest.rootfsImage = path.resolve(o['rootfs-image']);
   }
   if (o['debug']) config.debug = true;
+  if (typeof o['run-as'] === 'string') {
+    const [uid, gid] = numericIds('--run-as', o['run-as'], 2);
+    config.runAs = { uid: uid!, gid: gid! };
+  }
+  if (typeof o['shared-fs-user'] === 'string') {
+    const [uid, gid, count] = numericIds('--shared-fs-user', o['shared-fs-user'], 3);
+    config.sharedFsUser = { uid: uid!, gid: gid!, ...(count === undefined ? {} : { count }) };
+  }
   if (Array.isArray(o['network'])) config.network = { cni: o['network'].map((file) => ({ file: path.resolve(file) })) };
   const mounts = nfvOptions(o, config);
   return { config, mounts };
+}
+
+/** `UID:GID` (and `:COUNT` when `most` is 3): decimal ids; the library checks the rest. */
+function numericIds(option: string, value: string, most: 2 | 3): number[] {
+  const parts = value.split(':');
+  if (parts.length < 2 || parts.length > most) throw new UsageError(`${option} ${JSON.stringify(value)}: give UID:GID${most === 3 ? '[:COUNT]' : ''}`);
+  return parts.map((part, i) => integerOption(`${option} ${['UID', 'GID', 'COUNT'][i]}`, part, i === 2 ? 1 : USER_ID.min, USER_ID.max));
 }
 
 export const run: Command = {
@@ -80,6 +95,11 @@ Options:
       --network FILE    add the sandbox to the CNI network of a .conflist/.conf file
                         (repeatable: one interface each, eth0, eth1, ...)
       --debug           agent and kernel debug output in the console log
+      --run-as UID:GID  run QEMU as this unprivileged user once it started
+      --shared-fs-user UID:GID[:COUNT]
+                        run virtiofsd unprivileged, root only in a user
+                        namespace mapping 0..COUNT-1 (default 65536) to
+                        UID..; see docs/sandbox.md
       --shared-fs-cache MODE
                         guest caching of the shared filesystem: auto (default),
                         always (fastest; host changes may be seen late) or none
@@ -110,6 +130,8 @@ ${PROCESS_USAGE}
       { long: 'rootfs-image', type: 'string' },
       { long: 'debug', type: 'boolean' },
       { long: 'shared-fs-cache', type: 'string' },
+      { long: 'run-as', type: 'string' },
+      { long: 'shared-fs-user', type: 'string' },
       { long: 'volume', short: 'v', type: 'string', multiple: true },
       { long: 'hugepages', type: 'boolean' },
       { long: 'guest-hugepages', type: 'string' },
