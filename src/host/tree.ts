@@ -33,6 +33,8 @@ export type Stat = NativeStat;
 
 const S_IFMT = 0o170000;
 const S_IFDIR = 0o040000;
+const S_IFREG = 0o100000;
+const S_IFLNK = 0o120000;
 
 /** True for a directory's st_mode. */
 export function isDirectoryMode(mode: number): boolean {
@@ -314,10 +316,26 @@ export async function bindMount(source: string, target: Dir | TargetFile, attrib
 export class TargetFile {
   private constructor(readonly fd: number) {}
 
-  /** Opens the regular file `name` of `dir` (no symlink, no mount crossing). */
+  /**
+   * Opens the regular file `name` of `dir` (no symlink, no mount crossing). Anything else there is
+   * refused (`O_PATH | O_NOFOLLOW` would open a symlink, a fifo or a socket as well): a symlink
+   * with `ELOOP`, any other kind with `EINVAL`.
+   */
   static async open(dir: Dir, name: string): Promise<TargetFile> {
     const c = native().pathConstants;
     const fd = await callNative((n) => n.openAt(dir.fd, component(name), c.O_PATH | c.O_NOFOLLOW, beneath(false)));
+    let mode: number;
+    try {
+      mode = (await callNative((n) => n.statAt(fd, ''))).mode;
+    } catch (error) {
+      native().closeFd(fd);
+      throw error;
+    }
+    if ((mode & S_IFMT) !== S_IFREG) {
+      native().closeFd(fd);
+      const symlink = (mode & S_IFMT) === S_IFLNK;
+      throw new SystemError('openat2', symlink ? 40 : 22, symlink ? 'ELOOP' : 'EINVAL', `${name} is not a regular file (mode ${mode.toString(8)})`);
+    }
     return new TargetFile(fd);
   }
 
