@@ -351,6 +351,12 @@ export class Share {
     } finally {
       ro.close();
     }
+    // Still on the view, elsewhere: a folder above its point was renamed (a mount point itself
+    // cannot be), which only a guest that could write the tree could do. It is still exported, so
+    // the bind is not released (tearDown's unmount of the view takes it).
+    const name = path.basename(bind.path);
+    const moved = bind.mntId === undefined ? undefined : (await mountTable()).find((m) => m.id === bind.mntId && m.parent === roMntId && path.basename(m.mountPoint) === name);
+    if (moved) throw new SystemError('umount2', 116, 'ESTALE', `bind ${bind.path} (mount ${moved.id}) was moved to ${moved.mountPoint}: not unmounted`);
   }
 
   async #removePoint(bind: ShareBind, rwMntId: number): Promise<void> {
