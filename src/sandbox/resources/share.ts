@@ -385,8 +385,10 @@ export class Share {
   /** Releases every bind, then the tree's mounts and folders. Every step is tried. */
   async tearDown(): Promise<void> {
     const state = await this.update((s) => s);
-    await runAll(Object.keys(state.binds).reverse().map((name) => [`share bind ${name}`, () => this.unbind(name)] as const), 'could not release the share');
     const failures: unknown[] = [];
+    // A bind that cannot be released (its point replaced or moved) does not keep the tree: the
+    // unmount of a view detaches everything on it, and a later tearDown finds nothing to undo.
+    await runAll(Object.keys(state.binds).reverse().map((name) => [`share bind ${name}`, () => this.unbind(name)] as const), 'could not release the share').catch((error: unknown) => failures.push(error));
     for (const where of [sharedDirOf(this.dir), treeDir(this.dir)]) {
       try {
         // The sandbox folder is the host's: its two mount points are unmounted by path, every layer.
