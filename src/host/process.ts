@@ -111,6 +111,8 @@ export interface SpawnDetachedOptions {
   /** stdin: default /dev/null. */
   readonly stdin?: number;
   readonly env?: NodeJS.ProcessEnv;
+  /** Its umask: default 077 (what it makes is its owner's alone); 0177 for a daemon that makes no folders (sockets 0600). */
+  readonly umask?: 0o077 | 0o177;
 }
 
 /** A spawned daemon. `exit` of `child` still fires while this process lives. */
@@ -120,14 +122,14 @@ export interface DetachedProcess extends ProcessIdentity {
 
 /**
  * Starts `binary args...` in a new session (setsid), stdout and stderr on `output`, with umask
- * 077 (the sockets and files it makes are its owner's alone), and unreferenced: this Node process
+ * 077 or 0177 (the sockets and files it makes are its owner's alone), and unreferenced: this Node process
  * may exit while it runs. Resolves once it exists, with its identity read at once.
  */
 export async function spawnDetached(binary: string, args: readonly string[], options: SpawnDetachedOptions): Promise<DetachedProcess> {
   const out = 'file' in options.output ? fs.openSync(options.output.file, 'a', 0o600) : options.output.fd;
   let child: ChildProcess;
   // spawn() forks synchronously: the umask set around it is the child's, and nobody else's.
-  const umask = process.umask(0o077);
+  const umask = process.umask(options.umask ?? 0o077);
   try {
     child = spawn(binary, args, {
       detached: true,

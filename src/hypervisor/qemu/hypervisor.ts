@@ -109,6 +109,7 @@ export class QemuHypervisor implements Hypervisor {
     const proc = await spawnDetached(this.binary, cmd.args, {
       output: config.output ?? { file: config.consoleLog },
       fds: cmd.fds,
+      umask: 0o177, // QEMU makes sockets and files (an unlinked RAM file), never folders: all 0600
     });
     let exited: string | undefined;
     proc.child.once('exit', (code, signal) => {

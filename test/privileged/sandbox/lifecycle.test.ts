@@ -85,6 +85,37 @@ describe.skipIf(skipReason)(`sandbox lifecycle${skipReason ? ` (skipped: ${skipR
     await expect(Sandbox.attach('life', { stateDir })).rejects.toBeInstanceOf(NotFoundError);
   });
 
+  it("keeps its state root's alone: folders 0700, files and sockets 0600", async () => {
+    const sandbox = await Sandbox.create({ stateDir, id: 'modes' });
+    await sandbox.start();
+    const c = await sandbox.createContainer({ process: { args: ['true'] } });
+    await c.start();
+    await c.wait();
+    const seen: string[] = [];
+    const walk = async (dir: string): Promise<void> => {
+      for (const entry of await fs.readdir(dir, { withFileTypes: true })) {
+        const file = path.join(dir, entry.name);
+        const stat = await fs.lstat(file);
+        const mode = (stat.mode & 0o7777).toString(8);
+        seen.push(`${path.relative(stateDir, file)} ${entry.isDirectory() ? 'dir' : entry.isSocket() ? 'socket' : 'file'} ${mode} ${stat.uid}`);
+        // The share's tree is the guest's view (its own tmpfs, read-only to the guest): not state.
+        if (entry.isDirectory() && !(path.basename(dir) === 'modes' && (entry.name === 'share' || entry.name === 'shared'))) await walk(file);
+      }
+    };
+    await walk(stateDir);
+    const sockets = seen.filter((line) => line.includes(' socket '));
+    expect(sockets.length).toBeGreaterThanOrEqual(3); // QMP, agent ports, virtiofsd at least
+    expect(seen.filter((line) => line.includes(' file ')).length).toBeGreaterThanOrEqual(3); // state.json, lock, console.log
+    const wrong = seen.filter((line) => {
+      const [name, kind, mode, uid] = line.split(' ');
+      if (name === 'sandboxes/modes/share' || name === 'sandboxes/modes/shared') return false;
+      return uid !== '0' || mode !== (kind === 'dir' ? '700' : '600');
+    });
+    expect(wrong).toEqual([]);
+    expect((await fs.stat(stateDir)).mode & 0o077).toBe(0);
+    await sandbox.delete({ force: true });
+  });
+
   it('lets a second Node process attach and wait for a container started by the first', async () => {
     const sandbox = await Sandbox.create({ stateDir, id: 'shared' });
     await sandbox.start();
