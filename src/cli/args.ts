@@ -69,7 +69,14 @@ export function parseArgs(argv: readonly string[], spec: CommandSpec): ParsedArg
 
   for (; i < argv.length; i++) {
     const arg = argv[i]!;
-    if (spec.stopAfterPositionals !== undefined && result.positionals.length >= spec.stopAfterPositionals) break;
+    if (spec.stopAfterPositionals !== undefined && result.positionals.length >= spec.stopAfterPositionals) {
+      // `exec ID -- CMD`: a separator right after the positionals is one, not the command.
+      if (arg === '--') {
+        result.sawSeparator = true;
+        i++;
+      }
+      break;
+    }
     if (arg === '--') {
       result.sawSeparator = true;
       i++;

@@ -41,6 +41,12 @@ describe('cli argument parser', () => {
     expect(parsed.options).toEqual({ interactive: true });
     expect(parsed.positionals).toEqual(['box']);
     expect(parsed.rest).toEqual(['ls', '-l', '--rm']);
+    // A separator right after the id ends the options; one later is the command's.
+    const separated = parseArgs(['box', '--', 'ls', '--', '-l'], exec);
+    expect(separated.positionals).toEqual(['box']);
+    expect(separated.rest).toEqual(['ls', '--', '-l']);
+    expect(separated.sawSeparator).toBe(true);
+    expect(parseArgs(['-i', '--', 'box', 'ls'], exec).rest).toEqual(['box', 'ls']);
   });
   it('rejects unknown options and missing values with a typed error', () => {
     expect(() => parseArgs(['--nope'], run)).toThrow(InvalidArgumentError);

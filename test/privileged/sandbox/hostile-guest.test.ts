@@ -5,7 +5,9 @@
  * steps it renames every folder the host made in the share and puts a symlink to a host canary
  * directory in its place, over and over. The host must never act on the canary (no unmount, no
  * bind, no deletion there), the user's data must stay as it was, and the sandbox must still
- * delete cleanly with nothing left.
+ * delete cleanly with nothing left. Once through the public API, with a swap between every two
+ * host steps; once through the CLI (separate `vmpod` processes), with the attacker swapping
+ * without pause while `vmpod run`, `exec`, `kill` and `delete -f` do their work.
  */
 import fsSync from 'node:fs';
 import fs from 'node:fs/promises';
@@ -13,16 +15,17 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
-import { busyboxRootfs, collect, expectNothingLeft, forceCleanup, makeStateDir, skipReason } from './fixture.js';
+import { busyboxRootfs, expectNothingLeft, forceCleanup, makeStateDir, skipReason, vmpod } from './fixture.js';
 
 /**
- * The attacker: for each line on stdin, every folder up to 4 levels down the share is moved aside
- * and a symlink to the canary put in its place; then it says how many it swapped.
+ * The attacker: a round moves every folder up to 4 levels down the share aside and puts a symlink
+ * to the canary in its place, then says how many it swapped. `lockstep`: a round for each line
+ * on stdin; else rounds without pause until the VM goes.
  */
-function attackScript(canary: string): string {
+function attackScript(canary: string, lockstep: boolean): string {
   return `
 n=0
-while read cmd; do
+round() {
   n=$((n+1)); swapped=0; failed=0
   for d in /share/* /share/*/* /share/*/*/* /share/*/*/*/*; do
     [ -d "$d" ] || continue
@@ -31,93 +34,131 @@ while read cmd; do
     if mv "$d" "$d.moved.$n" 2>/dev/null && ln -s '${canary}' "$d" 2>/dev/null; then swapped=$((swapped+1)); else failed=$((failed+1)); fi
   done
   echo "round $n swapped $swapped failed $failed"
-done`;
+}
+${lockstep ? 'while read cmd; do round; done' : 'while :; do round; done'}`;
+}
+
+/** Starts the attacker in `sandbox` through its raw agent (root in the guest, the share at /share). */
+async function startAttacker(sandbox: Sandbox, canary: string, lockstep: boolean) {
+  const agent = await sandbox.agent();
+  const guestShare = `${agent.info.stateDir}/shared`;
+  await agent.createContainer({
+    id: 'attacker',
+    rootfs: 'builtin',
+    config: {
+      ociVersion: '1.0.2',
+      process: { args: ['sh', '-c', attackScript(canary, lockstep)], cwd: '/', env: ['PATH=/bin'] },
+      root: { path: 'rootfs' },
+      mounts: [
+        { destination: '/proc', type: 'proc', source: 'proc' },
+        { destination: '/share', type: 'bind', source: guestShare, options: ['rbind', 'rw'] },
+      ],
+      linux: { namespaces: [{ type: 'pid' }, { type: 'mount' }] },
+    },
+    stdio: { stdin: true, stdout: true, stderr: true },
+  });
+  const io = await agent.openStdio('attacker', { stdin: true, stdout: true, stderr: true });
+  let seen = '';
+  io.stdout!.on('data', (d: Buffer) => (seen += d.toString()));
+  io.stderr!.resume();
+  // The attacker's streams end with its VM, as they may (the CLI deletes it under our feet).
+  for (const stream of [io.stdin, io.stdout, io.stderr]) stream?.on('error', () => undefined);
+  await agent.startContainer('attacker');
+  const rounds = (): number => (seen.match(/^round \d+/gmu) ?? []).length;
+  return {
+    agent,
+    stdin: io.stdin!,
+    output: () => seen,
+    rounds,
+    /** Waits until the attacker has done `n` rounds. */
+    async until(n: number): Promise<void> {
+      const deadline = Date.now() + 30_000;
+      while (rounds() < n) {
+        if (Date.now() > deadline) throw new Error(`the attacker did not answer: ${seen}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
+  };
+}
+
+/** A canary tree: what the host would make (or remove) there if it followed the guest's symlinks. */
+async function makeCanary(victims: string[]): Promise<string> {
+  const canary = await fs.mkdtemp(path.join(os.tmpdir(), 'vt-canary-'));
+  await fs.mkdir(path.join(canary, 'mounts', '0'), { recursive: true });
+  await fs.writeFile(path.join(canary, 'keep'), 'canary');
+  for (const id of victims) {
+    await fs.mkdir(path.join(canary, id, 'mounts', '0'), { recursive: true });
+    await fs.writeFile(path.join(canary, id, 'keep'), 'canary');
+  }
+  return canary;
+}
+
+/** Asserts the canary is as made and that nothing is mounted in it. */
+async function expectCanaryIntact(canary: string, victims: string[], touched: string[]): Promise<void> {
+  expect(await fs.readFile(path.join(canary, 'keep'), 'utf8').catch((e: unknown) => String(e))).toBe('canary');
+  expect(touched).toEqual([]);
+  expect((await fs.readdir(canary)).sort()).toEqual(['keep', 'mounts', ...victims].sort());
+  for (const id of victims) expect((await fs.readdir(path.join(canary, id))).sort()).toEqual(['keep', 'mounts']);
+  expect(await fs.readdir(path.join(canary, 'mounts'))).toEqual(['0']);
+  expect(await fs.readdir(path.join(canary, 'mounts', '0'))).toEqual([]);
+  const mounts = (await fs.readFile('/proc/self/mountinfo', 'utf8')).split('\n').map((l) => l.split(' ')[4] ?? '');
+  expect(mounts.filter((m) => m.startsWith(canary))).toEqual([]);
+}
+
+/** An OCI bundle whose container sleeps with host folder `data` bound at /data. */
+async function victimBundle(dir: string, data: string): Promise<{ bundle: string; rootfs: string }> {
+  const bundle = path.join(dir, 'bundle');
+  const rootfs = await busyboxRootfs(bundle);
+  await fs.writeFile(
+    path.join(bundle, 'config.json'),
+    JSON.stringify({
+      ociVersion: '1.0.2',
+      process: { args: ['sleep', '1000'], cwd: '/', env: ['PATH=/bin'] },
+      root: { path: 'rootfs' },
+      mounts: [
+        { destination: '/proc', type: 'proc', source: 'proc' },
+        { destination: '/data', type: 'bind', source: data, options: ['rbind', 'rw'] },
+      ],
+      linux: { namespaces: [{ type: 'pid' }, { type: 'mount' }] },
+    }),
+  );
+  return { bundle, rootfs };
 }
 
 describe.skipIf(skipReason)(`a compromised guest${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
   let stateDir: string;
   let work: string;
-  let canary: string;
-  let sandbox: Sandbox;
+  const canaries: string[] = [];
 
   beforeAll(async () => {
     stateDir = await makeStateDir();
-    work = await fs.mkdtemp(path.join(stateDir, 'work-'));
-    canary = await fs.mkdtemp(path.join(os.tmpdir(), 'vt-canary-'));
-    await fs.mkdir(path.join(canary, 'mounts', '0'), { recursive: true });
-    await fs.writeFile(path.join(canary, 'keep'), 'canary');
-    // What the host would make (or remove) there if it followed the guest's symlinks.
-    for (const id of ['victim0', 'victim1']) {
-      await fs.mkdir(path.join(canary, id, 'mounts', '0'), { recursive: true });
-      await fs.writeFile(path.join(canary, id, 'keep'), 'canary');
-    }
-    sandbox = await Sandbox.create({ stateDir, cpus: 1, memoryMiB: 256 });
-    await sandbox.start();
+    work = await fs.mkdtemp(path.join(os.tmpdir(), 'vt-hostile-'));
   });
 
   afterAll(async () => {
     try {
-      await fs.rm(canary, { recursive: true, force: true });
+      for (const canary of canaries) await fs.rm(canary, { recursive: true, force: true });
       await fs.rm(work, { recursive: true, force: true });
     } finally {
       await forceCleanup(stateDir);
     }
   });
 
-  it('cannot make the host unmount, bind or delete anything outside the share', async () => {
-    // The victim: a bundle container with a rootfs and a bind mount of host data.
-    const bundle = path.join(work, 'bundle');
-    const rootfs = await busyboxRootfs(bundle);
-    const data = path.join(work, 'data');
+  it('cannot make the host unmount, bind or delete anything outside the share (public API, a swap between every two host steps)', async () => {
+    const victims = ['victim0', 'victim1'];
+    const canary = await makeCanary(victims);
+    canaries.push(canary);
+    const data = path.join(work, 'data-api');
     await fs.mkdir(data);
     await fs.writeFile(path.join(data, 'precious'), 'user data');
-    await fs.writeFile(
-      path.join(bundle, 'config.json'),
-      JSON.stringify({
-        ociVersion: '1.0.2',
-        process: { args: ['sleep', '1000'], cwd: '/', env: ['PATH=/bin'] },
-        root: { path: 'rootfs' },
-        mounts: [
-          { destination: '/proc', type: 'proc', source: 'proc' },
-          { destination: '/data', type: 'bind', source: data, options: ['rbind', 'rw'] },
-        ],
-        linux: { namespaces: [{ type: 'pid' }, { type: 'mount' }] },
-      }),
-    );
-
-    // The attacker: root in the guest with the share (as the agent mounted it) at /share.
-    const agent = await sandbox.agent();
-    const guestShare = `${agent.info.stateDir}/shared`;
-    await agent.createContainer({
-      id: 'attacker',
-      rootfs: 'builtin',
-      config: {
-        ociVersion: '1.0.2',
-        process: { args: ['sh', '-c', attackScript(canary)], cwd: '/', env: ['PATH=/bin'] },
-        root: { path: 'rootfs' },
-        mounts: [
-          { destination: '/proc', type: 'proc', source: 'proc' },
-          { destination: '/share', type: 'bind', source: guestShare, options: ['rbind', 'rw'] },
-        ],
-        linux: { namespaces: [{ type: 'pid' }, { type: 'mount' }] },
-      },
-      stdio: { stdin: true, stdout: true, stderr: true },
-    });
-    const attackerIo = await agent.openStdio('attacker', { stdin: true, stdout: true, stderr: true });
-    const attackerOut = collect(attackerIo.stdout);
-    void collect(attackerIo.stderr);
-    await agent.startContainer('attacker');
-    let lines = 0;
-    let seen = '';
-    attackerIo.stdout!.on('data', (d: Buffer) => (seen += d.toString()));
+    const { bundle, rootfs } = await victimBundle(path.join(work, 'api'), data);
+    const sandbox = await Sandbox.create({ stateDir, cpus: 1, memoryMiB: 256 });
+    await sandbox.start();
+    const attacker = await startAttacker(sandbox, canary, true);
     const swap = async (): Promise<void> => {
-      lines++;
-      attackerIo.stdin!.write('swap\n');
-      const deadline = Date.now() + 30_000;
-      while ((seen.match(/^round \d+/gmu) ?? []).length < lines) {
-        if (Date.now() > deadline) throw new Error(`the attacker did not answer: ${seen}`);
-        await new Promise((r) => setTimeout(r, 20));
-      }
+      const n = attacker.rounds() + 1;
+      attacker.stdin.write('swap\n');
+      await attacker.until(n);
     };
 
     // Anything the host does in the canary shows up here.
@@ -125,9 +166,9 @@ describe.skipIf(skipReason)(`a compromised guest${skipReason ? ` (skipped: ${ski
     const watcher = fsSync.watch(canary, { recursive: true }, (event, name) => touched.push(`${event} ${String(name)}`));
 
     // Every host step is followed by a swap of everything the guest can reach.
-    for (let round = 0; round < 2; round++) {
+    for (const id of victims) {
       await swap();
-      const victim = await sandbox.createContainer({ id: `victim${round}`, bundle }).catch((e: unknown) => e as Error);
+      const victim = await sandbox.createContainer({ id, bundle }).catch((e: unknown) => e as Error);
       await swap();
       if (victim instanceof Error) continue; // refusing is fine; acting on the canary is not
       await victim.start().catch(() => undefined);
@@ -135,29 +176,61 @@ describe.skipIf(skipReason)(`a compromised guest${skipReason ? ` (skipped: ${ski
       await victim.delete({ force: true }).catch(() => undefined);
       await swap();
     }
-    attackerIo.stdin!.end();
+    attacker.stdin.end();
     await new Promise((r) => setTimeout(r, 200));
     watcher.close();
-    await agent.wait('attacker').catch(() => undefined);
-    const log = (await attackerOut).toString();
-    await agent.deleteContainer('attacker', { force: true }).catch(() => undefined);
+    await attacker.agent.wait('attacker').catch(() => undefined);
+    await attacker.agent.deleteContainer('attacker', { force: true }).catch(() => undefined);
 
     // The canary and the user's data are intact, and the attacker really ran (it reports its rounds).
-    expect(await fs.readFile(path.join(canary, 'keep'), 'utf8').catch((e: unknown) => String(e))).toBe('canary');
-    expect(touched).toEqual([]);
-    expect((await fs.readdir(canary)).sort()).toEqual(['keep', 'mounts', 'victim0', 'victim1']);
-    for (const id of ['victim0', 'victim1']) expect((await fs.readdir(path.join(canary, id))).sort()).toEqual(['keep', 'mounts']);
-    expect(await fs.readdir(path.join(canary, 'mounts'))).toEqual(['0']);
-    expect(await fs.readdir(path.join(canary, 'mounts', '0'))).toEqual([]);
+    await expectCanaryIntact(canary, victims, touched);
     expect(await fs.readFile(path.join(data, 'precious'), 'utf8')).toBe('user data');
     expect((await fs.readdir(rootfs)).sort()).toContain('bin');
-    // Nothing is mounted outside the sandbox's folder because of the guest.
-    const mounts = (await fs.readFile('/proc/self/mountinfo', 'utf8')).split('\n').map((l) => l.split(' ')[4] ?? '');
-    expect(mounts.filter((m) => m.startsWith(canary))).toEqual([]);
-    expect(log).toMatch(/round \d+ swapped/u);
+    expect(attacker.output()).toMatch(/round \d+ swapped/u);
 
     // And the sandbox still deletes cleanly.
     await sandbox.delete({ force: true });
+    await expectNothingLeft(stateDir);
+  });
+
+  it('cannot through the CLI either: vmpod run, exec, kill and delete -f while the guest swaps without pause', async () => {
+    const canary = await makeCanary([]);
+    canaries.push(canary);
+    const data = path.join(work, 'data-cli');
+    await fs.mkdir(data);
+    await fs.writeFile(path.join(data, 'precious'), 'user data');
+    const volume = path.join(work, 'volume-cli');
+    await fs.mkdir(volume);
+    await fs.writeFile(path.join(volume, 'kept'), 'volume data');
+    const { bundle, rootfs } = await victimBundle(path.join(work, 'cli'), data);
+    const touched: string[] = [];
+    const watcher = fsSync.watch(canary, { recursive: true }, (event, name) => touched.push(`${event} ${String(name)}`));
+    try {
+      // The victim sandbox, made by the CLI: a bundle container with a bind of host data, and a volume.
+      const run = await vmpod(stateDir, ['run', '-d', '--name', 'hgcli', '-v', `${volume}:/vol:ro`, bundle]);
+      expect(run.stderr).toBe('');
+      expect(run.code).toBe(0);
+      const exec = await vmpod(stateDir, ['exec', 'hgcli', '--', 'cat', '/data/precious', '/vol/kept']);
+      expect(exec).toMatchObject({ code: 0, stdout: 'user datavolume data' });
+      // Root in that guest starts swapping (also inside the container's read-write rootfs, which is
+      // the guest's to wreck); the test process is only its way in.
+      const sandbox = await Sandbox.attach('hgcli', { stateDir });
+      const attacker = await startAttacker(sandbox, canary, false);
+      await attacker.until(3);
+      expect((await vmpod(stateDir, ['kill', 'hgcli', 'KILL'])).code).toBe(0);
+      sandbox.detach();
+      // The host releases the binds, the share and the VM while the guest still swaps.
+      const deleted = await vmpod(stateDir, ['delete', '-f', 'hgcli']);
+      expect(deleted).toMatchObject({ code: 0, stderr: '' });
+      expect(attacker.output()).toMatch(/round \d+ swapped \d+ failed [1-9]/u); // the host's folders held
+    } finally {
+      await new Promise((r) => setTimeout(r, 200));
+      watcher.close();
+    }
+    await expectCanaryIntact(canary, [], touched);
+    expect(await fs.readFile(path.join(data, 'precious'), 'utf8')).toBe('user data');
+    expect(await fs.readFile(path.join(volume, 'kept'), 'utf8')).toBe('volume data');
+    expect((await fs.readdir(rootfs)).sort()).toContain('bin');
     await expectNothingLeft(stateDir);
   });
 });
