@@ -39,7 +39,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CleanupError } from '../../src/cleanup.js';
-import { SystemError, VmpodError } from '../../src/errors.js';
+import { InvalidArgumentError, SystemError, VmpodError } from '../../src/errors.js';
 import { mount, unmount } from '../../src/devices/mount.js';
 import { mountTable } from '../../src/host/tree.js';
 import { Share, sharedDirOf, type ShareBind, type SharedFsState, type ShareTop } from '../../src/sandbox/resources/share.js';
@@ -372,6 +372,29 @@ describe.skipIf(!root).each([
     await expectCanaryUntouched();
     // The sources keep what the guest wrote in them (the host never walks them), and nothing else.
     expect((await fs.readdir(sources.vol)).sort()).toEqual(['bin', 'd', 'escape', 'fifo', 'precious', 'root', 'rootfs', 'sp\\040ace', 'up', 'volumes', LOOKS_LIKE_MOUNTINFO].sort());
+  });
+
+  it('a source below a read-write bind is refused: the guest could make it any host folder', async () => {
+    const vol = await bindVolume('volumes', sources.vol);
+    const guestVol = path.join(roView(), vol.path);
+    // The guest makes sub a link to the canary; the host is asked to share DATA/sub (a container
+    // bind of a volume's subfolder, say): following the link would export the canary to the guest.
+    await guest('mkdir "$1/real" && ln -s "$2" "$1/sub"', [guestVol, canary]);
+    for (const below of ['sub', 'real']) {
+      const refused = await outcome(bindVolume('mounts', path.join(sources.vol, below), true));
+      expect(refused, below).toBeInstanceOf(InvalidArgumentError);
+      expect((refused as Error).message).toContain(`which is bound read-write into this sandbox`);
+    }
+    // Nothing was recorded or mounted for them; the canary is not in the share.
+    expect(Object.values(h.state.binds).map((b) => b.source)).toEqual([sources.vol]);
+    const table = await mountTable();
+    expect(table.filter((m) => m.mountPoint.startsWith(`${roView()}/mounts/`))).toEqual([]);
+    await expectCanaryUntouched();
+    // The folder itself may be shared again, read-only, and is what it was.
+    const again = await bindVolume('mounts', sources.vol, true);
+    expect(await fs.readFile(path.join(roView(), again.path, 'precious'), 'utf8')).toBe('user data');
+    expect(await tearDownChecked()).toBeUndefined();
+    await expectCanaryUntouched();
   });
 
   it('worst case, the tree writable: a top folder swapped for a symlink to the canary', async () => {

@@ -178,6 +178,61 @@ async function mountsAt(point: string, parent?: number): Promise<number[]> {
   return [...ids].reverse();
 }
 
+/** The real paths of the folders bound read-write into the share: what the guest can change. */
+async function guestWritableRoots(state: SharedFsState): Promise<string[]> {
+  const roots: string[] = [];
+  for (const bind of Object.values(state.binds)) {
+    if (bind.readOnly || bind.file) continue;
+    roots.push(await fs.realpath(bind.source).catch(() => path.resolve(bind.source)));
+  }
+  return roots;
+}
+
+/** Symbolic links followed in one resolution at most (the kernel's limit). */
+const MAX_LINKS = 40;
+
+/**
+ * Resolves host path `source` as the kernel would (following its symbolic links), refusing it if
+ * any name on the way is looked up in one of `roots` or below (a folder the guest can write: it
+ * could put a link to any host path there, between any check and the bind). A root itself may
+ * be given, as may anything reached without passing through one. Returns the resolved path.
+ */
+export async function resolveOutsideGuest(source: string, roots: readonly string[]): Promise<string> {
+  const refuse = (dir: string, root: string): never => {
+    throw new InvalidArgumentError(
+      'source',
+      `${source} is reached through ${dir}, inside ${root}, which is bound read-write into this sandbox: its guest could replace a folder on the way with a link to any host path; share ${root} itself, or a path outside it`,
+    );
+  };
+  const guestRoot = (dir: string): string | undefined => roots.find((root) => dir === root || dir.startsWith(root === '/' ? '/' : `${root}/`));
+  let links = 0;
+  let current = '/';
+  const pending = path.resolve(source).split('/').filter((part) => part !== '');
+  while (pending.length > 0) {
+    const part = pending.shift()!;
+    if (part === '.') continue;
+    const root = guestRoot(current);
+    if (root !== undefined) refuse(current, root);
+    if (part === '..') {
+      current = path.dirname(current); // `current` has no link in it: its parent is the real one
+      continue;
+    }
+    const next = path.join(current, part);
+    const stat = await fs.lstat(next).catch((cause: unknown) => {
+      throw new InvalidArgumentError('source', `${source} cannot be shared: ${(cause as Error).message}`, { cause });
+    });
+    if (!stat.isSymbolicLink()) {
+      current = next;
+      continue;
+    }
+    if (++links > MAX_LINKS) throw new InvalidArgumentError('source', `${source} cannot be shared: more than ${MAX_LINKS} symbolic links on the way`);
+    const target = await fs.readlink(next);
+    if (target.startsWith('/')) current = '/';
+    pending.unshift(...target.split('/').filter((p) => p !== ''));
+  }
+  return current;
+}
+
 /**
  * The share's operations on its tree, for the share resource, the volumes and the containers.
  * Each change is recorded (through `update`) before it is made.
@@ -247,24 +302,29 @@ export class Share {
    * idmapped share: {@link IdmapUnsupportedError}) leaves nothing behind.
    */
   async bind(request: { top: ShareTop; prefix: string; source: string; readOnly: boolean; key?: string; users?: string[] }): Promise<{ name: string; path: string }> {
-    const stat = await fs.stat(request.source).catch((cause: unknown) => {
-      throw new InvalidArgumentError('source', `${request.source} cannot be shared: ${(cause as Error).message}`, { cause });
-    });
-    if (!stat.isDirectory() && !stat.isFile()) throw new InvalidArgumentError('source', `${request.source} is neither a directory nor a regular file`);
     const name = `${request.prefix}.${randomBytes(4).toString('hex')}`;
     if (!BIND_NAME.test(name)) throw new InvalidArgumentError('prefix', `${JSON.stringify(request.prefix)} makes a bad share name`);
     const bindPath = `${request.top}/${name}`;
-    const file = !stat.isDirectory();
+    let file = false;
     // A detached copy: nothing on the host until it is attached, and gone with its fd.
     let detached: DetachedTree | undefined;
     try {
       const tree = await this.update(async (s) => {
         if (!s.tree?.roMntId || !s.tree.rwMntId) throw new InvalidArgumentError('sharedFs', 'the share is not set up');
-        const idmap = s.tree.idmap;
-        const attributes = { readOnly: request.readOnly };
-        detached ??= idmap
-          ? await withUserNamespace(idmap, (usernsFd) => DetachedTree.clone(request.source, { ...attributes, idmap: { usernsFd } }))
-          : await DetachedTree.clone(request.source, attributes);
+        if (!detached) {
+          // Resolved here, against the binds of now: no folder on the way may be one the guest can change.
+          const source = await resolveOutsideGuest(request.source, await guestWritableRoots(s));
+          const stat = await fs.stat(source).catch((cause: unknown) => {
+            throw new InvalidArgumentError('source', `${request.source} cannot be shared: ${(cause as Error).message}`, { cause });
+          });
+          if (!stat.isDirectory() && !stat.isFile()) throw new InvalidArgumentError('source', `${request.source} is neither a directory nor a regular file`);
+          file = !stat.isDirectory();
+          const attributes = { readOnly: request.readOnly };
+          const idmap = s.tree.idmap;
+          detached = idmap
+            ? await withUserNamespace(idmap, (usernsFd) => DetachedTree.clone(source, { ...attributes, idmap: { usernsFd } }))
+            : await DetachedTree.clone(source, attributes);
+        }
         s.binds[name] = {
           path: bindPath,
           source: request.source,

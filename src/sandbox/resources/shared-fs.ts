@@ -78,5 +78,3 @@ export class SharedFsResource implements SandboxResource<SharedFsState> {
 function shareOf(ctx: ResourceContext<SharedFsState>): Share {
   return new Share(ctx.dir, (fn) => ctx.update(fn));
 }
-
-export { Share, sharedDirOf, type SharedFsState, type ShareTop } from './share.js'; // TEMP: until share-defense.test.ts imports share.js
