@@ -49,8 +49,11 @@ int main(int argc, char** argv) {
   }
   const std::string path = argv[1];
   char* end = nullptr;
+  // Digits only: strtoull would take "-1" (as the largest value: no cap) and leading spaces.
+  const bool digits = argv[2][0] >= '0' && argv[2][0] <= '9';
+  errno = 0;
   unsigned long long max = std::strtoull(argv[2], &end, 10);
-  if (end == argv[2] || *end != '\0' || max < 4096) {
+  if (!digits || errno == ERANGE || end == argv[2] || *end != '\0' || max < 4096) {
     std::fprintf(stderr, "vmpod-logger: MAX_BYTES must be an integer of at least 4096\n");
     return 2;
   }

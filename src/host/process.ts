@@ -15,6 +15,7 @@ import path from 'node:path';
 import { native, packageRoot } from '../native.js';
 import { printable } from '../printable.js';
 import { afterSpawn } from '../failpoint.js';
+import * as validate from '../validate.js';
 
 /** A process as /proc knows it. */
 export interface ProcessIdentity {
@@ -171,6 +172,7 @@ export interface LogPipe {
  * print then never grows without bound. The writer ends when every write end is closed.
  */
 export async function spawnLogPipe(file: string, maxBytes = DEFAULT_LOG_BYTES): Promise<LogPipe> {
+  validate.integer(maxBytes, 'maxBytes', 4096, Number.MAX_SAFE_INTEGER);
   const [read, write] = native().pipe();
   try {
     const logger = await spawnDetached(LOGGER_BINARY, [file, String(maxBytes)], { output: { file: '/dev/null' }, stdin: read });

@@ -10,7 +10,7 @@
  * or more, FILE.1 followed by FILE is exactly the last bytes written, nothing lost or reordered.
  * It exits (0) at end of input, i.e. once every write end of the pipe is closed.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -18,6 +18,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { isAlive, LOGGER_BINARY, logTail, signalProcess, spawnLogPipe, type LogPipe } from '../../src/host/process.js';
+import { InvalidArgumentError } from '../../src/errors.js';
 
 const writeSome = promisify(fs.write);
 
@@ -250,12 +251,16 @@ describe('the console log writer (vmpod-logger)', () => {
     expect(where + previous.length).toBeLessThanOrEqual(data.length - last.length);
   });
 
-  it('refuses a cap below 4 KiB or not a number (exit 2), and a FILE that is a symlink (exit 1)', async () => {
-    for (const max of [100, 4095.5]) {
-      const { pipe, exited } = await start(max);
-      pipe.close();
-      expect(await within(exited, 5000, `cap ${max}`)).toEqual({ code: 2, signal: null });
+  it('refuses a cap below 4 KiB or not a number (spawnLogPipe: InvalidArgumentError; the writer: exit 2), and a FILE that is a symlink (exit 1)', async () => {
+    for (const max of [100, 4095.5, -1, Number.NaN]) {
+      await expect(spawnLogPipe(file, max)).rejects.toBeInstanceOf(InvalidArgumentError);
     }
+    // The writer itself takes digits only ("-1" would be the largest value to strtoull: no cap).
+    for (const max of ['100', '4095.5', '-1', ' 5000', '+5000', '0x10000', '99999999999999999999999', '']) {
+      const result = spawnSync(LOGGER_BINARY, [file, max], { input: '', encoding: 'utf8' });
+      expect({ max, status: result.status }).toEqual({ max, status: 2 });
+    }
+    expect(fs.existsSync(file)).toBe(false);
     fs.symlinkSync(path.join(dir, 'elsewhere'), file);
     const { pipe, exited } = await start(CAP);
     pipe.close();
