@@ -136,29 +136,29 @@ describe('NICs and disks through fds: inherited at spawn, or passed over QMP and
     expect(await linkGone(ns, tap)).toBe(true);
   });
 
-  it('hot-adds a read-only virtio-blk from an fd passed with add-fd, reads it in the guest, then removes it', async () => {
+  it('hot-adds a read-only virtio-blk from an image the host opens and passes in an fd set, reads it in the guest, then removes it', async () => {
     const { vm, shell, runDir } = await bootQ35();
     const image = path.join(runDir, 'disk.raw');
     const signature = `vmpod-disk-${uniqueName()}`;
     fs.writeFileSync(image, Buffer.concat([Buffer.from(signature), Buffer.alloc(1024 * 1024 - signature.length)]));
-    const fd = fs.openSync(image, 'r');
-    let fdsetId: number;
-    try {
-      ({ fdsetId } = await vm.addFd(fd));
-    } finally {
-      fs.closeSync(fd);
-    }
-    const result = await vm.hotplug({ kind: 'virtio-blk', id: 'd1', path: `/dev/fdset/${fdsetId}`, readOnly: true, serial: 'hotdisk' });
+    // Root-only: QEMU could open it itself here, but the fd set is what makes one that dropped root work.
+    fs.chmodSync(image, 0o600);
+    const result = await vm.hotplug({ kind: 'virtio-blk', id: 'd1', path: image, readOnly: true, serial: 'hotdisk' });
     expect(result.port).toBe('rp0');
+    // QEMU got the image as an fd (add-fd), never its path.
+    const sets = await vm.qmp!.execute<{ 'fdset-id': number; fds: { opaque?: string }[] }[]>('query-fdsets');
+    expect(sets.flatMap((set) => set.fds.map((f) => f.opaque))).toEqual(['blk-d1']);
+    const files = await vm.qmp!.execute<{ 'node-name': string; file: string }[]>('query-named-block-nodes');
+    expect(files.find((n) => n['node-name'] === 'file-d1')?.file).toMatch(/^\/dev\/fdset\/\d+$/u);
     const dev = (await until(shell, 'grep -l hotdisk /sys/block/vd*/serial')).trim().split('/')[3] ?? '';
     expect((await shell.run(`head -c ${signature.length} /dev/${dev}`)).output).toBe(signature);
     expect((await shell.run(`cat /sys/block/${dev}/ro`)).output.trim()).toBe('1');
 
     await vm.unplug('d1', { timeoutMs: 60_000 });
     expect((await shell.run(`test -e /sys/block/${dev}`)).status).not.toBe(0);
-    await vm.removeFdset(fdsetId);
-    // Both block nodes are gone: the id can be used again.
+    // Both block nodes and the fd set are gone: the id can be used again.
     const nodes = await vm.qmp?.execute<{ 'node-name': string }[]>('query-named-block-nodes');
     expect(nodes?.map((n) => n['node-name'])).not.toContain('blk-d1');
+    expect(await vm.qmp!.execute<unknown[]>('query-fdsets')).toEqual([]);
   });
 });
