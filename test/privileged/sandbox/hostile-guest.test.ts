@@ -205,6 +205,7 @@ describe.skipIf(skipReason)(`a compromised guest${skipReason ? ` (skipped: ${ski
     const { bundle, rootfs } = await victimBundle(path.join(work, 'cli'), data);
     const touched: string[] = [];
     const watcher = fsSync.watch(canary, { recursive: true }, (event, name) => touched.push(`${event} ${String(name)}`));
+    let sandbox: Sandbox | undefined;
     try {
       // The victim sandbox, made by the CLI: a bundle container with a bind of host data, and a volume.
       const run = await vmpod(stateDir, ['run', '-d', '--name', 'hgcli', '-v', `${volume}:/vol:ro`, bundle]);
@@ -214,7 +215,7 @@ describe.skipIf(skipReason)(`a compromised guest${skipReason ? ` (skipped: ${ski
       expect(exec).toMatchObject({ code: 0, stdout: 'user datavolume data' });
       // Root in that guest starts swapping (also inside the container's read-write rootfs, which is
       // the guest's to wreck); the test process is only its way in.
-      const sandbox = await Sandbox.attach('hgcli', { stateDir });
+      sandbox = await Sandbox.attach('hgcli', { stateDir });
       const attacker = await startAttacker(sandbox, canary, false);
       await attacker.until(3);
       expect((await vmpod(stateDir, ['kill', 'hgcli', 'KILL'])).code).toBe(0);
@@ -224,6 +225,7 @@ describe.skipIf(skipReason)(`a compromised guest${skipReason ? ` (skipped: ${ski
       expect(deleted).toMatchObject({ code: 0, stderr: '' });
       expect(attacker.output()).toMatch(/round \d+ swapped \d+ failed [1-9]/u); // the host's folders held
     } finally {
+      sandbox?.detach(); // (again, on failure: no watch of ours may write its record while it is cleaned up)
       await new Promise((r) => setTimeout(r, 200));
       watcher.close();
     }
