@@ -160,9 +160,18 @@ export async function startHostAgent(options: { cgroups?: boolean; netns?: strin
       await new Promise((r) => setTimeout(r, 20));
     }
     const connect = async () => {
-      const c = await AgentClient.connectUnix(socket, { timeoutMs: 5000, clientName: 'agent-host-test' });
-      clients.push(c);
-      return c;
+      // The socket file exists from the agent's bind(); until its listen() a connect is refused.
+      for (let attempt = 0; ; attempt++) {
+        try {
+          const c = await AgentClient.connectUnix(socket, { timeoutMs: 5000, clientName: 'agent-host-test' });
+          clients.push(c);
+          return c;
+        } catch (error) {
+          const refused = (error as { cause?: { code?: string } }).cause?.code === 'ECONNREFUSED';
+          if (!refused || attempt >= 100 || child.exitCode !== null) throw error;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      }
     };
     const client = await connect();
     return { dir, bundle, rootfs, stateDir, socket, cgroupRoot, client, process: child, log: () => log, connect, cleanup };
