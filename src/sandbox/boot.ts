@@ -16,7 +16,7 @@ import { buildGuestAssets, rebuildOptions } from '../guest/build.js';
 import { resolveGuestAssets, type GuestAssets } from '../guest/assets.js';
 import { sha256FileStamped } from '../guest/hash.js';
 import type { Hypervisor, MemoryConfig, VmConfig, VmDevice } from '../hypervisor/hypervisor.js';
-import { isAlive, terminate } from '../host/process.js';
+import { isAlive, terminate, waitForProcessExit } from '../host/process.js';
 import { packageRoot } from '../native.js';
 import { FileLock } from '../state/lock.js';
 import type { ResolvedSandboxConfig } from './config.js';
@@ -160,14 +160,19 @@ export function vmConfigFor(
   };
 }
 
+/** How long a boot's log writer may take to copy what its VM left in the pipe. */
+const LOGGER_DRAIN_MS = 1_000;
+
 /**
  * Ends a boot's processes from its record: SIGKILL to the VM (through a pidfd, after checking it
- * is still the recorded process; its control channel is not needed), then to its log writer, each
- * waited for; then to any daemon of the boot that was spawned but never recorded (a crash in
+ * is still the recorded process; its control channel is not needed), then to its log writer
+ * unless it ended by itself within {@link LOGGER_DRAIN_MS}, each waited for; then to any daemon of the boot that was spawned but never recorded (a crash in
  * between). Throws when a process outlived SIGKILL.
  */
 export async function killBoot(boot: BootRecord, sandboxDir: string, hypervisor: Hypervisor): Promise<void> {
   if (boot.vm) await hypervisor.kill(boot.vm);
+  // With the VM gone the writer reads what is left in its pipe and exits: the last lines are kept.
+  if (boot.logger && isAlive(boot.logger)) await waitForProcessExit(boot.logger, LOGGER_DRAIN_MS);
   if (boot.logger && isAlive(boot.logger) && !(await terminate(boot.logger, 0))) {
     throw new VmpodError('ERR_VMPOD_SANDBOX', `the console log writer (pid ${boot.logger.pid}) did not die from SIGKILL`);
   }

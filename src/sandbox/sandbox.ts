@@ -26,7 +26,7 @@ import type { AgentClient } from '../agent/client.js';
 import type { ContainerInfo, ExitStatus } from '../agent/messages.js';
 import { runAll } from '../cleanup.js';
 import { Container, Process, type ContainerHost } from '../container/container.js';
-import { AbortError, InvalidArgumentError, InvalidStateError, NotFoundError } from '../errors.js';
+import { AbortError, InvalidArgumentError, InvalidStateError, NotFoundError, TimeoutError } from '../errors.js';
 import type { Hypervisor, SpawnedVm, VirtualMachine, VmExit } from '../hypervisor/hypervisor.js';
 import { QemuHypervisor } from '../hypervisor/qemu/hypervisor.js';
 import { closeFds } from '../network/endpoints/index.js';
@@ -77,6 +77,8 @@ export { SandboxError };
 const AGENT_ANSWER_MS = 3_000;
 /** How long a hypervisor control channel may take to answer before it counts as silent. */
 const CONTROL_ANSWER_MS = 2_000;
+/** How long start() waits for a VM whose agent connection broke to show its exit. */
+const VM_EXIT_GRACE_MS = 1_000;
 
 function checkedTimeout(value: number | undefined, fallback: number, field = 'timeoutMs'): number {
   return validate.integer(value ?? fallback, field, 0, 2 ** 31 - 1);
@@ -118,8 +120,14 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     });
     this.#connections = new BootConnections(record.id, hypervisor, record.config.agentPorts, {
       vmGone: (bootId, exit) => void this.#vmGone(bootId, exit).catch((error: unknown) => this.emit('error', error as Error)),
-      // An agent that breaks while this object stops or deletes the sandbox is expected.
-      error: (error, source) => (source === 'vm' || this.#ending === 0) && this.emit('error', error),
+      error: (error, source) => {
+        if (source === 'vm') return void this.emit('error', error);
+        // An agent that breaks while this object stops or deletes the sandbox is expected, and so is
+        // one whose VM died (told by 'stopped'): only a break while the VM lives on is an error.
+        const vm = this.#record.boot?.vm;
+        if (this.#ending > 0 || !vm) return;
+        setTimeout(() => this.#ending === 0 && isAlive(vm) && this.emit('error', error), VM_EXIT_GRACE_MS).unref();
+      },
       paused: () => this.emit('paused'),
       resumed: () => this.emit('resumed'),
     });
@@ -245,10 +253,13 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
    * guest assets first if there are none (see the `progress` event). The host side is prepared
    * and the VM spawned under the sandbox lock (host work only; the VM's pid is recorded the moment
    * it exists); the wait for the VM and its agent runs without the lock, so `stop` and `delete`
-   * from any process can end a boot that hangs.
+   * from any process can end a boot that hangs. `timeoutMs` (default 120 s) bounds that wait, from
+   * the spawn until the guest is set up ({@link TimeoutError}); a VM that exits meanwhile fails it
+   * with a {@link SandboxError} carrying the console's tail. A failed start leaves it `stopped`.
    */
   async start(options: CallOptions = {}): Promise<void> {
     const { signal } = options;
+    const bootTimeoutMs = checkedTimeout(options.timeoutMs, 120_000);
     await this.#recoverCrashedOperation();
     const current = await this.record();
     this.#checkStartable(current.state);
@@ -298,17 +309,19 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       this.#record = await this.#journal.read().catch(() => this.#record);
     });
     // The guest part is cut short when a daemon the boot needs dies (virtiofsd: the guest's mount
-    // of the share would wait for it until the agent call's deadline).
+    // of the share would wait for it until the agent call's deadline), and at the boot's deadline.
     const died = new AbortController();
     const daemons = [(this.#record.resources[SHARED_FS_KIND] as { virtiofsd?: ProcessIdentity } | undefined)?.virtiofsd].filter((d) => d !== undefined);
     const watch = setInterval(() => {
       for (const d of daemons) if (!isAlive(d)) died.abort(new SandboxError(this.id, `virtiofsd (pid ${d.pid}) exited during start`));
     }, 200);
-    const guestSignal = signal ? AbortSignal.any([signal, died.signal]) : died.signal;
+    const deadline = AbortSignal.timeout(bootTimeoutMs);
+    const guestSignal = AbortSignal.any([died.signal, deadline, ...(signal ? [signal] : [])]);
+    let vm: VirtualMachine | undefined;
     try {
-      const vm = await spawned!.ready({ signal: guestSignal });
+      vm = await spawned!.ready({ signal: guestSignal });
       this.#connections.adopt(bootId, vm);
-      const link = await this.#raceVmExit(vm, this.#connections.agent(this.#record.boot!, { signal: guestSignal, timeoutMs: 120_000 }));
+      const link = await this.#raceVmExit(vm, this.#connections.agent(this.#record.boot!, { signal: guestSignal, timeoutMs: bootTimeoutMs }));
       // Setting the clock needs no round trip of its own: it overlaps the resources' guest setup.
       const clockSet = link.agent.setTime(new Date(), { signal: guestSignal });
       clockSet.catch(() => undefined);
@@ -320,8 +333,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
         delete tx.record.op;
       });
     } catch (caught) {
-      const error = died.signal.aborted && !signal?.aborted ? (died.signal.reason as Error) : caught;
-      if (error instanceof SupersededError) throw new SandboxError(this.id, error.message, { cause: error });
+      const error = await this.#whyStartFailed(caught, { owner, vm, cancelled: signal?.aborted === true, died: died.signal, deadline, bootTimeoutMs });
+      if (error instanceof SandboxError && error.cause instanceof SupersededError) throw error;
       await this.#journal
         .transact(async (tx) => {
           if (tx.record.op?.owner.token !== owner.token) return; // another process ended it already
@@ -329,11 +342,11 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
             await this.#endBootIn(tx, 'stop', { boot, signal: undefined });
           } finally {
             tx.record.state = 'stopped';
-            tx.record.stopReason = { reason: 'unexpected', detail: `start failed: ${(error as Error).message}` };
+            tx.record.stopReason = { reason: 'unexpected', detail: `start failed: ${error.message}` };
             delete tx.record.op;
           }
         })
-        .catch((cleanup: unknown) => Object.assign(error as Error, { cleanupError: cleanup }));
+        .catch((cleanup: unknown) => Object.assign(error, { cleanupError: cleanup }));
       this.#connections.drop();
       throw error;
     } finally {
@@ -346,6 +359,32 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   #checkStartable(state: SandboxState): void {
     if (state === 'paused') throw new InvalidStateError(this.label, state, 'starting', { hint: 'start() boots a VM: resume() a paused one' });
     assertTransition('sandbox', this.label, state, 'starting', state === 'running' ? 'start() boots a VM that does not run' : undefined);
+  }
+
+  /**
+   * The error a failed start() reports, by what ended it: another process (that stopped or
+   * deleted the sandbox meanwhile), the caller's signal, a daemon of the boot that died, the
+   * boot's deadline, or a VM that exited (its agent connection breaks first: the exit is waited
+   * for a moment, so that the console tail is what the caller sees rather than a closed socket).
+   */
+  async #whyStartFailed(
+    caught: unknown,
+    how: { owner: { token: string }; vm: VirtualMachine | undefined; cancelled: boolean; died: AbortSignal; deadline: AbortSignal; bootTimeoutMs: number },
+  ): Promise<Error> {
+    const cause = caught as Error;
+    if (caught instanceof SupersededError) return new SandboxError(this.id, caught.message, { cause: caught });
+    const record = await this.#journal.read().catch(() => undefined);
+    if (!record || record.op?.owner.token !== how.owner.token) {
+      const what = record ? (record.state === 'starting' ? 'restarted' : record.state) : 'deleted';
+      return new SandboxError(this.id, `was ${what} by another process while it was starting`, { cause: new SupersededError(this.id, cause.message) });
+    }
+    if (how.cancelled) return cause;
+    if (how.died.aborted) return how.died.reason as Error;
+    if (how.deadline.aborted) return new TimeoutError(`${this.label}: start (the VM and its agent)`, how.bootTimeoutMs, { cause });
+    // Without a control channel, ready() failed: its error says how the VM ended.
+    const exit = await how.vm?.waitForExit(AbortSignal.timeout(VM_EXIT_GRACE_MS)).catch(() => undefined);
+    if (exit) return new SandboxError(this.id, `the VM exited during start (${exit.detail}); console:\n${logTail(this.consoleLog)}`, { cause });
+    return cause;
   }
 
   /** Rejects when `vm` exits first: a guest that dies during boot must not leave us waiting. */

@@ -3,7 +3,8 @@
  * start, a bundle container through the share with a CNI bridge network, exec, delete: see
  * cycle.ts), each run by a process of its own into which a fault is injected at a random moment:
  * kill -9 of the orchestrating process, of QEMU, of virtiofsd, SIGSTOP of QEMU, or nothing. After
- * each cycle the soak deletes whatever is left from its own process (that must always succeed),
+ * each cycle the soak deletes whatever is left from its own process (that must always succeed;
+ * after a SIGSTOP, 5 s after it, while the cycle's process still waits on the stopped VM),
  * and after the first cycle, every 10 cycles and at the end it takes a census of what the host
  * holds (see {@link census}). Nothing may grow: the run fails (exit 1) when anything did.
  *
@@ -210,23 +211,33 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
         if (fault === 'kill-virtiofsd') kill(record?.resources?.sharedFs?.virtiofsd?.pid, 'SIGKILL');
         if (fault === 'stop-vm') kill(record?.boot?.vm?.pid, 'SIGSTOP');
       }, at);
-      // A cycle stuck on a stopped VM is ended by its deadlines; one stuck longer is killed.
+      // The soak's own delete: after the cycle, or, for a cycle stuck on a stopped VM, 5 s after
+      // the fault while the cycle still waits (a delete wins over a start or a call in progress).
+      let removal: Promise<void> | undefined;
+      const remove = (): Promise<void> =>
+        (removal ??= (async () => {
+          try {
+            const warnings = await Sandbox.remove(id, { stateDir, force: true, ...(hypervisor ? { hypervisor } : {}) });
+            if (warnings.length > 0) deleteFailures.push(`${id}: ${warnings.join('; ')}`);
+          } catch (error) {
+            if ((error as { code?: string }).code !== 'ERR_VMPOD_NOT_FOUND') deleteFailures.push(`${id}: ${(error as Error).message}`);
+          }
+        })());
+      const overtake = fault === 'stop-vm' ? setTimeout(() => void remove(), at + 5_000) : undefined;
+      // The cycle ends once its VM is gone (its calls have deadlines too); one stuck longer is killed.
       const watchdog = setTimeout(() => kill(child.pid, 'SIGKILL'), 120_000);
       await exited;
+      const overtaken = removal !== undefined;
       clearTimeout(strike);
+      clearTimeout(overtake);
       clearTimeout(watchdog);
       const done = out.includes('done');
       if (done) completed++;
       if (done && fault === 'none') typical = Math.max(200, Date.now() - started);
-      try {
-        const warnings = await Sandbox.remove(id, { stateDir, force: true, ...(hypervisor ? { hypervisor } : {}) });
-        if (warnings.length > 0) deleteFailures.push(`${id}: ${warnings.join('; ')}`);
-      } catch (error) {
-        if ((error as { code?: string }).code !== 'ERR_VMPOD_NOT_FOUND') deleteFailures.push(`${id}: ${(error as Error).message}`);
-      }
+      await remove();
       const ms = Date.now() - started;
       durations.push(ms);
-      log(`cycle ${cycle}: ${fault} at ${at} ms -> ${done ? 'done' : 'cut short'} (${ms} ms)${!done && fault === 'none' ? `\n${err.slice(-1500)}` : ''}`);
+      log(`cycle ${cycle}: ${fault} at ${at} ms -> ${done ? 'done' : 'cut short'}${overtaken ? ', deleted while it ran' : ''} (${ms} ms)${!done && fault === 'none' ? `\n${err.slice(-1500)}` : ''}`);
     }
     censuses.push({ cycle: options.cycles, census: census(dir, bridge) });
   } finally {
