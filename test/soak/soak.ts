@@ -39,6 +39,8 @@ export interface SoakOptions {
   seed?: number;
   /** Where to print (default stdout). */
   log?: (line: string) => void;
+  /** Ends the soak after the cycle under way (its clean-up and last census still run). */
+  signal?: AbortSignal;
 }
 
 /** What the host holds, by kind (see {@link census}). */
@@ -186,7 +188,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
   let completed = 0;
   let typical = standIn ? 800 : 6000; // a cycle's length, for when to strike (updated from clean cycles)
   try {
-    for (let cycle = 0; cycle < options.cycles; cycle++) {
+    for (let cycle = 0; cycle < options.cycles && !options.signal?.aborted; cycle++) {
       // The first census after one cycle: what a first use opens for good (the addon's worker, a
       // CNI cache) is not a leak.
       if (cycle % 10 === 1 || (cycle === 0 && options.cycles === 1)) censuses.push({ cycle, census: census(dir, bridge) });
@@ -239,7 +241,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       durations.push(ms);
       log(`cycle ${cycle}: ${fault} at ${at} ms -> ${done ? 'done' : 'cut short'}${overtaken ? ', deleted while it ran' : ''} (${ms} ms)${!done && fault === 'none' ? `\n${err.slice(-1500)}` : ''}`);
     }
-    censuses.push({ cycle: options.cycles, census: census(dir, bridge) });
+    censuses.push({ cycle: durations.length, census: census(dir, bridge) });
   } finally {
     if (standIn) await cleanupStandIn();
     for (const l of lines('ip', ['-o', 'link', 'show'])) {
@@ -254,7 +256,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
   for (const [kind, before] of Object.entries(first)) if ((last[kind] ?? 0) > before) leaks[kind] = [before, last[kind]!];
   const sorted = [...durations].sort((a, b) => a - b);
   const report: SoakReport = {
-    cycles: options.cycles,
+    cycles: durations.length,
     seed,
     faults,
     completed,
@@ -272,8 +274,12 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.a
   const argv = process.argv.slice(2);
   const cycles = Number(argv.find((a) => /^\d+$/u.test(a)) ?? '20');
   const seedAt = argv.indexOf('--seed');
+  // Ctrl-C or SIGTERM: the cycle under way ends, then the soak cleans up and reports.
+  const stop = new AbortController();
+  for (const name of ['SIGINT', 'SIGTERM'] as const) process.once(name, () => stop.abort());
   const report = await runSoak({
     cycles,
+    signal: stop.signal,
     standIn: argv.includes('--stand-in'),
     ...(seedAt >= 0 ? { seed: Number(argv[seedAt + 1]) } : {}),
   });
