@@ -19,7 +19,7 @@ import type { CallOptions } from '../options.js';
 
 export type { ContainerStats, ExitStatus };
 
-/** Options of calls that can be cancelled and bounded (the one options type of vmpod). */
+/** @deprecated The same as {@link CallOptions}, vmpod's one options type of calls. */
 export type SignalOptions = CallOptions;
 
 /** Which stdio streams to open. With a terminal there is one stream: stdout (stderr goes to it too). */
@@ -47,7 +47,7 @@ export interface ContainerHost {
 }
 
 /** Options of {@link Container.exec}. */
-export interface ExecOptions extends ProcessOverrides, SignalOptions {
+export interface ExecOptions extends ProcessOverrides, CallOptions {
   /** Process id within the container (default random). */
   id?: string;
   /** Which stdio streams to open (default: stdout and stderr). */
@@ -94,19 +94,19 @@ export class Process {
   }
 
   /** Resolves with the exit status once the process has exited (like `wait(2)`). */
-  wait(options: SignalOptions = {}): Promise<ExitStatus> {
+  wait(options: CallOptions = {}): Promise<ExitStatus> {
     if (options.signal) return this.host.agent(options).then((agent) => agent.wait(this.containerId, { ...this.#target(), signal: options.signal }));
     this.#exit ??= this.host.agent().then((agent) => agent.wait(this.containerId, this.#target()));
     return this.#exit;
   }
 
   /** Sends a signal (default SIGTERM); `kill -SIGNAL PID`. */
-  async kill(signal: NodeJS.Signals | number = 'SIGTERM', options: SignalOptions = {}): Promise<void> {
+  async kill(signal: NodeJS.Signals | number = 'SIGTERM', options: CallOptions = {}): Promise<void> {
     await (await this.host.agent()).signal(this.containerId, signal, { ...this.#target(), ...options });
   }
 
   /** Sets the size of its terminal (`stty rows R cols C`); only for processes with a terminal. */
-  async resizeTty(size: { rows: number; cols: number }, options: SignalOptions = {}): Promise<void> {
+  async resizeTty(size: { rows: number; cols: number }, options: CallOptions = {}): Promise<void> {
     await (await this.host.agent()).resizeTty(this.containerId, size, { ...this.#target(), ...options });
   }
 }
@@ -167,7 +167,7 @@ export class Container extends EventEmitter<ContainerEvents> {
   }
 
   /** Starts the init process (`runc start`). */
-  async start(options: SignalOptions = {}): Promise<void> {
+  async start(options: CallOptions = {}): Promise<void> {
     assertTransition('container', this.#label(), this.#state, 'running');
     const agent = await this.host.agent(options);
     await agent.startContainer(this.id, options);
@@ -192,7 +192,7 @@ export class Container extends EventEmitter<ContainerEvents> {
   }
 
   /** Resolves with the init's exit status once it has exited. */
-  async wait(options: SignalOptions = {}): Promise<ExitStatus> {
+  async wait(options: CallOptions = {}): Promise<ExitStatus> {
     if (this.#exitStatus) return this.#exitStatus;
     const status = await (await this.host.agent()).wait(this.id, options);
     this.#exitStatus = status;
@@ -204,7 +204,7 @@ export class Container extends EventEmitter<ContainerEvents> {
    * Sends a signal (default SIGTERM) to the init process, or with `all` to every process of
    * the container (`runc kill [--all] ID SIGNAL`).
    */
-  async kill(signal: NodeJS.Signals | number = 'SIGTERM', options: SignalOptions & { all?: boolean } = {}): Promise<void> {
+  async kill(signal: NodeJS.Signals | number = 'SIGTERM', options: CallOptions & { all?: boolean } = {}): Promise<void> {
     await (await this.host.agent()).signal(this.id, signal, options);
   }
 
@@ -229,12 +229,12 @@ export class Container extends EventEmitter<ContainerEvents> {
   }
 
   /** Sets the init's terminal size (`stty rows R cols C`). */
-  async resizeTty(size: { rows: number; cols: number }, options: SignalOptions = {}): Promise<void> {
+  async resizeTty(size: { rows: number; cols: number }, options: CallOptions = {}): Promise<void> {
     await (await this.host.agent()).resizeTty(this.id, size, options);
   }
 
   /** CPU, memory and pids of the container's cgroup in the guest. */
-  async stats(options: SignalOptions = {}): Promise<ContainerStats> {
+  async stats(options: CallOptions = {}): Promise<ContainerStats> {
     return (await this.host.agent()).stats(this.id, options);
   }
 
@@ -242,7 +242,7 @@ export class Container extends EventEmitter<ContainerEvents> {
    * Removes the container from the guest and releases its host-side mounts. A running
    * container needs `force` (its processes are killed first), like `runc delete --force`.
    */
-  async delete(options: SignalOptions & { force?: boolean } = {}): Promise<void> {
+  async delete(options: CallOptions & { force?: boolean } = {}): Promise<void> {
     if (this.#state === 'deleted') return;
     if (this.#state === 'running' && !options.force) assertTransition('container', this.#label(), 'running', 'deleted');
     await (await this.host.agent()).deleteContainer(this.id, options);
@@ -270,6 +270,6 @@ export function normaliseStdio(stdio: StdioOptions | undefined, terminal: boolea
 
 function ignore(): void {}
 
-function signalOnly(options: SignalOptions): SignalOptions {
+function signalOnly(options: CallOptions): CallOptions {
   return options.signal ? { signal: options.signal } : {};
 }

@@ -36,7 +36,7 @@ export interface SandboxEvents {
   error: (error: Error) => void;
 }
 
-/** Options of calls that can be cancelled and bounded (the one options type of vmpod). */
+/** @deprecated The same as {@link CallOptions}, vmpod's one options type of calls. */
 export type SandboxCallOptions = CallOptions;
 
 /** Options of {@link Sandbox.attach}, {@link Sandbox.remove} and {@link Sandbox.list}. */
