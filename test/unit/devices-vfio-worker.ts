@@ -28,6 +28,11 @@ export interface VfioWorkerOptions {
   checks: number;
   /** Give up after this long (ms). */
   deadlineMs: number;
+  /**
+   * Holds its first binding until another worker was refused once (it says so in the barrier
+   * folder), up to 10 s: the contention the test is about then happens whatever the scheduling.
+   */
+  holdFirst?: boolean;
 }
 
 export interface VfioWorkerReport {
@@ -56,6 +61,7 @@ while (report.bound < opts.binds && Date.now() < deadline) {
   } catch (error) {
     if ((error as { code?: string }).code === 'ERR_VMPOD_IOMMU_GROUP_IN_USE') {
       report.refused++;
+      if (opts.barrier !== undefined && report.refused === 1) await fs.writeFile(path.join(opts.barrier, `${opts.name}.refused`), '');
       const holder = (error as { holder?: { owner?: string } }).holder?.owner;
       if (holder !== undefined && !report.holders.includes(holder)) report.holders.push(holder);
     } else {
@@ -66,6 +72,11 @@ while (report.bound < opts.binds && Date.now() < deadline) {
   }
   report.bound++;
   try {
+    if (opts.holdFirst && opts.barrier !== undefined && report.bound === 1) {
+      const until = Date.now() + 10_000;
+      const refused = async (): Promise<boolean> => (await fs.readdir(opts.barrier!)).some((f) => f.endsWith('.refused') && f !== `${opts.name}.refused`);
+      while (!(await refused()) && Date.now() < until) await sleep(2);
+    }
     for (let i = 0; i < opts.checks; i++) {
       for (const m of opts.members) {
         const driver = await sysfs.linkName(`bus/pci/devices/${m}/driver`);

@@ -528,7 +528,7 @@ describe('bindVfio / releaseVfio from several processes (fake sysfs)', () => {
     try {
       const before = await sysfs.snapshot();
       const members = ['0000:3b:00.0', '0000:3b:00.1'];
-      const common = { sysfs: sysfs.root, lockDir, members, binds: 8, checks: 3, deadlineMs: 40_000 };
+      const common = { sysfs: sysfs.root, lockDir, members, binds: 8, checks: 3, deadlineMs: 40_000, holdFirst: true };
       const reports = await runWorkers<VfioWorkerOptions, VfioWorkerReport>(worker, [
         { ...common, name: 'sandbox-a', address: members[0]! },
         { ...common, name: 'sandbox-b', address: members[1]! },
