@@ -20,7 +20,7 @@ import { bindVfio, checkVfioGroup, releaseVfio, type VfioBindingRecord } from '.
 import type { GuestDevice } from '../../agent/messages.js';
 import { resolveNfvConfig, type PciPassthrough } from '../../nfv/config.js';
 import { newOwner } from '../record.js';
-import { assertNotPending, callOptions, type GuestContext, type PendingEntry, type ResourceContext, type SandboxResource, type VmContribution } from './resource.js';
+import { callOptions, unplugEntry, type GuestContext, type PendingEntry, type ResourceContext, type SandboxResource, type VmContribution } from './resource.js';
 import { locateInGuest, placeInGuest } from './pci-path.js';
 
 /** Key of this resource's state in the sandbox record. */
@@ -203,21 +203,7 @@ export async function hotplugPci(ctx: GuestContext<PciDevicesState>, device: { a
 
 /** Unplugs a passed-through device (once the guest let go of it) and restores its drivers. */
 export async function unplugPci(ctx: GuestContext<PciDevicesState>, id: string): Promise<void> {
-  await ctx.update((state) => {
-    const entry = state.devices.find((d) => d.id === id);
-    if (!entry) throw new NotFoundError('passed-through device', id);
-    assertNotPending(entry, `passed-through device "${id}"`);
-    entry.pending = newOwner();
-  });
-  try {
-    await ctx.vm.unplug(id, callOptions(ctx));
-  } catch (error) {
-    await ctx.update((state) => void delete state.devices.find((d) => d.id === id)?.pending);
-    throw error;
-  }
-  await ctx.update(async (state) => {
-    const entry = state.devices.find((d) => d.id === id);
-    if (!entry) return;
+  await unplugEntry(ctx, id, 'passed-through device', (state) => state.devices, async (state, entry) => {
     await releaseVfio(entry.binding, { sysfs: ctx.config.sysfs });
     state.devices = state.devices.filter((d) => d !== entry);
   });

@@ -14,9 +14,9 @@
  */
 import type { AgentClient } from '../../agent/client.js';
 import type { MemoryConfig, VirtualMachine, VmDevice } from '../../hypervisor/hypervisor.js';
-import { InvalidStateError } from '../../errors.js';
+import { InvalidStateError, NotFoundError } from '../../errors.js';
 import type { ResolvedSandboxConfig } from '../config.js';
-import { ownerAlive, type Owner } from '../record.js';
+import { newOwner, ownerAlive, type Owner } from '../record.js';
 import type { Share } from './share.js';
 
 /** The boot a context belongs to. */
@@ -108,4 +108,35 @@ export function assertNotPending(entry: PendingEntry, what: string): void {
   if (entry.pending && ownerAlive(entry.pending)) {
     throw new InvalidStateError(what, 'changing', 'settled', { hint: `another call (pid ${entry.pending.pid}) is adding or removing it` });
   }
+}
+
+/**
+ * The one shape of a hot unplug: under the lock the entry is marked pending (another process
+ * sees it going), the device is unplugged without the lock (QMP `device_del`, waiting for the
+ * guest), then under the lock `release` gives back its host side and drops it from the state.
+ * An unplug that fails clears the mark and leaves the entry as it was.
+ */
+export async function unplugEntry<S, E extends PendingEntry & { id: string }>(
+  ctx: GuestContext<S>,
+  id: string,
+  what: string,
+  entries: (state: S) => E[],
+  release: (state: S, entry: E) => void | Promise<void>,
+): Promise<void> {
+  await ctx.update((state) => {
+    const entry = entries(state).find((e) => e.id === id);
+    if (!entry) throw new NotFoundError(what, id);
+    assertNotPending(entry, `${what} "${id}"`);
+    entry.pending = newOwner();
+  });
+  try {
+    await ctx.vm.unplug(id, callOptions(ctx));
+  } catch (error) {
+    await ctx.update((state) => void delete entries(state).find((e) => e.id === id)?.pending);
+    throw error;
+  }
+  await ctx.update(async (state) => {
+    const entry = entries(state).find((e) => e.id === id);
+    if (entry) await release(state, entry);
+  });
 }

@@ -23,7 +23,7 @@ import { VhostUserSocketError } from '../../nfv/errors.js';
 import type { GuestDevice } from '../../agent/messages.js';
 import type { ResolvedSandboxConfig } from '../config.js';
 import { newOwner } from '../record.js';
-import { assertNotPending, callOptions, type GuestContext, type PendingEntry, type ResourceContext, type SandboxResource, type VmContribution } from './resource.js';
+import { callOptions, unplugEntry, type GuestContext, type PendingEntry, type ResourceContext, type SandboxResource, type VmContribution } from './resource.js';
 import { locateInGuest, placeInGuest } from './pci-path.js';
 
 /** Key of this resource's state in the sandbox record. */
@@ -200,22 +200,9 @@ export async function hotplugNic(ctx: GuestContext<VhostUserState>, nic: Resolve
 
 /** Removes a NIC from a running sandbox's VM once the guest released it. */
 export async function unplugNic(ctx: GuestContext<VhostUserState>, id: string): Promise<void> {
-  await ctx.update((state) => {
-    const entry = state.nics.find((n) => n.id === id);
-    if (!entry) throw new NotFoundError('vhost-user NIC', id);
-    assertNotPending(entry, `vhost-user NIC "${id}"`);
-    entry.pending = newOwner();
-  });
-  try {
-    await ctx.vm.unplug(id, callOptions(ctx));
-  } catch (error) {
-    await ctx.update((state) => void delete state.nics.find((n) => n.id === id)?.pending);
-    throw error;
-  }
-  await ctx.update(async (state) => {
-    const nic = state.nics.find((n) => n.id === id);
-    state.nics = state.nics.filter((n) => n.id !== id);
-    if (nic?.mode === 'server') {
+  await unplugEntry(ctx, id, 'vhost-user NIC', (state) => state.nics, async (state, nic) => {
+    state.nics = state.nics.filter((n) => n !== nic);
+    if (nic.mode === 'server') {
       await removeServerSocket(nic.socket);
       state.serverSockets = state.serverSockets.filter((s) => s !== nic.socket);
     }
