@@ -404,7 +404,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
    * Stops the VM (`running`/`paused`/`starting` -> `stopped`): the agent stops every container and
    * powers the guest off; after `timeoutMs` (default 10 s; 0: at once) the hypervisor is told to
    * quit, then killed. A silent agent or control channel is given a few seconds, never more: the
-   * VM is killed through the pid the record holds, so stop always finishes.
+   * VM is killed through the pid the record holds, so stop always finishes. A sandbox that is
+   * already `stopped` (its VM died, another process stopped it) is left as it is.
    */
   async stop(options: CallOptions = {}): Promise<void> {
     const timeoutMs = checkedTimeout(options.timeoutMs, 10_000);
@@ -421,11 +422,13 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     try {
       const boot = await this.#journal.transact((tx) => {
         const r = tx.record;
+        if (r.state === 'stopped') return null; // its VM died, or another process stopped it, meanwhile
         if (r.state !== 'stopping' && r.state !== 'starting') assertTransition('sandbox', this.label, r.state, 'stopping');
         r.state = 'stopping';
         r.op = { kind: 'stop', owner, since: new Date().toISOString() };
         return r.boot;
       }, options.signal ? { signal: options.signal } : {});
+      if (boot === null) return;
       const detail = boot?.vm && isAlive(boot.vm) ? await this.#shutdownVm(boot, timeoutMs, options.signal) : 'stop: the VM was already gone';
       await this.#journal.transact(async (tx) => {
         if (tx.record.op?.owner.token !== owner.token) return; // another stop or delete finished it

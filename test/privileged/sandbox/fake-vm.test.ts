@@ -350,6 +350,10 @@ describe.skipIf(skipReason)(`the sandbox core on a fake hypervisor${skipReason ?
     expect(stopped).toEqual([{ reason: 'unexpected', detail: 'SIGKILL' }]);
     await new Promise((r) => setTimeout(r, 1_500)); // past the grace an agent break waits for its VM
     expect(errored).toEqual([]);
+    // A stop that comes after (say, a delete({ force }) that saw it running a moment before) is a no-op.
+    await sandbox.stop();
+    expect(stopped).toHaveLength(1);
+    expect((await sandbox.record()).stopReason).toEqual({ reason: 'unexpected', detail: 'SIGKILL' });
     expect(sandbox.state).toBe('stopped');
     expect((await sandbox.record()).stopReason).toEqual({ reason: 'unexpected', detail: 'SIGKILL' });
     expect(fake.last.killedFromRecord).toBe(false);
