@@ -1,6 +1,6 @@
 /**
  * qemu-boot: time from spawning QEMU to the guest's init marker (`vmpod-init: ready`), for
- * vmpod's generated command line and for the bare line of PLATFORM.md with the same kernel,
+ * vmpod's generated command line and for a bare QEMU line (see `rawQemuBoot`) with the same kernel,
  * initramfs and kernel arguments, on q35 and on microvm. Variants, interleaved after one
  * warm-up round:
  * - raw-microvm / raw-q35: `rawQemuBoot()`, console on a pipe;

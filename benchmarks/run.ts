@@ -1,8 +1,8 @@
 /**
  * Benchmark runner: `npm run bench -- NAME [ARGS...]` runs benchmarks/NAME.ts through tsx (no
  * build step). A benchmark module's default export is `async function main(args: string[])`;
- * it prints a readable table and, as its very last line, one JSON object (see
- * /work/shared/BENCHMARKS.md and benchmarks/lib/report.ts).
+ * it prints a readable table and, as its very last line, one JSON object (see docs/benchmarks.md
+ * and benchmarks/lib/report.ts).
  */
 import { readdirSync } from 'node:fs';
 import path from 'node:path';

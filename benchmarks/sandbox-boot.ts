@@ -2,7 +2,7 @@
  * sandbox-boot: how long until a sandbox can run containers, against a bare QEMU boot.
  *
  * Variants, interleaved after one warm-up round:
- * - raw-qemu: `rawQemuBoot()`, the bare QEMU line of PLATFORM.md with the same machine,
+ * - raw-qemu: `rawQemuBoot()`, a bare QEMU line (`-nodefaults -serial stdio -kernel -initrd -append`) with the same machine,
  *   kernel, initramfs and kernel arguments as the sandbox, from spawn to the init marker
  *   (`vmpod-init: ready`, printed right before /init execs the agent);
  * - vmpod-ready: `Sandbox.create()` + `start()` resolved (virtiofsd up, QEMU detached with its

@@ -1,5 +1,5 @@
 /**
- * The measuring loop of BENCHMARKS.md: one warm-up round that is not counted, then `runs`
+ * The measuring loop of every benchmark (docs/benchmarks.md): one warm-up round that is not counted, then `runs`
  * rounds, each running every variant once in order (A B A B ...). A variant returns one value,
  * or several named values (e.g. a setup and a teardown time), each collected under its name.
  */

@@ -1,4 +1,4 @@
-/** Facts about the machine a benchmark ran on, for its JSON line (BENCHMARKS.md: KVM or TCG, CPUs, ...). */
+/** Facts about the machine a benchmark ran on, for its JSON line (KVM or TCG, CPUs, ...). */
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';

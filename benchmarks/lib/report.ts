@@ -1,5 +1,5 @@
 /**
- * Shared reporting for benchmarks, per /work/shared/BENCHMARKS.md: median/min/max per variant,
+ * Shared reporting for benchmarks (docs/benchmarks.md): median/min/max per variant,
  * ratios of medians against the peers, a readable table, and one final JSON line.
  */
 

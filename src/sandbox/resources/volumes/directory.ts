@@ -1,7 +1,7 @@
 /**
  * Directory volumes. Through virtio-fs: the host directory is bound into the sandbox's share
  * (`mount --rbind -o ro,nosuid,nodev SOURCE SHARED/volumes/NAME.RANDOM`, read-only all the way
- * down when asked; see ../shared-fs.ts); the bind propagates into the running virtiofsd and
+ * down when asked; see ../share.ts); the bind propagates into the running virtiofsd and
  * appears in the guest under the share at once: no device, no restart. Read-only is enforced by
  * the host bind (the guest gets EROFS), since the C virtiofsd has no read-only mode.
  *
