@@ -136,6 +136,7 @@ describe.skipIf(!root)('crash points: kill -9 anywhere, then delete from another
         await deleteAndCensus(`${kind}:${n}`);
       }
       expect(crashed.length).toBeGreaterThan(50);
+      console.log(`${kind}:N: ${crashed.length} crash points, each deleted by another process with nothing left`);
     });
   }
 
@@ -170,6 +171,7 @@ describe.skipIf(!root)('crash points: kill -9 anywhere, then delete from another
           await world.expectNothingLeft([args.id]);
         }
         expect(n).toBeGreaterThan(10);
+        console.log(`write:N on QEMU: ${n - 1} crash points, each deleted by another process with nothing left`);
       } finally {
         args = saved;
       }
