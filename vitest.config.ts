@@ -1,14 +1,26 @@
 import { defineConfig } from 'vitest/config';
 
+// Every run shuffles the files and the tests in them (sequence.shuffle), so that a test that
+// leans on another one's leftovers shows up. The seed comes from VMPOD_TEST_SEED, or is drawn
+// here; test/order-seed.ts prints it at the start, and the same seed replays the same order
+// (see docs/testing.md, "Order independence").
+const seedText = process.env['VMPOD_TEST_SEED'];
+if (seedText !== undefined && !/^[0-9]{1,9}$/u.test(seedText)) throw new Error(`VMPOD_TEST_SEED must be a whole number below 10^9, not ${JSON.stringify(seedText)}`);
+const seed = seedText !== undefined ? Number(seedText) : Math.floor(Math.random() * 1_000_000_000);
+const sequence = { shuffle: { files: true, tests: true }, seed };
+
 // Two projects: `unit` needs no privileges; `privileged` runs as root against real kernel
 // objects and real VMs, and skips (with a visible reason) what the machine lacks.
 export default defineConfig({
   test: {
+    sequence,
     projects: [
       {
         test: {
           name: 'unit',
           include: ['test/unit/**/*.test.ts'],
+          globalSetup: ['test/order-seed.ts'],
+          sequence,
           testTimeout: 20_000,
         },
       },
@@ -17,7 +29,8 @@ export default defineConfig({
           name: 'privileged',
           include: ['test/privileged/**/*.test.ts'],
           // Fails the run when anything a test made is still there at the end.
-          globalSetup: ['test/privileged/global-setup.ts'],
+          globalSetup: ['test/order-seed.ts', 'test/privileged/global-setup.ts'],
+          sequence,
           testTimeout: 180_000,
           hookTimeout: 180_000,
           // Real VMs under TCG are CPU-bound: keep them from starving each other on 2 cores.
