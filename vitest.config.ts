@@ -14,6 +14,17 @@ const sequence = { shuffle: { files: true, tests: true }, seed };
 export default defineConfig({
   test: {
     sequence,
+    // Coverage of src/ (docs/testing.md, "Coverage"): on with `npm test` (`--coverage`), off for
+    // a run of a few files. It counts the code the test processes import; the CLI processes the
+    // tests spawn (`node dist/cli/main.js`) and helper worker processes are not counted.
+    coverage: {
+      provider: 'v8',
+      include: ['src/**/*.ts'],
+      reporter: ['text-summary', ['text', { file: 'coverage.txt' }], 'json-summary', 'lcovonly'],
+      reportsDirectory: 'coverage',
+      // A test that fails under a loaded run still leaves the figures of everything else.
+      reportOnFailure: true,
+    },
     projects: [
       {
         test: {
