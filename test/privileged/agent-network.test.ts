@@ -2,8 +2,10 @@
 // of its own (`ip netns exec`, --manage-network): NICs found by MAC, renamed out of each other's
 // way, addresses/routes/neighbours replaced, removed, listed; containers' resolv.conf, hosts and
 // hostname; validation of everything the host sends. Every result is checked with `ip -j`.
+// Each test has a namespace and an agent of its own (they take a moment to make), and sets up
+// the configuration it starts from itself: any test runs alone and in any order.
 import net from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { AgentError } from '../../src/agent/errors.js';
 import { FrameDecoder, FrameType, encodeFrame } from '../../src/agent/framing.js';
 import type { AgentClient } from '../../src/agent/client.js';
@@ -50,10 +52,31 @@ async function rawCall(socketPath: string, method: string, params: unknown): Pro
   }
 }
 
+/** The first configuration of M1's NIC (it takes the name eth9 from M3's). */
+const FIRST = {
+  mac: M1,
+  name: 'eth9',
+  mtu: 1400,
+  addresses: ['10.77.0.2/24', 'fd00:77::2/64'],
+  routes: [
+    { dst: 'default', gateway: '10.77.0.1' },
+    { dst: '10.88.0.0/16', gateway: '10.77.0.1', metric: 50 },
+    { dst: '192.0.2.0/24', scope: 'link' as const },
+    { dst: '198.51.100.0/24', gateway: '203.0.113.1', onlink: true },
+    { dst: 'default', family: 6 as const, gateway: 'fd00:77::1' },
+  ],
+  neighbors: [{ ip: '10.77.0.1', mac: GW_MAC }],
+};
+/** The configuration that replaces it: one address, one route, no neighbour. */
+const SECOND = { mac: M1, name: 'eth9', addresses: ['10.77.0.3/24'], routes: [{ dst: '10.99.0.0/16', gateway: '10.77.0.1' }] };
+
 describe.skipIf(!ready)(`the agent's guest network configuration (${ready ? 'in a netns' : reason})`, () => {
   const prefix = uniquePrefix();
-  const ns = `${prefix}-agnet`;
+  let made = 0;
+  let ns: string;
   let agent: HostAgent;
+  /** The agent of this test once it started, for the clean-up. */
+  let started: HostAgent | undefined;
   let client: AgentClient;
 
   const link = async (name: string) => (await ipJson<any[]>(['link', 'show', 'dev', name], ns))[0];
@@ -62,20 +85,28 @@ describe.skipIf(!ready)(`the agent's guest network configuration (${ready ? 'in 
   const routes = async (family: '-4' | '-6') =>
     JSON.parse((await run('ip', ['-n', ns, '-j', family, 'route', 'show', 'table', 'all'])) || '[]') as any[];
 
-  beforeAll(async () => {
+  /** M1's NIC configured with FIRST and then SECOND: eth9, MTU 1400, 10.77.0.3/24. */
+  async function reconfigured(): Promise<void> {
+    await client.configureInterface(FIRST);
+    await client.configureInterface(SECOND);
+  }
+
+  beforeEach(async () => {
+    ns = `${prefix}-agnet${++made}`;
+    started = undefined;
     await run('ip', ['netns', 'add', ns]);
     // Three NICs standing in for virtio ones; "eth9" holds the name M1's NIC will want.
     await run('ip', ['-n', ns, 'link', 'add', 'nica', 'address', M1, 'type', 'veth', 'peer', 'name', 'nicap']);
     await run('ip', ['-n', ns, 'link', 'add', 'eth9', 'address', M3, 'type', 'veth', 'peer', 'name', 'nicbp']);
     for (const dev of ['lo', 'nicap', 'nicbp']) await run('ip', ['-n', ns, 'link', 'set', dev, 'up']);
     agent = await startHostAgent({ netns: ns, cgroups: false });
+    started = agent;
     client = agent.client;
   });
 
-  afterAll(async () => {
+  afterEach(async () => {
     try {
-      const code = await agent?.cleanup();
-      expect(code).toBe(0);
+      if (started) expect(await started.cleanup()).toBe(0);
     } finally {
       await run('ip', ['netns', 'del', ns]).catch(() => undefined);
     }
@@ -88,20 +119,7 @@ describe.skipIf(!ready)(`the agent's guest network configuration (${ready ? 'in 
 
   it('configures a NIC found by MAC: name (moving a NIC that held it aside), MTU, addresses, routes, neighbours', async () => {
     const eth9Index = (await link('eth9')).ifindex as number;
-    const result = await client.configureInterface({
-      mac: M1,
-      name: 'eth9',
-      mtu: 1400,
-      addresses: ['10.77.0.2/24', 'fd00:77::2/64'],
-      routes: [
-        { dst: 'default', gateway: '10.77.0.1' },
-        { dst: '10.88.0.0/16', gateway: '10.77.0.1', metric: 50 },
-        { dst: '192.0.2.0/24', scope: 'link' },
-        { dst: '198.51.100.0/24', gateway: '203.0.113.1', onlink: true },
-        { dst: 'default', family: 6, gateway: 'fd00:77::1' },
-      ],
-      neighbors: [{ ip: '10.77.0.1', mac: GW_MAC }],
-    });
+    const result = await client.configureInterface(FIRST);
     expect(result).toMatchObject({ name: 'eth9', mac: M1, mtu: 1400 });
 
     const nic = await link('eth9');
@@ -134,7 +152,9 @@ describe.skipIf(!ready)(`the agent's guest network configuration (${ready ? 'in 
   });
 
   it('replaces on reconfiguration: addresses, its routes and neighbours not asked for go; kernel routes stay', async () => {
-    await client.configureInterface({ mac: M1, name: 'eth9', addresses: ['10.77.0.3/24'], routes: [{ dst: '10.99.0.0/16', gateway: '10.77.0.1' }] });
+    await client.configureInterface(FIRST);
+    expect((await ipJson<any[]>(['neigh', 'show', 'dev', 'eth9', 'nud', 'permanent'], ns))).toHaveLength(1);
+    await client.configureInterface(SECOND);
     expect((await addresses('eth9')).filter((a: string) => !a.startsWith('fe80:'))).toEqual(['10.77.0.3/24']);
     const v4 = (await routes('-4')).filter((r) => r.dev === 'eth9');
     expect(v4.filter((r) => r.protocol === '118').map((r) => r.dst)).toEqual(['10.99.0.0/16']);
@@ -143,6 +163,7 @@ describe.skipIf(!ready)(`the agent's guest network configuration (${ready ? 'in 
   });
 
   it('lists what it configured', async () => {
+    await reconfigured();
     const info = await client.listInterfaces();
     const eth9 = info.interfaces.find((i) => i.name === 'eth9');
     expect(eth9).toMatchObject({ mac: M1, up: true, mtu: 1400 });
@@ -161,6 +182,10 @@ describe.skipIf(!ready)(`the agent's guest network configuration (${ready ? 'in 
   });
 
   it('removes a NIC\'s configuration before an unplug', async () => {
+    await run('ip', ['-n', ns, 'link', 'add', 'nicc', 'address', M2, 'type', 'veth', 'peer', 'name', 'niccp']);
+    await client.configureInterface({ mac: M2, name: 'hot0', addresses: ['10.79.0.2/24'] });
+    expect((await link('hot0')).flags).toContain('UP');
+    expect(await addresses('hot0')).toContain('10.79.0.2/24');
     expect(await client.removeInterface(M2)).toEqual({ found: true });
     expect((await link('hot0')).flags).not.toContain('UP');
     expect((await addresses('hot0')).filter((a: string) => !a.startsWith('fe80:'))).toEqual([]);
@@ -168,6 +193,7 @@ describe.skipIf(!ready)(`the agent's guest network configuration (${ready ? 'in 
   });
 
   it('gives containers resolv.conf, hosts and hostname, rewritten in place when the config changes', async () => {
+    await reconfigured();
     expect(
       await client.setNetworkConfig({
         hostname: 'sandbox-host',
@@ -222,6 +248,7 @@ describe.skipIf(!ready)(`the agent's guest network configuration (${ready ? 'in 
   });
 
   it('rejects malformed requests with INVALID_ARGUMENT before touching anything', async () => {
+    await reconfigured();
     const bad: Array<Record<string, unknown>> = [
       { mac: 'zz:76:00:00:00:01', name: 'x' },
       { mac: M1, name: 'a-name-longer-than-15' },
