@@ -7,7 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/client.js';
 import type { OciSpec } from '../../src/agent/messages.js';
 import { buildGuestAssets, type GuestAssets } from '../../src/guest/index.js';
@@ -36,29 +36,42 @@ function guestSpec(args: string[]): OciSpec {
 }
 
 describe.skipIf(!ready)(`vmpod-agent as PID 1 of a VM (${ready ? 'KVM when usable, else TCG' : reason})`, () => {
-  let dir: string;
   let assets: GuestAssets;
-  let qemu: ChildProcess | undefined;
-  let exited: Promise<number | null>;
-  const clients: AgentClient[] = [];
-  const sockets: string[] = [];
-  let stderr = '';
-  const consoleLog = () => (dir ? fs.readFileSync(path.join(dir, 'console.log'), 'utf8') : '');
+  /** The VM the tests share; a test that powers it off leaves the next one to boot another. */
+  interface Vm {
+    dir: string;
+    qemu: ChildProcess;
+    exited: Promise<number | null>;
+    sockets: string[];
+    clients: AgentClient[];
+    stderr: string;
+  }
+  let vm: Vm | undefined;
+  /** The host end of port 0 that the tests share (one host at a time per port). */
+  let port0: AgentClient | undefined;
+  const consoleLog = () => (vm ? fs.readFileSync(path.join(vm.dir, 'console.log'), 'utf8') : '');
 
   async function connect(port: number): Promise<AgentClient> {
+    const booted = vm!;
     // QEMU binds the socket a moment before it listens on it.
     for (let attempt = 0; ; attempt++) {
       try {
-        const c = await AgentClient.connectUnix(sockets[port]!, { timeoutMs: 120_000, clientName: `agent-vm-test-${port}` });
-        clients.push(c);
+        const c = await AgentClient.connectUnix(booted.sockets[port]!, { timeoutMs: 120_000, clientName: `agent-vm-test-${port}` });
+        booted.clients.push(c);
         return c;
       } catch (error) {
         if (attempt >= 100 || !String(error).includes('ECONNREFUSED')) {
-          throw new Error(`${String(error)}; qemu: ${qemu?.exitCode ?? 'running'} ${stderr}`, { cause: error });
+          throw new Error(`${String(error)}; qemu: ${booted.qemu.exitCode ?? 'running'} ${booted.stderr}`, { cause: error });
         }
         await new Promise((r) => setTimeout(r, 50));
       }
     }
+  }
+
+  /** A client on port 0 of the running VM: the shared one, connected on first use. */
+  async function shared(): Promise<AgentClient> {
+    port0 ??= await connect(0);
+    return port0;
   }
 
   async function run(client: AgentClient, id: string, spec: OciSpec) {
@@ -73,40 +86,59 @@ describe.skipIf(!ready)(`vmpod-agent as PID 1 of a VM (${ready ? 'KVM when usabl
     return result;
   }
 
-  beforeAll(async () => {
-    const built = await buildGuestAssets({ cacheDir: '/var/cache/vmpod/test-agent-vm', agent: AGENT_BINARY, updateAptLists: true });
-    assets = built.assets;
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), `vt${randomBytes(2).toString('hex')}-agentvm-`));
+  async function boot(): Promise<void> {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), `vt${randomBytes(2).toString('hex')}-agentvm-`));
     const args = ['-M', 'q35', '-cpu', 'max', '-smp', '1', '-m', '512M', '-nodefaults', '-no-user-config', '-nographic'];
     // /dev/kvm alone is no proof that KVM works (it does not here): ask QEMU.
     if (await kvmUsable(QEMU)) args.push('-accel', 'kvm');
     args.push('-serial', `file:${path.join(dir, 'console.log')}`, '-no-reboot');
     args.push('-kernel', assets.kernel, '-initrd', assets.initramfs, '-append', 'console=ttyS0 quiet panic=-1');
     args.push('-device', 'virtio-serial-pci,id=vs0');
+    const sockets: string[] = [];
     for (let i = 0; i < 2; i++) {
       const socket = path.join(dir, `agent${i}.sock`);
       sockets.push(socket);
       args.push('-chardev', `socket,id=ch${i},path=${socket},server=on,wait=off`);
       args.push('-device', `virtserialport,bus=vs0.0,chardev=ch${i},name=vmpod.agent.${i}`);
     }
-    qemu = spawn(QEMU, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    qemu.stderr!.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-    exited = new Promise((resolve) => qemu!.once('exit', (code) => resolve(code)));
+    const qemu = spawn(QEMU, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    const booted: Vm = { dir, qemu, exited: new Promise((resolve) => qemu.once('exit', (code) => resolve(code))), sockets, clients: [], stderr: '' };
+    qemu.stderr!.setEncoding('utf8').on('data', (s: string) => (booted.stderr += s));
+    vm = booted;
+    port0 = undefined;
     for (let i = 0; i < 500 && !sockets.every((s) => fs.existsSync(s)); i++) {
-      if (qemu.exitCode !== null) throw new Error(`qemu exited: ${stderr}`);
+      if (qemu.exitCode !== null) throw new Error(`qemu exited: ${booted.stderr}`);
       await new Promise((r) => setTimeout(r, 20));
     }
+  }
+
+  /** Closes the VM's clients, ends QEMU if it still runs, removes its folder. */
+  async function discard(): Promise<void> {
+    const gone = vm;
+    vm = undefined;
+    port0 = undefined;
+    if (!gone) return;
+    for (const c of gone.clients) c.close();
+    if (gone.qemu.exitCode === null && gone.qemu.signalCode === null) gone.qemu.kill('SIGKILL');
+    await gone.exited;
+    fs.rmSync(gone.dir, { recursive: true, force: true });
+  }
+
+  beforeAll(async () => {
+    const built = await buildGuestAssets({ cacheDir: '/var/cache/vmpod/test-agent-vm', agent: AGENT_BINARY, updateAptLists: true });
+    assets = built.assets;
   });
 
-  afterAll(async () => {
-    for (const c of clients) c.close();
-    if (qemu && qemu.exitCode === null) qemu.kill('SIGKILL');
-    await exited;
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  // Every test finds a running VM, whichever test ran before it (the power-off test ends its own).
+  beforeEach(async () => {
+    if (vm && (vm.qemu.exitCode !== null || vm.qemu.signalCode !== null)) await discard();
+    if (!vm) await boot();
   });
+
+  afterAll(discard);
 
   it('answers the handshake as PID 1 with guest cgroup2 controllers', async () => {
-    const client = await connect(0);
+    const client = await shared();
     expect(client.info).toMatchObject({ pid: 1, pid1: true, cgroups: true, stateDir: '/run/vmpod' });
     expect(client.info.controllers).toEqual(expect.arrayContaining(['memory', 'pids', 'cpu']));
     const time = await client.setTime(new Date());
@@ -114,7 +146,7 @@ describe.skipIf(!ready)(`vmpod-agent as PID 1 of a VM (${ready ? 'KVM when usabl
   });
 
   it('runs a builtin-rootfs container on the guest kernel, exit 0 and non-zero', async () => {
-    const client = clients[0]!;
+    const client = await shared();
     const ok = await run(client, uniqueId(), guestSpec(['sh', '-c', 'uname -r; hostname; cat /proc/self/cgroup; tty || true']));
     expect(ok.status).toEqual({ exitCode: 0, signal: 0, oomKilled: false });
     const [release, hostname, cgroup] = ok.stdout.toString().split('\n');
@@ -127,7 +159,7 @@ describe.skipIf(!ready)(`vmpod-agent as PID 1 of a VM (${ready ? 'KVM when usabl
   });
 
   it('applies memory and pids limits, reports stats, and reports an OOM kill', async () => {
-    const client = clients[0]!;
+    const client = await shared();
     const id = uniqueId('oom');
     const spec = guestSpec(['sh', '-c', 'sleep 2; x=a; while true; do x="$x$x"; done']);
     spec.linux!.resources = {
@@ -150,7 +182,7 @@ describe.skipIf(!ready)(`vmpod-agent as PID 1 of a VM (${ready ? 'KVM when usabl
   });
 
   it('streams a file written with sendfile through virtio-serial, complete and in order', async () => {
-    const client = clients[0]!;
+    const client = await shared();
     // busybox cat uses sendfile(): page-cache pages in the pipe (see docs/agent-protocol.md).
     const r = await run(client, uniqueId(), guestSpec(['sh', '-c', 'for i in 1 2 3 4; do cat /bin/busybox; done']));
     expect(r.status.exitCode).toBe(0);
@@ -161,7 +193,7 @@ describe.skipIf(!ready)(`vmpod-agent as PID 1 of a VM (${ready ? 'KVM when usabl
   });
 
   it('serves a second port at once, and a reconnecting host on the first', async () => {
-    const first = clients[0]!;
+    const first = await shared();
     const second = await connect(1);
     const id = uniqueId();
     await first.createContainer({ id, config: guestSpec(['sh', '-c', 'read line; exit 3']), rootfs: 'builtin', stdio: { stdin: true } });
@@ -182,10 +214,12 @@ describe.skipIf(!ready)(`vmpod-agent as PID 1 of a VM (${ready ? 'KVM when usabl
       await client.ping();
       expect(client.info.pid).toBe(1);
     }
+    port0 = client; // the tests after this one go on with the last host on port 0
+    second.close();
   });
 
   it('makes a read-only root and a read-only rbind read-only all the way down, pivoting from the initramfs', async () => {
-    const client = clients.at(-1)!;
+    const client = await shared();
     const probe = (file: string) => `touch ${file} 2>/dev/null && echo "${file} writable" || echo "${file} read-only"`;
     // The guest's /sys has submounts (its /init mounts cgroup2 on /sys/fs/cgroup).
     const options = (point: string) => `grep " ${point} " /proc/mounts | cut -d" " -f4 | cut -d, -f1`;
@@ -198,10 +232,11 @@ describe.skipIf(!ready)(`vmpod-agent as PID 1 of a VM (${ready ? 'KVM when usabl
   });
 
   it('powers the guest off on Shutdown (QEMU exits)', async () => {
-    const client = clients.at(-1)!;
+    const client = await shared();
     await client.shutdown();
-    const code = await Promise.race([exited, new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 60_000))]);
+    const code = await Promise.race([vm!.exited, new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 60_000))]);
     expect(code, consoleLog()).toBe(0);
     expect(consoleLog()).toContain('powering off');
+    await discard(); // a test after this one boots another VM
   });
 });
