@@ -31,6 +31,7 @@ export default defineConfig({
           name: 'unit',
           include: ['test/unit/**/*.test.ts'],
           globalSetup: ['test/order-seed.ts'],
+          setupFiles: ['test/native-coverage-setup.ts'],
           sequence,
           testTimeout: 20_000,
         },
@@ -41,6 +42,7 @@ export default defineConfig({
           include: ['test/privileged/**/*.test.ts'],
           // Fails the run when anything a test made is still there at the end.
           globalSetup: ['test/order-seed.ts', 'test/privileged/global-setup.ts'],
+          setupFiles: ['test/native-coverage-setup.ts'],
           sequence,
           testTimeout: 180_000,
           hookTimeout: 180_000,

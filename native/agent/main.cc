@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "agent/agent.h"
+#include "agent/coverage.h"
 
 namespace agent {
 
@@ -79,6 +80,7 @@ int Agent::Run() {
   });
   if (opts_.pid1) {
     // Power off: flush the page cache, detach what we can, and let QEMU exit.
+    FlushCoverage();  // coverage builds only: needs /sys and /dev, so before the detach
     sync();
     std::string mounts;
     if (ReadFileIfExists("/proc/mounts", &mounts, 1 << 20)) {
@@ -205,6 +207,7 @@ int main(int argc, char** argv) {
     agent::Log("fatal: %s", e.what());
     if (o.pid1) {
       // Init must not exit (the kernel would panic): power off instead.
+      agent::FlushCoverage();
       sync();
       reboot(RB_POWER_OFF);
     }

@@ -44,6 +44,12 @@ import { featureModules, GUEST_FEATURES, guestFeatures, type GuestFeature } from
 import { DEFAULT_GUEST_MODULES, parseModuleIndex, resolveModules } from './modules.js';
 import { ETC_FILES, builtinRootfsEntries, guestRootEntries } from './rootfs.js';
 
+/**
+ * The guest agent built assets carry by default: `build/Release/vmpod-agent` of this package, or
+ * `$VMPOD_AGENT` (another build of it, e.g. the coverage one: docs/testing.md, "Coverage").
+ */
+export const DEFAULT_AGENT_BINARY = process.env['VMPOD_AGENT'] ?? path.join(packageRoot, 'build', 'Release', 'vmpod-agent');
+
 /** Bumped whenever the builder's output changes for the same inputs (2: XZ kernels as vmlinux, `features`). */
 export const BUILDER_VERSION = 2;
 
@@ -71,7 +77,7 @@ export interface GuestBuildProgress {
 export interface BuildGuestAssetsOptions {
   /** Cache directory (default {@link DEFAULT_GUEST_CACHE_DIR}). */
   readonly cacheDir?: string;
-  /** The guest agent, a static binary (default `build/Release/vmpod-agent` of this package). */
+  /** The guest agent, a static binary (default {@link DEFAULT_AGENT_BINARY}). */
   readonly agent?: string;
   /** A statically linked busybox (default `/bin/busybox` from Debian's busybox-static). */
   readonly busybox?: string;
@@ -292,7 +298,7 @@ export async function buildGuestAssets(options: BuildGuestAssetsOptions = {}): P
 async function build(options: BuildGuestAssetsOptions, progress: (step: GuestBuildStep, message: string) => void): Promise<GuestBuildResult> {
   const { signal } = options;
   const cacheDir = validate.absolutePath(options.cacheDir ?? DEFAULT_GUEST_CACHE_DIR, 'cacheDir');
-  const agent = validate.absolutePath(options.agent ?? path.join(packageRoot, 'build', 'Release', 'vmpod-agent'), 'agent');
+  const agent = validate.absolutePath(options.agent ?? DEFAULT_AGENT_BINARY, 'agent');
   const busybox = validate.absolutePath(options.busybox ?? '/bin/busybox', 'busybox');
   const kernelDeb = options.kernelDeb === undefined ? undefined : validate.absolutePath(options.kernelDeb, 'kernelDeb');
   const requested = [...(options.modules ?? DEFAULT_GUEST_MODULES), ...(options.extraModules ?? [])];

@@ -12,12 +12,11 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { AgentClient } from '../agent/client.js';
 import { InvalidArgumentError, VmpodError } from '../errors.js';
-import { buildGuestAssets, rebuildOptions } from '../guest/build.js';
+import { DEFAULT_AGENT_BINARY, buildGuestAssets, rebuildOptions } from '../guest/build.js';
 import { resolveGuestAssets, type GuestAssets } from '../guest/assets.js';
 import { sha256FileStamped } from '../guest/hash.js';
 import type { Hypervisor, MemoryConfig, VmConfig, VmDevice } from '../hypervisor/hypervisor.js';
 import { isAlive, terminate, waitForProcessExit } from '../host/process.js';
-import { packageRoot } from '../native.js';
 import { FileLock } from '../state/lock.js';
 import type { ResolvedSandboxConfig } from './config.js';
 import type { BootRecord, SandboxRecord } from './record.js';
@@ -89,8 +88,7 @@ export async function guestAssetsFor(
   try {
     assets = await resolveGuestAssets(overrides);
     previous = assets.manifest;
-    const agent = path.join(packageRoot, 'build', 'Release', 'vmpod-agent');
-    const agentSha = await sha256FileStamped(agent, path.join(config.guest.cacheDir, 'agent.stamp')).catch(() => undefined);
+    const agentSha = await sha256FileStamped(DEFAULT_AGENT_BINARY, path.join(config.guest.cacheDir, 'agent.stamp')).catch(() => undefined);
     if (agentSha !== undefined && assets.manifest && agentSha !== assets.manifest.inputs.agentSha256) assets = undefined;
   } catch (error) {
     if (config.guest.build === 'never') throw error;

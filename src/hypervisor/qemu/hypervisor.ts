@@ -13,6 +13,7 @@ import { probeHost, type HostFacts } from '../host.js';
 import type { CallOptions, Hypervisor, SpawnedVm, VmConfig, VmHandle } from '../hypervisor.js';
 import { isAlive, logTail, signalProcess, spawnDetached, terminate, waitForProcessExit } from '../../host/process.js';
 import { buildQemuCommandLine, type QemuCommandLine } from './cmdline.js';
+import { guestCoverageArgs } from './coverage.js';
 import { QmpClient } from './qmp.js';
 import { QemuVm } from './vm.js';
 
@@ -106,7 +107,7 @@ export class QemuHypervisor implements Hypervisor {
     }
     if (options.signal?.aborted) throw new AbortError('VM start', { cause: options.signal.reason });
 
-    const proc = await spawnDetached(this.binary, cmd.args, {
+    const proc = await spawnDetached(this.binary, [...cmd.args, ...guestCoverageArgs(config.machine ?? 'q35')], {
       output: config.output ?? { file: config.consoleLog },
       fds: cmd.fds,
       umask: 0o177, // QEMU makes sockets and files (an unlinked RAM file), never folders: all 0600
