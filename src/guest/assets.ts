@@ -23,6 +23,14 @@ import { sha256File } from './hash.js';
 /** Where the builder writes, and where the library looks, unless told otherwise. */
 export const DEFAULT_GUEST_CACHE_DIR = '/var/cache/vmpod/guest';
 
+/**
+ * The cache directory of a call that names none: `$VMPOD_GUEST_CACHE` (what `vmpod run` and a
+ * sandbox use as well), else {@link DEFAULT_GUEST_CACHE_DIR}.
+ */
+export function defaultGuestCacheDir(): string {
+  return process.env['VMPOD_GUEST_CACHE'] ?? DEFAULT_GUEST_CACHE_DIR;
+}
+
 /** Version of the manifest's format. */
 export const MANIFEST_FORMAT = 1;
 
@@ -197,7 +205,7 @@ export async function verifyGuestAssets(dir: string, mode: VerifyMode = 'full'):
 
 /** Options of {@link resolveGuestAssets}. */
 export interface ResolveGuestAssetsOptions {
-  /** The builder's cache directory (default {@link DEFAULT_GUEST_CACHE_DIR}). */
+  /** The builder's cache directory (default {@link defaultGuestCacheDir}). */
   readonly cacheDir?: string;
   /** Boot this kernel (vmlinux or bzImage) instead of the built one. */
   readonly kernel?: string;
@@ -231,7 +239,7 @@ export async function resolveGuestAssets(options: ResolveGuestAssetsOptions = {}
   if (kernel !== undefined && initramfs !== undefined) {
     return { dir: undefined, id: undefined, kernel, initramfs, rootfsImage, manifest: undefined };
   }
-  const cacheDir = validate.absolutePath(options.cacheDir ?? DEFAULT_GUEST_CACHE_DIR, 'cacheDir');
+  const cacheDir = validate.absolutePath(options.cacheDir ?? defaultGuestCacheDir(), 'cacheDir');
   const current = path.join(cacheDir, 'current');
   const dir = await fs.realpath(current).catch(() => undefined);
   if (dir === undefined) {

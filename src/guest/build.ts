@@ -18,7 +18,7 @@ import { AbortError, InvalidArgumentError } from '../errors.js';
 import { packageRoot } from '../native.js';
 import * as validate from '../validate.js';
 import {
-  DEFAULT_GUEST_CACHE_DIR,
+  defaultGuestCacheDir,
   MANIFEST_FORMAT,
   verifyGuestAssets,
   type AssetFile,
@@ -75,7 +75,7 @@ export interface GuestBuildProgress {
 
 /** Options of {@link buildGuestAssets}. */
 export interface BuildGuestAssetsOptions {
-  /** Cache directory (default {@link DEFAULT_GUEST_CACHE_DIR}). */
+  /** Cache directory (default {@link defaultGuestCacheDir}: `$VMPOD_GUEST_CACHE`, else /var/cache/vmpod/guest). */
   readonly cacheDir?: string;
   /** The guest agent, a static binary (default {@link DEFAULT_AGENT_BINARY}). */
   readonly agent?: string;
@@ -297,7 +297,7 @@ export async function buildGuestAssets(options: BuildGuestAssetsOptions = {}): P
 
 async function build(options: BuildGuestAssetsOptions, progress: (step: GuestBuildStep, message: string) => void): Promise<GuestBuildResult> {
   const { signal } = options;
-  const cacheDir = validate.absolutePath(options.cacheDir ?? DEFAULT_GUEST_CACHE_DIR, 'cacheDir');
+  const cacheDir = validate.absolutePath(options.cacheDir ?? defaultGuestCacheDir(), 'cacheDir');
   const agent = validate.absolutePath(options.agent ?? DEFAULT_AGENT_BINARY, 'agent');
   const busybox = validate.absolutePath(options.busybox ?? '/bin/busybox', 'busybox');
   const kernelDeb = options.kernelDeb === undefined ? undefined : validate.absolutePath(options.kernelDeb, 'kernelDeb');

@@ -12,7 +12,7 @@ import { checkDevice, runAsUser } from '../hypervisor/config.js';
 import { checkUser } from '../hypervisor/virtiofsd.js';
 import * as validate from '../validate.js';
 import { DEFAULT_STATE_DIR } from '../state/store.js';
-import { DEFAULT_GUEST_CACHE_DIR } from '../guest/assets.js';
+import { defaultGuestCacheDir } from '../guest/assets.js';
 import { resolveNfvConfig, type NfvConfigInput, type ResolvedNfvConfig } from '../nfv/config.js';
 import { checkVolumes, volumeHugepages, type VolumeSpec } from '../volume/spec.js';
 import { resolveNetworkConfig, type ResolvedNetworkConfig, type SandboxNetworkConfig } from '../network/sandbox-config.js';
@@ -239,7 +239,7 @@ export function resolveSandboxConfig(config: SandboxConfig): ResolvedSandboxConf
     memoryMiB,
     machine,
     guest: {
-      cacheDir: validate.absolutePath(guest.cacheDir ?? process.env['VMPOD_GUEST_CACHE'] ?? DEFAULT_GUEST_CACHE_DIR, 'guest.cacheDir'),
+      cacheDir: validate.absolutePath(guest.cacheDir ?? defaultGuestCacheDir(), 'guest.cacheDir'),
       kernelArgs: [...kernelArgs],
       build,
     },
