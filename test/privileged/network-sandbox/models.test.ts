@@ -4,10 +4,13 @@
  * to the guest) and none (a tap joined to nothing, until the test joins it with tc itself).
  * Traffic to a peer on each network; the endpoints survive a stop and start of the sandbox; a
  * cold-plugged NIC is removed; a namespace deleted behind vmpod's back is set up again.
+ * The tests share one sandbox, running with all three interfaces at the start of each test
+ * (beforeEach); a test that changes it undoes the change (the tc filters of the none model) or
+ * works on a sandbox of its own (the NIC removal).
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { CniPluginError } from '../../../src/network/cni/index.js';
 import { World, ipj, runIn, sh, skipReason, type BridgeNet, type Peer } from './fixture.js';
@@ -18,13 +21,15 @@ describe.skipIf(skipReason)(`inter-network models in a sandbox${skipReason ? ` (
   const peers: Peer[] = [];
   let sandbox: Sandbox;
   let ns: string;
+  /** Sandboxes of single tests, for the final check. */
+  const ownIds: string[] = [];
 
   beforeAll(async () => {
     await world.init();
-    for (let i = 0; i < 3; i++) {
+    for (let i = 0; i < 4; i++) {
       nets.push(world.bridgeNet());
       peers.push(await world.peer(nets[i]!, `peer${i}`));
-      await world.httpd(peers[i]!.netns, { 'who.txt': `peer ${i}\n` });
+      if (i < 3) await world.httpd(peers[i]!.netns, { 'who.txt': `peer ${i}\n` });
     }
     sandbox = await Sandbox.create({
       stateDir: world.stateDir,
@@ -40,10 +45,20 @@ describe.skipIf(skipReason)(`inter-network models in a sandbox${skipReason ? ` (
     ns = `vmpod-${sandbox.id}`;
   });
 
+  // Whichever test ran before: the shared sandbox runs (a test may have stopped it).
+  beforeEach(async () => {
+    if (sandbox.state !== 'running') await sandbox.start();
+    expect((await sandbox.networks()).map((n) => [n.name, n.plugged])).toEqual([
+      ['eth0', true],
+      ['eth1', true],
+      ['eth2', true],
+    ]);
+  });
+
   afterAll(async () => {
     try {
       await sandbox?.delete({ force: true });
-      await world.expectNothingLeft(sandbox ? [sandbox.id] : []);
+      await world.expectNothingLeft(sandbox ? [sandbox.id, ...ownIds] : ownIds);
     } finally {
       await world.cleanup();
     }
@@ -103,8 +118,13 @@ describe.skipIf(skipReason)(`inter-network models in a sandbox${skipReason ? ` (
       await sh('tc', ['-n', ns, 'qdisc', 'add', 'dev', from!, 'ingress']);
       await sh('tc', ['-n', ns, 'filter', 'add', 'dev', from!, 'parent', 'ffff:', 'protocol', 'all', 'u32', 'match', 'u8', '0', '0', 'action', 'mirred', 'egress', 'redirect', 'dev', to!]);
     }
-    const after = await runIn(sandbox, ['ping', '-c', '2', '-W', '5', peers[2]!.ip]);
-    expect(after.exitCode, after.stdout + after.stderr).toBe(0);
+    try {
+      const after = await runIn(sandbox, ['ping', '-c', '2', '-W', '5', peers[2]!.ip]);
+      expect(after.exitCode, after.stdout + after.stderr).toBe(0);
+    } finally {
+      // The other tests find eth2 joined to nothing again.
+      for (const dev of ['eth2', 'vmtap2']) await sh('tc', ['-n', ns, 'qdisc', 'del', 'dev', dev, 'ingress']);
+    }
   });
 
   it('keeps the endpoints across a stop and start: same addresses, traffic passes again', async () => {
@@ -120,14 +140,37 @@ describe.skipIf(skipReason)(`inter-network models in a sandbox${skipReason ? ` (
     }
   });
   it('removes a cold-plugged NIC: unplugged from the VM, its tap gone, CNI DEL run', async () => {
-    await sandbox.removeNetwork('eth2');
-    expect((await sandbox.networks()).map((n) => n.name)).toEqual(['eth0', 'eth1']);
-    expect((await (await sandbox.agent()).listInterfaces()).interfaces.map((i) => i.name)).not.toContain('eth2');
-    const links = (await ipj<any[]>(['link', 'show'], ns)).map((l) => l.ifname);
-    expect(links).not.toContain('eth2');
-    expect(links).not.toContain('vmtap2');
-    const reserved = (await fs.readdir(path.join(world.ipamDir, nets[2]!.name))).filter((f) => /^\d/u.test(f));
-    expect(reserved).toEqual([peers[2]!.ip]);
+    // A sandbox of its own (the shared one keeps its three NICs): eth0 and eth3 cold-plugged.
+    const own = await Sandbox.create({
+      stateDir: world.stateDir,
+      network: {
+        cni: [
+          { config: nets[0]!.config, ifName: 'eth0', model: 'macvtap' },
+          { config: nets[3]!.config, ifName: 'eth3', model: 'none' },
+        ],
+      },
+    });
+    ownIds.push(own.id);
+    try {
+      await own.start();
+      const ownNs = `vmpod-${own.id}`;
+      const eth3 = (await own.networks()).find((n) => n.name === 'eth3')!;
+      expect(eth3).toMatchObject({ model: 'none', plugged: true, hostLinks: ['vmtap1'] });
+      const ipamDir = path.join(world.ipamDir, nets[3]!.name);
+      const reservedNow = async () => (await fs.readdir(ipamDir)).filter((f) => /^\d/u.test(f)).sort();
+      expect(await reservedNow()).toEqual([peers[3]!.ip, eth3.addresses[0]!.split('/')[0]!].sort());
+
+      await own.removeNetwork('eth3');
+      expect((await own.networks()).map((n) => n.name)).toEqual(['eth0']);
+      expect((await (await own.agent()).listInterfaces()).interfaces.map((i) => i.name)).not.toContain('eth3');
+      const links = (await ipj<any[]>(['link', 'show'], ownNs)).map((l) => l.ifname);
+      expect(links).not.toContain('eth3');
+      expect(links).not.toContain('vmtap1');
+      expect(await reservedNow()).toEqual([peers[3]!.ip]);
+    } finally {
+      await own.delete({ force: true });
+    }
+    expect(own.state).toBe('deleted');
   });
 
   it('sets the network up again at start when its namespace was deleted behind its back', async () => {
