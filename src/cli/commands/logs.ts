@@ -36,13 +36,17 @@ export async function copyLog(file: string, offset: number, out: Writable, decod
   return offset;
 }
 
+/** The states `logs -f` keeps following in: the VM is up, or on its way up or down. */
+const FOLLOWED_STATES: ReadonlySet<string> = new Set(['starting', 'running', 'paused', 'stopping']);
+
 export const logs: Command = {
   words: ['logs'],
   summary: "print a sandbox's console log (guest kernel, agent, hypervisor)",
   usage: `Usage: vmpod logs [--follow] [--raw] ID
 
 Prints the sandbox's console log: the guest kernel's messages, the agent's log lines and the
-hypervisor's own errors. --follow keeps printing while the sandbox runs.
+hypervisor's own errors. --follow keeps printing until the sandbox's VM is gone (stopped,
+deleted), its shutdown messages included.
 
 On a terminal, control characters the guest wrote (escape sequences, a lone CR, bidi
 controls) are shown as escapes such as \\x1b instead of being acted on, and CR LF line ends
@@ -59,7 +63,9 @@ byte for byte on a terminal too.`,
     const decoder = process.stdout.isTTY && parsed.options['raw'] !== true ? new PrintableDecoder() : undefined;
     let offset = await copyLog(info.consoleLog, 0, process.stdout, decoder);
     if (parsed.options['follow']) {
-      while ((await Sandbox.list()).find((s) => s.id === id)?.state === 'running') {
+      // Until the VM is gone: a stopping guest still logs its shutdown, a paused one lives on. A
+      // 'stopped' record comes after the log writer drained the VM's last output.
+      while (FOLLOWED_STATES.has((await Sandbox.list()).find((s) => s.id === id)?.state ?? 'deleted')) {
         await sleep(250);
         offset = await copyLog(info.consoleLog, offset, process.stdout, decoder);
       }
