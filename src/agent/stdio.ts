@@ -51,7 +51,7 @@ export interface StdioEndpoint {
 export class StdioReadable extends Readable implements StdioEndpoint {
   #link: StdioLink;
   #credit = INITIAL_WINDOW; // what the agent may still send
-  #unacked = 0; // bytes received and not granted back yet
+  #unacked = 0; // bytes received and not granted back yet (what is still buffered included)
   #ended = false;
 
   /** @internal */
@@ -60,19 +60,36 @@ export class StdioReadable extends Readable implements StdioEndpoint {
     this.#link = link;
   }
 
+  // The consumer wants more than is buffered.
   override _read(): void {
-    this.#grant();
+    this.#grant(true);
   }
 
-  #grant(): void {
-    if (this.#ended || this.destroyed || this.#unacked === 0) return;
-    if (this.#unacked >= INITIAL_WINDOW / 4 || this.readableLength === 0) {
+  // Every way of consuming a Readable (read(), flowing mode, pipe, async iteration) goes through
+  // read(): after it, the bytes taken out of the buffer may be granted back.
+  override read(size?: number): ReturnType<Readable['read']> {
+    const chunk: unknown = super.read(size);
+    this.#grant(false);
+    return chunk;
+  }
+
+  /**
+   * Grants back the bytes the consumer has taken (received and no longer buffered), never
+   * those still buffered: what the agent may send plus what the host holds is at most the
+   * window. In batches of a quarter window, or at once when the buffer is empty or the consumer
+   * waits for more while the agent's credit runs low (it could not fill the request otherwise).
+   */
+  #grant(wanting: boolean): void {
+    if (this.#ended || this.destroyed) return;
+    const consumed = this.#unacked - this.readableLength;
+    if (consumed <= 0) return;
+    if (consumed >= INITIAL_WINDOW / 4 || this.readableLength === 0 || (wanting && this.#credit < INITIAL_WINDOW / 4)) {
       // A guest that does not read its end would otherwise have credit frames pile up on the
       // host, one per data frame it sends: the grant waits (and grows) until there is room.
       if (this.#link.congested()) return this.#link.waitWritable();
-      this.#link.window(this.#unacked);
-      this.#credit += this.#unacked;
-      this.#unacked = 0;
+      this.#link.window(consumed);
+      this.#credit += consumed;
+      this.#unacked -= consumed;
     }
   }
 
@@ -98,7 +115,7 @@ export class StdioReadable extends Readable implements StdioEndpoint {
 
   /** @internal */
   onWritable(): void {
-    this.#grant();
+    this.#grant(true);
   }
 
   /** @internal */
