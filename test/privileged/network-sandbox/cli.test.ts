@@ -1,6 +1,7 @@
 /**
  * The network commands of the CLI, as a script would use them: `vmpod run --network FILE`
  * (twice: two interfaces), `vmpod network ls`, `network add ID FILE`, `network rm`, errors.
+ * A test that needs a detached sandbox runs and deletes its own.
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -13,7 +14,16 @@ describe.skipIf(skipReason)(`vmpod network commands${skipReason ? ` (skipped: ${
   const files: string[] = [];
   const nets: BridgeNet[] = [];
   const peers: Peer[] = [];
-  const id = `clinet-${world.tag}`;
+  const ids = { edit: `clinet-${world.tag}`, errors: `clierr-${world.tag}` };
+
+  /** Deletes a test's sandbox with -f, and checks that it went. */
+  async function deleteForced(id: string): Promise<void> {
+    const deleted = await vmpod(world.stateDir, ['delete', '-f', id]);
+    expect(deleted.code, deleted.stderr).toBe(0);
+    expect(deleted.stderr).toBe('');
+    const left = JSON.parse((await vmpod(world.stateDir, ['ps', '--json'])).stdout) as { id: string }[];
+    expect(left.map((s) => s.id)).not.toContain(id);
+  }
 
   beforeAll(async () => {
     await world.init();
@@ -27,8 +37,12 @@ describe.skipIf(skipReason)(`vmpod network commands${skipReason ? ` (skipped: ${
 
   afterAll(async () => {
     try {
-      await vmpod(world.stateDir, ['delete', '-f', id]);
-      await world.expectNothingLeft([id]);
+      // The tests delete their sandboxes themselves (and check it); this only catches what a
+      // failed test left, which the check below then reports.
+      const left = JSON.parse((await vmpod(world.stateDir, ['ps', '--json'])).stdout || '[]') as { id: string }[];
+      for (const { id } of left) await vmpod(world.stateDir, ['delete', '-f', id]);
+      expect(left).toEqual([]);
+      await world.expectNothingLeft(Object.values(ids));
     } finally {
       await world.cleanup();
     }
@@ -42,6 +56,7 @@ describe.skipIf(skipReason)(`vmpod network commands${skipReason ? ` (skipped: ${
   });
 
   it('lists, adds and removes interfaces of a running sandbox', async () => {
+    const id = ids.edit;
     const started = await vmpod(world.stateDir, ['run', '-d', '--name', id, '--network', files[0]!, '--', 'sleep', '600']);
     expect(started.code, started.stderr).toBe(0);
     const ls = await vmpod(world.stateDir, ['network', 'ls', id]);
@@ -60,9 +75,13 @@ describe.skipIf(skipReason)(`vmpod network commands${skipReason ? ` (skipped: ${
 
     const rescan = await vmpod(world.stateDir, ['network', 'rescan', id, '--json']);
     expect(JSON.parse(rescan.stdout)).toEqual({ added: [], removed: [], updated: [] });
+    await deleteForced(id);
   });
 
   it('explains usage mistakes and unknown interfaces', async () => {
+    const id = ids.errors;
+    const started = await vmpod(world.stateDir, ['run', '-d', '--name', id, '--network', files[1]!, '--', 'sleep', '600']);
+    expect(started.code, started.stderr).toBe(0);
     const both = await vmpod(world.stateDir, ['network', 'add', id, files[2]!, '--interface', 'eth5']);
     expect(both.code).toBe(2);
     expect(both.stderr).toContain('give either a CONFLIST file or --interface NAME');
@@ -71,5 +90,6 @@ describe.skipIf(skipReason)(`vmpod network commands${skipReason ? ` (skipped: ${
     const gone = await vmpod(world.stateDir, ['network', 'rm', id, 'nothere0']);
     expect(gone.code).toBe(125);
     expect(gone.stderr).toContain('sandbox interface "nothere0" does not exist');
+    await deleteForced(id);
   });
 });
