@@ -17,10 +17,10 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <regex>
 
 #include "agent/child.h"
 #include "agent/pci.h"
+#include "agent/requests.h"
 
 namespace agent {
 
@@ -30,15 +30,6 @@ int64_t NowMs() {
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
-
-// Same rule as src/validate.ts `id()`.
-std::string CheckId(const std::string& value, const std::string& field) {
-  static const std::regex kId("[A-Za-z0-9][A-Za-z0-9_.-]{0,63}");
-  if (!std::regex_match(value, kId) || value.find("..") != std::string::npos) {
-    BadField(field, "\"" + value + "\" is not a valid id: use 1-64 characters of [A-Za-z0-9_.-], starting with a letter or digit, without \"..\"");
-  }
-  return value;
 }
 
 json ExitJson(const Process& p) {
@@ -155,14 +146,9 @@ void Agent::ReplyError(const Pending& pending, const Error& error) {
 void Agent::Dispatch(Session& s, uint32_t stream, std::string_view payload) {
   std::string method;
   try {
-    json request = ParseObject(payload);
-    CheckKeys(request, "request", {"method", "params"});
-    method = GetString(request, "method", "request");
-    json params = json::object();
-    if (const json* p = Field(request, "params")) {
-      if (!p->is_object()) BadField("params", "must be an object");
-      params = *p;
-    }
+    Envelope request = ParseEnvelope(payload);
+    method = request.method;
+    const json& params = request.params;
     if (!s.helloDone && method != "Hello") {
       throw Error(Code::kFailedPrecondition, "the first request of a session must be Hello");
     }
@@ -187,7 +173,7 @@ const std::vector<Agent::Method>& Agent::Methods() {
       {"Hello", [](Agent& a, Session& s, uint32_t, const json& p) -> R { return a.Hello(s, p); }, true, {}},
       {"Ping",
        [](Agent&, Session&, uint32_t, const json& p) -> R {
-         CheckKeys(p, "", {});
+         ParseNoParams(p);
          return json::object();
        },
        true, {}},
@@ -198,7 +184,7 @@ const std::vector<Agent::Method>& Agent::Methods() {
       {"DeleteContainer", [](Agent& a, Session& s, uint32_t st, const json& p) -> R { return a.DeleteContainer(s, st, p); }, false, {}},
       {"ListContainers",
        [](Agent& a, Session&, uint32_t, const json& p) -> R {
-         CheckKeys(p, "", {});
+         ParseNoParams(p);
          return a.ListContainers();
        },
        true, {}},
@@ -225,7 +211,7 @@ const std::vector<Agent::Method>& Agent::Methods() {
        {"find-device"}},
       {"Shutdown",
        [](Agent& a, Session& s, uint32_t st, const json& p) -> R {
-         CheckKeys(p, "", {});
+         ParseNoParams(p);
          a.StartShutdown(Pending{s.id(), st});
          return std::nullopt;
        },
@@ -242,14 +228,7 @@ const Agent::Method* Agent::FindMethod(const std::string& name) {
 }
 
 json Agent::Hello(Session& s, const json& p) {
-  CheckKeys(p, "", {"version", "client"});
-  int64_t version = GetInt(p, "version", "", 0, INT32_MAX);
-  if (version != kProtocolVersion) {
-    throw Error(Code::kFailedPrecondition, "protocol version " + std::to_string(version) +
-                                               " is not supported (this agent speaks version " +
-                                               std::to_string(kProtocolVersion) + ")");
-  }
-  auto client = OptString(p, "client", "").value_or("");
+  std::string client = ParseHello(p, kProtocolVersion);
   Debug("session %s: hello from %s", s.name().c_str(), client.c_str());
   s.helloDone = true;
   std::vector<std::string> features;
@@ -267,19 +246,17 @@ json Agent::Hello(Session& s, const json& p) {
           {"features", features}};
 }
 
-Container& Agent::FindContainer(const json& p, const char* key) {
-  std::string id = GetString(p, key, "");
+Container& Agent::FindContainer(const std::string& id) {
   auto it = containers_.find(id);
   if (it == containers_.end()) throw Error(Code::kNotFound, "container \"" + id + "\" does not exist");
   return *it->second;
 }
 
-Process& Agent::FindProcess(const json& p) {
-  Container& c = FindContainer(p, "containerId");
-  auto execId = OptString(p, "execId", "");
-  if (!execId || execId->empty()) return *c.init;
-  auto it = c.execs.find(*execId);
-  if (it == c.execs.end()) throw Error(Code::kNotFound, "process \"" + *execId + "\" does not exist in container \"" + c.id + "\"");
+Process& Agent::FindProcess(const ProcessRef& ref) {
+  Container& c = FindContainer(ref.containerId);
+  if (ref.execId.empty()) return *c.init;
+  auto it = c.execs.find(ref.execId);
+  if (it == c.execs.end()) throw Error(Code::kNotFound, "process \"" + ref.execId + "\" does not exist in container \"" + c.id + "\"");
   return *it->second;
 }
 
@@ -302,14 +279,8 @@ static pid_t Spawn(unsigned long cloneFlags, Fn child) {
 
 // Makes the process's pipes (or pty) and returns the child's ends, which the agent closes once
 // the child holds them.
-ChildEnds Agent::SetupStdio(Process& p, const json* stdio, const ProcessSpec& spec) {
-  bool wantIn = false, wantOut = true, wantErr = true;
-  if (stdio) {
-    CheckKeys(*stdio, "stdio", {"stdin", "stdout", "stderr"});
-    wantIn = OptBool(*stdio, "stdin", "stdio", false);
-    wantOut = OptBool(*stdio, "stdout", "stdio", true);
-    wantErr = OptBool(*stdio, "stderr", "stdio", true);
-  }
+ChildEnds Agent::SetupStdio(Process& p, const StdioRequest& stdio, const ProcessSpec& spec) {
+  bool wantIn = stdio.in, wantOut = stdio.out, wantErr = stdio.err;
   ChildEnds ends;
   p.terminal = spec.terminal;
   if (spec.terminal) {
@@ -354,19 +325,15 @@ static ChildIo IoFor(const ChildEnds& ends, int sync) {
 }
 
 void Agent::CreateContainer(Session& s, uint32_t stream, const json& p) {
-  CheckKeys(p, "", {"id", "bundle", "config", "rootfs", "overlay", "stdio", "direct"});
-  std::string id = CheckId(GetString(p, "id", ""), "id");
+  CreateRequest req = ParseCreateRequest(p);
+  const std::string& id = req.id;
+  const auto& bundle = req.bundle;
   if (containers_.count(id)) throw Error(Code::kAlreadyExists, "container \"" + id + "\" already exists");
-  auto bundle = OptString(p, "bundle", "");
-  if (bundle) {
-    *bundle = NormalizePath(*bundle);
-    if (bundle->empty()) BadField("bundle", "must be an absolute path");
-    if (!IsDirectory(*bundle)) throw Error(Code::kNotFound, "bundle \"" + *bundle + "\" is not a directory", ENOENT);
-  }
+  if (bundle && !IsDirectory(*bundle)) throw Error(Code::kNotFound, "bundle \"" + *bundle + "\" is not a directory", ENOENT);
   json config;
-  if (const json* inline_ = OptObject(p, "config", "")) {
-    config = *inline_;
-  } else if (bundle) {
+  if (req.config) {
+    config = *req.config;
+  } else {
     std::string text;
     if (!ReadFileIfExists(*bundle + "/config.json", &text, kMaxPayload)) {
       throw Error(Code::kNotFound, "bundle \"" + *bundle + "\" has no config.json", ENOENT);
@@ -376,19 +343,16 @@ void Agent::CreateContainer(Session& s, uint32_t stream, const json& p) {
     } catch (const Error& e) {
       throw Error(Code::kInvalidArgument, *bundle + "/config.json: " + e.what());
     }
-  } else {
-    BadField("config", "give a config (an OCI runtime spec) or a bundle holding config.json");
   }
   Spec spec = ParseSpec(config);
-  const json* stdio = OptObject(p, "stdio", "");
-  auto direct = ParseDirect(OptObject(p, "direct", ""), stdio, spec);
+  auto direct = ParseDirect(req.direct, req.stdio, spec);
 
   auto c = std::make_unique<Container>();
   c->id = id;
   c->bundle = bundle.value_or("");
   c->createdAt = NowMs();
   RootfsPlan plan;
-  std::string rootfs = OptString(p, "rootfs", "").value_or(spec.rootPath);
+  std::string rootfs = req.rootfs.value_or(spec.rootPath);
   if (rootfs.empty()) BadField("rootfs", "no rootfs: set root.path in the config or rootfs in the request");
   c->dir = opts_.stateDir + "/containers/" + id;
   if (rootfs == "builtin") {
@@ -408,7 +372,7 @@ void Agent::CreateContainer(Session& s, uint32_t stream, const json& p) {
     if (!IsDirectory(plan.rootfs)) throw Error(Code::kNotFound, "rootfs \"" + plan.rootfs + "\" is not a directory", ENOENT);
     // A read-only tree (a rootfs image the host mounted) as the lower layer of a per-container
     // copy-on-write rootfs, as the builtin one is.
-    if (OptBool(p, "overlay", "", false)) {
+    if (req.overlay) {
       plan.overlayLower = plan.rootfs;
       plan.overlayUpper = c->dir + "/upper";
       plan.overlayWork = c->dir + "/work";
@@ -463,11 +427,10 @@ void Agent::CreateContainer(Session& s, uint32_t stream, const json& p) {
     net_->AddContainerFiles(spec, c->dir);  // /etc/resolv.conf, hosts, hostname (once the host set them)
     if (cgroups_.enabled()) c->cgroup = cgroups_.Create(id, spec.resources);
     // A direct output gets no pipe: the child writes to its stream port.
-    json pipes = stdio ? *stdio : json::object();
-    for (int i = 0; i < 2; i++) {
-      if (direct[i]) pipes[i == 0 ? "stdout" : "stderr"] = false;
-    }
-    ChildEnds ends = SetupStdio(*init, &pipes, spec.process);
+    StdioRequest pipes = req.pipes;
+    if (direct[0]) pipes.out = false;
+    if (direct[1]) pipes.err = false;
+    ChildEnds ends = SetupStdio(*init, pipes, spec.process);
     for (int i = 0; i < 2; i++) {
       if (direct[i]) (i == 0 ? ends.out : ends.err) = direct_.Claim(id, i, *direct[i]);
     }
@@ -575,8 +538,7 @@ void Agent::FinishPending(Process& p, const Error* error) {
 }
 
 void Agent::StartContainer(Session& s, uint32_t stream, const json& p) {
-  CheckKeys(p, "", {"id"});
-  Container& c = FindContainer(p, "id");
+  Container& c = FindContainer(ParseStartRequest(p));
   Process& init = *c.init;
   if (init.state != Process::kCreated || init.pending) {
     throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" is " + StateName(init.state) + ", not created");
@@ -613,18 +575,18 @@ void Agent::StartContainer(Session& s, uint32_t stream, const json& p) {
 }
 
 void Agent::Exec(Session& s, uint32_t stream, const json& p) {
-  CheckKeys(p, "", {"containerId", "execId", "process", "stdio"});
-  Container& c = FindContainer(p, "containerId");
-  std::string execId = CheckId(GetString(p, "execId", ""), "execId");
+  ExecRequest req = ParseExecRequest(p);
+  Container& c = FindContainer(req.containerId);
+  const std::string& execId = req.execId;
   if (c.execs.count(execId)) throw Error(Code::kAlreadyExists, "process \"" + execId + "\" already exists in \"" + c.id + "\"");
   if (c.init->state != Process::kRunning || c.deleting) {
     throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" is " + StateName(c.init->state) + ", not running");
   }
-  ProcessSpec spec = ParseProcess(GetObject(p, "process", ""), "process");
+  const ProcessSpec& spec = req.process;
   auto proc = std::make_unique<Process>();
   proc->container = &c;
   proc->execId = execId;
-  ChildEnds ends = SetupStdio(*proc, OptObject(p, "stdio", ""), spec);
+  ChildEnds ends = SetupStdio(*proc, req.pipes, spec);
 
   std::string nsDir = "/proc/" + std::to_string(c.init->pid) + "/ns/";
   std::vector<Fd> nsFds;
@@ -663,10 +625,10 @@ void Agent::Exec(Session& s, uint32_t stream, const json& p) {
 }
 
 std::optional<json> Agent::OpenStdio(Session& s, uint32_t stream, const json& p) {
-  CheckKeys(p, "", {"containerId", "execId", "fd"});
-  Process& proc = FindProcess(p);
-  std::string which = GetString(p, "fd", "");
-  if (which == "stdin") {
+  OpenStdioRequest req = ParseOpenStdioRequest(p);
+  Process& proc = FindProcess(req.process);
+  std::string which = req.fd == 0 ? "stdin" : req.fd == 1 ? "stdout" : "stderr";
+  if (req.fd == 0) {
     if (proc.in.closed || proc.in.fd < 0 || proc.in.closing) {
       throw Error(Code::kFailedPrecondition, proc.label() + ": stdin is closed or was not requested (stdio.stdin)");
     }
@@ -680,7 +642,6 @@ std::optional<json> Agent::OpenStdio(Session& s, uint32_t stream, const json& p)
     proc.in.ungranted = 0;
     return json::object();
   }
-  if (which != "stdout" && which != "stderr") BadField("fd", "must be stdin, stdout or stderr");
   if (which == "stderr" && proc.terminal) {
     throw Error(Code::kInvalidArgument, proc.label() + ": a terminal process has no separate stderr");
   }
@@ -707,10 +668,10 @@ std::optional<json> Agent::OpenStdio(Session& s, uint32_t stream, const json& p)
 }
 
 json Agent::SignalProcess(const json& p) {
-  CheckKeys(p, "", {"containerId", "execId", "signal", "all"});
-  Process& proc = FindProcess(p);
-  int sig = static_cast<int>(GetInt(p, "signal", "", 1, 64));
-  bool all = OptBool(p, "all", "", false);
+  SignalRequest req = ParseSignalRequest(p);
+  Process& proc = FindProcess(req.process);
+  int sig = req.signal;
+  bool all = req.all;
   if (proc.state == Process::kExited || proc.pid <= 0) {
     throw Error(Code::kFailedPrecondition, proc.label() + " is not running");
   }
@@ -723,27 +684,25 @@ json Agent::SignalProcess(const json& p) {
 }
 
 std::optional<json> Agent::Wait(Session& s, uint32_t stream, const json& p) {
-  CheckKeys(p, "", {"containerId", "execId"});
-  Process& proc = FindProcess(p);
+  Process& proc = FindProcess(ParseWaitRequest(p));
   if (proc.state == Process::kExited) return ExitJson(proc);
   proc.waiters.push_back(Pending{s.id(), stream});
   return std::nullopt;
 }
 
 json Agent::ResizeTty(const json& p) {
-  CheckKeys(p, "", {"containerId", "execId", "rows", "cols"});
-  Process& proc = FindProcess(p);
+  ResizeRequest req = ParseResizeRequest(p);
+  Process& proc = FindProcess(req.process);
   winsize ws{};
-  ws.ws_row = static_cast<unsigned short>(GetInt(p, "rows", "", 1, 65535));
-  ws.ws_col = static_cast<unsigned short>(GetInt(p, "cols", "", 1, 65535));
+  ws.ws_row = req.rows;
+  ws.ws_col = req.cols;
   if (!proc.terminal || !proc.ptyFd.valid()) throw Error(Code::kFailedPrecondition, proc.label() + " has no terminal");
   if (ioctl(proc.ptyFd.get(), TIOCSWINSZ, &ws) < 0) ThrowErrno("ioctl(TIOCSWINSZ)");
   return json::object();
 }
 
 json Agent::Stats(const json& p) {
-  CheckKeys(p, "", {"containerId"});
-  Container& c = FindContainer(p, "containerId");
+  Container& c = FindContainer(ParseStatsRequest(p));
   if (c.cgroup.empty()) throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" has no cgroup (cgroups are disabled)");
   json stats = cgroups_.Stats(c.cgroup);
   stats["containerId"] = c.id;
@@ -752,9 +711,9 @@ json Agent::Stats(const json& p) {
 }
 
 std::optional<json> Agent::DeleteContainer(Session& s, uint32_t stream, const json& p) {
-  CheckKeys(p, "", {"id", "force"});
-  Container& c = FindContainer(p, "id");
-  bool force = OptBool(p, "force", "", false);
+  DeleteRequest req = ParseDeleteRequest(p);
+  Container& c = FindContainer(req.id);
+  bool force = req.force;
   bool live = false;
   for (Process* proc : AllProcesses()) {
     if (proc->container == &c && proc->state != Process::kExited) live = true;
@@ -838,12 +797,8 @@ void Agent::TryMount(GuestMount m, Pending pending, int64_t deadline) {
 }
 
 void Agent::FindDevice(Session& s, uint32_t stream, const json& p) {
-  CheckKeys(p, "", {"pciPath", "netdev", "timeoutMs"});
-  std::string path = GetString(p, "pciPath", "");
-  if (!ValidPciPath(path)) BadField("pciPath", "must be slots of two hex digits (00-1f) joined by '/', e.g. \"02/00\"");
-  bool wantNetdev = OptBool(p, "netdev", "", false);
-  int64_t timeout = OptInt(p, "timeoutMs", "", 0, 600000).value_or(10000);
-  TryFindDevice(path, wantNetdev, Pending{s.id(), stream}, MonotonicMs() + timeout);
+  FindDeviceRequest req = ParseFindDeviceRequest(p);
+  TryFindDevice(req.pciPath, req.netdev, Pending{s.id(), stream}, MonotonicMs() + req.timeoutMs);
 }
 
 // A device plugged by the host appears after the guest's PCI hotplug handling, its network
@@ -865,8 +820,7 @@ void Agent::TryFindDevice(std::string pciPath, bool wantNetdev, Pending pending,
 }
 
 json Agent::Unmount(const json& p) {
-  CheckKeys(p, "", {"target"});
-  std::string target = GetString(p, "target", "");
+  std::string target = ParseUnmountRequest(p);
   auto it = std::find(mounts_.begin(), mounts_.end(), target);
   if (it == mounts_.end()) throw Error(Code::kNotFound, "the agent mounted nothing on " + target);
   // A --share bind holds the host's binds inside it as submounts, which would keep it busy
@@ -890,9 +844,8 @@ void Agent::ConfigureInterface(Session& s, uint32_t stream, const json& p) {
 }
 
 json Agent::SetTime(const json& p) {
-  CheckKeys(p, "", {"sec", "nsec"});
-  int64_t sec = GetInt(p, "sec", "", 0, INT64_MAX / 1000000000 - 1);
-  int64_t nsec = GetInt(p, "nsec", "", 0, 999999999);
+  SetTimeRequest req = ParseSetTimeRequest(p);
+  int64_t sec = req.sec, nsec = req.nsec;
   timespec now;
   clock_gettime(CLOCK_REALTIME, &now);
   double offsetNs = double(sec - now.tv_sec) * 1e9 + double(nsec - now.tv_nsec);
@@ -1158,10 +1111,9 @@ void Agent::OnData(Session& s, const Frame& f) {
       o.session = 0;
       o.credit = 0;
     } else if (f.flags & kFlagWindow) {
-      if (f.payload.size() != 4) return s.Fail("window update with a payload of " + std::to_string(f.payload.size()) + " bytes");
-      uint64_t credit = uint64_t(o.credit) + GetU32(f.payload.data());
-      if (credit > kMaxWindow) return s.Fail("window grown beyond " + std::to_string(kMaxWindow) + " bytes");
-      o.credit = static_cast<uint32_t>(credit);
+      WindowUpdate w = GrowWindow(o.credit, f.payload);
+      if (!w.error.empty()) return s.Fail(w.error);
+      o.credit = w.credit;
     } else {
       return s.Fail("stdio data sent on an output stream");
     }

@@ -19,6 +19,7 @@
 #include "agent/loop.h"
 #include "agent/mounts.h"
 #include "agent/net.h"
+#include "agent/requests.h"
 #include "agent/spec.h"
 
 namespace agent {
@@ -242,9 +243,9 @@ class Agent {
   json SetTime(const json& p);
   void ConfigureInterface(Session& s, uint32_t stream, const json& p);
 
-  Container& FindContainer(const json& p, const char* key);
-  Process& FindProcess(const json& p);
-  ChildEnds SetupStdio(Process& p, const json* stdio, const ProcessSpec& spec);
+  Container& FindContainer(const std::string& id);
+  Process& FindProcess(const ProcessRef& ref);
+  ChildEnds SetupStdio(Process& p, const StdioRequest& stdio, const ProcessSpec& spec);
   void Spawned(Process& p, Pending pending);
   void OnSync(Process& p);
   void FinishPending(Process& p, const Error* error);

@@ -371,7 +371,7 @@ std::string CidrText(const Cidr& c) { return FormatIp(c.ip.family, c.ip.bytes) +
 
 }  // namespace
 
-struct GuestNetwork::Request {
+struct InterfaceRequest {
   unsigned char mac[6];
   std::string macText;
   std::string name;
@@ -390,9 +390,9 @@ void GuestNetwork::CheckAllowed() const {
   }
 }
 
-void GuestNetwork::ConfigureInterface(const json& p, Done done, Fail fail) {
+std::shared_ptr<InterfaceRequest> ParseInterfaceRequest(const json& p, int64_t* timeoutMs) {
   CheckKeys(p, "", {"mac", "name", "mtu", "addresses", "routes", "neighbors", "timeoutMs"});
-  auto req = std::make_shared<Request>();
+  auto req = std::make_shared<InterfaceRequest>();
   req->macText = GetString(p, "mac", "");
   if (!ParseMac(req->macText, req->mac)) BadField("mac", "\"" + req->macText + "\" is not a MAC address (aa:bb:cc:dd:ee:ff)");
   req->macText = FormatMac(req->mac);
@@ -425,13 +425,21 @@ void GuestNetwork::ConfigureInterface(const json& p, Done done, Fail fail) {
   }
   // Gateways first need their on-link routes: routes without a gateway go first.
   std::stable_sort(req->routes.begin(), req->routes.end(), [](const Route& a, const Route& b) { return !a.gateway && b.gateway; });
-  int64_t timeout = OptInt(p, "timeoutMs", "", 0, 600000).value_or(kDefaultTimeoutMs);
+  *timeoutMs = OptInt(p, "timeoutMs", "", 0, 600000).value_or(kDefaultTimeoutMs);
+  return req;
+}
+
+const std::string& InterfaceRequestMac(const InterfaceRequest& req) { return req.macText; }
+
+void GuestNetwork::ConfigureInterface(const json& p, Done done, Fail fail) {
+  int64_t timeout = 0;
+  auto req = ParseInterfaceRequest(p, &timeout);
   CheckAllowed();
   TryConfigure(req, MonotonicMs() + timeout, std::move(done), std::move(fail));
 }
 
 // A hot-plugged NIC appears a little after the host plugged it: look again every 50 ms.
-void GuestNetwork::TryConfigure(std::shared_ptr<Request> req, int64_t deadline, Done done, Fail fail) {
+void GuestNetwork::TryConfigure(std::shared_ptr<InterfaceRequest> req, int64_t deadline, Done done, Fail fail) {
   try {
     Netlink nl;
     auto links = DumpLinks(nl);
@@ -461,7 +469,7 @@ void GuestNetwork::TryConfigure(std::shared_ptr<Request> req, int64_t deadline, 
   }
 }
 
-json GuestNetwork::Apply(const Request& req, int index, const std::string& currentName) {
+json GuestNetwork::Apply(const InterfaceRequest& req, int index, const std::string& currentName) {
   Netlink nl;
   // Renamed (it is down now), MTU, up: one request; the kernel renames before it changes flags.
   SetLink(nl, index, currentName == req.name ? "" : req.name, req.mtu, true);
@@ -502,12 +510,16 @@ json GuestNetwork::Apply(const Request& req, int index, const std::string& curre
   return {{"name", req.name}, {"index", index}, {"mac", req.macText}, {"mtu", mtu}};
 }
 
-json GuestNetwork::RemoveInterface(const json& p) {
+std::string ParseRemoveInterface(const json& p) {
   CheckKeys(p, "", {"mac"});
   std::string text = GetString(p, "mac", "");
   unsigned char mac[6];
   if (!ParseMac(text, mac)) BadField("mac", "\"" + text + "\" is not a MAC address (aa:bb:cc:dd:ee:ff)");
-  text = FormatMac(mac);
+  return FormatMac(mac);
+}
+
+json GuestNetwork::RemoveInterface(const json& p) {
+  std::string text = ParseRemoveInterface(p);
   CheckAllowed();
   std::erase_if(interfaces_, [&](const auto& i) { return i.first == text; });
   Netlink nl;
@@ -564,7 +576,7 @@ json GuestNetwork::ListInterfaces(const json& p) {
   return {{"hostname", host}, {"interfaces", interfaces}, {"routes", routes}};
 }
 
-json GuestNetwork::SetNetworkConfig(const json& p) {
+NetworkConfig ParseNetworkConfig(const json& p) {
   CheckKeys(p, "", {"hostname", "dns", "hosts"});
   std::string hostname = OptString(p, "hostname", "").value_or("");
   if (!hostname.empty()) CheckDnsName(hostname, "hostname", HOST_NAME_MAX);
@@ -619,15 +631,21 @@ json GuestNetwork::SetNetworkConfig(const json& p) {
       hosts += "\n";
     }
   }
+  return {hostname, resolv, hosts};
+}
+
+json GuestNetwork::SetNetworkConfig(const json& p) {
+  NetworkConfig config = ParseNetworkConfig(p);
   CheckAllowed();
   bool applied = false;
+  const std::string& hostname = config.hostname;
   if (!hostname.empty() && pid1_) {
     if (sethostname(hostname.c_str(), hostname.size()) < 0) ThrowErrno("sethostname");
     applied = true;
   }
   hostname_ = hostname;
-  resolvConf_ = resolv;
-  extraHosts_ = hosts;
+  resolvConf_ = config.resolvConf;
+  extraHosts_ = config.hosts;
   configured_ = true;
   MkdirAll(stateDir_ + "/network", 0755);
   WriteFileAtomic(stateDir_ + "/network/resolv.conf", resolvConf_);

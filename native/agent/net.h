@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,6 +16,21 @@
 #include "agent/spec.h"
 
 namespace agent {
+
+// The network requests parsed and validated without netlink or files (the handlers below act on
+// what these return; native/fuzz/net.cc fuzzes them).
+struct InterfaceRequest;  // ConfigureInterface's NIC: MAC, name, MTU, addresses, routes, neighbours
+std::shared_ptr<InterfaceRequest> ParseInterfaceRequest(const json& params, int64_t* timeoutMs);
+const std::string& InterfaceRequestMac(const InterfaceRequest& req);  // canonical aa:bb:..
+// RemoveInterface's MAC, canonical.
+std::string ParseRemoveInterface(const json& params);
+// SetNetworkConfig: the hostname and the resolv.conf and hosts lines the agent writes.
+struct NetworkConfig {
+  std::string hostname;
+  std::string resolvConf;
+  std::string hosts;
+};
+NetworkConfig ParseNetworkConfig(const json& params);
 
 class GuestNetwork {
  public:
@@ -36,9 +52,8 @@ class GuestNetwork {
   void AddContainerFiles(Spec& spec, const std::string& containerDir);
 
  private:
-  struct Request;
-  void TryConfigure(std::shared_ptr<Request> req, int64_t deadline, Done done, Fail fail);
-  json Apply(const Request& req, int index, const std::string& currentName);
+  void TryConfigure(std::shared_ptr<InterfaceRequest> req, int64_t deadline, Done done, Fail fail);
+  json Apply(const InterfaceRequest& req, int index, const std::string& currentName);
   void CheckAllowed() const;
   // Rewrites the files of every container (in place: the bind mounts keep their inodes).
   void RefreshContainers();
