@@ -964,14 +964,17 @@ void Agent::FinishDelete(Container& c) {
   containers_.erase(id);
   Log("container %s: deleted", id.c_str());
   // Zombie children of the pid namespace may keep the cgroup busy for a moment.
+  // The retry holds itself weakly (a strong self-reference is a cycle: LeakSanitizer found one
+  // such closure leaked per deleted container); the pending timer holds it strongly.
   auto removeCgroup = std::make_shared<std::function<void(int)>>();
-  *removeCgroup = [this, cgroup, waiters, removeCgroup, id](int tries) {
+  std::weak_ptr<std::function<void(int)>> self = removeCgroup;
+  *removeCgroup = [this, cgroup, waiters, self, id](int tries) {
     if (cgroup.empty() || cgroups_.Remove(cgroup) || tries >= 100) {
       if (tries >= 100) Log("container %s: cgroup %s is still busy; left behind", id.c_str(), cgroup.c_str());
       for (const auto& w : waiters) Reply(w, json::object());
       return;
     }
-    loop_.AddTimer(20, [removeCgroup, tries] { (*removeCgroup)(tries + 1); });
+    loop_.AddTimer(20, [next = self.lock(), tries] { (*next)(tries + 1); });
   };
   (*removeCgroup)(0);
 }

@@ -67,7 +67,10 @@ void Loop::Run(const std::function<void()>& idle) {
     int n = epoll_wait(epfd_, events, 64, timeout);
     if (n < 0 && errno != EINTR) ThrowErrno("epoll_wait");
     for (int i = 0; i < n; i++) {
-      auto it = entries_.find(events[i].data.u64);
+      // epoll_event is packed on x86-64: its u64 sits at offset 4. Copy it out; a reference to
+      // it (map::find takes one) would be a misaligned reference (UB, seen by UBSan).
+      uint64_t token = events[i].data.u64;
+      auto it = entries_.find(token);
       if (it == entries_.end()) continue;  // removed by an earlier handler of this batch
       std::shared_ptr<Entry> entry = it->second;  // keeps the handler alive while it runs
       try {

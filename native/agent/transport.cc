@@ -166,13 +166,15 @@ void Agent::StartShutdown(Pending pending) {
   }
   for (auto& [pid, p] : byPid_) kill(pid, SIGKILL);
   int64_t deadline = MonotonicMs() + 5000;
+  // Held weakly by itself, strongly by the pending timer (see FinishDelete).
   auto check = std::make_shared<std::function<void()>>();
-  *check = [this, deadline, check] {
+  std::weak_ptr<std::function<void()>> self = check;
+  *check = [this, deadline, self] {
     if (byPid_.empty() || MonotonicMs() > deadline) {
       FinishShutdown();
       return;
     }
-    loop_.AddTimer(20, [check] { (*check)(); });
+    loop_.AddTimer(20, [next = self.lock()] { (*next)(); });
   };
   (*check)();
 }
