@@ -4,6 +4,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 
 #include "agent/agent.h"
@@ -121,6 +122,17 @@ void Session::OnFrame(const Frame& frame) {
       agent_.Dispatch(*this, frame.stream, frame.payload);
       break;
     case kData:
+      // Flags: none (stdio bytes), CLOSE with an empty payload, or WINDOW; nothing else.
+      if (frame.flags != 0 && frame.flags != kFlagClose && frame.flags != kFlagWindow) {
+        char hex[3];
+        snprintf(hex, sizeof hex, "%x", frame.flags);
+        Fail("data frame with flags 0x" + std::string(hex));
+        return;
+      }
+      if (frame.flags == kFlagClose && !frame.payload.empty()) {
+        Fail("close frame with " + std::to_string(frame.payload.size()) + " bytes");
+        return;
+      }
       agent_.OnData(*this, frame);
       break;
     default:
