@@ -67,7 +67,11 @@ describe.skipIf(skipReason)(`vmpod CLI${skipReason ? ` (skipped: ${skipReason})`
 
   afterAll(async () => {
     try {
-      await vmpod(stateDir, ['delete', '-f', 'clijob']);
+      // The detach test deletes its sandbox itself; one a failed test left is deleted here, and
+      // reported.
+      const left = JSON.parse((await vmpod(stateDir, ['ps', '--json'])).stdout || '[]') as { id: string }[];
+      for (const { id } of left) expect(await vmpod(stateDir, ['delete', '-f', id])).toMatchObject({ code: 0, stderr: '' });
+      expect(left.map((l) => l.id)).toEqual([]);
       await expectNothingLeft(stateDir);
     } finally {
       await forceCleanup(stateDir);
@@ -110,7 +114,14 @@ describe.skipIf(skipReason)(`vmpod CLI${skipReason ? ` (skipped: ${skipReason})`
     expect(exec.stdout).toBe('clijob\n');
     expect(exec.code).toBe(4);
 
-    expect((await vmpod(stateDir, ['kill', 'clijob', 'TERM'])).code).toBe(0);
+    expect(await vmpod(stateDir, ['kill', 'clijob', 'TERM'])).toMatchObject({ code: 0, stderr: '' });
+    // The container's trap ran: it exited with 9, not killed by the signal (143).
+    let after: any[] = [];
+    for (const deadline = Date.now() + 30_000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 100))) {
+      after = JSON.parse((await vmpod(stateDir, ['ps', '--json'])).stdout);
+      if (after[0]?.containers[0]?.status === 'stopped') break;
+    }
+    expect(after).toMatchObject([{ id: 'clijob', state: 'running', containers: [{ id: 'clijob', status: 'stopped', exit: { exitCode: 9, signal: 0, oomKilled: false } }] }]);
     const logs = await vmpod(stateDir, ['logs', 'clijob']);
     expect(logs.stdout).toContain('vmpod-init: ready');
 
