@@ -218,7 +218,14 @@ describe.skipIf(skipReason)(`a compromised guest${skipReason ? ` (skipped: ${ski
       sandbox = await Sandbox.attach('hgcli', { stateDir });
       const attacker = await startAttacker(sandbox, canary, false);
       await attacker.until(3);
-      expect((await vmpod(stateDir, ['kill', 'hgcli', 'KILL'])).code).toBe(0);
+      expect(await vmpod(stateDir, ['kill', 'hgcli', 'KILL'])).toMatchObject({ code: 0, stderr: '' });
+      // The signal reached the container: it ended by SIGKILL.
+      let victim = (await sandbox.containers()).find((c) => c.id === 'hgcli');
+      for (const deadline = Date.now() + 30_000; victim?.status !== 'stopped' && Date.now() < deadline; ) {
+        await new Promise((r) => setTimeout(r, 100));
+        victim = (await sandbox.containers()).find((c) => c.id === 'hgcli');
+      }
+      expect(victim).toMatchObject({ status: 'stopped', exit: { exitCode: 137, signal: 9 } });
       sandbox.detach();
       // The host releases the binds, the share and the VM while the guest still swaps.
       const deleted = await vmpod(stateDir, ['delete', '-f', 'hgcli']);
