@@ -14,6 +14,7 @@ packages=(
   dpdk-dev                                      # vhost-user tests and benchmark: dpdk-testpmd with net_vhost
   e2fsprogs qemu-utils                          # volumes: mkfs.ext4 -d (block rootfs, images), qemu-img (qcow2)
   iperf3                                        # net-throughput benchmark: TCP from a container to a peer netns
+  clang-16 libclang-rt-16-dev llvm-16           # guest agent fuzzers (libFuzzer, ASan, UBSan) and llvm-symbolizer for their reports
   gcovr                                         # native coverage report (scripts/coverage-native.sh)
 )
 missing=()
