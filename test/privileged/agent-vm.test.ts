@@ -12,6 +12,7 @@ import { AgentClient } from '../../src/agent/client.js';
 import type { OciSpec } from '../../src/agent/messages.js';
 import { buildGuestAssets, type GuestAssets } from '../../src/guest/index.js';
 import { kvmUsable } from '../../src/hypervisor/host.js';
+import { guestCoverageArgs } from '../../src/hypervisor/qemu/coverage.js';
 import { AGENT_BINARY, BUSYBOX, collect, haveAgent, isRoot, uniqueId } from './agent-host.js';
 
 const QEMU = '/usr/bin/qemu-system-x86_64';
@@ -101,6 +102,7 @@ describe.skipIf(!ready)(`vmpod-agent as PID 1 of a VM (${ready ? 'KVM when usabl
       args.push('-chardev', `socket,id=ch${i},path=${socket},server=on,wait=off`);
       args.push('-device', `virtserialport,bus=vs0.0,chardev=ch${i},name=vmpod.agent.${i}`);
     }
+    args.push(...guestCoverageArgs('q35')); // coverage runs only (VMPOD_GUEST_COVERAGE_DIR)
     const qemu = spawn(QEMU, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     const booted: Vm = { dir, qemu, exited: new Promise((resolve) => qemu.once('exit', (code) => resolve(code))), sockets, clients: [], stderr: '' };
     qemu.stderr!.setEncoding('utf8').on('data', (s: string) => (booted.stderr += s));
