@@ -172,11 +172,27 @@ describe.skipIf(skipReason)(`containers in a sandbox${skipReason ? ` (skipped: $
   });
 
   it('runs two containers at once, isolated from each other, and reports stats', async () => {
-    const a = await sandbox.createContainer({ id: 'alpha', process: { args: ['sh', '-c', 'echo $$ > /tmp/me; sleep 30'] } });
-    const b = await sandbox.createContainer({ id: 'beta', process: { args: ['sh', '-c', 'ls /tmp; sleep 30'] } });
-    const bOut = collect(b.stdout);
+    // What each has printed so far; a test waits for a line before it goes on.
+    const printed = (stream: NodeJS.ReadableStream | null) => {
+      const seen = { text: '' };
+      stream!.setEncoding('utf8');
+      stream!.on('data', (chunk: string) => (seen.text += chunk));
+      return seen;
+    };
+    const until = async (what: string, done: () => boolean) => {
+      for (const deadline = Date.now() + 60_000; !done(); await new Promise((r) => setTimeout(r, 50))) {
+        if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      }
+    };
+    // alpha writes its /tmp first (and sees its file there); only then does beta list its own /tmp.
+    const a = await sandbox.createContainer({ id: 'alpha', process: { args: ['sh', '-c', 'echo $$ > /tmp/me && ls /tmp && sleep 30'] } });
+    const aOut = printed(a.stdout);
     await a.start();
+    await until('alpha to write /tmp/me', () => aOut.text === 'me\n');
+    const b = await sandbox.createContainer({ id: 'beta', process: { args: ['sh', '-c', 'ls /tmp; echo listed; sleep 30'] } });
+    const bOut = printed(b.stdout);
     await b.start();
+    await until('beta to list /tmp', () => bOut.text.endsWith('listed\n'));
     const list = (await sandbox.containers()).filter((c) => c.id === 'alpha' || c.id === 'beta');
     expect(list.map((c) => [c.id, c.status]).sort()).toEqual([['alpha', 'running'], ['beta', 'running']]);
     const stats = await a.stats();
@@ -188,7 +204,7 @@ describe.skipIf(skipReason)(`containers in a sandbox${skipReason ? ` (skipped: $
     await a.delete({ force: true });
     await b.kill('SIGKILL');
     await b.wait();
-    expect((await bOut).toString()).toBe(''); // beta's /tmp is its own
+    expect(bOut.text).toBe('listed\n'); // beta's /tmp is its own: alpha's file is not in it
     await b.delete();
     expect((await sandbox.containers()).map((c) => c.id)).not.toContain('alpha');
   });
