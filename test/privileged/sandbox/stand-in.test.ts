@@ -15,7 +15,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../../src/agent/client.js';
-import { InvalidArgumentError } from '../../../src/errors.js';
+import { InvalidArgumentError, InvalidStateError, TimeoutError } from '../../../src/errors.js';
 import { VmExitedError } from '../../../src/hypervisor/errors.js';
 import type { VmConfig, VmDevice, VmExit } from '../../../src/hypervisor/hypervisor.js';
 import { isAlive, readProcStat } from '../../../src/host/process.js';
@@ -159,7 +159,9 @@ describe.skipIf(skipReason)(`the stand-in hypervisor${skipReason ? ` (skipped: $
     process.kill(sandbox.pid!, 'SIGKILL');
     expect(await stopped).toEqual({ reason: 'unexpected', detail: 'SIGKILL' });
     expect(sandbox.state).toBe('stopped');
-    await expect(c.wait()).rejects.toThrow();
+    // The sandbox is stopped: the container's wait is refused as such, not with a broken socket.
+    await expect(c.wait()).rejects.toThrow(InvalidStateError);
+    await expect(c.wait()).rejects.toMatchObject({ code: 'ERR_VMPOD_INVALID_STATE', from: 'stopped' });
     if (cgroup) {
       // As a VM's processes go with it: the container is killed with the agent's cgroup.
       for (let i = 0; i < 100 && isAlive(sleeperId); i++) await new Promise((r) => setTimeout(r, 20));
@@ -228,7 +230,7 @@ describe.skipIf(skipReason)(`the stand-in hypervisor${skipReason ? ` (skipped: $
       vm.on('resumed', () => events.push('resumed'));
       await vm.pause();
       expect(await vm.status()).toBe('paused');
-      await expect(agent.ping({ timeoutMs: 300 })).rejects.toThrow();
+      await expect(agent.ping({ timeoutMs: 300 })).rejects.toBeInstanceOf(TimeoutError); // a paused guest does not answer
       await vm.resume();
       expect(await vm.status()).toBe('running');
       await agent.ping();
