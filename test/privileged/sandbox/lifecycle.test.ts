@@ -9,6 +9,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Sandbox, type StopInfo } from '../../../src/sandbox/sandbox.js';
+import { VmStartError } from '../../../src/hypervisor/errors.js';
 import { AbortError, AlreadyExistsError, InvalidArgumentError, InvalidStateError, NotFoundError } from '../../../src/errors.js';
 import { collect, expectNothingLeft, forceCleanup, makeStateDir, processesMentioning, skipReason } from './fixture.js';
 
@@ -149,7 +150,9 @@ describe.skipIf(skipReason)(`sandbox lifecycle${skipReason ? ` (skipped: ${skipR
     process.kill(sandbox.pid!, 'SIGKILL');
     expect(await stopped).toMatchObject({ reason: 'unexpected' });
     expect(sandbox.state).toBe('stopped');
-    await expect(c.wait()).rejects.toThrow();
+    // The sandbox is stopped: the container's wait is refused as such, not with a broken socket.
+    await expect(c.wait()).rejects.toThrow(InvalidStateError);
+    await expect(c.wait()).rejects.toMatchObject({ code: 'ERR_VMPOD_INVALID_STATE', from: 'stopped' });
     expect((await Sandbox.list({ stateDir }))[0]).toMatchObject({ id: 'victim', state: 'stopped' });
     await sandbox.delete();
   });
@@ -198,7 +201,9 @@ describe.skipIf(skipReason)(`sandbox lifecycle${skipReason ? ` (skipped: ${skipR
     while ((await processesMentioning(sandbox.dir)).length < 3) await new Promise((r) => setTimeout(r, 20));
     controller.abort();
     await expect(starting).rejects.toBeInstanceOf(AbortError);
-    expect(['created', 'stopped']).toContain(sandbox.state); // 'created' when QEMU had not answered yet
+    // start() records the end of the boot it started whichever step the abort cut short.
+    expect(sandbox.state).toBe('stopped');
+    expect((await Sandbox.list({ stateDir })).find((s) => s.id === 'aborted')).toMatchObject({ state: 'stopped' });
     expect(await processesMentioning(sandbox.dir)).toEqual([]);
     await sandbox.delete();
   });
@@ -234,7 +239,11 @@ describe.skipIf(skipReason)(`sandbox lifecycle${skipReason ? ` (skipped: ${skipR
     const bogus = path.join(stateDir, 'not-a-kernel');
     await fs.writeFile(bogus, 'this is not a kernel\n');
     const sandbox = await Sandbox.create({ stateDir, id: 'badboot', guest: { kernel: bogus } });
-    await expect(sandbox.start()).rejects.toThrow();
+    // QEMU refuses the kernel: its start error, with QEMU's words in the log tail.
+    const failed = await sandbox.start().catch((error: unknown) => error);
+    expect(failed).toBeInstanceOf(VmStartError);
+    expect(failed).toMatchObject({ code: 'ERR_VMPOD_VM_START', vmId: 'badboot' });
+    expect(sandbox.state).toBe('stopped');
     expect(sandbox.pid).toBeUndefined();
     await sandbox.delete({ force: true });
   });
