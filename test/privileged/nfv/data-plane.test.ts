@@ -139,7 +139,7 @@ describe.skipIf(skipReason)(`vhost-user and hugepages in a sandbox${skipReason ?
       expect((await client.stats()).rxPackets).toBeGreaterThanOrEqual(5);
       await sandbox.removeVhostUserNic('vnic1');
       expect((await sandbox.devices()).vhostUser.map((n) => n.id)).toEqual(['vnic0']);
-      await expect(fs.stat(socket)).rejects.toThrow();
+      await expect(fs.stat(socket)).rejects.toMatchObject({ code: 'ENOENT' }); // its socket went with it
     } finally {
       await client.stop();
     }
