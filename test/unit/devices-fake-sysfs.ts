@@ -262,6 +262,11 @@ export class FakeSysfs extends Sysfs {
       if (n === 0) return this.disableVfs(pf);
       if (current !== 0) throw errnoError('EBUSY', 16, 'VFs already enabled');
       await this.enableVfs(pf, n);
+    } else if (rel === 'kernel/mm/ksm/run' && value === '2') {
+      // Like the kernel: run=2 unmerges every page before the write returns.
+      for (const counter of ['pages_shared', 'pages_sharing']) {
+        if (await this.exists(`kernel/mm/ksm/${counter}`)) await fs.writeFile(this.path(`kernel/mm/ksm/${counter}`), '0\n');
+      }
     } else if (rel === 'kernel/mm/ksm/merge_across_nodes') {
       // Like the kernel: only while nothing is merged.
       if ((await this.readInt('kernel/mm/ksm/pages_shared'))! > 0 && value !== old) {

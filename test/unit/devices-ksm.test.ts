@@ -128,14 +128,16 @@ describe('KSM (fake sysfs)', () => {
     const error = await configureKsm({ mergeAcrossNodes: false, pagesToScan: 300 }, { sysfs }).catch((e: unknown) => e);
     expect(error).toMatchObject({ errnoName: 'EBUSY' });
     expect(await sysfs.snapshot()).toEqual(before);
-    // Stopping with unmerge first makes it possible: run=2 goes first.
-    await sysfs.addKsm({ pages_shared: '0' });
+    // Stopping with unmerge first makes it possible: run=2 goes first, and (as in the kernel)
+    // unmerges the 10 shared pages before merge_across_nodes is written.
     sysfs.writes.length = 0;
     await configureKsm({ run: 2, mergeAcrossNodes: false }, { sysfs });
     expect(sysfs.writes).toEqual([
       [`${KSM}/run`, '2'],
       [`${KSM}/merge_across_nodes`, '0'],
     ]);
+    expect(await sysfs.read('kernel/mm/ksm/pages_shared')).toBe('0');
+    expect(await sysfs.read('kernel/mm/ksm/merge_across_nodes')).toBe('0');
   });
 
   it('rejects bad values before any write, and a kernel without KSM', async () => {
