@@ -1,8 +1,13 @@
-/** Read-only checks of vmpod's KSM reader against this host's /sys/kernel/mm/ksm: nothing is written. */
-import { existsSync } from 'node:fs';
+/**
+ * vmpod's KSM reader against this host's /sys/kernel/mm/ksm (read-only: nothing is written), and
+ * the kernel's own refusal of merge_across_nodes while pages are merged, which the unit test's
+ * fake imitates: one write that the kernel refuses, the setting restored should it take it.
+ */
+import { existsSync, readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
-import { readKsm, ksmProcessStats, systemPageSize } from '../../src/devices/ksm.js';
+import { configureKsm, readKsm, ksmProcessStats, systemPageSize } from '../../src/devices/ksm.js';
+import { SystemError } from '../../src/errors.js';
 import { Sysfs } from '../../src/devices/sysfs.js';
 
 const KSM = '/sys/kernel/mm/ksm';
@@ -47,5 +52,33 @@ describe('KSM on this host (read-only)', () => {
     expect(stats.mergingPages).toBe(merging);
     expect(typeof stats.mergeable).toBe('boolean');
     expect(stats.zeroPages).toBeGreaterThanOrEqual(0);
+  });
+});
+
+const MERGE_ACROSS_NODES = `${KSM}/merge_across_nodes`;
+const sharedNow = existsSync(`${KSM}/pages_shared`) ? Number(readFileSync(`${KSM}/pages_shared`, 'utf8').trim()) : 0;
+const refusalReason = !existsSync(MERGE_ACROSS_NODES)
+  ? 'no merge_across_nodes here (a kernel without NUMA)'
+  : process.getuid?.() !== 0
+    ? 'needs root'
+    : sharedNow === 0
+      ? 'no merged pages here now (pages_shared is 0): the kernel would take the write'
+      : undefined;
+
+describe('KSM on this host: the kernel refuses merge_across_nodes while pages are merged', () => {
+  it.skipIf(refusalReason !== undefined)(`configureKsm reports the kernel's EBUSY and leaves every setting as it was${refusalReason ? ` (skipped: ${refusalReason})` : ''}`, async () => {
+    const before = await settingsFiles();
+    const wanted = before['merge_across_nodes'] !== '1';
+    try {
+      const error = await configureKsm({ mergeAcrossNodes: wanted }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(SystemError);
+      expect(error).toMatchObject({ errnoName: 'EBUSY' });
+    } finally {
+      // Should the pages have gone in the meantime, the kernel took the write: put it back.
+      if ((await fs.readFile(MERGE_ACROSS_NODES, 'utf8')).trim() !== before['merge_across_nodes']) {
+        await fs.writeFile(MERGE_ACROSS_NODES, `${before['merge_across_nodes']}\n`);
+      }
+    }
+    expect(await settingsFiles()).toEqual(before);
   });
 });
