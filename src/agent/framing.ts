@@ -76,10 +76,8 @@ export class FrameDecoder {
       checkHeader(length, stream, type, flags);
       if (this.#length < HEADER_SIZE + length) break;
       const whole = this.#take(HEADER_SIZE + length);
+      // checkHeader has made sure a window update's payload has its 4 bytes.
       const payload = whole.subarray(HEADER_SIZE);
-      if (type === FrameType.Data && flags & FLAG_WINDOW && payload.length !== 4) {
-        throw new AgentProtocolError(`window update on stream ${stream} has a ${payload.length}-byte payload (expected 4)`);
-      }
       frames.push({ stream, type: type as FrameType, flags, payload });
     }
     return frames;

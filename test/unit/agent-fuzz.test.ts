@@ -1106,6 +1106,16 @@ describe(`agent decoder fuzzing (seed ${SEED}, ${ITERATIONS} iterations per case
     expect(judge(1, 1, 3, DOC_CLOSE)).toEqual(['close-length']);
   });
 
+  it('encodeFrame writes the header the reference reads, and refuses a payload above the maximum', () => {
+    const frame = encodeFrame(0xfffffffd, FrameType.Data, FLAG_WINDOW, u32(7));
+    const ref = new ReferenceDecoder();
+    expect(ref.push(frame)).toEqual([{ stream: 0xfffffffd, type: 3, flags: DOC_WINDOW, payload: u32(7) }]);
+    expect(encodeFrame(1, FrameType.Response, 0, Buffer.alloc(DOC_MAX_PAYLOAD)).length).toBe(DOC_HEADER + DOC_MAX_PAYLOAD);
+    expect(() => encodeFrame(1, FrameType.Response, 0, Buffer.alloc(DOC_MAX_PAYLOAD + 1))).toThrow(
+      new RangeError(`frame payload of ${DOC_MAX_PAYLOAD + 1} bytes exceeds ${DOC_MAX_PAYLOAD}`),
+    );
+  });
+
   it('FrameDecoder against the reference: random bytes in random slices, frame by frame', () => {
     const next = rng(SEED);
     const reasons = new Map<string, number>();
