@@ -26,7 +26,7 @@ import { afterRecordWrite, beforeRecordWrite } from '../failpoint.js';
 import { FileLock } from './lock.js';
 import { removeTree, type StillMountedError } from './remove.js';
 import * as validate from '../validate.js';
-import { AlreadyExistsError, InvalidArgumentError, NotFoundError, VmpodError } from '../errors.js';
+import { AlreadyExistsError, InvalidArgumentError, NotFoundError, SystemError, VmpodError } from '../errors.js';
 
 /** Default root of the state directory. */
 export const DEFAULT_STATE_DIR = '/run/vmpod';
@@ -90,7 +90,17 @@ export class StateStore<R extends { id: string }> {
   /** Writes the record atomically. Callers hold the lock. */
   async write(record: R): Promise<void> {
     beforeRecordWrite();
-    await writeFileAtomic(path.join(this.dir(record.id), 'state.json'), `${JSON.stringify(record, null, 2)}\n`);
+    const file = path.join(this.dir(record.id), 'state.json');
+    try {
+      await writeFileAtomic(file, `${JSON.stringify(record, null, 2)}\n`);
+    } catch (error) {
+      // A full state directory (or quota) is the host's condition, not a bug: say so, typed.
+      const e = error as NodeJS.ErrnoException;
+      if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
+        throw new SystemError('write', Math.abs(e.errno ?? 0), e.code, `the state directory ${this.root} is full: cannot write ${file}`, { cause: error });
+      }
+      throw error;
+    }
     afterRecordWrite();
   }
 
