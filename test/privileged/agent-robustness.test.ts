@@ -554,6 +554,8 @@ describe.skipIf(!ready)(`vmpod-agent under hostile input (${ready ? 'root' : `ne
     const { stdout } = await client.openStdio(id, { stdout: true });
     await client.startContainer(id);
     expect((await collect(stdout)).toString()).toBe('still here\n');
+    // The end of its output is not its exit: delete only once the agent has reaped it.
+    await client.wait(id);
     await client.deleteContainer(id);
     expect(rssKiB(agent.process.pid!) - rssBefore).toBeLessThan(32 * 1024);
   });
