@@ -35,7 +35,7 @@ function pingScript(ifname: string, mac: string, address: string, peer: string):
   return [
     `test "$(cat /sys/class/net/${ifname}/address)" = ${mac}`,
     `ip link set ${ifname} up`,
-    `ip addr add ${address}/24 dev ${ifname}`,
+    `ip addr replace ${address}/24 dev ${ifname}`, // the same address again when another test already set it in this guest
     `ping -c 5 -W 3 ${peer}`,
   ].join(' && ');
 }
