@@ -8,7 +8,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { NotFoundError } from '../../../src/errors.js';
 import { CniPluginNotFoundError } from '../../../src/network/cni/index.js';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
@@ -24,9 +24,28 @@ describe.skipIf(skipReason)(`sandbox networks over CNI bridges${skipReason ? ` (
   const world = new World();
   let net: BridgeNet;
   let peer: Peer;
+  /** Sandbox a, on the bridge: the tests share it; the SIGKILL test ends it and the next makes another. */
   let a: Sandbox;
+  let aAlive = false;
   let b: Sandbox | undefined;
+  /** The host end of a's veth (a bridge port). */
   let aHostVeth: string;
+  /** Every sandbox made, for the final check. */
+  const made: string[] = [];
+
+  async function makeA(): Promise<void> {
+    a = await Sandbox.create({
+      stateDir: world.stateDir,
+      cpus: 2,
+      network: { cni: [{ config: net.config }], hostname: 'web-a', hosts: [{ ip: peer.ip, names: ['peer'] }] },
+    });
+    made.push(a.id);
+    aAlive = true;
+    await a.start();
+    const [inNs] = await ipj<any[]>(['addr', 'show', 'dev', 'eth0'], `vmpod-${a.id}`);
+    // The host end of the plugin's veth: the bridge port whose ifindex the namespace's eth0 links to.
+    aHostVeth = (await ipj<any[]>(['link', 'show', 'master', net.bridge])).find((l) => l.ifindex === inNs.link_index)?.ifname;
+  }
   const data = randomBytes(256 * 1024);
   const big = randomBytes(1536 * 1024);
 
@@ -38,23 +57,23 @@ describe.skipIf(skipReason)(`sandbox networks over CNI bridges${skipReason ? ` (
     await world.httpd(peer.netns, { 'data.bin': data, 'big.bin': big });
   });
 
+  // Whichever test ran before: a runs, with its eth0 only.
+  beforeEach(async () => {
+    if (!aAlive) await makeA();
+    expect((await a.networks()).map((n) => [n.name, n.plugged])).toEqual([['eth0', true]]);
+  });
+
   afterAll(async () => {
     try {
       await b?.delete({ force: true });
-      await a?.delete({ force: true });
-      await world.expectNothingLeft([a?.id, b?.id].filter((id): id is string => id !== undefined));
+      if (aAlive) await a.delete({ force: true });
+      await world.expectNothingLeft(made);
     } finally {
       await world.cleanup();
     }
   });
 
   it('gives the container the address, routes, MTU and MAC the plugin gave, DNS from the result, hosts and hostname', async () => {
-    a = await Sandbox.create({
-      stateDir: world.stateDir,
-      cpus: 2,
-      network: { cni: [{ config: net.config }], hostname: 'web-a', hosts: [{ ip: peer.ip, names: ['peer'] }] },
-    });
-    await a.start();
     const [eth0] = await a.networks();
     expect(eth0).toMatchObject({ name: 'eth0', kind: 'veth', model: 'tcfilter', origin: 'cni', network: net.name, mtu: 1400, queues: 2, plugged: true });
 
@@ -64,8 +83,6 @@ describe.skipIf(skipReason)(`sandbox networks over CNI bridges${skipReason ? ` (
     const address = inNs.addr_info.find((x: any) => x.family === 'inet');
     expect(eth0!.mac).toBe(inNs.address);
     expect(eth0!.addresses).toEqual([`${address.local}/${address.prefixlen}`]);
-    // The host end of the plugin's veth: the bridge port whose ifindex the namespace's eth0 links to.
-    aHostVeth = (await ipj<any[]>(['link', 'show', 'master', net.bridge])).find((l) => l.ifindex === inNs.link_index)?.ifname;
     expect(aHostVeth).toMatch(/^veth/u);
 
     const r = await runIn(
@@ -95,6 +112,7 @@ describe.skipIf(skipReason)(`sandbox networks over CNI bridges${skipReason ? ` (
 
   it('lets two sandboxes on the same bridge reach each other', async () => {
     b = await Sandbox.create({ stateDir: world.stateDir, cpus: 1, network: { cni: [{ config: net.config }] } });
+    made.push(b.id);
     await b.start();
     const aIp = (await a.networks())[0]!.addresses[0]!.split('/')[0]!;
     const server = await a.createContainer({ process: { args: ['sh', '-c', 'echo hello from sandbox a > /tmp/a.txt; exec httpd -f -p 8080 -h /tmp'] } });
@@ -191,6 +209,9 @@ describe.skipIf(skipReason)(`sandbox networks over CNI bridges${skipReason ? ` (
     const running = async () => !/^\d+ \(.*\) Z/u.test(await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => `${pid} (x) Z`));
     for (let i = 0; i < 200 && (await running()); i++) await new Promise((r) => setTimeout(r, 50));
     const id = a.id;
+    expect(aHostVeth).toMatch(/^veth/u);
+    expect((await ipj<any[]>(['link', 'show'])).map((l) => l.ifname)).toContain(aHostVeth);
+    aAlive = false; // a test after this one makes another a
     await a.delete({ force: true });
     expect((JSON.parse((await sh('ip', ['-j', 'netns', 'list'])) || '[]') as any[]).map((n) => n.name)).not.toContain(`vmpod-${id}`);
     expect((await ipj<any[]>(['link', 'show'])).map((l) => l.ifname)).not.toContain(aHostVeth);
