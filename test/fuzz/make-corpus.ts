@@ -165,6 +165,18 @@ for (const r of requests) {
   if (r.method === 'Mount') save('mount', name, JSON.stringify(r.params));
   if (['ConfigureInterface', 'RemoveInterface', 'SetNetworkConfig'].includes(r.method)) save('net', name, JSON.stringify(r.params));
 }
+// Boundary cases the host never sends but the checks stand on: one seed next to each refusal.
+const edges: Record<string, unknown>[] = [
+  { type: 'tmpfs', target: '/run/vmpod' },
+  { type: 'tmpfs', target: '/run/vmpod/containers' },
+  { type: 'tmpfs', target: '/run/vmpod/containers/c1/rootfs' },
+  { type: 'tmpfs', target: '/run/vmpod/x/../containers' },
+  { type: 'tmpfs', target: '/run/vmpodx' },
+  { type: 'ext4', device: { path: '/dev/../etc/shadow' }, target: '/run/vmpod/v' },
+  { type: '9p', source: 'tag', target: '/run/vmpod/9', options: ['trans=fd', 'rfdno=0'] },
+  { type: 'virtiofs', source: 'tag', target: '/run/vmpod/s', options: ['bind'] },
+];
+edges.forEach((params, i) => save('mount', `edge-${i}.json`, JSON.stringify(params)));
 // Paths for the path half of the mount target (NormalizePath, SecureJoin).
 for (const [name, p] of [['path-plain', '/etc/passwd'], ['path-dots', '/a/./b/../../c//d/'], ['path-link', '/chain/x'], ['path-deep', 'deep/../up/abs']]) save('mount', name!, p!);
 save('direct_stream', 'terminal.json', JSON.stringify({ direct: { stdout: { port: 'vmpod.stream.3', cookie } }, stdio: { stdout: true }, terminal: true }));
