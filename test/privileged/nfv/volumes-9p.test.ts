@@ -71,6 +71,8 @@ describe.skipIf(skipReason)(`9p volumes on a guest kernel that has 9p${skipReaso
   let rw: string;
   let ro: string;
   let shared: string;
+  /** A 9p volume only the detach test uses (the others use data and conf, whatever ran before). */
+  let spare: string;
   let sandbox: Sandbox;
   let realBuild: string | undefined;
   let oldBuild: string | undefined;
@@ -88,7 +90,9 @@ describe.skipIf(skipReason)(`9p volumes on a guest kernel that has 9p${skipReaso
     rw = path.join(work, 'rw');
     ro = path.join(work, 'ro');
     shared = path.join(work, 'shared');
-    for (const dir of [rw, ro, shared]) await fs.mkdir(dir);
+    spare = path.join(work, 'spare');
+    for (const dir of [rw, ro, shared, spare]) await fs.mkdir(dir);
+    await fs.writeFile(path.join(spare, 'kept.txt'), 'kept on the host\n');
     await fs.writeFile(path.join(ro, 'config.txt'), 'read-only from the host\n');
     const diskContent = path.join(work, 'disk-content');
     await fs.mkdir(diskContent);
@@ -103,6 +107,7 @@ describe.skipIf(skipReason)(`9p volumes on a guest kernel that has 9p${skipReaso
         Volume.directory('conf', ro, { transport: '9p', readOnly: true }),
         Volume.directory('vfs', shared),
         Volume.block('disk', path.join(work, 'disk.raw'), { readOnly: true }),
+        Volume.directory('spare', spare, { transport: '9p' }),
       ],
     });
     // The cache's current build carries another agent: start() must build again, alike.
@@ -193,11 +198,14 @@ describe.skipIf(skipReason)(`9p volumes on a guest kernel that has 9p${skipReaso
   });
 
   it('detaching a 9p volume unmounts it in the guest; containers can no longer ask for it', async () => {
-    await sandbox.removeVolume('data');
-    expect((await sandbox.volumes()).map((v) => v.spec.name)).toEqual(['conf', 'vfs', 'disk']);
-    await expect(sandbox.createContainer({ volumes: [{ volume: 'data', destination: '/data' }] })).rejects.toThrow(NotFoundError);
+    const mounted = await run(sandbox, { volumes: [{ volume: 'spare', destination: '/spare' }] }, 'cat /spare/kept.txt');
+    expect(mounted).toMatchObject({ code: 0, out: 'kept on the host\n' });
+    await sandbox.removeVolume('spare');
+    expect((await sandbox.volumes()).map((v) => v.spec.name)).toEqual(['data', 'conf', 'vfs', 'disk']);
+    await expect(sandbox.createContainer({ volumes: [{ volume: 'spare', destination: '/spare' }] })).rejects.toThrow(NotFoundError);
     // The host directory is untouched.
-    expect(await fs.readFile(path.join(rw, 'dir', 'from-guest.txt'), 'utf8')).toBe('changed on the host\n');
+    expect(await fs.readdir(spare)).toEqual(['kept.txt']);
+    expect(await fs.readFile(path.join(spare, 'kept.txt'), 'utf8')).toBe('kept on the host\n');
   });
 });
 
