@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <cerrno>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -16,6 +17,16 @@
 #include "agent/util.h"
 
 extern "C" void __gcov_dump(void);
+
+// gcc turns every execve() of an instrumented program into __gcov_execve(), which writes the
+// profile first. Here the caller is a container's process, already in the container's root
+// (and namespaces): it cannot reach the build folder, and libgcov's complaint would land on the
+// container's stderr. So this build execs without writing: the counters of the child, a copy of
+// the agent's, are dropped (the agent writes its own at exit), and with them what the child ran
+// between its fork and the exec. A raw syscall, since an execve() here would be rewritten too.
+extern "C" int __gcov_execve(const char* path, char* const argv[], char* const envp[]) {
+  return static_cast<int>(syscall(SYS_execve, path, argv, envp));
+}
 
 namespace agent {
 namespace {
