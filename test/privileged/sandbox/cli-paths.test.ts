@@ -194,13 +194,22 @@ describe.skipIf(skipReason)(`CLI and API paths${skipReason ? ` (skipped: ${skipR
     expect((await vmpod(stateDir, ['delete', id])).code).toBe(0);
   });
 
-  it('vmpod logs -f ends on SIGINT while the sandbox runs', async () => {
+  it('vmpod logs -f follows a paused sandbox on, and ends on SIGINT while the sandbox runs', async () => {
     const id = 'cplogsint';
     expect((await vmpod(stateDir, ['run', '-d', '--name', id, '--', 'sleep', '600'])).code).toBe(0);
     const follow = spawnVmpod(stateDir, ['logs', '-f', id]);
     spawned.push(follow.child);
     const followed = output(follow.child);
     await until('the log so far', () => followed().includes('vmpod-init: ready'));
+    // A paused sandbox is still followed (it polls every 250 ms: a second paused is seen).
+    const sandbox = await Sandbox.attach(id, { stateDir });
+    await sandbox.pause();
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(follow.child.exitCode).toBeNull();
+    await sandbox.resume();
+    sandbox.detach();
+    expect((await vmpod(stateDir, ['exec', id, 'sh', '-c', 'exit 43'])).code).toBe(43);
+    await until('a line logged after the pause', () => /cplogsint\/exec-[0-9a-f]+: pid \d+ exited \(code 43, signal 0/u.test(followed()));
     follow.child.kill('SIGINT');
     await follow.result;
     expect(follow.child.signalCode).toBe('SIGINT');
