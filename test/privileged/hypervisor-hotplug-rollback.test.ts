@@ -1,12 +1,11 @@
 /**
  * Hot-plug rollback against a real QEMU (the unit tests use a fake QMP server): the backend
- * steps succeed (getfd + netdev_add, add-fd + blockdev-add) and then
+ * steps succeed (getfd + netdev_add, add-fd + blockdev-add, chardev-add + netdev_add) and then
  * QEMU itself refuses the `device_add` (the id is already a device's: the test shell's virtio-serial, vs0). What was
  * added must be gone, as QEMU's own queries tell: `query-fdsets`, `query-named-block-nodes`,
  * `query-chardev`, `info network`, `qom-list /machine/peripheral`, its open fds; then the same
- * port takes a good device. (A vhost-user netdev_add does not return before a backend speaks
- * vhost-user on its socket, server mode included: docs/vhost-user.md. Its rollback needs a
- * backend such as testpmd and is not walked here.)
+ * port takes a good device. A vhost-user netdev_add does not return before a backend speaks
+ * vhost-user on its socket (docs/vhost-user.md): that case has dpdk-testpmd listen.
  */
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -19,8 +18,10 @@ import type { QemuVm } from '../../src/hypervisor/qemu/vm.js';
 import { native } from '../../src/native.js';
 import { testGuestAssets } from './guest-fixture.js';
 import { makeRunDir, uniqueName, vmConfig } from './hypervisor-fixture.js';
+import { Testpmd, testpmdSkipReason } from '../../benchmarks/lib/testpmd.js';
 
 const hasTapOpen = process.getuid?.() === 0 && typeof (native() as unknown as Record<string, unknown>)['tapOpen'] === 'function';
+const noTestpmd = await testpmdSkipReason();
 const skipReason = process.getuid?.() !== 0 ? 'needs root' : !fs.existsSync('/usr/bin/qemu-system-x86_64') ? 'needs qemu-system-x86_64' : undefined;
 
 /** What QEMU holds that a hot plug adds: devices, block nodes, fd sets, chardevs, netdevs, tun fds. */
@@ -114,6 +115,28 @@ describe.skipIf(skipReason)(`hot-plug rollback on a real QEMU${skipReason ? ` (s
       expect(gone).toBe(true);
     } finally {
       execFileSync('ip', ['netns', 'delete', ns]);
+    }
+  });
+
+  it.skipIf(noTestpmd)('vhost-user-net (client mode, testpmd listening): chardev-add and netdev_add are undone when device_add is refused', async () => {
+    const testpmd = await Testpmd.start({ socket: path.join(runDir, 'vu.sock'), forwardMode: 'rxonly', prefix: `${uniqueName()}r` });
+    try {
+      const before = await holdings();
+      const refused = await vm.hotplug({ kind: 'vhost-user-net', id: 'vs0', socket: testpmd.options.socket, mode: 'client', mac: '02:00:00:00:0c:03' }).catch((e: unknown) => e);
+      expect(refused).toBeInstanceOf(QmpError);
+      expect((refused as Error).message).toMatch(/Duplicate device ID 'vs0'|duplicate.*vs0/iu);
+      const after = await holdings();
+      expect(after.chardevs).not.toContain('chr-vs0');
+      expect(after.network).not.toContain('net-vs0');
+      expect(after).toEqual(before);
+      // The same plug again gets as far as device_add (a chardev or netdev left over would be
+      // refused first, as a duplicate of its own id), and is undone again.
+      const again = await vm.hotplug({ kind: 'vhost-user-net', id: 'vs0', socket: testpmd.options.socket, mode: 'client' }).catch((e: unknown) => e);
+      expect(again).toBeInstanceOf(QmpError);
+      expect((again as Error).message).toBe((refused as Error).message);
+      expect(await holdings()).toEqual(before);
+    } finally {
+      await testpmd.stop();
     }
   });
 });
