@@ -95,7 +95,8 @@ describe.skipIf(!ready)(`the agent's guest network configuration (${ready ? 'in 
     ns = `${prefix}-agnet${++made}`;
     started = undefined;
     await run('ip', ['netns', 'add', ns]);
-    // Three NICs standing in for virtio ones; "eth9" holds the name M1's NIC will want.
+    // Two NICs standing in for virtio ones (M1, M3; the tests that need M2 plug it); "eth9" holds
+    // the name M1's NIC will want.
     await run('ip', ['-n', ns, 'link', 'add', 'nica', 'address', M1, 'type', 'veth', 'peer', 'name', 'nicap']);
     await run('ip', ['-n', ns, 'link', 'add', 'eth9', 'address', M3, 'type', 'veth', 'peer', 'name', 'nicbp']);
     for (const dev of ['lo', 'nicap', 'nicbp']) await run('ip', ['-n', ns, 'link', 'set', dev, 'up']);
