@@ -24,12 +24,14 @@ report=$root/coverage/native
 
 # Thresholds, in percent, a little under what the whole suite measured (docs/testing.md): the
 # figures may only go up. component:lines:branches
+# Measured 2026-12-07 (lines/branches): addon 94.5/66.6, agent host-run 72.4/46.7, in the VM
+# 71.4/39.9, both 79.1/49.7, log writer 88.0/65.5 (50 lines: one line is 2 points).
 thresholds=(
-  addon:73:38
-  agent-host:71:37
-  agent-vm:52:26
-  agent:74:39
-  logger:83:58
+  addon:92:64
+  agent-host:70:44
+  agent-vm:68:37
+  agent:77:47
+  logger:84:60
 )
 
 reset() {
@@ -108,9 +110,13 @@ EOF
   for run in "$profiles"/runs/*; do
     [[ -d $run ]] || continue
     if [[ ! -d $merged ]]; then cp -a "$run" "$merged"; continue; fi
-    gcov-tool merge -o "$profiles/next" "$merged" "$run" >/dev/null
+    gcov-tool merge -o "$profiles/next" "$merged" "$run" >/dev/null 2>>"$report/gcov-tool.log"
     rm -rf "$merged" && mv "$profiles/next" "$merged"
   done
+  if [[ -s $report/gcov-tool.log ]]; then
+    # Profiles of another build of the agent (rebuilt without a reset): their sum is wrong.
+    echo "gcov-tool could not sum some guest profiles (another build of the agent? run '$0 reset' after a rebuild): $report/gcov-tool.log" >&2
+  fi
   if [[ -d $merged ]]; then
     while IFS= read -r gcda; do
       note=${gcda#"$merged"}
