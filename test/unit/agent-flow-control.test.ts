@@ -242,6 +242,49 @@ describe('flow control: the host holds at most the window it granted', () => {
     }
   });
 
+  it('stdout credit goes back in quarter-window batches of what was consumed, never as zero, and never after the end', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport, { callTimeoutMs: 5000 });
+    sessions.push({ client });
+    fake.onRequest = (r) => fake.respond(r.stream, {});
+    const { stdout } = (await client.openStdio('c1', { stdout: true })) as { stdout: StdioReadable };
+    const stream = fake.requests.at(-1)!.stream;
+    const grants = () => fake.data.filter((d) => d.stream === stream && d.flags === FLAG_WINDOW).map((d) => d.payload.readUInt32BE(0));
+    // A reader that asks before anything came has consumed nothing: no grant.
+    expect(stdout.read()).toBeNull();
+    await tick();
+    expect(grants(), 'grants before any data').toEqual([]);
+    // The guest uses its whole credit; the reader then takes 16 KiB at a time.
+    for (let i = 0; i < 16; i++) fake.sendData(stream, pattern(i * 65536, 65536));
+    await settle(() => stdout.readableLength);
+    expect(stdout.readableLength).toBe(INITIAL_WINDOW);
+    const reader = counted(stdout);
+    const seen: string[] = [];
+    for (let i = 1; i <= 64; i++) {
+      reader.read(16 * KiB);
+      await tick();
+      seen.push(`${reader.consumed()}:${grants().join('+')}`);
+    }
+    // A grant each time a quarter window (256 KiB) has been taken, of exactly that.
+    const at = (k: number) => seen[k * 16 - 2]!; // after 16k - 1 reads: no new grant yet
+    for (let k = 1; k <= 4; k++) {
+      expect(at(k), `after ${k * 256 - 16} KiB read`).toBe(`${k * 262144 - 16384}:${Array(k - 1).fill(262144).join('+')}`);
+      expect(seen[k * 16 - 1], `after ${k * 256} KiB read`).toBe(`${k * 262144}:${Array(k).fill(262144).join('+')}`);
+    }
+    // The stream ends: what the reader takes after the close earns no grant.
+    fake.sendData(stream, pattern(INITIAL_WINDOW, 1000));
+    fake.sendData(stream, Buffer.alloc(0), FLAG_CLOSE);
+    await settle(() => stdout.readableLength);
+    const before = grants().length;
+    reader.read(1000);
+    const ended = new Promise<void>((r) => stdout.once('end', r));
+    stdout.read();
+    await ended;
+    await settle(() => fake.data.length);
+    expect(grants().length, 'grants after the close').toBe(before);
+    expect(grants().every((g) => g > 0), 'no empty grant').toBe(true);
+  });
+
   it('stdin: the host sends no byte beyond the credit it was given, and holds a bounded amount while the guest grants slowly or not at all', async () => {
     const fake = new FakeAgent();
     const client = await AgentClient.connect(fake.transport, { callTimeoutMs: 5000 });
