@@ -18,6 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AgentClient, TRANSPORT_HIGH_WATER } from '../../src/agent/client.js';
+import { AgentProtocolError } from '../../src/agent/errors.js';
 import { DirectStreamReadable, MARKER_SIZE, newMarker } from '../../src/agent/direct-stream.js';
 import { FLAG_CLOSE, FLAG_WINDOW, HEADER_SIZE, INITIAL_WINDOW, MAX_DATA_CHUNK } from '../../src/agent/framing.js';
 import type { StdioReadable, StdioWritable } from '../../src/agent/stdio.js';
@@ -283,6 +284,25 @@ describe('flow control: the host holds at most the window it granted', () => {
     await settle(() => fake.data.length);
     expect(grants().length, 'grants after the close').toBe(before);
     expect(grants().every((g) => g > 0), 'no empty grant').toBe(true);
+  });
+
+  it('a violation of the credit errors every stdio stream of the connection with the AgentProtocolError', async () => {
+    const fake = new FakeAgent();
+    const client = await AgentClient.connect(fake.transport, { callTimeoutMs: 5000 });
+    sessions.push({ client });
+    fake.onRequest = (r) => fake.respond(r.stream, {});
+    const { stdin, stdout, stderr } = await client.openStdio('c1', { stdin: true, stdout: true, stderr: true });
+    const errors = new Map<string, unknown>();
+    for (const [name, s] of Object.entries({ stdin, stdout, stderr })) s!.on('error', (e) => errors.set(name, e));
+    const closed = Promise.all([stdin, stdout, stderr].map((s) => new Promise((r) => s!.once('close', r))));
+    const out = fake.requests.find((r) => r.method === 'OpenStdio' && r.params['fd'] === 'stdout')!.stream;
+    fake.sendData(out, Buffer.alloc(INITIAL_WINDOW)); // stdout: the whole window
+    fake.sendData(out, Buffer.alloc(1)); // one byte beyond it
+    await closed;
+    for (const name of ['stdin', 'stdout', 'stderr']) {
+      expect(errors.get(name), name).toBeInstanceOf(AgentProtocolError);
+      expect((errors.get(name) as Error).message, name).toMatch(/the agent sent 1 bytes with a credit of 0/);
+    }
   });
 
   it('stdin: the host sends no byte beyond the credit it was given, and holds a bounded amount while the guest grants slowly or not at all', async () => {
