@@ -5,13 +5,16 @@
  * the sandbox is deleted and the namespace is as the user made it (vmpod's changes undone, the
  * user's links kept, the tap down again).
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { World, ipj, runIn, sh, skipReason } from './fixture.js';
 
 describe.skipIf(skipReason)(`endpoint kinds in an adopted namespace${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
   const world = new World();
   let sandbox: Sandbox;
+  let alive = false;
+  /** Every sandbox made, for the final check. */
+  const made: string[] = [];
   let ns: string;
   let base: string;
   const far: string[] = [];
@@ -48,18 +51,28 @@ describe.skipIf(skipReason)(`endpoint kinds in an adopted namespace${skipReason 
     linksBefore = await ipj<any[]>(['link', 'show'], ns);
     farMac = (await ipj<any[]>(['link', 'show', 'dev', 'eth0'], far[0]!))[0].address;
 
+  });
+
+  /** The sandbox adopting the namespace; the delete test ends it and the next test makes another. */
+  async function adopt(): Promise<void> {
     sandbox = await Sandbox.create({
       stateDir: world.stateDir,
       cpus: 2,
       network: { netns: ns, interfaces: { tap0: { addresses: [`${base}.2.2/24`] }, v0: { neighbors: [{ ip: `${base}.0.1`, mac: farMac }] } } },
     });
+    made.push(sandbox.id);
+    alive = true;
     await sandbox.start();
+  }
+
+  beforeEach(async () => {
+    if (!alive) await adopt();
   });
 
   afterAll(async () => {
     try {
-      await sandbox?.delete({ force: true });
-      await world.expectNothingLeft(sandbox ? [sandbox.id] : []);
+      if (alive) await sandbox.delete({ force: true });
+      await world.expectNothingLeft(made);
     } finally {
       await world.cleanup();
     }
@@ -96,6 +109,7 @@ describe.skipIf(skipReason)(`endpoint kinds in an adopted namespace${skipReason 
   });
 
   it('leaves the adopted namespace as the user made it when the sandbox is deleted', async () => {
+    alive = false;
     await sandbox.delete({ force: true });
     const links = await ipj<any[]>(['link', 'show'], ns);
     expect(links.map((l) => [l.ifname, l.address, l.flags.includes('UP')])).toEqual(linksBefore.map((l) => [l.ifname, l.address, l.flags.includes('UP')]));
