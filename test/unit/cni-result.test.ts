@@ -109,6 +109,33 @@ describe('CNI results', () => {
     invalid({ cniVersion: '1.0.0', dns: { search: 'a' } }, 'dns.search: must be a list of strings');
   });
 
+  it('rejects entries of the wrong type at every level, and takes null and empty optional values as absent', () => {
+    invalid({ cniVersion: '1.0.0', interfaces: [null] }, 'interfaces[0]: must be an object');
+    invalid({ cniVersion: '1.0.0', interfaces: [['eth0']] }, 'interfaces[0]: must be an object');
+    invalid({ cniVersion: '1.0.0', interfaces: [{ name: '' }] }, 'interfaces[0].name: is empty');
+    invalid({ cniVersion: '1.0.0', interfaces: [{ name: 'a', mtu: '5' }] }, 'interfaces[0].mtu: must be an unsigned integer, not "5"');
+    invalid({ cniVersion: '1.0.0', interfaces: [{ name: 'a', mtu: 1.5 }] }, 'interfaces[0].mtu: must be an unsigned integer, not 1.5');
+    invalid({ cniVersion: '1.0.0', ips: [5] }, 'ips[0]: must be an object');
+    invalid({ cniVersion: '1.0.0', routes: ['10.0.0.0/8'] }, 'routes[0]: must be an object');
+    invalid({ cniVersion: '1.0.0', dns: 'x' }, 'dns: must be an object');
+    invalid({ cniVersion: '1.0.0', dns: { nameservers: ['1.1.1.1', 7] } }, 'dns.nameservers: must be a list of strings');
+    invalid({ cniVersion: '1.0.0', dns: { domain: 5 } }, 'dns.domain: must be a string, not 5');
+    invalid({ cniVersion: '1.0.0', dns: { options: 'x' } }, 'dns.options: must be a list of strings');
+    invalid({ cniVersion: '2.0.0' }, 'cniVersion: results of CNI 2.0.0 are not supported (0.3.0 to 1.x are)');
+    // Absent, null and empty optional values leave no key behind.
+    const { raw, result } = parseResult(
+      { cniVersion: '', interfaces: [{ name: 'a', mac: '', sandbox: '' }], ips: null, routes: null, dns: { search: null, domain: '' } },
+      '1.0.0',
+    );
+    expect(raw['cniVersion']).toBe('1.0.0');
+    expect(Object.keys(result.interfaces[0]!)).toEqual(['name']);
+    expect(result.ips).toEqual([]);
+    expect(result.routes).toEqual([]);
+    expect(Object.keys(result.dns)).toEqual([]);
+    expect(Object.keys(parseResult({ cniVersion: '1.0.0', dns: null }, '1.0.0').result.dns)).toEqual([]);
+    expect(parseResult({ cniVersion: '1.9.9' }, '1.0.0').result.sourceVersion).toBe('1.9.9');
+  });
+
   it('compares versions numerically', () => {
     expect(['1.0.0', '0.10.0', '0.4.0', '0.3.1'].sort(compareVersions)).toEqual(['0.3.1', '0.4.0', '0.10.0', '1.0.0']);
     expect(() => compareVersions('1.0', '1.0.0')).toThrow(TypeError);
