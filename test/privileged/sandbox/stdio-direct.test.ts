@@ -11,7 +11,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { DirectStreamReadable } from '../../../src/agent/direct-stream.js';
 import { AgentClosedError, AgentError } from '../../../src/agent/errors.js';
@@ -64,6 +64,11 @@ describe.skipIf(skipReason)(`stream ports${skipReason ? ` (skipped: ${skipReason
     await fs.writeFile(path.join(rootfs, 'data.bin'), data);
     sandbox = await Sandbox.create({ stateDir, id: 'streams', cpus: 1, memoryMiB: 256, streamPorts: 3 });
     await sandbox.start();
+  });
+
+  // The stop test ends the VM (SIGKILL): whichever test comes after it boots the sandbox again.
+  beforeEach(async () => {
+    if (sandbox.state !== 'running') await sandbox.start();
   });
 
   afterAll(async () => {
