@@ -48,7 +48,7 @@ describe.skipIf(skipReason)(`processes racing at one sandbox${skipReason ? ` (sk
     });
     const deleter = nodeScript(stateDir, `await vmpod.Sandbox.remove('race-start', { stateDir: ${JSON.stringify(stateDir)}, force: true }); console.log('deleted');`);
     const deleted = await deleter.result;
-    expect(deleted).toMatchObject({ code: 0, stdout: 'deleted\n' });
+    expect(deleted, deleted.stderr).toMatchObject({ code: 0, stdout: 'deleted\n' });
     const outcome = await starting;
     expect(outcome).toBeInstanceOf(Error); // its boot was ended under it
     expect(isAlive(record.boot!.vm!)).toBe(false);
