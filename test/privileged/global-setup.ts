@@ -13,7 +13,9 @@ import os from 'node:os';
 const TMP = os.tmpdir();
 /** Temporary names of the tests: vt<hex>..., vt-..., vmpod-... (see the fixtures). */
 const TEST_NAME = /^(vt[0-9a-f]{4}|vt-|vmpod-)/u;
-const TEST_PATH = new RegExp(`${TMP.replaceAll('/', '\\/')}\\/(vt[0-9a-f]{4}|vt-|vmpod-)`, 'u');
+// The path must start there: at the start, or after a space, '=', ':' or ',' of a command line
+// (`/var/tmp/vmpod-...`, say, is not a test's).
+const TEST_PATH = new RegExp(`(?:^|[\\s=:,])${TMP.replaceAll('/', '\\/')}\\/(vt[0-9a-f]{4}|vt-|vmpod-)`, 'u');
 
 function list(command: string, args: string[]): string[] {
   try {
