@@ -5,18 +5,15 @@
  * testpmd is not reconnected to by itself: the NIC is unplugged and a new one hot plugged on the
  * restarted backend, and traffic flows again. delete leaves nothing (hugepages, dpdk folders).
  */
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { hugepagePool } from '../../../src/devices/hugepages.js';
 import { expectNothingLeft, forceCleanup, makeStateDir, runcSpecBundle, runScript, skipReason as vmSkip } from '../sandbox/fixture.js';
 import { Testpmd, testpmdSkipReason } from '../../../benchmarks/lib/testpmd.js';
 
-const exec = promisify(execFile);
 const skipReason = vmSkip ?? (await testpmdSkipReason());
 const tag = `vt${randomBytes(2).toString('hex')}`;
 
