@@ -1,6 +1,6 @@
 /**
  * The real KSM of this host refusing merge_across_nodes while pages are merged: a helper process
- * offers 256 identical pages to KSM (madvise MADV_MERGEABLE), ksmd is run until some are shared,
+ * offers 256 identical pages to KSM (madvise MADV_MERGEABLE), ksmd is run until some of them are merged,
  * then configureKsm({ run: 0, mergeAcrossNodes, pagesToScan }) must fail with EBUSY and leave every
  * KSM knob as it was (the run=0 written before it put back: stopping ksmd does not unmerge). Every knob this test touches is
  * saved first and written back in `finally`; the helper's pages unmerge when it exits.
@@ -14,7 +14,13 @@ import { configureKsm, readKsm } from '../../src/devices/ksm.js';
 const KSM = '/sys/kernel/mm/ksm';
 const KNOBS = ['run', 'pages_to_scan', 'sleep_millisecs', 'merge_across_nodes', 'max_page_sharing', 'use_zero_pages', 'stable_node_chains_prune_millisecs', 'smart_scan'];
 const skipReason =
-  process.getuid?.() !== 0 ? 'needs root' : !existsSync(`${KSM}/merge_across_nodes`) ? 'this kernel has no KSM merge_across_nodes' : undefined;
+  process.getuid?.() !== 0
+    ? 'needs root'
+    : !existsSync(`${KSM}/merge_across_nodes`)
+      ? 'this kernel has no KSM merge_across_nodes'
+      : !existsSync('/proc/self/ksm_merging_pages')
+        ? 'this kernel has no /proc/PID/ksm_merging_pages (Linux 5.19+) to see the helper\'s pages merged'
+        : undefined;
 
 // 256 pages of the same bytes, offered to KSM; "ready" once advised; lives until stdin closes.
 const MERGEABLE_PAGES = [
@@ -32,6 +38,11 @@ async function knobs(): Promise<Record<string, string>> {
   return out;
 }
 
+/** How many of process PID's pages KSM has merged (/proc/PID/ksm_merging_pages). */
+async function mergingPages(pid: number): Promise<number> {
+  return Number((await fs.readFile(`/proc/${pid}/ksm_merging_pages`, 'utf8')).trim());
+}
+
 describe.skipIf(skipReason)(`KSM merge_across_nodes on this host${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
   it('is refused with EBUSY while pages are shared; nothing is left changed', async () => {
     const saved = await knobs();
@@ -45,11 +56,13 @@ describe.skipIf(skipReason)(`KSM merge_across_nodes on this host${skipReason ? `
           if (d.toString().includes('ready')) resolve();
         });
       });
-      // ksmd scans fast until something is shared (ours, or pages merged before this test).
+      // ksmd scans fast until the helper's own pages are merged. Pages shared by someone else
+      // (a VM of another test) are no precondition: they can be unmerged by the time of the
+      // write, and the kernel then takes the change (seen in a shuffled CI run).
       await configureKsm({ pagesToScan: 4096, sleepMillisecs: 10, run: 1 });
       const deadline = Date.now() + 60_000;
-      while ((await readKsm()).stats.pagesShared === 0) {
-        if (Date.now() > deadline) throw new Error('KSM shared no page within 60 s');
+      while ((await mergingPages(helper.pid!)) === 0 || (await readKsm()).stats.pagesShared === 0) {
+        if (Date.now() > deadline) throw new Error('KSM merged none of the helper\'s pages within 60 s');
         await new Promise((r) => setTimeout(r, 100));
       }
       const before = await knobs();
