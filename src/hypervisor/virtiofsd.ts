@@ -14,12 +14,14 @@
  * With `user` it runs without root on the host: in a user namespace of its own whose ids
  * 0..count-1 are the host's uid..uid+count-1 (gid likewise), created by root (so a host process of
  * that uid cannot enter it), joined with uid and gid 0 there. virtiofsd then is host uid `uid`
- * with no capability outside the namespace, and still sandboxes itself inside it (its namespaces,
- * pivot_root). A host process with the same uid could still ptrace it: the range must be
+ * with no capability outside the namespace, and still confines itself inside it: by default it
+ * chroots into the share, in a network namespace of its own (`sandbox=namespace` needs to read the
+ * host's `/`, which a 0711 root forbids). A host process with the same uid could still ptrace it: the range must be
  * virtiofsd's alone. The guest sees host id `uid + k` as `k`; host ids outside the range
  * appear as 65534 (overflow) and the guest can use such files only as "others". Equivalent:
- * `unshare --user sh -c 'read _' &` (the holder), `echo 0 UID COUNT > /proc/HOLDER/uid_map` (and
- * gid_map), `nsenter --user=/proc/HOLDER/ns/user --setuid=0 --setgid=0 -- virtiofsd ...`, then the
+ * `unshare --user --net sh -c 'read _' &` (the holder), `echo 0 UID COUNT > /proc/HOLDER/uid_map`
+ * (and gid_map), `nsenter --user=/proc/HOLDER/ns/user --net=/proc/HOLDER/ns/net --setuid=0
+ * --setgid=0 -- virtiofsd -o sandbox=chroot ...`, then the
  * holder exits. See docs/hypervisor.md for what this does not cover (a share owned by host root).
  *
  * @module
@@ -88,7 +90,14 @@ export interface VirtiofsdOptions {
   readonly announceSubmounts?: boolean;
   /** Worker threads (default: virtiofsd's, 64). */
   readonly threadPoolSize?: number;
-  /** `namespace` (default) or `chroot` (inside a container that forbids namespaces). */
+  /**
+   * How virtiofsd confines itself once QEMU connects: `namespace` (its own mount, pid and net
+   * namespaces, pivot_root into the share) or `chroot` (chroot into the share). Default
+   * `namespace`; with {@link user}, `chroot` inside a network namespace vmpod makes for it, because
+   * `namespace` opens the host's `/` for reading before its pivot_root, which an unprivileged uid
+   * cannot do where `/` is mode 0711 (hardened hosts; this one). `namespace` with `user` is
+   * refused there with an {@link InvalidArgumentError}.
+   */
   readonly sandbox?: 'namespace' | 'chroot';
   /**
    * Run virtiofsd as this unprivileged host user, in a user namespace of its own mapping ids
@@ -140,10 +149,11 @@ export class Virtiofsd {
     const binary = validate.absolutePath(options.binary ?? DEFAULT_VIRTIOFSD, 'binary');
     const cache = options.cache ?? 'auto';
     if (!['auto', 'always', 'none'].includes(cache)) throw new InvalidArgumentError('cache', 'must be "auto", "always" or "none"');
-    const sandbox = options.sandbox ?? 'namespace';
-    if (sandbox !== 'namespace' && sandbox !== 'chroot') throw new InvalidArgumentError('sandbox', 'must be "namespace" or "chroot"');
-    if (options.threadPoolSize !== undefined) validate.integer(options.threadPoolSize, 'threadPoolSize', 1, 1024);
     const user = options.user === undefined ? undefined : checkUser(options.user, 'user');
+    const sandbox = options.sandbox ?? (user ? 'chroot' : 'namespace');
+    if (sandbox !== 'namespace' && sandbox !== 'chroot') throw new InvalidArgumentError('sandbox', 'must be "namespace" or "chroot"');
+    if (user && sandbox === 'namespace') checkRootReadable(user);
+    if (options.threadPoolSize !== undefined) validate.integer(options.threadPoolSize, 'threadPoolSize', 1, 1024);
     const socketOwner = options.socketOwner === undefined ? undefined : runAsUser(options.socketOwner, 'socketOwner');
     const timeoutMs = options.timeoutMs ?? 10_000;
     if (options.signal?.aborted) throw new AbortError('virtiofsd start', { cause: options.signal.reason });
@@ -186,7 +196,10 @@ export class Virtiofsd {
     try {
       if (user) userns = await UserNamespace.create(user, logFile, deadline, options.signal);
       proc = userns
-        ? await spawnDetached(NSENTER, [`--user=/proc/${userns.holder.pid}/ns/user`, '--setuid=0', '--setgid=0', '--', binary, ...args], { output: { file: logFile }, fds: [listener] })
+        ? await spawnDetached(NSENTER, [`--user=/proc/${userns.holder.pid}/ns/user`, `--net=/proc/${userns.holder.pid}/ns/net`, '--setuid=0', '--setgid=0', '--', binary, ...args], {
+            output: { file: logFile },
+            fds: [listener],
+          })
         : await spawnDetached(binary, args, { output: { file: logFile }, fds: [listener] });
     } catch (cause) {
       userns?.release();
@@ -210,7 +223,7 @@ export class Virtiofsd {
         abortWhen: () => (exited === undefined ? undefined : new DaemonError('virtiofsd', `exited during start (${exited})`, logTail(logFile))),
       });
       // It printed the line, so nsenter is done: check that it is what was asked, before the namespace's holder goes.
-      if (user && userns) checkUnprivileged(proc.pid, binary, user, userns.id);
+      if (user && userns) checkUnprivileged(proc.pid, binary, user, userns);
     } catch (error) {
       await daemon.stop();
       throw error instanceof DaemonError || error instanceof AbortError
@@ -252,9 +265,11 @@ export class Virtiofsd {
 }
 
 /**
- * A fresh user namespace held open by a process (`unshare --user sh -c 'read _'`, stdin a pipe of
- * ours) while its maps are written and virtiofsd joins it; the holder exits when the pipe closes
- * (by {@link release}, or when this process dies).
+ * A fresh user namespace, and a network namespace it owns (no interface but a down loopback), held
+ * open by a process (`unshare --user --net sh -c 'read _'`, stdin a pipe of ours) while its maps
+ * are written and virtiofsd joins both; the holder exits when the pipe closes (by
+ * {@link release}, or when this process dies). The network namespace keeps a daemon that a guest
+ * took over off the host's network in `chroot` mode too.
  */
 class UserNamespace {
   #write: number | undefined;
@@ -263,6 +278,8 @@ class UserNamespace {
     readonly holder: DetachedProcess,
     /** `user:[INODE]`, as /proc/PID/ns/user reads. */
     readonly id: string,
+    /** `net:[INODE]` of the holder's network namespace. */
+    readonly net: string,
     write: number,
   ) {
     this.#write = write;
@@ -272,7 +289,7 @@ class UserNamespace {
     const [read, write] = native().pipe();
     let holder: DetachedProcess;
     try {
-      holder = await spawnDetached(UNSHARE, ['--user', '--', '/bin/sh', '-c', 'read -r _'], { output: { file: logFile }, stdin: read });
+      holder = await spawnDetached(UNSHARE, ['--user', '--net', '--', '/bin/sh', '-c', 'read -r _'], { output: { file: logFile }, stdin: read });
     } catch (error) {
       native().closeFd(write);
       throw error;
@@ -284,16 +301,20 @@ class UserNamespace {
       throw new DaemonError('virtiofsd', message, logTail(logFile), cause === undefined ? {} : { cause });
     };
     const own = fs.readlinkSync('/proc/self/ns/user');
+    const ownNet = fs.readlinkSync('/proc/self/ns/net');
     const started = Date.now();
     let id: string | undefined;
+    let net: string | undefined;
     for (;;) {
-      if (!isAlive(holder)) fail(`${UNSHARE} --user exited: no user namespace (are user namespaces enabled?)`);
+      if (!isAlive(holder)) fail(`${UNSHARE} --user --net exited: no user namespace (are user namespaces enabled?)`);
       try {
         id = fs.readlinkSync(`/proc/${holder.pid}/ns/user`);
+        net = fs.readlinkSync(`/proc/${holder.pid}/ns/net`);
       } catch {
         id = undefined;
       }
-      if (id !== undefined && id !== own) break;
+      // unshare(2) makes both at once, so the new user namespace comes with the new network one.
+      if (id !== undefined && net !== undefined && id !== own && net !== ownNet) break;
       if (signal?.aborted) {
         native().closeFd(write);
         throw new AbortError('virtiofsd start', { cause: signal.reason });
@@ -308,7 +329,7 @@ class UserNamespace {
     } catch (error) {
       fail(`cannot map ids into the user namespace: ${(error as Error).message}`, error);
     }
-    return new UserNamespace(holder, id, write);
+    return new UserNamespace(holder, id, net!, write);
   }
 
   /** Lets the holder exit (the namespace lives on while virtiofsd is in it). Idempotent. */
@@ -318,8 +339,21 @@ class UserNamespace {
   }
 }
 
-/** Throws unless process `pid` is `binary` (nsenter did not fork) with exactly the host ids of `user`, no groups, in user namespace `ns` mapped as asked. */
-function checkUnprivileged(pid: number, binary: string, user: Required<VirtiofsdUser>, ns: string): void {
+/**
+ * Throws unless `user.uid` (no capability over host root's `/`: that owner is not in its map) may
+ * open `/` for reading, which `sandbox=namespace` does before its pivot_root.
+ */
+function checkRootReadable(user: Required<VirtiofsdUser>): void {
+  const root = fs.statSync('/');
+  const bits = root.uid === user.uid ? 0o400 : root.gid === user.gid ? 0o040 : 0o004;
+  if ((root.mode & bits) === 0) {
+    const mode = (root.mode & 0o7777).toString(8).padStart(4, '0');
+    throw new InvalidArgumentError('sandbox', `"namespace" opens the host's / for reading before its pivot_root, and / is mode ${mode}, which uid ${user.uid} cannot read: use "chroot" (the default with user)`);
+  }
+}
+
+/** Throws unless process `pid` is `binary` (nsenter did not fork) with exactly the host ids of `user`, no groups, in the user and network namespaces of `ns`, mapped as asked. */
+function checkUnprivileged(pid: number, binary: string, user: Required<VirtiofsdUser>, ns: UserNamespace): void {
   const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
   const field = (name: string): string => status.match(new RegExp(`^${name}:[ \\t]*(.*)$`, 'mu'))?.[1]?.trim() ?? '';
   const ids = (name: string): number[] => field(name).split(/\s+/u).map(Number);
@@ -330,7 +364,8 @@ function checkUnprivileged(pid: number, binary: string, user: Required<Virtiofsd
     ids('Uid').every((id) => id === user.uid) ? '' : `uids ${field('Uid')}`,
     ids('Gid').every((id) => id === user.gid) ? '' : `gids ${field('Gid')}`,
     field('Groups') === '' ? '' : `groups ${field('Groups')}`,
-    fs.readlinkSync(`/proc/${pid}/ns/user`) === ns ? '' : 'another user namespace',
+    fs.readlinkSync(`/proc/${pid}/ns/user`) === ns.id ? '' : 'another user namespace',
+    fs.readlinkSync(`/proc/${pid}/ns/net`) === ns.net ? '' : 'another network namespace',
     uidMap.join(' ') === `0 ${user.uid} ${user.count}` ? '' : `uid_map ${uidMap.join(' ')}`,
     gidMap.join(' ') === `0 ${user.gid} ${user.count}` ? '' : `gid_map ${gidMap.join(' ')}`,
   ].filter(Boolean);

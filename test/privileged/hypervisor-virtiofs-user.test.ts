@@ -195,15 +195,14 @@ describe('virtio-fs served by a virtiofsd without root (Virtiofsd.start user)', 
     expect(fs.statSync(path.join(share, 'host-root-file'))).toMatchObject({ uid: 0, gid: 0 });
     expect(fs.statSync(path.join(share, 'host-root-file')).mode & 0o777).toBe(0o644);
 
-    // The sandboxed worker: the same unprivileged ids, its root the share, in its own mount namespace inside the user namespace.
-    const [worker] = children(pid);
-    expect(worker).toBeDefined();
-    expect(status(worker!)['Uid']!.split(/\s+/u).map(Number)).toEqual([BASE, BASE, BASE, BASE]);
-    expect(fs.readlinkSync(`/proc/${worker}/ns/user`)).toBe(ns);
-    expect(fs.readlinkSync(`/proc/${worker}/ns/mnt`)).not.toBe(fs.readlinkSync('/proc/self/ns/mnt'));
-    expect(fs.readdirSync(`/proc/${worker}/root`).sort()).toEqual(fs.readdirSync(share).sort());
-    const both = [pid, worker!].sort((a, b) => a - b);
-    expect(await inUserNamespace(ns, both)).toEqual(both);
+    // Confined (sandbox=chroot, the default with user): the same process, its root the share, off the host's network, alone in its namespaces.
+    expect(fs.readdirSync(`/proc/${pid}/root`).sort()).toEqual(fs.readdirSync(share).sort());
+    const net = fs.readlinkSync(`/proc/${pid}/ns/net`);
+    expect(net).not.toBe(fs.readlinkSync('/proc/self/ns/net'));
+    const links = fs.readFileSync(`/proc/${pid}/net/dev`, 'utf8').split('\n').slice(2).filter(Boolean).map((line) => line.split(':')[0]!.trim());
+    expect(links).toEqual(['lo']);
+    expect(children(pid)).toEqual([]);
+    expect(await inUserNamespace(ns, [pid])).toEqual([pid]);
 
     const result = await vm.shutdown({ graceful: async () => shell.send('umount /mnt/share; poweroff -f') });
     expect(result.method).toBe('graceful');
@@ -276,6 +275,13 @@ describe('virtio-fs served by a virtiofsd without root (Virtiofsd.start user)', 
     await expect(start({ uid: BASE, gid: BASE, count: 0 })).rejects.toMatchObject({ field: 'user.count' });
     await expect(start({ uid: BASE, gid: BASE, shift: 1 })).rejects.toMatchObject({ field: 'user.shift' });
     await expect(start(USER, { socketOwner: { uid: 0, gid: 0 } })).rejects.toMatchObject({ field: 'socketOwner.uid' });
+    // sandbox=namespace opens the host's / for reading: refused before any spawn where the uid cannot (a 0711 root).
+    if ((fs.statSync('/').mode & 0o004) === 0) {
+      await expect(start(USER, { sandbox: 'namespace' })).rejects.toMatchObject({ constructor: InvalidArgumentError, field: 'sandbox', message: expect.stringMatching(/mode 0711|mode 07/u) });
+      expect(await mappedTo(BASE)).toEqual([]);
+    } else {
+      await (await start(USER, { sandbox: 'namespace' })).stop();
+    }
     expect(fs.existsSync(socket)).toBe(false);
 
     // runDir is root's 0700: the unprivileged daemon cannot reach it, and says so; nothing is left.
