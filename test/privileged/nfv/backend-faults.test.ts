@@ -11,8 +11,9 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { hugepagePool } from '../../../src/devices/hugepages.js';
-import { expectNothingLeft, forceCleanup, makeStateDir, runcSpecBundle, runScript, skipReason as vmSkip } from '../sandbox/fixture.js';
+import { makeStateDir, runcSpecBundle, runScript, skipReason as vmSkip } from '../sandbox/fixture.js';
 import { Testpmd, testpmdSkipReason } from '../../../benchmarks/lib/testpmd.js';
+import { tearDown } from './testpmd-fixture.js';
 
 const skipReason = vmSkip ?? (await testpmdSkipReason());
 const tag = `vt${randomBytes(2).toString('hex')}`;
@@ -49,17 +50,7 @@ describe.skipIf(skipReason)(`a vhost-user backend killed under a sandbox${skipRe
     await sandbox.start();
   });
 
-  afterAll(async () => {
-    try {
-      await sandbox?.delete({ force: true });
-      await testpmd?.stop();
-      await expectNothingLeft(stateDir);
-      expect((await hugepagePool('2M')).total).toBe(poolBefore);
-      expect(await fs.readdir('/var/run/dpdk').catch(() => [])).not.toContain(`${tag}a`);
-    } finally {
-      await forceCleanup(stateDir);
-    }
-  });
+  afterAll(() => tearDown({ sandbox, testpmd, stateDir, poolBefore, prefix: `${tag}a` }));
 
   it('testpmd killed: the sandbox runs on, the NIC loses its carrier; a NIC plugged anew on the restarted backend carries traffic', async () => {
     const ok = await runScript(sandbox, { bundle }, pingScript('52:54:00:78:00:01', '192.0.2.1', '192.0.2.2', 3));

@@ -15,8 +15,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { hugepagePool } from '../../../src/devices/hugepages.js';
 import { Volume } from '../../../src/volume/volume.js';
-import { collect, expectNothingLeft, forceCleanup, makeStateDir, runcSpecBundle, skipReason as vmSkip , runScript } from '../sandbox/fixture.js';
+import { collect, makeStateDir, runcSpecBundle, skipReason as vmSkip, runScript } from '../sandbox/fixture.js';
 import { Testpmd, testpmdSkipReason } from '../../../benchmarks/lib/testpmd.js';
+import { tearDown } from './testpmd-fixture.js';
 
 const exec = promisify(execFile);
 const skipReason = vmSkip ?? (await testpmdSkipReason());
@@ -80,17 +81,7 @@ describe.skipIf(skipReason)(`vhost-user and hugepages in a sandbox${skipReason ?
     await sandbox.start();
   });
 
-  afterAll(async () => {
-    try {
-      await sandbox?.delete({ force: true });
-      await testpmd?.stop();
-      await expectNothingLeft(stateDir);
-      expect((await hugepagePool('2M')).total).toBe(poolBefore);
-      expect(await fs.readdir('/var/run/dpdk').catch(() => [])).not.toContain(`${tag}a`);
-    } finally {
-      await forceCleanup(stateDir);
-    }
-  });
+  afterAll(() => tearDown({ sandbox, testpmd, stateDir, poolBefore, prefix: `${tag}a` }));
 
   it('backs guest RAM with hugepages from a reservation and a hugetlbfs mount of its own', async () => {
     const cmdline = (await fs.readFile(`/proc/${sandbox.pid}/cmdline`, 'utf8')).split('\0');
