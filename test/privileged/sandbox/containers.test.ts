@@ -57,7 +57,7 @@ describe.skipIf(skipReason)(`containers in a sandbox${skipReason ? ` (skipped: $
       spec.process.terminal = false;
       spec.process.args = ['sh', '-c', 'echo "$GREETING"; pwd; id -u; id -g; hostname'];
       spec.process.env.push('GREETING=hello from runc spec');
-      spec.process.cwd = '/work';
+      spec.process.cwd = '/scratch';
       spec.process.user = { uid: 1000, gid: 1000 };
       spec.hostname = 'specbox';
       spec.root.readonly = false;
@@ -69,7 +69,7 @@ describe.skipIf(skipReason)(`containers in a sandbox${skipReason ? ` (skipped: $
     const status = await c.wait();
     expect((await err).toString()).toBe('');
     expect(status.exitCode).toBe(0);
-    expect((await out).toString().split('\n')).toEqual(['hello from runc spec', '/work', '1000', '1000', 'specbox', '']);
+    expect((await out).toString().split('\n')).toEqual(['hello from runc spec', '/scratch', '1000', '1000', 'specbox', '']);
     await c.delete();
   });
 
@@ -240,15 +240,15 @@ describe.skipIf(skipReason)(`containers in a sandbox${skipReason ? ` (skipped: $
     const one = await sandbox.createContainer({ id: 'one', rootfs, process: { args: ['sleep', '30'] } });
     await one.start();
     expect(await binds()).toHaveLength(1);
-    const two = await sandbox.createContainer({ id: 'two', rootfs, process: { args: ['sh', '-c', 'echo from two > /work/marker'] } });
+    const two = await sandbox.createContainer({ id: 'two', rootfs, process: { args: ['sh', '-c', 'echo from two > /scratch/marker'] } });
     await two.start();
     expect((await two.wait()).exitCode).toBe(0);
     expect(await binds()).toHaveLength(1);
     // The same directory, as with `runc run` of one bundle twice: the write is on the host.
-    expect(await fs.readFile(path.join(rootfs, 'work/marker'), 'utf8')).toBe('from two\n');
+    expect(await fs.readFile(path.join(rootfs, 'scratch/marker'), 'utf8')).toBe('from two\n');
     await two.delete();
     expect(await binds()).toHaveLength(1); // "one" still runs from it
-    const exec = await one.exec({ args: ['cat', '/work/marker'] });
+    const exec = await one.exec({ args: ['cat', '/scratch/marker'] });
     const execOut = collect(exec.stdout);
     expect((await exec.wait()).exitCode).toBe(0);
     expect((await execOut).toString()).toBe('from two\n');

@@ -66,7 +66,7 @@ export async function forceCleanup(stateDir: string): Promise<void> {
 /** Makes `dir/rootfs` a busybox root filesystem. */
 export async function busyboxRootfs(dir: string): Promise<string> {
   const rootfs = path.join(dir, 'rootfs');
-  for (const sub of ['bin', 'etc', 'proc', 'sys', 'dev', 'tmp', 'root', 'home/app', 'work']) {
+  for (const sub of ['bin', 'etc', 'proc', 'sys', 'dev', 'tmp', 'root', 'home/app', 'scratch']) {
     await fs.mkdir(path.join(rootfs, sub), { recursive: true });
   }
   await fs.copyFile('/bin/busybox', path.join(rootfs, 'bin/busybox'));

@@ -157,9 +157,9 @@ describe.skipIf(skipReason)(`a sandbox whose virtiofsd runs without root (shared
             args: ['sh', '-c', [
               "stat -c '%n %u:%g' / /bin/busybox /etc/passwd /home/app /data /data/from-host",
               'echo by-root > /data/by-root',
-              'echo in-rootfs > /work/by-root',
+              'echo in-rootfs > /scratch/by-root',
               "su app -s /bin/sh -c 'echo by-app > /data/by-app; id -u'",
-              "stat -c '%n %u:%g' /data/by-root /data/by-app /work/by-root",
+              "stat -c '%n %u:%g' /data/by-root /data/by-app /scratch/by-root",
             ].join(' && ')],
             cwd: '/',
             env: ['PATH=/bin'],
@@ -189,7 +189,7 @@ describe.skipIf(skipReason)(`a sandbox whose virtiofsd runs without root (shared
         '1000',
         '/data/by-root 0:0',
         '/data/by-app 1000:1000',
-        '/work/by-root 0:0',
+        '/scratch/by-root 0:0',
         '',
       ]);
       await c.delete();
@@ -201,7 +201,7 @@ describe.skipIf(skipReason)(`a sandbox whose virtiofsd runs without root (shared
       expect(await fs.readFile(path.join(data, 'by-root'), 'utf8')).toBe('by-root\n');
       expect(await owner(path.join(data, 'by-root'))).toEqual([0, 0]);
       expect(await owner(path.join(data, 'by-app'))).toEqual([1000, 1000]);
-      expect(await owner(path.join(rootfs, 'work', 'by-root'))).toEqual([0, 0]);
+      expect(await owner(path.join(rootfs, 'scratch', 'by-root'))).toEqual([0, 0]);
 
       // A read-only directory volume with a tmpfs mounted inside it on the host before it is attached.
       const volumeSource = path.join(work, 'volume');
@@ -299,7 +299,7 @@ describe.skipIf(skipReason)(`a sandbox whose virtiofsd runs without root (shared
 
       // A second boot makes the share the same way, from the config.
       await sandbox.start();
-      expect(await runScript(sandbox, { rootfs }, "stat -c '%u:%g' /bin/busybox /work/by-root")).toMatchObject({ code: 0, out: '0:0\n0:0\n' });
+      expect(await runScript(sandbox, { rootfs }, "stat -c '%u:%g' /bin/busybox /scratch/by-root")).toMatchObject({ code: 0, out: '0:0\n0:0\n' });
       await sandbox.stop();
       expect(await rangeProcessesGone()).toEqual([]);
       await sandbox.delete();
