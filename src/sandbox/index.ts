@@ -14,3 +14,4 @@ export { planEndpoints, type AddNetworkOptions, type RescanResult, type SandboxI
 export type { VhostUserNicInfo } from './resources/vhost-user.js';
 export type { PciDeviceInfo } from './resources/pci-devices.js';
 export { RootfsImageError } from './resources/volumes/container.js';
+export { abortOnSignals, InterruptedError, type AbortOnSignalsOptions } from '../signals.js';
