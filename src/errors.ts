@@ -79,19 +79,22 @@ export class SystemError extends VmpodError {
 export class InvalidStateError extends VmpodError {
   /**
    * `from` is the current state; `to` the state the call would go to, or, with `action` (a call
-   * that needs a state rather than changing it), the state that call needs.
+   * that needs a state rather than changing it), the state that call needs. `hint` says what to
+   * do about it. `message` replaces the generic text (the state machine words it for sandboxes
+   * and containers: `cannot delete sandbox "web": it is running; stop it first, ...`).
    */
   constructor(
     readonly object: string,
     readonly from: string,
     readonly to: string,
-    options: VmpodErrorOptions & { action?: string; hint?: string } = {},
+    options: VmpodErrorOptions & { action?: string; hint?: string; message?: string } = {},
   ) {
     super(
       'ERR_VMPOD_INVALID_STATE',
-      (options.action === undefined
-        ? `${object}: cannot go from "${from}" to "${to}"`
-        : `${object}: is "${from}"; ${options.action} needs "${to}"`) + (options.hint === undefined ? '' : ` (${options.hint})`),
+      (options.message ??
+        (options.action === undefined
+          ? `${object}: cannot go from "${from}" to "${to}"`
+          : `${object} is "${from}": ${options.action} needs it "${to}"`)) + (options.hint === undefined ? '' : `; ${options.hint}`),
       options,
     );
   }
@@ -101,6 +104,22 @@ export class InvalidStateError extends VmpodError {
 export class AbortError extends VmpodError {
   constructor(what: string, options: VmpodErrorOptions = {}) {
     super('ERR_VMPOD_ABORTED', `${what} was aborted`, options);
+  }
+}
+
+/**
+ * A container's process could not be executed: its command was not found (`reason`
+ * `not-found`: docker and shells exit 127) or is not executable (`not-executable`, e.g. a
+ * directory, no execute permission, a wrong binary format: 126). `cause` is the guest's answer.
+ */
+export class ExecFailedError extends VmpodError {
+  constructor(
+    readonly command: string,
+    readonly reason: 'not-found' | 'not-executable',
+    message: string,
+    options: VmpodErrorOptions = {},
+  ) {
+    super(reason === 'not-found' ? 'ERR_VMPOD_COMMAND_NOT_FOUND' : 'ERR_VMPOD_COMMAND_NOT_EXECUTABLE', message, options);
   }
 }
 

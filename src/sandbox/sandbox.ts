@@ -23,10 +23,11 @@ import fs from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { EventEmitter } from 'eventemitter3';
 import type { AgentClient } from '../agent/client.js';
+import { AgentClosedError } from '../agent/errors.js';
 import type { ContainerInfo, ExitStatus } from '../agent/messages.js';
 import { runAll } from '../cleanup.js';
 import { Container, Process, type ContainerHost } from '../container/container.js';
-import { AbortError, InvalidArgumentError, InvalidStateError, NotFoundError, TimeoutError } from '../errors.js';
+import { AbortError, InvalidArgumentError, NotFoundError, TimeoutError } from '../errors.js';
 import type { Hypervisor, SpawnedVm, VirtualMachine, VmExit } from '../hypervisor/hypervisor.js';
 import { QemuHypervisor } from '../hypervisor/qemu/hypervisor.js';
 import { closeFds } from '../network/endpoints/index.js';
@@ -66,12 +67,19 @@ import { VOLUMES_KIND, detachVolume, hotplugVolume, volumesState, type VolumesSt
 import { PCI_DEVICES_KIND, addPciDevice, pciDevices, unplugPci, type PciDeviceInfo, type PciDevicesState } from './resources/pci-devices.js';
 import { VHOST_USER_KIND, addNic, unplugNic, vhostUserNics, type VhostUserNicInfo, type VhostUserState } from './resources/vhost-user.js';
 import { STREAM_PORTS_KIND, parseStreamPorts, reopenPort } from './resources/stream-ports.js';
-import { TRANSITIONAL_STATES, VM_STATES, assertTransition, type SandboxState } from './state-machine.js';
+import { TRANSITIONAL_STATES, VM_STATES, assertTransition, stateError, type SandboxState } from './state-machine.js';
 import { volumeInfo, type LookupOptions, type SandboxDevices, type SandboxEvents, type SandboxInfo, type StopInfo, type VolumeInfo } from './types.js';
 
 export type { SandboxConfig, SandboxState, ContainerConfig };
 export type { LookupOptions, SandboxCallOptions, SandboxDevices, SandboxEvents, SandboxInfo, StopInfo, VolumeInfo } from './types.js';
 export { SandboxError };
+
+/** What {@link Sandbox.start}'s race against the VM's exit rejects with; made a SandboxError once the console's last lines are in. */
+class VmExitedDuringStart extends Error {
+  constructor(readonly exit: VmExit) {
+    super(`the VM exited during start (${exit.detail})`);
+  }
+}
 
 /** How long stop() waits for the agent to take the power-off request before it moves on. */
 const AGENT_ANSWER_MS = 3_000;
@@ -357,34 +365,42 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   }
 
   #checkStartable(state: SandboxState): void {
-    if (state === 'paused') throw new InvalidStateError(this.label, state, 'starting', { hint: 'start() boots a VM: resume() a paused one' });
+    if (state === 'paused') throw stateError('sandbox', this.label, state, 'starting', { hint: 'start() boots a VM: resume() a paused one' });
     assertTransition('sandbox', this.label, state, 'starting', state === 'running' ? 'start() boots a VM that does not run' : undefined);
   }
 
   /**
    * The error a failed start() reports, by what ended it: another process (that stopped or
-   * deleted the sandbox meanwhile), the caller's signal, a daemon of the boot that died, the
-   * boot's deadline, or a VM that exited (its agent connection breaks first: the exit is waited
-   * for a moment, so that the console tail is what the caller sees rather than a closed socket).
+   * deleted the sandbox meanwhile), the caller's signal (an {@link AbortError} naming the start;
+   * what was under way, e.g. the agent's handshake, stays in `cause`), a daemon of the boot that
+   * died, the boot's deadline, or a guest that died: its VM exited, or its agent's connection
+   * broke. Either of those two may be heard of first (a dying QEMU's chardev sockets close before
+   * its exit is known), so both give a {@link SandboxError} with the console's tail, read once
+   * the VM's log writer has copied what the VM left in its pipe (the panic's last lines).
    */
   async #whyStartFailed(
     caught: unknown,
     how: { owner: { token: string }; vm: VirtualMachine | undefined; cancelled: boolean; died: AbortSignal; deadline: AbortSignal; bootTimeoutMs: number },
   ): Promise<Error> {
-    const cause = caught as Error;
+    const exited = caught instanceof VmExitedDuringStart ? caught.exit : undefined;
+    const cause = (exited ? undefined : caught) as Error | undefined;
     if (caught instanceof SupersededError) return new SandboxError(this.id, caught.message, { cause: caught });
     const record = await this.#journal.read().catch(() => undefined);
     if (!record || record.op?.owner.token !== how.owner.token) {
       const what = record ? (record.state === 'starting' ? 'restarted' : record.state) : 'deleted';
-      return new SandboxError(this.id, `was ${what} by another process while it was starting`, { cause: new SupersededError(this.id, cause.message) });
+      return new SandboxError(this.id, `was ${what} by another process while it was starting`, { cause: new SupersededError(this.id, cause?.message ?? 'the VM exited') });
     }
-    if (how.cancelled) return cause;
+    if (how.cancelled) return new AbortError(`${this.label}: start`, { cause });
     if (how.died.aborted) return how.died.reason as Error;
     if (how.deadline.aborted) return new TimeoutError(`${this.label}: start (the VM and its agent)`, how.bootTimeoutMs, { cause });
     // Without a control channel, ready() failed: its error says how the VM ended.
-    const exit = await how.vm?.waitForExit(AbortSignal.timeout(VM_EXIT_GRACE_MS)).catch(() => undefined);
-    if (exit) return new SandboxError(this.id, `the VM exited during start (${exit.detail}); console:\n${logTail(this.consoleLog)}`, { cause });
-    return cause;
+    const exit = exited ?? (await how.vm?.waitForExit(AbortSignal.timeout(VM_EXIT_GRACE_MS)).catch(() => undefined));
+    if (!exit && !(cause instanceof AgentClosedError)) return cause!;
+    const logger = record.boot?.logger;
+    if (exit && logger) await waitForProcessExit(logger, VM_EXIT_GRACE_MS).catch(() => false);
+    const tail = logTail(this.consoleLog);
+    const what = exit ? `the VM exited during start (${exit.detail})` : `the guest's agent hung up during start (${cause!.message})`;
+    return new SandboxError(this.id, `${what}; console:\n${tail}`, cause === undefined ? {} : { cause });
   }
 
   /** Rejects when `vm` exits first: a guest that dies during boot must not leave us waiting. */
@@ -392,7 +408,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     const abort = new AbortController();
     const exited = vm.waitForExit(abort.signal).then(
       (exit) => {
-        throw new SandboxError(this.id, `the VM exited during start (${exit.detail}); console:\n${logTail(this.consoleLog)}`);
+        throw new VmExitedDuringStart(exit);
       },
       () => new Promise<never>(() => undefined),
     );
@@ -405,7 +421,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
    * powers the guest off; after `timeoutMs` (default 10 s; 0: at once) the hypervisor is told to
    * quit, then killed. A silent agent or control channel is given a few seconds, never more: the
    * VM is killed through the pid the record holds, so stop always finishes. A sandbox that is
-   * already `stopped` (its VM died, another process stopped it) is left as it is.
+   * already `stopped` (its VM died, another process stopped it), or was never started
+   * (`created`), is left as it is: stop is idempotent.
    */
   async stop(options: CallOptions = {}): Promise<void> {
     const timeoutMs = checkedTimeout(options.timeoutMs, 10_000);
@@ -422,7 +439,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     try {
       const boot = await this.#journal.transact((tx) => {
         const r = tx.record;
-        if (r.state === 'stopped') return null; // its VM died, or another process stopped it, meanwhile
+        if (r.state === 'stopped' || r.state === 'created') return null; // never started, or its VM died, or another process stopped it, meanwhile
         if (r.state !== 'stopping' && r.state !== 'starting') assertTransition('sandbox', this.label, r.state, 'stopping');
         r.state = 'stopping';
         r.op = { kind: 'stop', owner, since: new Date().toISOString() };
@@ -518,7 +535,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       await this.#journal.transact(async (tx) => {
         const r = tx.record;
         if (r.state === 'deleting' && ownerAlive(r.op?.owner) && !ownedHere(r.op?.owner)) {
-          throw new InvalidStateError(this.label, r.state, 'deleting', { hint: `process ${r.op!.owner.pid} is deleting it` });
+          throw stateError('sandbox', this.label, r.state, 'deleting', { hint: `process ${r.op!.owner.pid} is deleting it` });
         }
         if (r.state !== 'deleting') assertTransition('sandbox', this.label, r.state, 'deleting');
         r.state = 'deleting';
@@ -560,7 +577,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   /** Thaws the VM's vCPUs (`paused` -> `running`); QMP `cont`. */
   async resume(options: CallOptions = {}): Promise<void> {
     const record = await this.record();
-    if (record.state !== 'paused') throw new InvalidStateError(this.label, record.state, 'paused', { action: 'resume()' });
+    if (record.state !== 'paused') throw stateError('sandbox', this.label, record.state, 'paused', { action: 'resume()' });
     const vm = await this.#connections.vmControl(record.boot!, options);
     await vm.resume(options);
     await this.#journal.transact((tx) => {
@@ -722,7 +739,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   async #session(options: CallOptions = {}, action = 'talking to the guest', pausedToo = false): Promise<GuestSession> {
     const record = await this.record();
     if (!record.boot || (record.state !== 'running' && !(pausedToo && record.state === 'paused'))) {
-      throw new InvalidStateError(this.label, record.state, 'running', { action });
+      throw stateError('sandbox', this.label, record.state, 'running', { action });
     }
     const boot = record.boot;
     const link = await this.#connections.agent(boot, { signal: options.signal, timeoutMs: options.timeoutMs ?? 30_000 });
@@ -794,7 +811,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
    */
   async reopenOutput(id: string, fd: 'stdout' | 'stderr', options: CallOptions = {}): Promise<Readable> {
     const record = await this.record();
-    if (record.state !== 'running' || !record.boot) throw new InvalidStateError(this.label, record.state, 'running', { action: 'reading a container output' });
+    if (record.state !== 'running' || !record.boot) throw stateError('sandbox', this.label, record.state, 'running', { action: 'reading a container output' });
     return reopenPort(parseStreamPorts(record.resources[STREAM_PORTS_KIND]), this.dir, record.boot.dir, validate.id(id, 'id'), fd, options.signal);
   }
 

@@ -72,10 +72,58 @@ export function isValidContainerTransition(from: ContainerState, to: ContainerSt
   return CONTAINER_TRANSITIONS[from].includes(to);
 }
 
-/** Throws {@link InvalidStateError} unless `from -> to` is legal for `object` (e.g. `sandbox "web"`). */
+/** A state in words: `is running`, `has exited`, ... (what follows the object's name). */
+function stateWords(kind: 'sandbox' | 'container', state: string): string {
+  if (kind === 'container') {
+    if (state === 'stopped') return 'has exited';
+    if (state === 'created') return 'has not been started';
+    if (state === 'deleted') return 'was deleted';
+  } else if (state === 'created') {
+    return 'has not been started';
+  } else if (state === 'deleted') {
+    return 'was deleted';
+  }
+  return `is ${state}`;
+}
+
+/** The operation that goes to `to`, as a user calls it. */
+const OPERATIONS: Readonly<Record<'sandbox' | 'container', Readonly<Record<string, string>>>> = {
+  sandbox: { starting: 'start', running: 'resume', paused: 'pause', stopping: 'stop', stopped: 'stop', deleting: 'delete', deleted: 'delete' },
+  container: { created: 'create', running: 'start', stopped: 'stop', deleted: 'delete' },
+};
+
+/** What to do about `from` for an operation that goes to (or needs) `to`, when there is something obvious. */
+function defaultHint(kind: 'sandbox' | 'container', from: string, to: string): string | undefined {
+  if (kind === 'sandbox') {
+    if ((to === 'deleting' || to === 'deleted') && VM_STATES.has(from as SandboxState)) return 'stop it first, or delete it with force';
+    if ((to === 'running' || to === 'paused' || to === 'stopping') && (from === 'created' || from === 'stopped')) return 'start it first';
+    if (to === 'running' && from === 'paused') return 'resume it first';
+  } else if (to === 'deleted' && from === 'running') {
+    return 'kill it first, or delete it with force';
+  }
+  return undefined;
+}
+
+/**
+ * The {@link InvalidStateError} of a call in the wrong state, in a user's terms: the operation,
+ * the object, its state and (with a `hint`, or one that goes without saying) what to do:
+ * `cannot delete sandbox "web": it is running; stop it first, or delete it with force`. With
+ * `action` (a call that needs state `to` rather than going to it):
+ * `container "c" in sandbox "web" has exited: exec needs it running`.
+ */
+export function stateError(kind: 'sandbox' | 'container', object: string, from: string, to: string, options: { action?: string; hint?: string } = {}): InvalidStateError {
+  const hint = options.hint ?? defaultHint(kind, from, to);
+  const message =
+    options.action === undefined
+      ? `cannot ${OPERATIONS[kind][to] ?? `go to "${to}" with`} ${object}: it ${stateWords(kind, from)}`
+      : `${object} ${stateWords(kind, from)}: ${options.action} needs it ${to}`;
+  return new InvalidStateError(object, from, to, { message, ...(hint === undefined ? {} : { hint }), ...(options.action === undefined ? {} : { action: options.action }) });
+}
+
+/** Throws {@link InvalidStateError} unless `from -> to` is legal for `object` (e.g. `sandbox "web"`); see {@link stateError}. */
 export function assertTransition(kind: 'sandbox', object: string, from: SandboxState, to: SandboxState, hint?: string): void;
 export function assertTransition(kind: 'container', object: string, from: ContainerState, to: ContainerState, hint?: string): void;
 export function assertTransition(kind: 'sandbox' | 'container', object: string, from: string, to: string, hint?: string): void {
   const table: Readonly<Record<string, readonly string[]>> = kind === 'sandbox' ? SANDBOX_TRANSITIONS : CONTAINER_TRANSITIONS;
-  if (!table[from]?.includes(to)) throw new InvalidStateError(object, from, to, hint === undefined ? {} : { hint });
+  if (!table[from]?.includes(to)) throw stateError(kind, object, from, to, hint === undefined ? {} : { hint });
 }

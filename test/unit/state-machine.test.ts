@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { assertTransition, isValidContainerTransition, isValidSandboxTransition } from '../../src/sandbox/state-machine.js';
+import { assertTransition, isValidContainerTransition, isValidSandboxTransition, stateError } from '../../src/sandbox/state-machine.js';
 import { InvalidStateError } from '../../src/errors.js';
 
 describe('sandbox state machine', () => {
@@ -27,7 +27,31 @@ describe('sandbox state machine', () => {
     expect((error as InvalidStateError).code).toBe('ERR_VMPOD_INVALID_STATE');
     expect((error as InvalidStateError).from).toBe('running');
     expect((error as InvalidStateError).to).toBe('deleted');
-    expect((error as Error).message).toBe('sandbox "a": cannot go from "running" to "deleted"');
+    expect((error as Error).message).toBe('cannot delete sandbox "a": it is running; stop it first, or delete it with force');
+  });
+  it('words state errors as the operation, the object, its state and what to do', () => {
+    const message = (fn: () => void): string => {
+      try {
+        fn();
+      } catch (e) {
+        expect(e).toBeInstanceOf(InvalidStateError);
+        return (e as Error).message;
+      }
+      throw new Error('no error');
+    };
+    expect(message(() => assertTransition('sandbox', 'sandbox "web"', 'running', 'deleting'))).toBe('cannot delete sandbox "web": it is running; stop it first, or delete it with force');
+    expect(message(() => assertTransition('sandbox', 'sandbox "web"', 'created', 'paused'))).toBe('cannot pause sandbox "web": it has not been started; start it first');
+    expect(message(() => assertTransition('sandbox', 'sandbox "web"', 'stopped', 'paused'))).toBe('cannot pause sandbox "web": it is stopped; start it first');
+    expect(message(() => assertTransition('sandbox', 'sandbox "web"', 'running', 'starting', 'it runs already'))).toBe('cannot start sandbox "web": it is running; it runs already');
+    expect(message(() => assertTransition('container', 'container "c"', 'stopped', 'running'))).toBe('cannot start container "c": it has exited');
+    expect(message(() => assertTransition('container', 'container "c"', 'running', 'deleted'))).toBe('cannot delete container "c": it is running; kill it first, or delete it with force');
+    // A call that needs a state rather than going to one.
+    const needs = stateError('container', 'container "c" in sandbox "web"', 'stopped', 'running', { action: 'exec' });
+    expect(needs).toMatchObject({ code: 'ERR_VMPOD_INVALID_STATE', from: 'stopped', to: 'running', message: 'container "c" in sandbox "web" has exited: exec needs it running' });
+    expect(stateError('sandbox', 'sandbox "web"', 'stopped', 'running', { action: 'creating a container' }).message).toBe(
+      'sandbox "web" is stopped: creating a container needs it running; start it first',
+    );
+    expect(stateError('sandbox', 'sandbox "web"', 'paused', 'running', { action: 'exec' }).message).toBe('sandbox "web" is paused: exec needs it running; resume it first');
   });
   it('checks containers', () => {
     expect(isValidContainerTransition('created', 'running')).toBe(true);

@@ -37,22 +37,22 @@ describe.skipIf(skipReason)(`sandbox lifecycle${skipReason ? ` (skipped: ${skipR
     const sandbox = await Sandbox.create({ stateDir, id: 'life' });
     expect(sandbox.state).toBe('created');
     await expect(sandbox.pause()).rejects.toThrow(InvalidStateError);
-    await expect(sandbox.pause()).rejects.toThrow('cannot go from "created" to "paused"');
+    await expect(sandbox.pause()).rejects.toThrow('cannot pause sandbox "life": it has not been started; start it first');
     await expect(Sandbox.create({ stateDir, id: 'life' })).rejects.toBeInstanceOf(AlreadyExistsError);
 
     await sandbox.start();
     expect(sandbox.state).toBe('running');
     expect((await Sandbox.list({ stateDir })).map((s) => [s.id, s.state])).toEqual([['life', 'running']]);
-    await expect(sandbox.delete()).rejects.toThrow('cannot go from "running" to "deleting"');
+    await expect(sandbox.delete()).rejects.toThrow('cannot delete sandbox "life": it is running; stop it first, or delete it with force');
 
     const ticker = await sandbox.createContainer({ process: { args: ['sh', '-c', 'while :; do date +%s; sleep 0.2; done'] } });
     await ticker.start();
     await sandbox.pause();
     expect(sandbox.state).toBe('paused');
-    await expect(sandbox.createContainer()).rejects.toThrow('sandbox "life": is "paused"; creating a container needs "running"');
+    await expect(sandbox.createContainer()).rejects.toThrow('sandbox "life" is paused: creating a container needs it running; resume it first');
     // A paused VM is resumed, never booted a second time; and only a paused one resumes.
     const pid = sandbox.pid;
-    await expect(sandbox.start()).rejects.toThrow('cannot go from "paused" to "starting" (start() boots a VM: resume() a paused one)');
+    await expect(sandbox.start()).rejects.toThrow('cannot start sandbox "life": it is paused; start() boots a VM: resume() a paused one');
     await expect(sandbox.start()).rejects.toBeInstanceOf(InvalidStateError);
     expect(sandbox.state).toBe('paused');
     expect(sandbox.pid).toBe(pid);
@@ -60,7 +60,7 @@ describe.skipIf(skipReason)(`sandbox lifecycle${skipReason ? ` (skipped: ${skipR
     await expect(ticker.stats({ signal: AbortSignal.timeout(1500) })).rejects.toThrow(/aborted/);
     await sandbox.resume();
     expect(sandbox.state).toBe('running');
-    await expect(sandbox.resume()).rejects.toThrow('is "running"; resume() needs "paused"');
+    await expect(sandbox.resume()).rejects.toThrow('sandbox "life" is running: resume() needs it paused');
     await expect(sandbox.start()).rejects.toBeInstanceOf(InvalidStateError);
     expect((await ticker.stats()).pids.current).toBeGreaterThan(0);
     await ticker.kill('SIGKILL');
