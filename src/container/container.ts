@@ -16,6 +16,7 @@ import { InvalidArgumentError } from '../errors.js';
 import * as validate from '../validate.js';
 import { DEFAULT_PATH, checkOverrides, type ProcessOverrides } from './spec.js';
 import type { CallOptions } from '../options.js';
+import type { ContainerInspection } from '../sandbox/inspect.js';
 
 export type { ContainerStats, ExitStatus };
 
@@ -44,6 +45,8 @@ export interface ContainerHost {
   releaseContainer(id: string): Promise<void>;
   /** Called when a container's init exited. */
   containerExited(id: string, status: ExitStatus): void;
+  /** What `container.inspect()` reports of container `id`. */
+  inspectContainer(id: string, options?: CallOptions): Promise<ContainerInspection>;
 }
 
 /** Options of {@link Container.exec}. */
@@ -236,6 +239,14 @@ export class Container extends EventEmitter<ContainerEvents> {
   /** CPU, memory and pids of the container's cgroup in the guest. */
   async stats(options: CallOptions = {}): Promise<ContainerStats> {
     return (await this.host.agent()).stats(this.id, options);
+  }
+
+  /**
+   * What the agent knows of the container, as plain JSON: state, init pid, bundle and rootfs in
+   * the guest, creation time, exit status, exec'd processes, and its cgroup's stats while it runs.
+   */
+  async inspect(options: CallOptions = {}): Promise<ContainerInspection> {
+    return this.host.inspectContainer(this.id, options);
   }
 
   /**

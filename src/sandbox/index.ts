@@ -15,3 +15,5 @@ export type { VhostUserNicInfo } from './resources/vhost-user.js';
 export type { PciDeviceInfo } from './resources/pci-devices.js';
 export { RootfsImageError } from './resources/volumes/container.js';
 export { abortOnSignals, InterruptedError, type AbortOnSignalsOptions } from '../signals.js';
+export type { RunEncoding, RunOptions, RunOutput, RunResult, RunSpec } from './run.js';
+export type { ContainerInspection, InspectedProcess, SandboxInspection } from './inspect.js';

@@ -69,6 +69,8 @@ import { VHOST_USER_KIND, addNic, unplugNic, vhostUserNics, type VhostUserNicInf
 import { STREAM_PORTS_KIND, parseStreamPorts, reopenPort } from './resources/stream-ports.js';
 import { TRANSITIONAL_STATES, VM_STATES, assertTransition, stateError, type SandboxState } from './state-machine.js';
 import { volumeInfo, type LookupOptions, type SandboxDevices, type SandboxEvents, type SandboxInfo, type StopInfo, type VolumeInfo } from './types.js';
+import { inspectContainer, inspectContainerInfo, inspectRecord, type ContainerInspection, type SandboxInspection } from './inspect.js';
+import { runContainer, runInNewSandbox, type RunEncoding, type RunOptions, type RunOutput, type RunResult, type RunSpec } from './run.js';
 
 export type { SandboxConfig, SandboxState, ContainerConfig };
 export type { LookupOptions, SandboxCallOptions, SandboxDevices, SandboxEvents, SandboxInfo, StopInfo, VolumeInfo } from './types.js';
@@ -901,6 +903,56 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   async devices(): Promise<SandboxDevices> {
     const record = await this.record();
     return { vhostUser: vhostUserNics(record.resources[VHOST_USER_KIND]), pci: pciDevices(record.resources[PCI_DEVICES_KIND]) };
+  }
+
+  // --- One-call runs, inspection -----------------------------------------------------------------
+
+  /**
+   * Runs a container to completion in a sandbox of its own, made for this call and deleted after
+   * it whatever happens (`docker run --rm`, dockerode's `docker.run`). `spec` is the command on
+   * the builtin busybox rootfs, or a container config (process fields may be at its top level);
+   * the result has the exit status and the output (strings, or Buffers with `encoding: 'buffer'`;
+   * at most `maxOutputBytes` each, default 1 MiB). `signal` and `timeoutMs` (boot included) kill
+   * the container and delete the sandbox.
+   *
+   * @example
+   * ```ts
+   * const { stdout, exitCode } = await Sandbox.run({ memoryMiB: 256 }, ['uname', '-r']);
+   * ```
+   */
+  static run<E extends RunEncoding = 'utf8'>(config: SandboxConfig, spec: RunSpec, options: RunOptions<E> = {}): Promise<RunResult<RunOutput<E>>> {
+    return runInNewSandbox((call) => Sandbox.create(config, call), spec, options);
+  }
+
+  /**
+   * Runs a container in this running sandbox to completion and deletes it: the exit status and
+   * the output, as {@link Sandbox.run} (whose options it takes; `timeoutMs` bounds the run).
+   *
+   * @example
+   * ```ts
+   * const r = await sandbox.run({ args: ['sh', '-c', 'cat; echo done >&2'] }, { input: 'hello\n' });
+   * // { exitCode: 0, signal: 0, oomKilled: false, stdout: 'hello\n', stderr: 'done\n', ... }
+   * ```
+   */
+  run<E extends RunEncoding = 'utf8'>(spec: RunSpec, options: RunOptions<E> = {}): Promise<RunResult<RunOutput<E>>> {
+    return runContainer(this, spec, options);
+  }
+
+  /**
+   * What vmpod knows of the sandbox, as plain JSON: state, config, host resources and processes,
+   * volumes, devices, networks and the guest's addresses from the record; while it runs, its
+   * containers as the agent reports them (`docker inspect`).
+   */
+  async inspect(options: CallOptions = {}): Promise<SandboxInspection> {
+    const record = await this.record();
+    const inspection = inspectRecord(record, this.dir, this.consoleLog);
+    if (record.state === 'running') inspection.containers = (await this.containers(options)).map((c) => inspectContainerInfo(this.id, c));
+    return inspection;
+  }
+
+  /** @internal Container `id` as `container.inspect()` reports it. */
+  async inspectContainer(id: string, options: CallOptions = {}): Promise<ContainerInspection> {
+    return inspectContainer(this.id, await this.agent(options), validate.id(id), options);
   }
 }
 
