@@ -6,13 +6,17 @@
  * @internal
  * @module
  */
-import { VmpodError } from '../errors.js';
+import { ExecFailedError, VmpodError } from '../errors.js';
 import { printable, printableField, printableJson } from '../printable.js';
 
 /** Exit code of a failure of vmpod itself (docker's convention: 125). */
 export const EXIT_FAILURE = 125;
 /** Exit code of a usage error. */
 export const EXIT_USAGE = 2;
+/** Exit code when the container's command exists but cannot be executed (docker, shells: 126). */
+export const EXIT_CANNOT_EXECUTE = 126;
+/** Exit code when the container's command is not found (docker, shells: 127). */
+export const EXIT_NOT_FOUND = 127;
 
 /** Thrown by commands for a usage mistake; printed with the command's usage. */
 export class UsageError extends VmpodError {
@@ -55,14 +59,28 @@ export function formatError(error: unknown, json: boolean): string {
     message += `\n  caused by: ${cause.message}`;
     cause = cause.cause;
   }
+  const hint = (error as { hint?: unknown } | null)?.hint;
+  if (typeof hint === 'string') message += `\n  ${hint}`;
   return `${printable(message)}\n`;
 }
 
 /**
- * Prints an error on stderr (with its code and causes) and returns the exit code to use:
- * {@link EXIT_USAGE} for a {@link UsageError} or when `usage` says it is one.
+ * The exit code of a command that failed with `error`, docker's convention: 2 for a usage error,
+ * 127 when the container's command was not found, 126 when it cannot be executed, 125 for any
+ * other failure of vmpod. (A process that ran exits with its own code, 128 + N when signal N
+ * killed it: see shellExitCode.)
+ */
+export function exitCodeOf(error: unknown, usage = false): number {
+  if (usage || error instanceof UsageError) return EXIT_USAGE;
+  if (error instanceof ExecFailedError) return error.reason === 'not-found' ? EXIT_NOT_FOUND : EXIT_CANNOT_EXECUTE;
+  return EXIT_FAILURE;
+}
+
+/**
+ * Prints an error on stderr (with its code and causes) and returns the exit code to use (see
+ * {@link exitCodeOf}): {@link EXIT_USAGE} for a {@link UsageError} or when `usage` says it is one.
  */
 export function reportError(error: unknown, json: boolean, usage = false): number {
   process.stderr.write(formatError(error, json));
-  return usage || error instanceof UsageError ? EXIT_USAGE : EXIT_FAILURE;
+  return exitCodeOf(error, usage);
 }

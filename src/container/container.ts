@@ -11,10 +11,10 @@ import type { Readable, Writable } from 'node:stream';
 import { EventEmitter } from 'eventemitter3';
 import type { AgentClient } from '../agent/client.js';
 import type { ContainerStats, ExitStatus, OciProcess } from '../agent/messages.js';
-import { assertTransition, type ContainerState } from '../sandbox/state-machine.js';
+import { assertTransition, stateError, type ContainerState } from '../sandbox/state-machine.js';
 import { InvalidArgumentError } from '../errors.js';
 import * as validate from '../validate.js';
-import { DEFAULT_PATH, checkOverrides, type ProcessOverrides } from './spec.js';
+import { DEFAULT_PATH, checkOverrides, execFailure, execStateFailure, type ProcessOverrides } from './spec.js';
 import type { CallOptions } from '../options.js';
 import type { ContainerInspection } from '../sandbox/inspect.js';
 
@@ -173,7 +173,10 @@ export class Container extends EventEmitter<ContainerEvents> {
   async start(options: CallOptions = {}): Promise<void> {
     assertTransition('container', this.#label(), this.#state, 'running');
     const agent = await this.host.agent(options);
-    await agent.startContainer(this.id, options);
+    // A command that cannot be executed is an ExecFailedError (the agent's answer is its cause).
+    await agent.startContainer(this.id, options).catch((error: unknown) => {
+      throw execFailure(error, this.#label()) ?? error;
+    });
     this.#state = 'running';
     this.#watchExit(agent);
   }
@@ -213,7 +216,7 @@ export class Container extends EventEmitter<ContainerEvents> {
 
   /** Runs another process in the running container (`runc exec`, `docker exec`). */
   async exec(options: ExecOptions): Promise<Process> {
-    if (this.#state !== 'running') assertTransition('container', this.#label(), this.#state, 'running');
+    if (this.#state !== 'running') throw stateError('container', this.#label(), this.#state, 'running', { action: 'exec' });
     checkOverrides(options, 'exec');
     if (!options.args) throw new InvalidArgumentError('exec.args', 'give the command to run');
     const execId = options.id === undefined ? `exec-${randomBytes(4).toString('hex')}` : validate.id(options.id, 'exec.id');
@@ -226,7 +229,9 @@ export class Container extends EventEmitter<ContainerEvents> {
     };
     if (options.user) process.user = options.user;
     const want = normaliseStdio(options.stdio, terminal);
-    const { pid } = await (await this.host.agent()).exec({ containerId: this.id, execId, process, stdio: want }, signalOnly(options));
+    const { pid } = await (await this.host.agent()).exec({ containerId: this.id, execId, process, stdio: want }, signalOnly(options)).catch((error: unknown) => {
+      throw execFailure(error, this.#label()) ?? execStateFailure(error, this.#label()) ?? error;
+    });
     const stdio = await (await this.host.agent()).openStdio(this.id, { execId, ...want }, signalOnly(options));
     return new Process(this.host, this.id, execId, pid, stdio);
   }

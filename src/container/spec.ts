@@ -7,7 +7,9 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { InvalidArgumentError, NotFoundError, VmpodError } from '../errors.js';
+import { ExecFailedError, InvalidArgumentError, NotFoundError, VmpodError, type InvalidStateError } from '../errors.js';
+import { stateError } from '../sandbox/state-machine.js';
+import { AgentError } from '../agent/errors.js';
 import * as validate from '../validate.js';
 import type { OciMount, OciProcess, OciSpec } from '../agent/messages.js';
 
@@ -188,7 +190,43 @@ export function checkOverrides(overrides: ProcessOverrides, field = 'process'): 
   return overrides;
 }
 
-/** Applies overrides to a copy of `spec.process`. */
+/**
+ * The {@link ExecFailedError} for an agent's answer to StartContainer or Exec that says the
+ * command could not be executed, or undefined for any other error. The agent reports a command
+ * missing from `$PATH` as `executable "NAME" not found in $PATH (DIRS)`, and a failed execve as
+ * `exec FILE: STRERROR` with its errno: ENOENT is "not found" (exit code 127 in a shell),
+ * anything else (EACCES, ENOEXEC, ...) "cannot execute" (126). `label` names the container (or
+ * the exec) for the message; the agent's error, RPC name included, is its cause.
+ */
+export function execFailure(error: unknown, label: string): ExecFailedError | undefined {
+  if (!(error instanceof AgentError) || (error.method !== 'StartContainer' && error.method !== 'Exec')) return undefined;
+  const notInPath = /: executable "(.*)" not found in \$PATH \((.*)\)$/su.exec(error.message);
+  if (notInPath) {
+    return new ExecFailedError(notInPath[1]!, 'not-found', `${label}: command "${notInPath[1]}" not found in $PATH (${notInPath[2]})`, { cause: error });
+  }
+  const execve = /: exec (.*): ([^:]*)$/su.exec(error.message);
+  if (!execve) return undefined;
+  const [, file, reason] = execve as unknown as [string, string, string];
+  if (error.errnoName === 'ENOENT') return new ExecFailedError(file, 'not-found', `${label}: command "${file}" not found`, { cause: error });
+  return new ExecFailedError(file, 'not-executable', `${label}: cannot execute "${file}": ${reason}`, { cause: error });
+}
+
+/**
+ * The {@link InvalidStateError} for an agent's answer to Exec that says the container does not
+ * run (it exited, or was never started: the host had not heard of it yet), or undefined.
+ */
+export function execStateFailure(error: unknown, label: string): InvalidStateError | undefined {
+  if (!(error instanceof AgentError) || error.method !== 'Exec' || error.agentCode !== 'FAILED_PRECONDITION') return undefined;
+  const state = /: container ".*" is (created|stopped), not running$/su.exec(error.message)?.[1];
+  return state === undefined ? undefined : stateError('container', label, state, 'running', { action: 'exec' });
+}
+
+/**
+ * Applies overrides to a copy of `spec.process`. The terminal is the user's choice alone
+ * (`overrides.terminal`, the CLI's `-t`): a spec's own `terminal: true`, which `runc spec`
+ * writes into every bundle, is not a request for one, so a process gets a separate stderr and
+ * output without `\r\n` unless a terminal is asked for (docs/sandbox.md, "Containers").
+ */
 export function applyOverrides(spec: OciSpec, overrides: ProcessOverrides): OciSpec {
   const process: OciProcess = { ...spec.process };
   if (overrides.args) process.args = [...overrides.args];
@@ -198,7 +236,7 @@ export function applyOverrides(spec: OciSpec, overrides: ProcessOverrides): OciS
   }
   if (overrides.cwd) process.cwd = overrides.cwd;
   if (overrides.user) process.user = { ...process.user, ...overrides.user };
-  if (overrides.terminal !== undefined) process.terminal = overrides.terminal;
+  process.terminal = overrides.terminal === true;
   return { ...spec, process };
 }
 

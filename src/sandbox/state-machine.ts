@@ -95,11 +95,11 @@ const OPERATIONS: Readonly<Record<'sandbox' | 'container', Readonly<Record<strin
 /** What to do about `from` for an operation that goes to (or needs) `to`, when there is something obvious. */
 function defaultHint(kind: 'sandbox' | 'container', from: string, to: string): string | undefined {
   if (kind === 'sandbox') {
-    if ((to === 'deleting' || to === 'deleted') && VM_STATES.has(from as SandboxState)) return 'stop it first, or delete it with force';
+    if ((to === 'deleting' || to === 'deleted') && VM_STATES.has(from as SandboxState)) return 'stop it first, or delete with force';
     if ((to === 'running' || to === 'paused' || to === 'stopping') && (from === 'created' || from === 'stopped')) return 'start it first';
     if (to === 'running' && from === 'paused') return 'resume it first';
   } else if (to === 'deleted' && from === 'running') {
-    return 'kill it first, or delete it with force';
+    return 'kill it first, or delete with force';
   }
   return undefined;
 }
@@ -107,7 +107,7 @@ function defaultHint(kind: 'sandbox' | 'container', from: string, to: string): s
 /**
  * The {@link InvalidStateError} of a call in the wrong state, in a user's terms: the operation,
  * the object, its state and (with a `hint`, or one that goes without saying) what to do:
- * `cannot delete sandbox "web": it is running; stop it first, or delete it with force`. With
+ * `cannot delete sandbox "web": it is running; stop it first, or delete with force`. With
  * `action` (a call that needs state `to` rather than going to it):
  * `container "c" in sandbox "web" has exited: exec needs it running`.
  */

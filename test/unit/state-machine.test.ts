@@ -27,7 +27,7 @@ describe('sandbox state machine', () => {
     expect((error as InvalidStateError).code).toBe('ERR_VMPOD_INVALID_STATE');
     expect((error as InvalidStateError).from).toBe('running');
     expect((error as InvalidStateError).to).toBe('deleted');
-    expect((error as Error).message).toBe('cannot delete sandbox "a": it is running; stop it first, or delete it with force');
+    expect((error as Error).message).toBe('cannot delete sandbox "a": it is running; stop it first, or delete with force');
   });
   it('words state errors as the operation, the object, its state and what to do', () => {
     const message = (fn: () => void): string => {
@@ -39,12 +39,12 @@ describe('sandbox state machine', () => {
       }
       throw new Error('no error');
     };
-    expect(message(() => assertTransition('sandbox', 'sandbox "web"', 'running', 'deleting'))).toBe('cannot delete sandbox "web": it is running; stop it first, or delete it with force');
+    expect(message(() => assertTransition('sandbox', 'sandbox "web"', 'running', 'deleting'))).toBe('cannot delete sandbox "web": it is running; stop it first, or delete with force');
     expect(message(() => assertTransition('sandbox', 'sandbox "web"', 'created', 'paused'))).toBe('cannot pause sandbox "web": it has not been started; start it first');
     expect(message(() => assertTransition('sandbox', 'sandbox "web"', 'stopped', 'paused'))).toBe('cannot pause sandbox "web": it is stopped; start it first');
     expect(message(() => assertTransition('sandbox', 'sandbox "web"', 'running', 'starting', 'it runs already'))).toBe('cannot start sandbox "web": it is running; it runs already');
     expect(message(() => assertTransition('container', 'container "c"', 'stopped', 'running'))).toBe('cannot start container "c": it has exited');
-    expect(message(() => assertTransition('container', 'container "c"', 'running', 'deleted'))).toBe('cannot delete container "c": it is running; kill it first, or delete it with force');
+    expect(message(() => assertTransition('container', 'container "c"', 'running', 'deleted'))).toBe('cannot delete container "c": it is running; kill it first, or delete with force');
     // A call that needs a state rather than going to one.
     const needs = stateError('container', 'container "c" in sandbox "web"', 'stopped', 'running', { action: 'exec' });
     expect(needs).toMatchObject({ code: 'ERR_VMPOD_INVALID_STATE', from: 'stopped', to: 'running', message: 'container "c" in sandbox "web" has exited: exec needs it running' });

@@ -6,6 +6,7 @@ import { UsageError } from '../io.js';
 import { STOP_TIMEOUT_S } from '../limits.js';
 import { parseTarget } from '../target.js';
 import { printable } from '../../printable.js';
+import { InvalidStateError } from '../../errors.js';
 
 function oneId(positionals: string[]): string {
   if (positionals.length !== 1) throw new UsageError('give exactly one sandbox id');
@@ -26,7 +27,7 @@ export const stop: Command = {
 
 Asks the guest to stop every container and power off; after the timeout (default 10 s; 0 to
 ${STOP_TIMEOUT_S.max} s, 0 forces it off at once) the VM is forced off. The sandbox stays listed
-(stopped) until "vmpod delete".`,
+(stopped) until "vmpod delete". Stopping a sandbox that does not run succeeds.`,
   spec: { options: [...COMMON_OPTIONS, { long: 'timeout', type: 'string' }] },
   async run(parsed) {
     const id = oneId(parsed.positionals);
@@ -45,7 +46,13 @@ export const remove: Command = {
 Removes a stopped sandbox. With --force a running one is stopped first.`,
   spec: { options: [...COMMON_OPTIONS, { long: 'force', short: 'f', type: 'boolean' }] },
   async run(parsed) {
-    const warnings = await Sandbox.remove(oneId(parsed.positionals), { force: parsed.options['force'] === true });
+    const id = oneId(parsed.positionals);
+    const warnings = await Sandbox.remove(id, { force: parsed.options['force'] === true }).catch((error: unknown) => {
+      if (error instanceof InvalidStateError && error.to === 'deleting' && ['running', 'paused', 'starting', 'stopping'].includes(error.from)) {
+        Object.assign(error, { hint: `"vmpod stop ${id}" stops it; "vmpod delete -f ${id}" stops and deletes it` });
+      }
+      throw error;
+    });
     for (const warning of warnings) process.stderr.write(`vmpod: ${printable(warning)}\n`);
     return 0;
   },

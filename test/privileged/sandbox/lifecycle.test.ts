@@ -43,7 +43,7 @@ describe.skipIf(skipReason)(`sandbox lifecycle${skipReason ? ` (skipped: ${skipR
     await sandbox.start();
     expect(sandbox.state).toBe('running');
     expect((await Sandbox.list({ stateDir })).map((s) => [s.id, s.state])).toEqual([['life', 'running']]);
-    await expect(sandbox.delete()).rejects.toThrow('cannot delete sandbox "life": it is running; stop it first, or delete it with force');
+    await expect(sandbox.delete()).rejects.toThrow('cannot delete sandbox "life": it is running; stop it first, or delete with force');
 
     const ticker = await sandbox.createContainer({ process: { args: ['sh', '-c', 'while :; do date +%s; sleep 0.2; done'] } });
     await ticker.start();
