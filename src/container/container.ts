@@ -45,6 +45,8 @@ export interface ContainerHost {
   releaseContainer(id: string): Promise<void>;
   /** Called when a container's init exited. */
   containerExited(id: string, status: ExitStatus): void;
+  /** Called once a container's init was started (the sandbox records it for watchers); never rejects. */
+  containerStarted?(id: string): Promise<void>;
   /** What `container.inspect()` reports of container `id`. */
   inspectContainer(id: string, options?: CallOptions): Promise<ContainerInspection>;
 }
@@ -178,6 +180,7 @@ export class Container extends EventEmitter<ContainerEvents> {
       throw execFailure(error, this.#label()) ?? error;
     });
     this.#state = 'running';
+    await this.host.containerStarted?.(this.id);
     this.#watchExit(agent);
   }
 

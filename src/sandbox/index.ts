@@ -14,6 +14,7 @@ export { planEndpoints, type AddNetworkOptions, type RescanResult, type SandboxI
 export type { VhostUserNicInfo } from './resources/vhost-user.js';
 export type { PciDeviceInfo } from './resources/pci-devices.js';
 export { RootfsImageError } from './resources/volumes/container.js';
+export { SandboxWatcher, WatchOverflowError, type ContainerEvent, type DeviceEvent, type SandboxStateEvent, type SandboxWatcherEvents, type WatchErrorEvent, type WatchEvent, type WatchOptions } from './watch.js';
 export { abortOnSignals, InterruptedError, type AbortOnSignalsOptions } from '../signals.js';
 export type { RunEncoding, RunOptions, RunOutput, RunResult, RunSpec } from './run.js';
 export type { ContainerInspection, InspectedProcess, SandboxInspection } from './inspect.js';

@@ -69,6 +69,7 @@ import { VHOST_USER_KIND, addNic, unplugNic, vhostUserNics, type VhostUserNicInf
 import { STREAM_PORTS_KIND, parseStreamPorts, reopenPort } from './resources/stream-ports.js';
 import { TRANSITIONAL_STATES, VM_STATES, assertTransition, stateError, type SandboxState } from './state-machine.js';
 import { volumeInfo, type LookupOptions, type SandboxDevices, type SandboxEvents, type SandboxInfo, type StopInfo, type VolumeInfo } from './types.js';
+import { SandboxWatcher, recordContainerExit, recordContainerStarted, type WatchOptions } from './watch.js';
 import { inspectContainer, inspectContainerInfo, inspectRecord, type ContainerInspection, type SandboxInspection } from './inspect.js';
 import { runContainer, runInNewSandbox, type RunEncoding, type RunOptions, type RunOutput, type RunResult, type RunSpec } from './run.js';
 
@@ -213,6 +214,20 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   /** Every sandbox under the state directory, with its state checked against the live VM. */
   static async list(options: Omit<LookupOptions, 'signal' | 'hypervisor'> = {}): Promise<SandboxInfo[]> {
     return listSandboxes(storeAt(stateRootOf(options)));
+  }
+
+  /**
+   * Follows every sandbox of the state directory, whichever process made it: its states, its
+   * containers (created, started, exited with their status, deleted) and its devices, as typed
+   * events read from the records (docs/events.md says what is guaranteed and what can be missed).
+   *
+   * ```ts
+   * for await (const event of Sandbox.watch({ signal })) console.log(event.sandbox, event.type, event.type === 'error' ? event.error : event.action);
+   * ```
+   */
+  static watch(options: WatchOptions = {}): SandboxWatcher {
+    const watcher: SandboxWatcher = new SandboxWatcher(options, (id) => Sandbox.attach(id, { stateDir: watcher.root, ...(options.hypervisor ? { hypervisor: options.hypervisor } : {}) }));
+    return watcher;
   }
 
   /** The sandbox id. */
@@ -820,6 +835,13 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   /** @internal */
   containerExited(id: string, status: ExitStatus): void {
     this.emit('containerExit', id, status);
+    // Into the record too, for watchers in other processes (a sandbox deleted meanwhile has no record to write).
+    void recordContainerExit(this.#journal, id, status).catch((error: unknown) => error instanceof NotFoundError || this.emit('error', error as Error));
+  }
+
+  /** @internal Records that container `id` started, for watchers in other processes; never throws. */
+  async containerStarted(id: string): Promise<void> {
+    await recordContainerStarted(this.#journal, id).catch((error: unknown) => error instanceof NotFoundError || this.emit('error', error as Error));
   }
 
   // --- Hotplug: one shape for networks, volumes, vhost-user NICs and PCI devices ----------------
