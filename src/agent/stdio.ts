@@ -48,7 +48,9 @@ export interface StdioEndpoint {
  * stops sending, and what the process writes afterwards stays in the guest pipe for the next
  * reader.
  */
-export class StdioReadable extends Readable implements StdioEndpoint {
+export class StdioReadable extends Readable {
+  // A StdioEndpoint of the client (checked where it registers it), not in `implements`: those
+  // members are @internal, and the typings leave them out (stripInternal).
   #link: StdioLink;
   #credit = INITIAL_WINDOW; // what the agent may still send
   #unacked = 0; // bytes received and not granted back yet (what is still buffered included)
@@ -151,7 +153,9 @@ export class StdioReadable extends Readable implements StdioEndpoint {
  * `pipeline`, awaiting write callbacks) stops. Once the process no longer reads its stdin (it
  * exited or closed it), further writes are discarded silently, as a closed pipe would.
  */
-export class StdioWritable extends Writable implements StdioEndpoint {
+export class StdioWritable extends Writable {
+  // A StdioEndpoint of the client (checked where it registers it), not in `implements`: those
+  // members are @internal, and the typings leave them out (stripInternal).
   #link: StdioLink;
   #credit = INITIAL_WINDOW; // what we may still send
   #pending: { data: Buffer; callback: (error?: Error | null) => void } | null = null;

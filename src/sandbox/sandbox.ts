@@ -26,7 +26,7 @@ import type { AgentClient } from '../agent/client.js';
 import { AgentClosedError } from '../agent/errors.js';
 import type { ContainerInfo, ExitStatus } from '../agent/messages.js';
 import { runAll } from '../cleanup.js';
-import { Container, Process, type ContainerHost } from '../container/container.js';
+import { Container, Process } from '../container/container.js';
 import { AbortError, InvalidArgumentError, NotFoundError, TimeoutError } from '../errors.js';
 import type { Hypervisor, SpawnedVm, VirtualMachine, VmExit } from '../hypervisor/hypervisor.js';
 import { QemuHypervisor } from '../hypervisor/qemu/hypervisor.js';
@@ -102,7 +102,9 @@ function checkedTimeout(value: number | undefined, fallback: number, field = 'ti
  * Disposing (`await using`) a sandbox this process created stops and deletes it; disposing an
  * attached one only detaches.
  */
-export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposable, ContainerHost {
+export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposable {
+  // The ContainerHost of its containers (checked where it hands itself to them), but not in
+  // `implements`: those members are @internal, and the typings leave them out (stripInternal).
   #record: SandboxRecord;
   readonly #journal: Journal;
   readonly #hypervisor: Hypervisor;
