@@ -115,7 +115,9 @@ export function absolutePath(value: unknown, field = 'path'): string {
 /** An integer within [min, max]. */
 export function integer(value: unknown, field: string, min: number, max: number): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
-    throw new InvalidArgumentError(field, `${JSON.stringify(value)} is not an integer in [${min}, ${max}]`);
+    // NaN and the infinities as themselves (JSON.stringify makes null of them, which was never given).
+    const shown = typeof value === 'number' ? String(value) : JSON.stringify(value);
+    throw new InvalidArgumentError(field, `${shown} is not an integer in [${min}, ${max}]`);
   }
   return value;
 }

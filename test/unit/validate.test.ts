@@ -26,6 +26,13 @@ describe('validate', () => {
     rejects(() => v.netnsName('a/b'), /must not contain/);
     rejects(() => v.netnsName('..'), /must not contain/);
   });
+  it('names a number that is not an integer as it was given (NaN, Infinity), not as JSON null', () => {
+    expect(() => v.integer(Number.NaN, 'memoryMiB', 64, 1024)).toThrow('memoryMiB: NaN is not an integer in [64, 1024]');
+    expect(() => v.integer(Number.POSITIVE_INFINITY, 'cpus', 1, 64)).toThrow('cpus: Infinity is not an integer in [1, 64]');
+    expect(() => v.integer(1.5, 'cpus', 1, 64)).toThrow('cpus: 1.5 is not an integer in [1, 64]');
+    expect(() => v.integer('2', 'cpus', 1, 64)).toThrow('cpus: "2" is not an integer in [1, 64]');
+    expect(v.integer(2, 'cpus', 1, 64)).toBe(2);
+  });
   it('checks ids', () => {
     expect(v.id('box-1.a_b')).toBe('box-1.a_b');
     rejects(() => v.id('a/b'), /not a valid id/);
