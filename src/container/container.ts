@@ -116,7 +116,24 @@ export class Process {
   }
 }
 
-/** A container in a sandbox. Get one from `sandbox.createContainer()` or `sandbox.container(id)`. */
+/**
+ * A container in a sandbox. Get one from `sandbox.createContainer()` or `sandbox.container(id)`.
+ *
+ * @example
+ * ```ts
+ * await using web = await sandbox.createContainer({
+ *   bundle: '/srv/bundles/web',                // or rootfs: DIR, or neither: builtin busybox
+ *   process: { args: ['httpd', '-f', '-p', '8080'] },
+ * });
+ * web.stderr!.pipe(process.stderr);            // open before start: nothing is missed
+ * await web.start();
+ * const probe = await web.exec({ args: ['wget', '-qO-', 'http://127.0.0.1:8080/'] });
+ * probe.stdout!.pipe(process.stdout);
+ * console.log(await probe.wait(), await web.inspect());  // { exitCode, signal, oomKilled }, state, stats
+ * await web.kill('SIGTERM');
+ * await web.wait();
+ * ```
+ */
 export class Container extends EventEmitter<ContainerEvents> {
   #state: ContainerState;
   #init: Process | undefined;

@@ -180,6 +180,15 @@ function closeFds(fds: readonly number[]): void {
 /**
  * A sandbox network. Create it with {@link Network.create}; {@link Network.destroy} removes all of
  * it (`await using net = await Network.create(...)` does that at the end of the scope).
+ *
+ * @example
+ * ```ts
+ * // ip netns add demo; veth-demo on the host, its peer eth0 in demo; tap0 tied to eth0 by tc.
+ * await using net = await Network.create({ netns: 'demo', veth: { name: 'veth-demo' }, tap: { queues: 2 } });
+ * console.log(net.endpoint.mac, net.tapFds);   // the MAC the guest NIC takes over; the tap's queue fds for QEMU
+ * ```
+ * A sandbox makes its own network from its config (CNI networks, a scan of its namespace); see
+ * `SandboxConfig.network` and examples/vnf-cni.ts.
  */
 export class Network implements AsyncDisposable {
   /** The sandbox namespace, open (its links can be handled through it). */

@@ -101,6 +101,18 @@ function checkedTimeout(value: number | undefined, fallback: number, field = 'ti
  *
  * Disposing (`await using`) a sandbox this process created stops and deletes it; disposing an
  * attached one only detaches.
+ *
+ * @example
+ * ```ts
+ * import { abortOnSignals, Sandbox } from 'vmpod';
+ *
+ * const signal = abortOnSignals();             // Ctrl-C: cancel, dispose, exit 130
+ * await using sandbox = await Sandbox.create({ cpus: 1, memoryMiB: 256 }, { signal });
+ * await sandbox.start({ signal });             // boots the VM; the agent answers
+ * const { stdout } = await sandbox.run(['uname', '-r'], { signal });
+ * console.log(`guest kernel ${stdout.trim()}`, await sandbox.inspect());
+ * ```
+ * More in examples/ (docs/examples.md).
  */
 export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposable {
   // The ContainerHost of its containers (checked where it hands itself to them), but not in

@@ -19,6 +19,20 @@
 import * as validate from '../validate.js';
 import { checkVolumeSpec, type BlockVolume, type ContainerVolume, type DirectoryVolume, type VolumeSpec } from './spec.js';
 
+/**
+ * A storage volume of a sandbox, mounted by name into its containers.
+ *
+ * @example
+ * ```ts
+ * const data = Volume.directory('data', '/srv/data');          // virtio-fs, read-write
+ * const scratch = Volume.tmpfs('scratch', { sizeMiB: 64 });
+ * const huge = Volume.hugepages('huge', 16);                   // 8 guest pages of 2 MiB
+ * await using sandbox = await Sandbox.create({ volumes: [data, scratch, huge] });
+ * await sandbox.start();
+ * await sandbox.run({ volumes: [data.at('/data'), scratch.at('/tmp'), huge.at('/dev/hugepages')], args: ['ls', '/data'] });
+ * ```
+ * More in examples/volumes.ts.
+ */
 export class Volume {
   /** The checked description (what the sandbox config and record hold). */
   readonly spec: VolumeSpec;
