@@ -136,6 +136,9 @@ describe.skipIf(skipReason)(`the sandbox core on a fake hypervisor${skipReason ?
     expect((await sandbox.record()).state).toBe('created');
     const stopped = stops(sandbox);
     const failures = errors(sandbox);
+    // stop() is idempotent: a sandbox never started is left as it is (it threw InvalidStateError).
+    await sandbox.stop();
+    expect((await sandbox.record()).state).toBe('created');
 
     await sandbox.start();
     const record = await sandbox.record();
@@ -165,6 +168,10 @@ describe.skipIf(skipReason)(`the sandbox core on a fake hypervisor${skipReason ?
     expect(await machine.gone(10_000)).toEqual({ reason: 'shutdown', detail: 'guest-shutdown' });
     expect(isAlive(virtiofsd)).toBe(false);
     await expectBootGone(sandbox, vm);
+    // Again: nothing to do, no second 'stopped' event, the reason of the first stop kept.
+    await sandbox.stop();
+    expect(stopped).toEqual([{ reason: 'requested', detail: 'stop' }]);
+    expect((await sandbox.record())).toMatchObject({ state: 'stopped', stopReason: { reason: 'requested', detail: 'stop' } });
     // The VM's output goes through the sandbox's log writer (only the boot line is checked: the
     // writer is SIGKILLed right after the VM, so a last line may not have been copied yet).
     expect(await fs.readFile(sandbox.consoleLog, 'utf8')).toMatch(/^fake-vm: booted \/.*\/boots\/[0-9a-f]{12}$/mu);
