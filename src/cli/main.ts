@@ -19,8 +19,9 @@ import { remove, stop } from './commands/lifecycle.js';
 import { logs } from './commands/logs.js';
 import { guestBuild } from './commands/guest.js';
 import { networkAdd, networkCheck, networkList, networkRemove, networkRescan } from './commands/network.js';
+import { events } from './commands/events.js';
 
-const COMMANDS: readonly Command[] = [run, ps, exec, kill, stop, remove, logs, guestBuild, networkAdd, networkRemove, networkList, networkRescan, networkCheck];
+const COMMANDS: readonly Command[] = [run, ps, exec, kill, stop, remove, logs, guestBuild, networkAdd, networkRemove, networkList, networkRescan, networkCheck, events];
 
 function help(): string {
   const width = Math.max(...COMMANDS.map((c) => c.words.join(' ').length));
