@@ -118,13 +118,14 @@ describe('vmpod events: the command', () => {
     }
     expect(await exited).toBe(0);
     expect(err).toBe('');
+    expect(lines().filter((l) => l.sandbox === 'web').map((l) => l), out).toHaveLength(5);
     expect(lines().filter((l) => l.sandbox === 'web').map((l) => `${l.type} ${l.action}${l.container ? ` ${l.container}` : ''}`)).toEqual([
       'sandbox created',
       'sandbox running',
       'container created web',
       'container deleted web',
       'sandbox deleted',
-    ], out);
+    ]);
     expect(lines().some((l) => l.sandbox === 'other')).toBe(false);
   });
 });
