@@ -141,14 +141,21 @@ describe('Sandbox.watch', () => {
     const written: SandboxState[] = ['created'];
     await put(record('burst', 'created'));
     const cycle: Exclude<SandboxState, 'deleted'>[] = ['starting', 'running', 'paused', 'running', 'stopping', 'stopped'];
+    // As fast as renames go (no fsync): writes land while the watcher reads.
+    const file = path.join(store().dir('burst'), 'state.json');
     for (let i = 0; i < 20; i++) {
       for (const state of cycle) {
-        await put(withBoot(record('burst', state)));
+        await fs.writeFile(`${file}.tmp`, JSON.stringify(withBoot(record('burst', state))));
+        await fs.rename(`${file}.tmp`, file);
         written.push(state);
       }
     }
+    // A last state written nowhere before: lost if a write that lands during a read is not read after it.
+    await fs.writeFile(`${file}.tmp`, JSON.stringify(record('burst', 'deleting')));
+    await fs.rename(`${file}.tmp`, file);
+    written.push('deleting');
     const last = (): string | undefined => events.filter((e) => e.type === 'sandbox').map((e) => (e as { action: string }).action).at(-1);
-    await until('the last state', () => last() === 'stopped');
+    await until('the last state', () => last() === 'deleting');
     // Give late reads a moment to show duplicates, if the watcher made any.
     await new Promise((resolve) => setTimeout(resolve, 200));
     const states = events.filter((e) => e.type === 'sandbox').map((e) => (e as { action: SandboxState }).action);
@@ -238,10 +245,10 @@ describe('Sandbox.watch', () => {
     expect(diffRecord('x', x.after, exitFirst, 'NOW').events).toEqual([]);
   });
 
-  it('finds sandboxes when sandboxes/ did not exist yet (the periodic rescan), and replays with since', async () => {
-    const { watcher, events } = watch({ rescanMs: 100 });
+  it('finds sandboxes when sandboxes/ did not exist yet, and replays with since', async () => {
+    const { watcher, events } = watch({ rescanMs: 60_000 });
     await watcher.ready;
-    await put(record('late', 'created'));
+    await put(record('late', 'created')); // the root is watched until sandboxes/ exists
     await until('late created', () => events.map(brief).includes('late created'));
 
     // A replay: what the records show from `since` on.
@@ -262,6 +269,23 @@ describe('Sandbox.watch', () => {
     const quiet = watch();
     await quiet.watcher.ready;
     expect(quiet.events).toEqual([]);
+  });
+
+  it('finds sandboxes under a state root made after it started (no inotify there: the periodic rescan)', async () => {
+    const stateDir = path.join(root, 'made-later');
+    const watcher = Sandbox.watch({ stateDir, rescanMs: 100 });
+    watchers.push(watcher);
+    const events: WatchEvent[] = [];
+    watcher.on('event', (e) => events.push(e));
+    await watcher.ready;
+    const late = storeAt(stateDir);
+    await fs.mkdir(late.dir('x'), { recursive: true });
+    await late.write(record('x', 'created'));
+    await until('x created', () => events.map(brief).includes('x created'));
+    // Later changes are reported once, whether inotify or a rescan reads them first.
+    await late.write(withBoot(record('x', 'running')));
+    await until('x running', () => events.map(brief).includes('x running'));
+    expect(events.map(brief)).toEqual(['x created', 'x running']);
   });
 
   it('is an async iterable that ends on abort; every iterator gets events from its start', async () => {
