@@ -5,6 +5,7 @@
  * and "builds" by copying the real binaries (so no test here compiles anything).
  */
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -72,6 +73,10 @@ function calls(): { args: string[]; cwd: string }[] {
   return fs.readFileSync(file, 'utf8').trim().split('\n').map((line) => JSON.parse(line) as { args: string[]; cwd: string });
 }
 
+function sha256(file: string): string {
+  return createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+}
+
 function release(name: string): string {
   return path.join(root, 'build', 'Release', name);
 }
@@ -88,12 +93,11 @@ function manifest(): { files: Record<string, string>; sources: string } {
 }
 
 /** Replaces a packed binary and records the new file in the manifest, as a pack made elsewhere would. */
-async function replacePacked(name: string, content: string | Buffer): Promise<void> {
+function replacePacked(name: string, content: string | Buffer): void {
   fs.rmSync(release(name));
   fs.writeFileSync(release(name), content, { mode: 0o755 });
-  const { createHash } = await import('node:crypto');
   const m = manifest();
-  m.files[name] = createHash('sha256').update(fs.readFileSync(release(name))).digest('hex');
+  m.files[name] = sha256(release(name));
   fs.writeFileSync(release('vmpod-native.json'), JSON.stringify(m));
 }
 
@@ -110,12 +114,12 @@ describe.skipIf(!built)('the install step (scripts/native-binaries.mjs install)'
 
   it('keeps the packed binaries when they load and run here, with no build tool on PATH', () => {
     packed();
-    const before = BINARIES.map((name) => fs.readFileSync(release(name)));
+    const before = BINARIES.map((name) => sha256(release(name)));
     const result = run('install', { PATH: emptyPath });
     expect(result.status, result.stderr).toBe(0);
     expect(result.stdout).toMatch(/using the shipped native binaries/u);
     expect(calls()).toEqual([]);
-    expect(BINARIES.map((name) => fs.readFileSync(release(name)))).toEqual(before);
+    expect(BINARIES.map((name) => sha256(release(name)))).toEqual(before);
     expect(fs.readdirSync(path.join(root, 'build'))).toEqual(['Release']);
   });
 
@@ -171,11 +175,11 @@ describe.skipIf(!built)('the install step (scripts/native-binaries.mjs install)'
     expect(calls()).toHaveLength(1);
   });
 
-  it('probes each binary: an addon that does not load, an agent that does not run, a log writer that writes nothing', async () => {
+  it('probes each binary: an addon that does not load, an agent that does not run, a log writer that writes nothing', () => {
     packed();
-    await replacePacked('vmpod.node', 'not an ELF file');
-    await replacePacked('vmpod-agent', '#!/bin/sh\nexit 3\n');
-    await replacePacked('vmpod-logger', '#!/bin/sh\nwhile read -r line; do :; done\n');
+    replacePacked('vmpod.node', 'not an ELF file');
+    replacePacked('vmpod-agent', '#!/bin/sh\nexit 3\n');
+    replacePacked('vmpod-logger', '#!/bin/sh\nwhile read -r line; do :; done\n');
     const result = run('install', { PATH: emptyPath });
     expect(result.status).toBe(1);
     expect(result.stdout).toMatch(/build\/Release\/vmpod\.node does not load here/u);
