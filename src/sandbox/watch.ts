@@ -45,7 +45,7 @@ import { VHOST_USER_KIND, vhostUserNics } from './resources/vhost-user.js';
 import { VOLUMES_KIND, volumesState } from './resources/volumes/index.js';
 import { VM_STATES, type SandboxState } from './state-machine.js';
 
-/** What is recorded of a container's init beyond its entry: when it started, how it exited. */
+/** What is recorded of a container's init beyond its entry: when it started, how it exited. @internal */
 export interface ContainerLifecycle {
   /** ISO date of its start, written by the process that started it. */
   startedAt?: string;
@@ -143,7 +143,7 @@ export class WatchOverflowError extends VmpodError {
   }
 }
 
-/** What {@link SandboxWatcher} needs to attach to a sandbox for `waitExits` (given by `Sandbox.watch`, which has the class). */
+/** What {@link SandboxWatcher} needs to attach to a sandbox for `waitExits` (given by `Sandbox.watch`, which has the class). @internal */
 export interface ExitWaitTarget {
   agent(options?: { signal?: AbortSignal }): Promise<AgentClient>;
   containerExited(id: string, status: ExitStatus): void;
@@ -166,7 +166,7 @@ interface Snapshot {
   devices: Map<string, DeviceEvent['device']>;
 }
 
-/** Parses `since`: a Date, an ISO date, or milliseconds since the epoch. */
+/** Parses `since`: a Date, an ISO date, or milliseconds since the epoch. @internal */
 export function parseSince(since: Date | string | number, field = 'since'): number {
   const ms = since instanceof Date ? since.getTime() : typeof since === 'number' ? since : Date.parse(since);
   if (!Number.isFinite(ms)) throw new InvalidArgumentError(field, `${JSON.stringify(String(since))} is not a date`);
@@ -177,7 +177,7 @@ function isDate(value: unknown): value is string {
   return typeof value === 'string' && Number.isFinite(Date.parse(value));
 }
 
-/** The recorded start and exit of a container entry, if they are well formed. */
+/** The recorded start and exit of a container entry, if they are well formed. @internal */
 export function containerLifecycle(entry: unknown): { startedAt?: string; exit?: ExitStatus & { at: string } } {
   const e = (typeof entry === 'object' && entry !== null ? entry : {}) as Record<string, unknown>;
   const out: { startedAt?: string; exit?: ExitStatus & { at: string } } = {};
@@ -209,6 +209,8 @@ function devicesOf(record: SandboxRecord): Map<string, DeviceEvent['device']> {
  * The events that take a sandbox from snapshot `before` (undefined: not seen yet) to `record`
  * (undefined: its record is gone), and the snapshot after them. Pure: `now` stamps what has no
  * recorded moment of its own (a deletion).
+ *
+ * @internal
  */
 export function diffRecord(
   id: string,
