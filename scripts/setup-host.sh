@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
 # Installs the Debian packages vmpod needs on the host: build tools for the addon and the
 # guest agent, QEMU, the networking tools used by tests and benchmarks, CNI plugins.
-# Idempotent; run as root.
+# Idempotent; run as root. Installed with the npm package as the `vmpod-setup-host` bin.
+#
+#   setup-host.sh              every package below: running vmpod, building its native code,
+#                              its tests (a checkout, CI)
+#   setup-host.sh --runtime    only what running vmpod needs when its shipped native binaries
+#                              are used (docs/install.md): QEMU and virtiofsd, the guest build's
+#                              tools, volumes, CNI plugins
 set -euo pipefail
+runtime=(qemu-system-x86 busybox-static lz4 xz-utils kmod e2fsprogs qemu-utils containernetworking-plugins)
+case "${1:-}" in
+  '') mode=all ;;
+  --runtime) mode=runtime ;;
+  *) echo "usage: $0 [--runtime]" >&2; exit 2 ;;
+esac
 packages=(
   build-essential cmake pkg-config libmnl-dev   # addon + static guest agent
   iproute2                                      # ip/tc: tests cross-check every primitive
@@ -17,6 +29,7 @@ packages=(
   clang-16 libclang-rt-16-dev llvm-16           # guest agent fuzzers (libFuzzer, ASan, UBSan) and llvm-symbolizer for their reports
   gcovr                                         # native coverage report (scripts/coverage-native.sh)
 )
+[[ $mode == runtime ]] && packages=("${runtime[@]}")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
