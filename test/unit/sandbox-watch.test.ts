@@ -9,7 +9,7 @@ import path from 'node:path';
 import { Sandbox } from '../../src/sandbox/sandbox.js';
 import { Journal, RECORD_FORMAT, type SandboxRecord } from '../../src/sandbox/record.js';
 import { storeAt } from '../../src/sandbox/registry.js';
-import { diffRecord, parseSince, recordContainerExit, recordContainerStarted, type SandboxWatcher, type WatchEvent } from '../../src/sandbox/watch.js';
+import { containerLifecycle, diffRecord, parseSince, recordContainerExit, recordContainerStarted, SandboxWatcher, type WatchEvent } from '../../src/sandbox/watch.js';
 import { CorruptStateError } from '../../src/state/store.js';
 import { InvalidArgumentError } from '../../src/errors.js';
 import type { SandboxState } from '../../src/sandbox/state-machine.js';
@@ -321,6 +321,67 @@ describe('Sandbox.watch', () => {
     expect(() => Sandbox.watch({ stateDir: root, since: 'yesterday-ish' })).toThrow(InvalidArgumentError);
     expect(parseSince(new Date(5))).toBe(5);
     expect(parseSince('1970-01-01T00:00:01Z')).toBe(1000);
+  });
+});
+
+describe('waitExits', () => {
+  it('waits for the started containers of a running sandbox through one attachment per boot, and lets go when it stops', async () => {
+    const r = withBoot(record('wx', 'running'));
+    r.containers = { a: { status: 'created', boot: BOOT, binds: [], startedAt: new Date().toISOString() } as never, b: { status: 'created', boot: BOOT, binds: [] } };
+    await put(r);
+    const journal = new Journal(store(), 'wx');
+    const waits = new Map<string, (status: { exitCode: number; signal: number; oomKilled: boolean }) => void>();
+    const attached: string[] = [];
+    let detached = 0;
+    const aborted: string[] = [];
+    const target = {
+      agent: async () => ({
+        wait: (id: string, options: { signal?: AbortSignal }) =>
+          new Promise((resolve, reject) => {
+            let settled = false;
+            waits.set(id, (status) => {
+              settled = true;
+              resolve(status);
+            });
+            options.signal?.addEventListener('abort', () => {
+              if (settled) return;
+              aborted.push(id);
+              reject(new Error('aborted'));
+            });
+          }),
+      }),
+      containerExited: (id: string, status: { exitCode: number; signal: number; oomKilled: boolean }) => void recordContainerExit(journal, id, status),
+      detach: () => void detached++,
+    };
+    const watcher = new SandboxWatcher({ stateDir: root, waitExits: true, rescanMs: 60_000 }, async (id) => {
+      attached.push(id);
+      return target as never;
+    });
+    watchers.push(watcher);
+    const events: WatchEvent[] = [];
+    watcher.on('event', (e) => events.push(e));
+    await watcher.ready;
+    // Only the started container is waited for.
+    await until('the wait of a', () => waits.has('a'));
+    expect([...waits.keys()]).toEqual(['a']);
+    // b starts: waited for through the same attachment.
+    (r.containers['b'] as unknown as Record<string, unknown>)['startedAt'] = new Date().toISOString();
+    await put(r);
+    await until('the wait of b', () => waits.has('b'));
+    expect(attached).toEqual(['wx']);
+    // a exits: the exit the watcher saw goes into the record, and comes back as an event.
+    waits.get('a')!({ exitCode: 7, signal: 0, oomKilled: false });
+    await until('a exited', () => events.some((e) => e.type === 'container' && e.action === 'exited'));
+    expect(events.map(brief)).toEqual(['wx/b started', 'wx/a exited 7']);
+    expect(containerLifecycle((await journal.read()).containers['a']).exit).toMatchObject({ exitCode: 7 });
+    // The sandbox stops: the wait of b ends and the attachment is let go.
+    await put(record('wx', 'stopped'));
+    await until('the detach', () => detached === 1);
+    expect(aborted).toEqual(['b']);
+  });
+
+  it('is refused without a way to attach', () => {
+    expect(() => new SandboxWatcher({ stateDir: root, waitExits: true })).toThrow(InvalidArgumentError);
   });
 });
 
