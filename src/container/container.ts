@@ -16,6 +16,7 @@ import { InvalidArgumentError } from '../errors.js';
 import * as validate from '../validate.js';
 import { DEFAULT_PATH, checkOverrides, execFailure, execStateFailure, type ProcessOverrides } from './spec.js';
 import type { CallOptions } from '../options.js';
+import type { ContainerLogReader, LogOptions } from './log-file.js';
 import type { ContainerInspection } from '../sandbox/inspect.js';
 
 export type { ContainerStats, ExitStatus };
@@ -45,10 +46,12 @@ export interface ContainerHost {
   releaseContainer(id: string): Promise<void>;
   /** Called when a container's init exited. */
   containerExited(id: string, status: ExitStatus): void;
-  /** Called once a container's init was started (the sandbox records it for watchers); never rejects. */
-  containerStarted?(id: string): Promise<void>;
+  /** The log of container `id` (see {@link Container.logs}). */
+  containerLogs(id: string, options?: LogOptions): ContainerLogReader;
   /** What `container.inspect()` reports of container `id`. */
   inspectContainer(id: string, options?: CallOptions): Promise<ContainerInspection>;
+  /** Called once a container's init was started (the sandbox records it for watchers); never rejects. */
+  containerStarted?(id: string): Promise<void>;
 }
 
 /** Options of {@link Container.exec}. */
@@ -259,6 +262,24 @@ export class Container extends EventEmitter<ContainerEvents> {
   /** Sets the init's terminal size (`stty rows R cols C`). */
   async resizeTty(size: { rows: number; cols: number }, options: CallOptions = {}): Promise<void> {
     await (await this.host.agent()).resizeTty(this.id, size, options);
+  }
+
+  /**
+   * The container's output as recorded in its log (docs/logs.md), from any process and in any
+   * state of the sandbox until the container or the sandbox is deleted: a Readable of the
+   * lines' bytes, stdout and stderr in the order they were received (`streams` picks one).
+   * `tail` keeps the last lines, `since` the lines received from then on, `timestamps` starts
+   * each line with its time; `follow` goes on with what the container writes until its output
+   * ends (`docker logs -f`). `sandbox.logs(id, options, true)` gives the lines as objects with
+   * their stream and time.
+   *
+   * ```ts
+   * const c = await (await Sandbox.attach('web')).container('web');
+   * c.logs({ tail: 10, follow: true }).pipe(process.stdout);
+   * ```
+   */
+  logs(options: LogOptions = {}): ContainerLogReader {
+    return this.host.containerLogs(this.id, options);
   }
 
   /** CPU, memory and pids of the container's cgroup in the guest. */

@@ -208,17 +208,18 @@ export class ContainerLogWriter {
   /**
    * Copies what `stream` (the container's `name` output) delivers into the log as it arrives,
    * without consuming it: the bytes still go to whoever reads `stream`. The writer closes once
-   * every stream given to it has ended or was destroyed.
+   * every stream given to it has delivered its end (read or not) or was destroyed.
    */
   tee(name: LogStream, stream: Readable): void {
     this.#open.add(name);
     const push = stream.push.bind(stream);
     stream.push = (chunk: unknown, encoding?: BufferEncoding): boolean => {
       if (Buffer.isBuffer(chunk)) this.write(name, chunk);
+      // The end of the source: everything is in the log, whether or not the consumer has read it.
+      else if (chunk === null) this.#ended(name);
       return push(chunk, encoding);
     };
     stream.once('close', () => this.#ended(name));
-    stream.once('end', () => this.#ended(name));
   }
 
   #ended(name: LogStream): void {

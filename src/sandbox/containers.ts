@@ -13,6 +13,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import net from 'node:net';
 import type { Readable, Writable } from 'node:stream';
 import type { AgentClient } from '../agent/client.js';
 import { AgentError } from '../agent/errors.js';
@@ -20,6 +21,11 @@ import type { DirectStreamReadable } from '../agent/direct-stream.js';
 import type { OciSpec } from '../agent/messages.js';
 import { runAll } from '../cleanup.js';
 import { normaliseStdio, type StdioOptions } from '../container/container.js';
+import { ContainerLogWriter, logPaths, makeLogDir, removeLog, resolveLogConfig, type ContainerLogConfig, type ResolvedLogConfig } from '../container/log-file.js';
+import { LOGGER_BINARY, isAlive, spawnDetached, terminate, waitForProcessExit, type ProcessIdentity } from '../host/process.js';
+import { native } from '../native.js';
+import { printableField } from '../printable.js';
+import { SandboxError } from './boot.js';
 import { adaptSpecForGuest, applyOverrides, checkOverrides, defaultSpec, readBundle, type ProcessOverrides } from '../container/spec.js';
 import { AlreadyExistsError, InvalidArgumentError, InvalidStateError, NotFoundError } from '../errors.js';
 import type { VirtualMachine } from '../hypervisor/hypervisor.js';
@@ -29,7 +35,7 @@ import { newOwner, ownedHere, ownerAlive, type ContainerEntry, type Journal, typ
 import type { ContextOptions, ResourceManager } from './resources/manager.js';
 import { guestRootfsImageDir } from './resources/guest-rootfs.js';
 import { guestSharedDir, SHARED_FS_KIND, type Share } from './resources/share.js';
-import { STREAM_PORTS_KIND, STREAM_PORT_PREFIX, claimPorts, openClaim, releaseClaims, type Output, type PortClaim, type StreamPortsState } from './resources/stream-ports.js';
+import { STREAM_PORTS_KIND, STREAM_PORT_PREFIX, claimPorts, openClaim, releaseClaims, streamSocket, type Output, type PortClaim, type StreamPortsState } from './resources/stream-ports.js';
 import { VOLUMES_KIND, detachVolume, hotplugVolume, type VolumesState } from './resources/volumes/index.js';
 import { containerMounts, makeRootfsImage, rootfsVolumeName } from './resources/volumes/container.js';
 import type { CallOptions } from '../options.js';
@@ -47,6 +53,14 @@ export type StdioTransport = 'auto' | 'agent';
 export interface InitStdioOptions extends StdioOptions {
   /** `auto` (default) or `agent`; see {@link StdioTransport}. */
   transport?: StdioTransport;
+  /**
+   * The init's stdout and stderr go to the container's log only, written by a detached writer
+   * (`vmpod-logger`) that outlives this process, as `vmpod run -d` does: the container's
+   * `stdout` and `stderr` are null here; read the output with `container.logs()` from any
+   * process. Each output needs a stream port of its own (a free one, no terminal, a new pid
+   * namespace; see docs/logs.md); the create fails with InvalidArgumentError otherwise.
+   */
+  detached?: boolean;
 }
 
 /** Where a container comes from: an OCI bundle, a rootfs directory, or the builtin busybox rootfs. */
@@ -77,6 +91,12 @@ export interface ContainerConfig extends CallOptions {
    * plugged as a virtio-blk disk; q35 only; writes stay in the image).
    */
   rootfsTransport?: 'virtiofs' | 'block';
+  /**
+   * The container's log (docs/logs.md): its stdout and stderr are also written, in the CRI log
+   * format, to a rotated file in the sandbox's folder, readable with `container.logs()` from any
+   * process. Sizes (default: 3 files of 4 MiB at most), or `false` for no log.
+   */
+  log?: ContainerLogConfig | false;
 }
 
 /** Checks `stdio.transport` of a container config. */
@@ -125,6 +145,10 @@ interface Plan {
   transport: 'virtiofs' | 'block';
   stdio: Required<StdioOptions>;
   stdioVia: StdioTransport;
+  /** The log's sizes, undefined for no log. */
+  log: ResolvedLogConfig | undefined;
+  /** The outputs go to a detached log writer. */
+  detached: boolean;
 }
 
 function share(resources: ResourceManager, record: SandboxRecord, options: ContextOptions): Share {
@@ -167,7 +191,21 @@ export class ContainerManager {
       throw new InvalidArgumentError('sharedFs', 'this sandbox has no shared filesystem: only the builtin rootfs can be used');
     }
     const terminal = adapted.spec.process.terminal ?? false;
-    return { id, spec: adapted.spec, hostRootfs, shares: adapted.shares, volumes, transport, stdio: normaliseStdio(options.stdio, terminal), stdioVia };
+    const log = options.log === false ? undefined : resolveLogConfig(options.log);
+    const detached = options.stdio?.detached === true;
+    if (detached) {
+      const why = !log
+        ? 'there is no log to write the output to (log: false)'
+        : terminal
+          ? 'a terminal has one output that travels through the agent, not on a stream port'
+          : stdioVia === 'agent'
+            ? 'stdio.transport "agent" takes no stream port'
+            : adapted.spec.linux?.namespaces?.some((ns) => ns.type === 'pid' && ns.path !== undefined)
+              ? 'the container joins an existing pid namespace: its output cannot take a stream port'
+              : undefined;
+      if (why) throw new InvalidArgumentError('stdio.detached', why);
+    }
+    return { id, spec: adapted.spec, hostRootfs, shares: adapted.shares, volumes, transport, stdio: normaliseStdio(options.stdio, terminal), stdioVia, log, detached };
   }
 
   /** Creates a container in the running sandbox (see the module's description). */
@@ -343,11 +381,52 @@ export class ContainerManager {
     call: CallOptions,
   ): Promise<CreatedContainer> {
     const direct: Partial<Record<Output, DirectStreamReadable>> = {};
-    for (const c of claims) {
-      const stream = await openClaim(session.bootDir, plan.id, c, call.signal);
-      streams.push(stream);
-      direct[c.fd] = stream;
+    let writer: ContainerLogWriter | undefined;
+    try {
+      if (plan.detached) {
+        const wanted = (['stdout', 'stderr'] as const).filter((fd) => plan.stdio[fd]);
+        if (claims.length < wanted.length) {
+          throw new InvalidArgumentError('stdio.detached', `each output needs a free stream port: ${wanted.length} wanted, ${claims.length} free (see streamPorts)`);
+        }
+        if (claims.length > 0) {
+          const logger = await spawnCriLogger(this.sandbox.id, this.sandbox.dir, plan.id, plan.log!, session.bootDir, claims, call.signal);
+          await this.sandbox.journal.transact((tx) => void (this.#mine(tx, plan.id, owner).logger = logger));
+          // The writer holds the ports' locks through the descriptors it inherited: this process lets go of its own.
+          for (const c of claims) await c.lock.release();
+        }
+      } else {
+        for (const c of claims) {
+          const stream = await openClaim(session.bootDir, plan.id, c, call.signal);
+          streams.push(stream);
+          direct[c.fd] = stream;
+        }
+        if (plan.log && (plan.stdio.stdout || plan.stdio.stderr)) writer = await ContainerLogWriter.open(this.sandbox.dir, plan.id, plan.log);
+      }
+      const created = await this.#createWithPorts(plan, owner, session, rootfs, overlay, claims, streams, direct, call);
+      if (writer) {
+        if (created.stdio.stdout) writer.tee('stdout', created.stdio.stdout);
+        if (created.stdio.stderr) writer.tee('stderr', created.stdio.stderr);
+        if (!created.stdio.stdout && !created.stdio.stderr) await writer.close();
+      }
+      return created;
+    } catch (error) {
+      await writer?.close();
+      throw error;
     }
+  }
+
+  /** {@link #createInGuest} once the outputs' readers are in place. */
+  async #createWithPorts(
+    plan: Plan,
+    owner: Owner,
+    session: GuestSession,
+    rootfs: string,
+    overlay: boolean,
+    claims: PortClaim[],
+    streams: DirectStreamReadable[],
+    direct: Partial<Record<Output, DirectStreamReadable>>,
+    call: CallOptions,
+  ): Promise<CreatedContainer> {
     await this.sandbox.journal.transact((tx) => void (this.#mine(tx, plan.id, owner).inGuest = true));
     const base = { id: plan.id, config: plan.spec, rootfs, stdio: plan.stdio, ...(overlay ? { overlay: true } : {}) };
     let pid: number;
@@ -355,7 +434,8 @@ export class ContainerManager {
       const ports = Object.fromEntries(claims.map((c) => [c.fd, { port: `${STREAM_PORT_PREFIX}${c.index}`, cookie: c.marker.toString('hex') }]));
       ({ pid } = await session.agent.createContainer(claims.length > 0 ? { ...base, direct: ports } : base, call));
     } catch (error) {
-      if (!(claims.length > 0 && error instanceof AgentError && error.agentCode === 'BUSY')) throw error;
+      // A detached output has no other way than its port: the create fails.
+      if (!(claims.length > 0 && !plan.detached && error instanceof AgentError && error.agentCode === 'BUSY')) throw error;
       for (const stream of streams.splice(0)) stream.destroy();
       for (const c of claims.splice(0)) await c.lock.release();
       delete direct.stdout;
@@ -365,7 +445,7 @@ export class ContainerManager {
     }
     const rest = await session.agent.openStdio(
       plan.id,
-      { stdin: plan.stdio.stdin, stdout: plan.stdio.stdout && !direct.stdout, stderr: plan.stdio.stderr && !direct.stderr },
+      { stdin: plan.stdio.stdin, stdout: plan.stdio.stdout && !direct.stdout && !plan.detached, stderr: plan.stdio.stderr && !direct.stderr && !plan.detached },
       call,
     );
     await this.sandbox.journal.transact((tx) => {
@@ -456,6 +536,8 @@ export class ContainerManager {
     }
     const streamPorts = resources.find<StreamPortsState>(STREAM_PORTS_KIND);
     if (streamPorts) steps.push(['stream ports', () => resources.context(streamPorts, tx.record, options).update((state) => releaseClaims(state, id))]);
+    const logger = entry.logger;
+    if (logger) steps.push(['its log writer', () => endLogger(logger)]);
     await runAll(steps, `could not release container "${id}"`);
     delete tx.record.containers[id];
   }
@@ -477,7 +559,69 @@ export class ContainerManager {
     }
     if (entry.rootfsVolume !== undefined) await this.#detachRootfsVolume(entry.rootfsVolume, session);
     await this.#releaseEntry(id, session.contextOptions, () => true);
+    // Deleted, as with `docker rm`: its log goes too (a stopped sandbox keeps its containers' logs until it is deleted).
+    removeLog(this.sandbox.dir, id);
   }
+}
+
+/** How long a container's detached log writer may take to write what its container's end left in flight. */
+const LOGGER_DRAIN_MS = 1_000;
+
+/** Ends a container's detached log writer: it exits by itself at the end of the output; else it is killed. */
+async function endLogger(logger: ProcessIdentity): Promise<void> {
+  if (isAlive(logger)) await waitForProcessExit(logger, LOGGER_DRAIN_MS);
+  if (isAlive(logger) && !(await terminate(logger, 0))) throw new Error(`the log writer (pid ${logger.pid}) did not die from SIGKILL`);
+}
+
+/** How long a detached log writer may take to connect to its ports. */
+const LOGGER_READY_MS = 10_000;
+
+/**
+ * Starts the detached writer of container `id`'s log (`vmpod-logger --cri`, native/logger): it
+ * connects to the claimed ports' sockets and writes what the container writes into them until
+ * the end markers. It inherits the ports' locks (flock: held as long as it reads) and learns the
+ * markers from its environment. Resolves once it said it is connected.
+ */
+async function spawnCriLogger(sandboxId: string, sandboxDir: string, id: string, log: ResolvedLogConfig, bootDir: string, claims: readonly PortClaim[], signal?: AbortSignal): Promise<ProcessIdentity> {
+  const paths = logPaths(sandboxDir, id);
+  makeLogDir(paths);
+  const env: NodeJS.ProcessEnv = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' };
+  for (const c of claims) env[c.fd === 'stdout' ? 'VMPOD_MARKER_STDOUT' : 'VMPOD_MARKER_STDERR'] = c.marker.toString('hex');
+  const args = ['--cri', paths.dir, String(log.maxBytes), String(log.maxFiles), ...claims.map((c) => `${c.fd}=${streamSocket(bootDir, c.index)}`)];
+  const [read, write] = native().pipe();
+  let logger: ProcessIdentity;
+  try {
+    logger = await spawnDetached(LOGGER_BINARY, args, { output: { fd: write }, fds: claims.map((c) => c.lock.fd), env, umask: 0o077 });
+  } catch (error) {
+    native().closeFd(read);
+    throw error;
+  } finally {
+    native().closeFd(write);
+  }
+  const said = await new Promise<string>((resolve) => {
+    const pipe = new net.Socket({ fd: read, readable: true, writable: false });
+    let text = '';
+    const done = (): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      pipe.destroy();
+      resolve(text);
+    };
+    const timer = setTimeout(done, LOGGER_READY_MS);
+    signal?.addEventListener('abort', done, { once: true });
+    pipe.on('data', (chunk: Buffer) => {
+      text = (text + chunk.toString('utf8')).slice(0, 4096);
+      if (text.startsWith('ready\n')) done();
+    });
+    pipe.on('end', done);
+    pipe.on('error', done);
+  });
+  if (!said.startsWith('ready\n')) {
+    await terminate(logger, 0);
+    signal?.throwIfAborted();
+    throw new SandboxError(sandboxId, `the log writer of container "${id}" did not start: ${printableField(said.trim()) || `no answer within ${LOGGER_READY_MS} ms`}`);
+  }
+  return { pid: logger.pid, startTime: logger.startTime };
 }
 
 function ignoreNotFound(error: unknown): void {

@@ -27,6 +27,7 @@ import { AgentClosedError } from '../agent/errors.js';
 import type { ContainerInfo, ExitStatus } from '../agent/messages.js';
 import { runAll } from '../cleanup.js';
 import { Container, Process } from '../container/container.js';
+import { ContainerLogReader, logPaths, loggedContainers, type LogOptions } from '../container/log-file.js';
 import { AbortError, InvalidArgumentError, NotFoundError, TimeoutError } from '../errors.js';
 import type { Hypervisor, SpawnedVm, VirtualMachine, VmExit } from '../hypervisor/hypervisor.js';
 import { QemuHypervisor } from '../hypervisor/qemu/hypervisor.js';
@@ -827,6 +828,26 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   /** Every container in the sandbox, as the agent reports them. */
   async containers(options: CallOptions = {}): Promise<ContainerInfo[]> {
     return (await this.agent(options)).listContainers(options);
+  }
+
+  /**
+   * The log of container `id` (docs/logs.md; see {@link Container.logs}), in any state of the
+   * sandbox, also once the container is gone with its VM (a stopped sandbox keeps its containers'
+   * logs until it is deleted). Bytes by default; with `objectMode` the lines as `LogLine`
+   * objects, with their stream and time.
+   */
+  logs(id: string, options: LogOptions = {}, objectMode = false): ContainerLogReader {
+    return new ContainerLogReader(logPaths(this.dir, validate.id(id)), options, objectMode);
+  }
+
+  /** The ids of the containers that have a log in this sandbox (also those gone with a stopped VM). */
+  loggedContainers(): string[] {
+    return loggedContainers(this.dir);
+  }
+
+  /** @internal */
+  containerLogs(id: string, options: LogOptions = {}): ContainerLogReader {
+    return this.logs(id, options);
   }
 
   /** @internal Releases the host side of container `id` (the agent deleted it). */

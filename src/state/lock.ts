@@ -44,6 +44,11 @@ export class FileLock implements AsyncDisposable {
     return new FileLock(handle, path);
   }
 
+  /** The lock file's descriptor (-1 once released): a child process that inherits it holds the lock too. */
+  get fd(): number {
+    return this.handle.fd;
+  }
+
   /** Releases the lock (closing the file releases it too). Idempotent. */
   async release(): Promise<void> {
     if (this.handle.fd < 0) return;

@@ -153,7 +153,8 @@ ${PROCESS_USAGE}
 
     const container: ContainerConfig = {
       process: processOverrides(parsed),
-      stdio: { stdin: interactive, stdout: !detach, stderr: !detach },
+      // Detached, the output goes to the container's log, written by a writer that outlives this process.
+      stdio: detach && !tty ? { stdin: interactive, detached: true } : { stdin: interactive, stdout: !detach, stderr: !detach },
       volumes: mounts,
     };
     const source = parsed.positionals[0];

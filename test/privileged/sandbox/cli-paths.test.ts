@@ -2,7 +2,7 @@
  * Paths of the CLI and the API no other test walks, on real VMs (one sandbox per test, so that
  * each test stands alone): `kill --all` (CLI and API: the init and an exec'd process both get
  * the signal), `stop --timeout` of a guest that cannot power off (how it ended, in the record and
- * the 'stopped' event), `logs -f` (output written after the call, ends with the sandbox or on
+ * the 'stopped' event), `logs --console -f` (output written after the call, ends with the sandbox or on
  * SIGINT), `run` forwarding SIGINT/SIGHUP/SIGTERM to a running container, and `run -it` on a real
  * pseudo-terminal (raw mode: Ctrl-C reaches the container's tty as a byte; a window resize shows
  * in `stty size`).
@@ -13,6 +13,7 @@ import path from 'node:path';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { buildGuestAssets } from '../../../src/guest/build.js';
 import { Sandbox, type StopInfo } from '../../../src/sandbox/sandbox.js';
+import { PrintableDecoder } from '../../../src/printable.js';
 import { collect, expectNothingLeft, forceCleanup, makeStateDir, processesMentioning, skipReason, spawnVmpod, vmpod } from './fixture.js';
 
 /** Polls `check` until it holds (or fails after `timeoutMs`). */
@@ -171,10 +172,10 @@ describe.skipIf(skipReason)(`CLI and API paths${skipReason ? ` (skipped: ${skipR
     await sandbox.delete();
   });
 
-  it('vmpod logs -f prints what the guest logs after the call and ends when the sandbox stops (graceful stop --timeout)', async () => {
+  it('vmpod logs --console -f prints what the guest logs after the call and ends when the sandbox stops (graceful stop --timeout)', async () => {
     const id = 'cplogs';
     expect((await vmpod(stateDir, ['run', '-d', '--name', id, '--', 'sleep', '600'])).code).toBe(0);
-    const follow = spawnVmpod(stateDir, ['logs', '-f', id]);
+    const follow = spawnVmpod(stateDir, ['logs', '--console', '-f', id]);
     spawned.push(follow.child);
     const followed = output(follow.child);
     await until('the log so far', () => followed().includes('vmpod-init: ready'));
@@ -187,17 +188,18 @@ describe.skipIf(skipReason)(`CLI and API paths${skipReason ? ` (skipped: ${skipR
     const r = await follow.result;
     expect(r.code).toBe(0);
     expect(r.stderr).toBe('');
-    // Byte for byte what the file holds (stdout is a pipe).
+    // What the file holds, its control characters escaped (also into a pipe).
     const info = (await Sandbox.list({ stateDir })).find((s) => s.id === id)!;
-    expect(r.stdout).toBe(await fs.readFile(info.consoleLog, 'latin1'));
+    const decoder = new PrintableDecoder();
+    expect(r.stdout).toBe(decoder.write(await fs.readFile(info.consoleLog)) + decoder.end());
     expect((await (await Sandbox.attach(id, { stateDir })).record()).stopReason).toEqual({ reason: 'requested', detail: 'stop' });
     expect((await vmpod(stateDir, ['delete', id])).code).toBe(0);
   });
 
-  it('vmpod logs -f follows a paused sandbox on, and ends on SIGINT while the sandbox runs', async () => {
+  it('vmpod logs --console -f follows a paused sandbox on, and ends on SIGINT while the sandbox runs', async () => {
     const id = 'cplogsint';
     expect((await vmpod(stateDir, ['run', '-d', '--name', id, '--', 'sleep', '600'])).code).toBe(0);
-    const follow = spawnVmpod(stateDir, ['logs', '-f', id]);
+    const follow = spawnVmpod(stateDir, ['logs', '--console', '-f', id]);
     spawned.push(follow.child);
     const followed = output(follow.child);
     await until('the log so far', () => followed().includes('vmpod-init: ready'));

@@ -122,7 +122,7 @@ describe.skipIf(skipReason)(`vmpod CLI${skipReason ? ` (skipped: ${skipReason})`
       if (after[0]?.containers[0]?.status === 'stopped') break;
     }
     expect(after).toMatchObject([{ id: 'clijob', state: 'running', containers: [{ id: 'clijob', status: 'stopped', exit: { exitCode: 9, signal: 0, oomKilled: false } }] }]);
-    const logs = await vmpod(stateDir, ['logs', 'clijob']);
+    const logs = await vmpod(stateDir, ['logs', '--console', 'clijob']);
     expect(logs.stdout).toContain('vmpod-init: ready');
 
     expect((await vmpod(stateDir, ['delete', 'clijob'])).code).toBe(125); // still running: needs stop or -f
