@@ -88,6 +88,8 @@ describe.skipIf(!ready)(`vmpod-agent: direct stdio requests (${ready ? 'root' : 
     const { stdout } = await agent.client.openStdio(id, { stdout: true });
     await agent.client.startContainer(id);
     expect((await collect(stdout)).toString()).toBe('fine\n');
+    // The end of stdout comes before the agent reaps the process: wait for the exit, then delete.
+    expect(await agent.client.wait(id)).toEqual({ exitCode: 0, signal: 0, oomKilled: false });
     await agent.client.deleteContainer(id);
   });
 });
