@@ -340,7 +340,8 @@ interface ExitWait {
  * guarantees). An async iterable of {@link WatchEvent}s (`for await (const event of watcher)`;
  * each iterator gets the events from its first call on, the first one from the watcher's start)
  * and an event emitter (`event`, and `sandbox`, `container`, `device`, `error`). It keeps the
- * process alive until {@link close} (or its `signal`, or `await using`).
+ * process alive until {@link close} (or its `signal`, or `await using`); leaving the last
+ * `for await` loop early (`break`, a throw) closes it too when it has no listeners.
  */
 export class SandboxWatcher extends EventEmitter<SandboxWatcherEvents> implements AsyncIterable<WatchEvent>, AsyncDisposable {
   /** The state directory root it watches. */
@@ -664,6 +665,8 @@ export class SandboxWatcher extends EventEmitter<SandboxWatcherEvents> implement
       return: () => {
         q.close();
         this.#queues.delete(q);
+        // `break` out of the last loop, with no listener either: nothing can take events any more.
+        if (this.#queues.size === 0 && this.#firstQueue === undefined && this.eventNames().length === 0) this.close();
         return Promise.resolve({ value: undefined, done: true });
       },
       [Symbol.asyncIterator]() {

@@ -309,6 +309,20 @@ describe('Sandbox.watch', () => {
     expect(watcher.closed).toBe(true);
     expect(await second.next()).toEqual({ value: { type: 'sandbox', action: 'stopped', sandbox: 'it', time: expect.any(String) }, done: false });
     expect(await second.next()).toEqual({ value: undefined, done: true });
+    // Leaving the last loop early closes a watcher nobody listens to; one with a listener stays open.
+    const once = Sandbox.watch({ stateDir: root, rescanMs: 60_000 });
+    watchers.push(once);
+    await once.ready;
+    await put(record('it2', 'created'));
+    for await (const event of once) if (event.type === 'sandbox') break;
+    expect(once.closed).toBe(true);
+    const heard = Sandbox.watch({ stateDir: root, rescanMs: 60_000 });
+    watchers.push(heard);
+    heard.on('error', () => undefined);
+    await heard.ready;
+    await put(record('it3', 'created'));
+    for await (const event of heard) if (event.type === 'sandbox') break;
+    expect(heard.closed).toBe(false);
     // An aborted signal: closed at once.
     const closed = Sandbox.watch({ stateDir: root, signal: AbortSignal.abort() });
     expect(closed.closed).toBe(true);
