@@ -31,7 +31,6 @@
 #include <poll.h>
 #include <sys/file.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 #include <sys/un.h>
 #include <time.h>
 
@@ -176,6 +175,7 @@ class CriLog {
       Record(full, data + at, lineEnd - at);
       at = lineEnd + 1;
     }
+    Flush();
   }
 
  private:
@@ -194,30 +194,32 @@ class CriLog {
     std::snprintf(out + n, size - n, ".%09ldZ", static_cast<long>(ts.tv_nsec));
   }
 
+  // Appends a record to what Write() writes at its end (one write per chunk and file, not per line).
   void Record(const std::string& header, const char* content, size_t size) {
     unsigned long long length = header.size() + size + 1;
-    if (size_ + length > max_ && size_ > 0) Rotate();
-    char nl = '\n';
-    struct iovec iov[3] = {{const_cast<char*>(header.data()), header.size()}, {const_cast<char*>(content), size}, {&nl, 1}};
-    int count = 3;
-    struct iovec* v = iov;
-    while (count > 0) {
-      ssize_t n = ::writev(fd_, v, count);
+    if (size_ + pending_.size() + length > max_ && size_ + pending_.size() > 0) {
+      Flush();
+      Rotate();
+    }
+    pending_.append(header);
+    pending_.append(content, size);
+    pending_.push_back('\n');
+  }
+
+  void Flush() {
+    const char* data = pending_.data();
+    size_t left = pending_.size();
+    while (left > 0) {
+      ssize_t n = ::write(fd_, data, left);
       if (n < 0) {
         if (errno == EINTR) continue;
         std::exit(1);  // the disk is full or gone: nothing more can be logged
       }
+      data += n;
+      left -= static_cast<size_t>(n);
       size_ += static_cast<unsigned long long>(n);
-      while (count > 0 && static_cast<size_t>(n) >= v->iov_len) {
-        n -= static_cast<ssize_t>(v->iov_len);
-        v++;
-        count--;
-      }
-      if (count > 0) {
-        v->iov_base = static_cast<char*>(v->iov_base) + n;
-        v->iov_len -= static_cast<size_t>(n);
-      }
     }
+    pending_.clear();
   }
 
   void Rotate() {
@@ -240,6 +242,7 @@ class CriLog {
   unsigned files_;
   int fd_ = -1;
   unsigned long long size_ = 0;
+  std::string pending_;
 };
 
 // One output of the container: its socket and what its markers let through.

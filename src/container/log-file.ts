@@ -26,7 +26,9 @@ import { InvalidArgumentError } from '../errors.js';
 import { native } from '../native.js';
 import { FileLock } from '../state/lock.js';
 import * as validate from '../validate.js';
-import { encodeChunk, formatTime, parseRecords, type LogRecord, type LogStream } from './log-format.js';
+import { MAX_RECORD_CONTENT, formatTime, nowNs, parseRecords, type LogRecord, type LogStream } from './log-format.js';
+
+const NEWLINE_BYTE = 0x0a;
 
 export type { LogRecord, LogStream } from './log-format.js';
 
@@ -140,46 +142,56 @@ export class ContainerLogWriter {
     return this.#failed;
   }
 
-  /** Appends the records of `chunk` of `stream` (received now). */
+  /**
+   * Appends the records of `chunk` of `stream` (received now): the records `encodeChunk` (log-format.ts) makes,
+   * copied into one buffer and written with one write per file (a buffer per line would cost
+   * more than the copy for output of short lines).
+   */
   write(stream: LogStream, chunk: Buffer): void {
     if (this.#failed || this.#fd < 0 || chunk.length === 0) return;
     try {
-      const parts = encodeChunk(stream, chunk);
-      // Records are header, content, newline: written in batches that fit the current file.
-      let batch: Buffer[] = [];
-      let bytes = 0;
-      for (let i = 0; i < parts.length; i += 3) {
-        const length = parts[i]!.length + parts[i + 1]!.length + 1;
-        if (this.#size + bytes + length > this.config.maxBytes) {
-          this.#writev(batch);
-          batch = [];
-          bytes = 0;
+      const time = formatTime(nowNs());
+      const full = Buffer.from(`${time} ${stream} F `, 'latin1');
+      const partial = Buffer.from(`${time} ${stream} P `, 'latin1');
+      let records = Math.ceil(chunk.length / MAX_RECORD_CONTENT) + 1;
+      for (let at = chunk.indexOf(NEWLINE_BYTE); at >= 0; at = chunk.indexOf(NEWLINE_BYTE, at + 1)) records++;
+      const out = Buffer.allocUnsafe(chunk.length + records * (full.length + 1));
+      let used = 0;
+      const record = (header: Buffer, from: number, to: number): void => {
+        const length = header.length + (to - from) + 1;
+        if (this.#size + used + length > this.config.maxBytes) {
+          this.#writeOut(out.subarray(0, used));
+          used = 0;
           if (this.#size > 0) this.#rotate();
         }
-        batch.push(parts[i]!, parts[i + 1]!, parts[i + 2]!);
-        bytes += length;
+        header.copy(out, used);
+        chunk.copy(out, used + header.length, from, to);
+        out[used + length - 1] = NEWLINE_BYTE;
+        used += length;
+      };
+      let at = 0;
+      while (at < chunk.length) {
+        const end = chunk.indexOf(NEWLINE_BYTE, at);
+        const lineEnd = end < 0 ? chunk.length : end;
+        for (; lineEnd - at > MAX_RECORD_CONTENT; at += MAX_RECORD_CONTENT) record(partial, at, at + MAX_RECORD_CONTENT);
+        if (end < 0) {
+          if (lineEnd > at) record(partial, at, lineEnd);
+          break;
+        }
+        record(full, at, lineEnd);
+        at = end + 1;
       }
-      this.#writev(batch);
+      this.#writeOut(out.subarray(0, used));
     } catch (error) {
       this.#failed = error as Error;
     }
   }
 
-  #writev(buffers: Buffer[]): void {
-    let rest = buffers;
-    while (rest.length > 0) {
-      let n = fs.writevSync(this.#fd, rest);
+  #writeOut(data: Buffer): void {
+    for (let done = 0; done < data.length; ) {
+      const n = fs.writeSync(this.#fd, data, done, data.length - done);
+      done += n;
       this.#size += n;
-      // A short write (rare on a file): go on after what was written.
-      const left: Buffer[] = [];
-      for (const b of rest) {
-        if (n >= b.length) n -= b.length;
-        else {
-          left.push(n > 0 ? b.subarray(n) : b);
-          n = 0;
-        }
-      }
-      rest = left;
     }
   }
 
