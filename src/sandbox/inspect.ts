@@ -13,6 +13,7 @@ import type { AgentClient } from '../agent/client.js';
 import { NotFoundError } from '../errors.js';
 import type { ResolvedSandboxConfig } from './config.js';
 import type { SandboxRecord } from './record.js';
+import { HUGEPAGES_KIND } from './resources/hugepages.js';
 import { describeSandboxNetwork, NETWORK_KIND, type SandboxInterfaceInfo } from './resources/network.js';
 import { pciDevices, PCI_DEVICES_KIND } from './resources/pci-devices.js';
 import { SHARED_FS_KIND } from './resources/share.js';
@@ -126,7 +127,7 @@ export function inspectRecord(record: SandboxRecord, dir: string, consoleLog: st
     const { id, startedAt, guest } = record.boot;
     inspection.boot = { id, startedAt, ...(guest?.kernel ? { kernel: guest.kernel, initramfs: guest.initramfs } : {}), ...(guest?.kernelRelease ? { kernelRelease: guest.kernelRelease } : {}) };
   }
-  const claim = (record.resources['hugepages'] as { claim?: { sizeBytes?: unknown } } | undefined)?.claim;
+  const claim = (record.resources[HUGEPAGES_KIND] as { claim?: { sizeBytes?: unknown } } | undefined)?.claim;
   if (typeof claim?.sizeBytes === 'number' && record.boot) inspection.resources.hugepageBytes = claim.sizeBytes;
   return JSON.parse(JSON.stringify(inspection)) as SandboxInspection; // plain data, nothing shared with the record
 }
