@@ -6,6 +6,9 @@
  * @module
  */
 
+import { MAX_MEMORY_MIB, MIN_MEMORY_MIB } from '../sandbox/config.js';
+import type { MachineProfile } from '../hypervisor/hypervisor.js';
+
 /** An inclusive range of integers. */
 export interface IntegerRange {
   readonly min: number;
@@ -14,8 +17,12 @@ export interface IntegerRange {
 
 /** `run --cpus`: the sandbox config's `cpus`. */
 export const CPUS: IntegerRange = { min: 1, max: 64 };
-/** `run --memory`: the sandbox config's `memoryMiB`. */
-export const MEMORY_MIB: IntegerRange = { min: 64, max: 1024 * 1024 };
+/** `run --memory` with machine type `machine`: the sandbox config's `memoryMiB`. */
+export function memoryMiB(machine: MachineProfile): IntegerRange {
+  return { min: MIN_MEMORY_MIB[machine], max: MAX_MEMORY_MIB };
+}
+/** `run --memory` of the default machine type (q35). */
+export const MEMORY_MIB: IntegerRange = memoryMiB('q35');
 /** Guest RAM without `--memory` (the sandbox config's default). */
 export const DEFAULT_MEMORY_MIB = 256;
 /** Guest RAM that hugepages reserved in the guest must leave to the rest of it. */

@@ -70,6 +70,8 @@ export interface ContainerEntry {
   rootfsVolume?: string;
   /** The agent was asked to create it (so the guest may have it). */
   inGuest?: boolean;
+  /** Host path of the OCI bundle it was made from. */
+  bundle?: string;
   /** The detached writer of its log (`stdio.detached`), recorded when spawned. */
   logger?: ProcessIdentity;
 }
@@ -131,6 +133,7 @@ export function checkRecord(value: unknown, file: string): SandboxRecord {
     const entry = c as Record<string, unknown>;
     if (!Array.isArray(entry['binds']) || entry['binds'].some((b) => typeof b !== 'string')) bad(`containers.${id}.binds is invalid`);
     if (entry['owner'] !== undefined && !isOwner(entry['owner'])) bad(`containers.${id}.owner is invalid`);
+    if (entry['bundle'] !== undefined && (typeof entry['bundle'] !== 'string' || !entry['bundle'].startsWith('/'))) bad(`containers.${id}.bundle is invalid`);
     if (entry['logger'] !== undefined && !isProcessIdentity(entry['logger'])) bad(`containers.${id}.logger is invalid`);
   }
   return value as unknown as SandboxRecord;

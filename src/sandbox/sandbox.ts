@@ -807,6 +807,12 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
    */
   async createContainer(options: ContainerConfig = {}): Promise<Container> {
     const created = await this.#containers.create(options, this.config);
+    if (options.bundle !== undefined) {
+      // For containers() in any process (the agent knows only the spec it was given). A sandbox
+      // stopped meanwhile has no entry to write it to: the container is gone with it.
+      const bundle = options.bundle;
+      await this.#journal.transact((tx) => void (tx.record.containers[created.id] && (tx.record.containers[created.id]!.bundle = bundle))).catch(() => undefined);
+    }
     const container = new Container(this, created.id, 'created', new Process(this, created.id, undefined, created.pid, created.stdio));
     this.#objects.set(created.id, container);
     return container;
@@ -825,9 +831,14 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     return container;
   }
 
-  /** Every container in the sandbox, as the agent reports them. */
+  /**
+   * Every container in the sandbox, as the agent reports them; `bundle` is the host path of the
+   * OCI bundle a container was made from (`''` for a rootfs directory or the builtin rootfs).
+   */
   async containers(options: CallOptions = {}): Promise<ContainerInfo[]> {
-    return (await this.agent(options)).listContainers(options);
+    const list = await (await this.agent(options)).listContainers(options);
+    const entries = (await this.record()).containers;
+    return list.map((c) => (c.bundle === '' && entries[c.id]?.bundle !== undefined ? { ...c, bundle: entries[c.id]!.bundle! } : c));
   }
 
   /**

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { integerOption, parseArgs, type CommandSpec } from '../../src/cli/args.js';
 import { UsageError } from '../../src/cli/io.js';
-import { CPUS, MEMORY_MIB, SIGNAL_NUMBER, STOP_TIMEOUT_S, USER_ID, guestHugepages } from '../../src/cli/limits.js';
+import { CPUS, MEMORY_MIB, SIGNAL_NUMBER, STOP_TIMEOUT_S, USER_ID, guestHugepages, memoryMiB } from '../../src/cli/limits.js';
 import { processOverrides } from '../../src/cli/process-options.js';
 import { run as runCommand, runSandboxConfig } from '../../src/cli/commands/run.js';
 import { stop, stopOptions } from '../../src/cli/commands/lifecycle.js';
@@ -66,7 +66,7 @@ const BAD_FORMS = [
 /** Every numeric option of the CLI, with the range docs/cli.md gives it. */
 const NUMERIC_OPTIONS: { name: string; min: number; max: number; parse: (value: string) => unknown }[] = [
   { name: '--cpus', min: 1, max: 64, parse: (v) => runSandboxConfig(parseArgs(['--cpus', v], runCommand.spec).options).config.cpus },
-  { name: '--memory', min: 64, max: 1048576, parse: (v) => runSandboxConfig(parseArgs([`--memory=${v}`], runCommand.spec).options).config.memoryMiB },
+  { name: '--memory', min: 128, max: 1048576, parse: (v) => runSandboxConfig(parseArgs([`--memory=${v}`], runCommand.spec).options).config.memoryMiB },
   {
     name: '--guest-hugepages',
     min: 1,
@@ -194,6 +194,12 @@ describe('the numeric options of the commands', () => {
     expect(() => resolveSandboxConfig({ cpus: CPUS.min - 1 })).toThrow(InvalidArgumentError);
     expect(() => resolveSandboxConfig({ memoryMiB: MEMORY_MIB.max + 1 })).toThrow(InvalidArgumentError);
     expect(() => resolveSandboxConfig({ memoryMiB: MEMORY_MIB.min - 1 })).toThrow(InvalidArgumentError);
+    // With --machine microvm the least is microvm's, the library's too.
+    expect(config(['--machine', 'microvm', '--memory', String(memoryMiB('microvm').min)]).memoryMiB).toBe(memoryMiB('microvm').min);
+    expect(() => runSandboxConfig(parseArgs(['--machine', 'microvm', '--memory', String(memoryMiB('microvm').min - 1)], runCommand.spec).options)).toThrow(
+      `--memory "${memoryMiB('microvm').min - 1}": expected a decimal integer from ${memoryMiB('microvm').min} to ${MEMORY_MIB.max} (with --machine microvm)`,
+    );
+    expect(() => resolveSandboxConfig({ machine: 'microvm', memoryMiB: memoryMiB('microvm').min - 1 })).toThrow(InvalidArgumentError);
     // The library's rule for guest hugepages (it checks it when `hugepages` is given).
     expect(() => resolveSandboxConfig({ memoryMiB: 256, hugepages: { backRam: false, guestPages: guestHugepages(256).max + 1 } })).toThrow(
       InvalidArgumentError,

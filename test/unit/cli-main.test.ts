@@ -53,7 +53,7 @@ describe('vmpod numeric options', () => {
   // process costs a second of CPU.
   it('rejects what is not a plain decimal integer in range with exit code 2, before doing anything', async () => {
     const cases: [string[], string][] = [
-      [[...RUN, '--memory', '1e3', '--', 'true'], 'vmpod: --memory "1e3": expected a decimal integer from 64 to 1048576'],
+      [[...RUN, '--memory', '1e3', '--', 'true'], 'vmpod: --memory "1e3": expected a decimal integer from 128 to 1048576'],
       [[...RUN, '--cpus', '1.5', '--', 'true'], 'vmpod: --cpus "1.5": expected a decimal integer from 1 to 64'],
       [
         [...RUN, '--guest-hugepages', '-3', '--', 'true'],

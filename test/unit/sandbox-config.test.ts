@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { resolveSandboxConfig } from '../../src/sandbox/config.js';
+import { MIN_MEMORY_MIB, resolveSandboxConfig } from '../../src/sandbox/config.js';
 import { InvalidArgumentError } from '../../src/errors.js';
 
 describe('sandbox config', () => {
@@ -9,6 +9,16 @@ describe('sandbox config', () => {
     expect(c.guest).toMatchObject({ kernelArgs: [], build: 'if-missing' });
     expect(resolveSandboxConfig({}).id).toMatch(/^vp-[0-9a-f]{12}$/);
     expect(resolveSandboxConfig({ sharedFsCache: 'always' }).sharedFsCache).toBe('always');
+  });
+  it('takes no less guest RAM than boots the guest, per machine type (q35 128 MiB, microvm 192 MiB)', () => {
+    expect(MIN_MEMORY_MIB).toEqual({ q35: 128, microvm: 192 });
+    expect(resolveSandboxConfig({ memoryMiB: 128 }).memoryMiB).toBe(128);
+    expect(resolveSandboxConfig({ machine: 'microvm', memoryMiB: 192 }).memoryMiB).toBe(192);
+    // 64 passed and the guest panicked ("System is deadlocked on memory"): now create() says why.
+    expect(() => resolveSandboxConfig({ memoryMiB: 64 })).toThrow('memoryMiB: 64 MiB is less than the 128 MiB a q35 sandbox needs to boot its guest');
+    expect(() => resolveSandboxConfig({ memoryMiB: 127 })).toThrow(InvalidArgumentError);
+    expect(() => resolveSandboxConfig({ machine: 'microvm', memoryMiB: 191 })).toThrow('memoryMiB: 191 MiB is less than the 192 MiB a microvm sandbox needs to boot its guest');
+    expect(() => resolveSandboxConfig({ memoryMiB: Number.NaN })).toThrow('memoryMiB: NaN is not an integer');
   });
   it('rejects every bad field with its name', () => {
     const cases: [object, RegExp][] = [

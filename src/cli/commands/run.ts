@@ -11,7 +11,7 @@ import { printableField } from '../../printable.js';
 import { integerOption, type ParsedArgs } from '../args.js';
 import { COMMON_OPTIONS, type Command } from '../command.js';
 import { printJson, UsageError } from '../io.js';
-import { CPUS, DEFAULT_MEMORY_MIB, MEMORY_MIB, USER_ID } from '../limits.js';
+import { CPUS, DEFAULT_MEMORY_MIB, MEMORY_MIB, USER_ID, memoryMiB } from '../limits.js';
 import { PROCESS_OPTIONS, PROCESS_USAGE, attachStdio, processOverrides, shellExitCode } from '../process-options.js';
 import { nfvOptions } from '../nfv-options.js';
 
@@ -40,10 +40,13 @@ export function runSandboxConfig(o: ParsedArgs['options']): { config: SandboxCon
   const config: SandboxConfig = {};
   if (typeof o['name'] === 'string') config.id = validate.id(o['name'], '--name');
   if (typeof o['cpus'] === 'string') config.cpus = integerOption('--cpus', o['cpus'], CPUS.min, CPUS.max);
-  if (typeof o['memory'] === 'string') config.memoryMiB = integerOption('--memory', o['memory'], MEMORY_MIB.min, MEMORY_MIB.max);
-  if (typeof o['shared-fs-cache'] === 'string') config.sharedFsCache = o['shared-fs-cache'] as SharedFsCache;
   if (o['machine'] === 'q35' || o['machine'] === 'microvm') config.machine = o['machine'];
   else if (o['machine'] !== undefined) throw new UsageError('--machine must be q35 or microvm');
+  if (typeof o['memory'] === 'string') {
+    const range = memoryMiB(config.machine ?? 'q35');
+    config.memoryMiB = integerOption('--memory', o['memory'], range.min, range.max, config.machine === 'microvm' ? 'with --machine microvm' : undefined);
+  }
+  if (typeof o['shared-fs-cache'] === 'string') config.sharedFsCache = o['shared-fs-cache'] as SharedFsCache;
   if (typeof o['kernel'] === 'string' || typeof o['initramfs'] === 'string' || typeof o['rootfs-image'] === 'string') {
     config.guest = {};
     if (typeof o['kernel'] === 'string') config.guest.kernel = path.resolve(o['kernel']);
@@ -81,11 +84,17 @@ BUNDLE_OR_ROOTFS is an OCI bundle (a directory with config.json) or a root files
 directory; without it the builtin busybox rootfs is used.
 
 Options:
-      --rm              delete the sandbox when the container exits
+      --rm              delete the sandbox when the container exits (or when the
+                        run fails; without it a failed sandbox stays listed,
+                        stopped, for "vmpod logs --console ID")
+  -q, --quiet           no progress messages on stderr (boot progress is shown
+                        only when stderr is a terminal; the first guest build's
+                        always)
   -d, --detach          start the container and exit (the sandbox keeps running)
       --name ID         sandbox and container id (default: random)
       --cpus N          vCPUs, ${CPUS.min}-${CPUS.max} (default 1)
-  -m, --memory MIB      guest RAM in MiB, ${MEMORY_MIB.min}-${MEMORY_MIB.max} (default ${DEFAULT_MEMORY_MIB})
+  -m, --memory MIB      guest RAM in MiB, ${MEMORY_MIB.min}-${MEMORY_MIB.max} (default ${DEFAULT_MEMORY_MIB});
+                        at least ${memoryMiB('microvm').min} with --machine microvm
       --machine M       q35 (default) or microvm
       --kernel PATH     boot this kernel instead of the built one
       --initramfs PATH  boot this initramfs instead of the built one
@@ -120,6 +129,7 @@ ${PROCESS_USAGE}
       ...COMMON_OPTIONS,
       ...PROCESS_OPTIONS,
       { long: 'rm', type: 'boolean' },
+      { long: 'quiet', short: 'q', type: 'boolean' },
       { long: 'detach', short: 'd', type: 'boolean' },
       { long: 'name', type: 'string' },
       { long: 'cpus', type: 'string' },
@@ -178,12 +188,22 @@ ${PROCESS_USAGE}
     };
     for (const s of INTERRUPT_SIGNALS) process.on(s, onInterrupt);
     let sandbox: Sandbox | undefined;
+    let started = false;
     let exitCode = 0;
+    const quiet = o['quiet'] === true;
+    const say = (message: string): boolean => process.stderr.write(`vmpod: ${printableField(message)}\n`);
+    // Boot progress on a terminal (a person waits for it), never into a pipe or a file.
+    const progress = !quiet && process.stderr.isTTY === true;
     try {
       sandbox = await Sandbox.create(config, { signal });
       if (container.id === undefined) container.id = sandbox.id;
-      sandbox.on('progress', (message) => process.stderr.write(`vmpod: ${printableField(message)}\n`));
+      if (!quiet) sandbox.on('progress', (message) => say(message));
+      const { machine, cpus, memoryMiB } = sandbox.config;
+      const bootStart = Date.now();
+      if (progress) say(`booting sandbox ${sandbox.id} (${machine}, ${cpus} vCPU${cpus === 1 ? '' : 's'}, ${memoryMiB} MiB)`);
       await sandbox.start({ signal });
+      started = true;
+      if (progress) say(`sandbox ${sandbox.id} is running (${((Date.now() - bootStart) / 1000).toFixed(1)} s); starting the container`);
       const ctr = await sandbox.createContainer({ ...container, signal });
       const done = detach ? undefined : attachStdio(ctr.init!, { interactive, tty });
       await ctr.start({ signal });
@@ -209,7 +229,13 @@ ${PROCESS_USAGE}
       }
     } catch (error) {
       if (signal.aborted) return await interrupted(sandbox, signal.reason as NodeJS.Signals, o['rm'] === true);
-      await sandbox?.delete({ force: true }).catch(() => undefined);
+      if (o['rm'] || !sandbox) {
+        await sandbox?.delete({ force: true }).catch(() => undefined);
+      } else {
+        // Without --rm the sandbox stays listed (stopped), so that "vmpod logs" can show why it failed.
+        if (sandbox.state === 'running' || sandbox.state === 'paused') await sandbox.stop().catch(() => undefined);
+        if (!started) Object.assign(error as object, { hint: `the sandbox stays listed: "vmpod logs --console ${sandbox.id}" shows its console, "vmpod delete ${sandbox.id}" removes it` });
+      }
       throw error;
     } finally {
       stopInterrupts();

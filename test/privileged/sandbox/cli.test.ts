@@ -3,12 +3,15 @@
  * codes, stdin), detached run + ps + exec + kill + logs + stop + delete, its errors, and a run
  * interrupted by a signal while its sandbox boots.
  */
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildGuestAssets } from '../../../src/guest/build.js';
 import { expectNothingLeft, forceCleanup, makeStateDir, processesMentioning, runcSpecBundle, skipReason, spawnVmpod, vmpod } from './fixture.js';
+
+const PTY_RELAY = path.resolve('test/privileged/sandbox/pty-relay.py');
+const CLI = [process.execPath, '--import', 'tsx', path.resolve('src/cli/main.ts')];
 
 /** Polls `check` until it holds (or fails after `timeoutMs`). */
 async function until(what: string, check: () => Promise<boolean>, timeoutMs = 120_000): Promise<void> {
@@ -90,14 +93,21 @@ describe.skipIf(skipReason)(`vmpod CLI${skipReason ? ` (skipped: ${skipReason})`
     expect(stdin.stdout).toBe('SHOUT\n');
   });
 
-  it('runs an OCI bundle with -e, -w and -u overrides', async () => {
+  // The bundle is runc spec's as it is (terminal: true): without -t the process gets no terminal,
+  // so its stderr is the CLI's stderr and its stdout has no CR LF.
+  it('runs an OCI bundle from runc spec with -e, -w and -u overrides, without a terminal unless -t', async () => {
     const bundle = await runcSpecBundle(path.join(stateDir, 'bundle'), (spec) => {
-      spec.process.terminal = false;
+      expect(spec.process.terminal).toBe(true);
     });
-    const r = await vmpod(stateDir, ['run', '--rm', '-e', 'WHO=cli', '-w', '/tmp', '-u', '1000:1000', bundle, '--', 'sh', '-c', 'echo $WHO $(pwd) $(id -u)']);
-    expect(r.stderr).toBe('');
-    expect(r.stdout).toBe('cli /tmp 1000\n');
+    const r = await vmpod(stateDir, ['run', '--rm', '-e', 'WHO=cli', '-w', '/tmp', '-u', '1000:1000', bundle, '--', 'sh', '-c', 'echo $WHO $(pwd) $(id -u); echo oops >&2; [ -t 1 ] || echo no-tty']);
+    expect(r.stderr).toBe('oops\n');
+    expect(r.stdout).toBe('cli /tmp 1000\nno-tty\n');
     expect(r.code).toBe(0);
+    // With -t it has one: stdout and stderr both go to the terminal, with its CR LF line ends.
+    const tty = await vmpod(stateDir, ['run', '--rm', '-t', bundle, '--', 'sh', '-c', 'echo out; echo oops >&2; [ -t 1 ] && echo tty']);
+    expect(tty.stderr).toBe('');
+    expect(tty.stdout).toBe('out\r\noops\r\ntty\r\n');
+    expect(tty.code).toBe(0);
   });
 
   it('detaches, lists, execs, kills, shows logs, stops and deletes', async () => {
@@ -113,6 +123,15 @@ describe.skipIf(skipReason)(`vmpod CLI${skipReason ? ` (skipped: ${skipReason})`
     const exec = await vmpod(stateDir, ['exec', 'clijob', 'sh', '-c', 'hostname; exit 4']);
     expect(exec.stdout).toBe('clijob\n');
     expect(exec.code).toBe(4);
+    // Commands that cannot run: docker's 127 and 126, the message in the user's terms (the
+    // agent's request name only in a "caused by" line).
+    const notFound = await vmpod(stateDir, ['exec', 'clijob', 'nosuch-command']);
+    expect(notFound.code).toBe(127);
+    expect(notFound.stderr.split('\n')[0]).toMatch(/^vmpod: container "clijob" in sandbox "clijob": command "nosuch-command" not found in \$PATH \(/u);
+    const notExecutable = await vmpod(stateDir, ['exec', 'clijob', '/etc']);
+    expect(notExecutable.code).toBe(126);
+    expect(notExecutable.stderr.split('\n')[0]).toBe('vmpod: container "clijob" in sandbox "clijob": cannot execute "/etc": Permission denied');
+    for (const r of [notFound, notExecutable]) expect(r.stderr.split('\n')[0]).not.toMatch(/Exec|StartContainer/u);
 
     expect(await vmpod(stateDir, ['kill', 'clijob', 'TERM'])).toMatchObject({ code: 0, stderr: '' });
     // The container's trap ran: it exited with 9, not killed by the signal (143).
@@ -125,9 +144,21 @@ describe.skipIf(skipReason)(`vmpod CLI${skipReason ? ` (skipped: ${skipReason})`
     const logs = await vmpod(stateDir, ['logs', '--console', 'clijob']);
     expect(logs.stdout).toContain('vmpod-init: ready');
 
-    expect((await vmpod(stateDir, ['delete', 'clijob'])).code).toBe(125); // still running: needs stop or -f
+    // An exec into the exited container says so (it said 'cannot go from "stopped" to "running"').
+    const exited = await vmpod(stateDir, ['exec', 'clijob', 'true']);
+    expect(exited.code).toBe(125);
+    expect(exited.stderr).toBe('vmpod: container "clijob" in sandbox "clijob" has exited: exec needs it running\n');
+
+    // Still running: delete needs stop or -f, and says so.
+    const running = await vmpod(stateDir, ['delete', 'clijob']);
+    expect(running.code).toBe(125);
+    expect(running.stderr).toBe(
+      'vmpod: cannot delete sandbox "clijob": it is running; stop it first, or delete with force\n  "vmpod stop clijob" stops it; "vmpod delete -f clijob" stops and deletes it\n',
+    );
     expect((await vmpod(stateDir, ['stop', 'clijob'])).code).toBe(0);
     expect(JSON.parse((await vmpod(stateDir, ['ps', '--json'])).stdout)[0]).toMatchObject({ state: 'stopped' });
+    // Stopping a stopped sandbox succeeds (idempotent).
+    expect(await vmpod(stateDir, ['stop', 'clijob'])).toMatchObject({ code: 0, stderr: '' });
     expect((await vmpod(stateDir, ['delete', 'clijob'])).code).toBe(0);
     expect(JSON.parse((await vmpod(stateDir, ['ps', '--json'])).stdout)).toEqual([]);
   });
@@ -143,6 +174,59 @@ describe.skipIf(skipReason)(`vmpod CLI${skipReason ? ` (skipped: ${skipReason})`
     expect(missing.stderr).toContain('sandbox "nosuch" does not exist');
     const json = await vmpod(stateDir, ['stop', 'nosuch', '--json']);
     expect(JSON.parse(json.stderr)).toEqual({ error: { code: 'ERR_VMPOD_NOT_FOUND', message: 'sandbox "nosuch" does not exist' } });
+  });
+
+  it('run of a command that does not exist exits 127; with --rm nothing is left, without it the sandbox stays listed', async () => {
+    await withOwnStateDir(async (dir) => {
+      const rm = await vmpod(dir, ['run', '--rm', '--name', 'clinf', '--', 'nosuch-command']);
+      expect(rm.code).toBe(127);
+      expect(rm.stderr.split('\n')[0]).toMatch(/^vmpod: container "clinf" in sandbox "clinf": command "nosuch-command" not found in \$PATH \(/u);
+      expect(JSON.parse((await vmpod(dir, ['ps', '--json'])).stdout)).toEqual([]);
+      const kept = await vmpod(dir, ['run', '--name', 'clinf2', '--', 'nosuch-command']);
+      expect(kept.code).toBe(127);
+      expect(JSON.parse((await vmpod(dir, ['ps', '--json'])).stdout)).toMatchObject([{ id: 'clinf2', state: 'stopped' }]);
+      expect((await vmpod(dir, ['delete', 'clinf2'])).code).toBe(0);
+    });
+  });
+
+  // A guest that dies while it boots (here: an initramfs the kernel cannot unpack, so it panics).
+  // Without --rm the sandbox stays listed, stopped, with the console log that says why (it was
+  // deleted, console log and all); with --rm it is deleted.
+  it('keeps the sandbox of a run whose guest dies during boot unless --rm, with the console tail in the error', async () => {
+    await withOwnStateDir(async (dir) => {
+      const junk = path.join(dir, 'junk-initramfs');
+      await fs.writeFile(junk, 'this is not a cpio archive\n'.repeat(64));
+      const failed = await vmpod(dir, ['run', '--name', 'clidead', '--initramfs', junk, '--', 'true']);
+      expect(failed.code).toBe(125);
+      expect(failed.stderr).toMatch(/^vmpod: sandbox "clidead": the (VM exited during start|guest's agent hung up during start) .*; console:\n/u);
+      expect(failed.stderr).toContain('Kernel panic');
+      expect(failed.stderr).toContain('\n  the sandbox stays listed: "vmpod logs --console clidead" shows its console, "vmpod delete clidead" removes it\n');
+      expect(JSON.parse((await vmpod(dir, ['ps', '--json'])).stdout)).toMatchObject([{ id: 'clidead', state: 'stopped' }]);
+      expect(await fs.readFile(path.join(dir, 'sandboxes', 'clidead', 'console.log'), 'utf8')).toContain('Kernel panic');
+      expect(await qemuPids(dir)).toEqual([]);
+      expect((await vmpod(dir, ['delete', 'clidead'])).code).toBe(0);
+
+      const removed = await vmpod(dir, ['run', '--rm', '--name', 'clidead2', '--initramfs', junk, '--', 'true']);
+      expect(removed.code).toBe(125);
+      expect(removed.stderr).toContain('Kernel panic');
+      expect(removed.stderr).not.toContain('stays listed');
+      expect(JSON.parse((await vmpod(dir, ['ps', '--json'])).stdout)).toEqual([]);
+    });
+  });
+
+  it('shows boot progress on stderr when it is a terminal, not with -q (and never into a pipe: see the first test)', async () => {
+    const onTty = async (args: string[]): Promise<string> => {
+      const relay = spawn('python3', [PTY_RELAY, '24', '80', '--', ...CLI, ...args], { env: { ...process.env, VMPOD_STATE_DIR: stateDir }, stdio: ['pipe', 'pipe', 'pipe'] });
+      let shown = '';
+      relay.stdout!.on('data', (d: Buffer) => (shown += d.toString('latin1')));
+      relay.stdin!.end();
+      const code = await new Promise<number | null>((resolve) => relay.on('close', resolve));
+      expect(code).toBe(0);
+      return shown.replace(/\r+\n/gu, '\n');
+    };
+    const shown = await onTty(['run', '--rm', '--name', 'cliprog', '--', 'echo', 'done']);
+    expect(shown).toMatch(/^vmpod: booting sandbox cliprog \(q35, 1 vCPU, 256 MiB\)\nvmpod: sandbox cliprog is running \([0-9.]+ s\); starting the container\ndone\n$/u);
+    expect(await onTty(['run', '--rm', '-q', '--name', 'cliprog', '--', 'echo', 'done'])).toBe('done\n');
   });
 
   it('deletes the sandbox of a --rm run interrupted by SIGINT while it boots, and exits with 130', async () => {

@@ -52,10 +52,12 @@ describe.skipIf(skipReason)(`containers in a sandbox${skipReason ? ` (skipped: $
     await failing.delete();
   });
 
-  it('honours env, cwd and user of a config.json made by `runc spec`', async () => {
+  // `runc spec` writes terminal: true; the bundle is used as it is: no terminal unless asked
+  // for, so stderr is a stream of its own and stdout has no CR LF line ends.
+  it('honours env, cwd and user of a config.json made by `runc spec`, without the terminal it asks for', async () => {
     const bundle = await runcSpecBundle(path.join(work, 'runc-bundle'), (spec) => {
-      spec.process.terminal = false;
-      spec.process.args = ['sh', '-c', 'echo "$GREETING"; pwd; id -u; id -g; hostname'];
+      expect(spec.process.terminal).toBe(true);
+      spec.process.args = ['sh', '-c', 'echo "$GREETING"; pwd; id -u; id -g; hostname; echo to-stderr >&2; [ -t 1 ] || echo no-tty'];
       spec.process.env.push('GREETING=hello from runc spec');
       spec.process.cwd = '/scratch';
       spec.process.user = { uid: 1000, gid: 1000 };
@@ -67,9 +69,11 @@ describe.skipIf(skipReason)(`containers in a sandbox${skipReason ? ` (skipped: $
     const err = collect(c.stderr);
     await c.start();
     const status = await c.wait();
-    expect((await err).toString()).toBe('');
+    // containers() names the bundle it was made from (it said '': the agent gets the spec inline).
+    expect((await sandbox.containers()).find((info) => info.id === c.id)).toMatchObject({ bundle, terminal: false });
+    expect((await err).toString()).toBe('to-stderr\n');
     expect(status.exitCode).toBe(0);
-    expect((await out).toString().split('\n')).toEqual(['hello from runc spec', '/scratch', '1000', '1000', 'specbox', '']);
+    expect((await out).toString().split('\n')).toEqual(['hello from runc spec', '/scratch', '1000', '1000', 'specbox', 'no-tty', '']);
     await c.delete();
   });
 

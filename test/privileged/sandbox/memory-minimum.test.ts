@@ -1,0 +1,50 @@
+/**
+ * The least guest RAM a sandbox may have (MIN_MEMORY_MIB) boots the default guest and runs a
+ * container, on each machine type; less is refused at create(), before anything is made (64 MiB
+ * passed, and the guest panicked: "System is deadlocked on memory").
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { buildGuestAssets } from '../../../src/guest/build.js';
+import { Sandbox } from '../../../src/sandbox/sandbox.js';
+import { MIN_MEMORY_MIB } from '../../../src/sandbox/config.js';
+import { InvalidArgumentError } from '../../../src/errors.js';
+import { expectNothingLeft, forceCleanup, makeStateDir, runScript, skipReason } from './fixture.js';
+
+describe.skipIf(skipReason)(`the memory minimum${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
+  let stateDir: string;
+
+  beforeAll(async () => {
+    await buildGuestAssets();
+  });
+
+  beforeEach(async () => {
+    stateDir = await makeStateDir();
+  });
+
+  afterEach(async () => {
+    try {
+      for (const info of await Sandbox.list({ stateDir })) await (await Sandbox.attach(info.id, { stateDir })).delete({ force: true });
+      await expectNothingLeft(stateDir);
+    } finally {
+      await forceCleanup(stateDir);
+    }
+  });
+
+  it.each(['q35', 'microvm'] as const)('%s: the minimum boots and runs a container; one MiB less is refused before anything is made', async (machine) => {
+    const sandbox = await Sandbox.create({ stateDir, machine, memoryMiB: MIN_MEMORY_MIB[machine] });
+    try {
+      await sandbox.start();
+      const { out, err, code } = await runScript(sandbox, {}, 'echo ok; head -1 /proc/meminfo');
+      expect({ err, code }).toEqual({ err: '', code: 0 });
+      expect(out).toMatch(/^ok\nMemTotal: +\d+ kB\n$/u);
+    } finally {
+      await sandbox.delete({ force: true });
+    }
+    const error = await Sandbox.create({ stateDir, machine, memoryMiB: MIN_MEMORY_MIB[machine] - 1 }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(InvalidArgumentError);
+    expect(error).toMatchObject({ field: 'memoryMiB', message: expect.stringContaining(`needs to boot its guest`) });
+    expect(await fs.readdir(path.join(stateDir, 'sandboxes')).catch(() => [])).toEqual([]);
+  }, 300_000);
+});
