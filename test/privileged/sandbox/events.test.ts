@@ -2,18 +2,21 @@
  * Events across processes: CLI processes (`vmpod run -d`, `vmpod exec`, `vmpod delete -f`) drive
  * a real sandbox while this process follows it with `Sandbox.watch()` and a `vmpod events`
  * process follows it too; both see it created, running, its container created, started and
- * exited with its code, then everything deleted, in that order.
+ * exited with its code, then everything deleted, in that order. And a sandbox's volumes, as
+ * devices, from its real record.
  */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { buildGuestAssets } from '../../../src/guest/build.js';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
+import { Volume } from '../../../src/volume/volume.js';
 import type { WatchEvent } from '../../../src/sandbox/watch.js';
 import { expectNothingLeft, forceCleanup, makeStateDir, skipReason, spawnVmpod, vmpod } from './fixture.js';
 
-/** An event as a short line: `sandbox running`, `container exited c 3`, `error`. */
-function brief(e: { type: string; action?: string; container?: string; exitStatus?: { exitCode: number } }): string {
+/** An event as a short line: `sandbox running`, `container exited c 3`, `device added volume=v hotplugged=true`, `error`. */
+function brief(e: { type: string; action?: string; container?: string; exitStatus?: { exitCode: number }; device?: { kind: string; id: string; hotplugged?: boolean } }): string {
   if (e.type === 'container') return `container ${e.action} ${e.container}${e.exitStatus ? ` ${e.exitStatus.exitCode}` : ''}`;
+  if (e.type === 'device') return `device ${e.action} ${e.device!.kind}=${e.device!.id} hotplugged=${e.device!.hotplugged}`;
   return e.action === undefined ? e.type : `${e.type} ${e.action}`;
 }
 
@@ -94,6 +97,37 @@ describe.skipIf(skipReason)(`events across processes${skipReason ? ` (skipped: $
       expect(cliEvents().every((e) => e.sandbox === id)).toBe(true);
       await expectNothingLeft(stateDir);
     } finally {
+      await forceCleanup(stateDir);
+    }
+  });
+  it('reports a sandbox\'s volumes as devices: from its config at start, hot plugged, removed, gone with it', async () => {
+    const stateDir = await makeStateDir();
+    const id = `evd-${randomBytes(3).toString('hex')}`;
+    const watcher = Sandbox.watch({ stateDir, rescanMs: 500 });
+    const lib: WatchEvent[] = [];
+    watcher.on('event', (e) => lib.push(e));
+    try {
+      await watcher.ready;
+      const sandbox = await Sandbox.create({ stateDir, id, volumes: [Volume.tmpfs('cold', { sizeMiB: 4 })] });
+      try {
+        await sandbox.start();
+        await sandbox.addVolume(Volume.tmpfs('hot', { sizeMiB: 2 }));
+        await until('hot added', () => lib.some((e) => e.type === 'device' && e.action === 'added' && e.device.id === 'hot'));
+        await sandbox.removeVolume('hot');
+        await until('hot removed', () => lib.some((e) => e.type === 'device' && e.action === 'removed' && e.device.id === 'hot'));
+      } finally {
+        await sandbox.delete({ force: true });
+      }
+      await until('the deletion', () => lib.some((e) => e.type === 'sandbox' && e.action === 'deleted'));
+      const seen = lib.filter((e) => e.sandbox === id).map(brief);
+      expectInOrder(seen, ['sandbox created', 'device added volume=cold hotplugged=false', 'sandbox running', 'device added volume=hot hotplugged=true', 'device removed volume=hot hotplugged=true', 'sandbox deleted'], 'Sandbox.watch');
+      expectInOrder(seen, ['device removed volume=cold hotplugged=false', 'sandbox deleted'], 'Sandbox.watch');
+      expect(seen.filter((l) => l.startsWith('device added volume=cold'))).toHaveLength(1);
+      expect(lib.filter((e) => e.type === 'error')).toEqual([]);
+      watcher.close();
+      await expectNothingLeft(stateDir);
+    } finally {
+      watcher.close();
       await forceCleanup(stateDir);
     }
   });
