@@ -89,6 +89,8 @@ class VmExitedDuringStart extends Error {
 const AGENT_ANSWER_MS = 3_000;
 /** How long a hypervisor control channel may take to answer before it counts as silent. */
 const CONTROL_ANSWER_MS = 2_000;
+/** How much of the console log a failed start() searches for the guest kernel's panic line. */
+const PANIC_SEARCH_BYTES = 64 * 1024;
 /** How long start() waits for a VM whose agent connection broke to show its exit. */
 const VM_EXIT_GRACE_MS = 1_000;
 
@@ -431,8 +433,10 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     const logger = record.boot?.logger;
     if (exit && logger) await waitForProcessExit(logger, VM_EXIT_GRACE_MS).catch(() => false);
     const tail = logTail(this.consoleLog);
+    // The panic's own line: its backtrace alone can fill the tail.
+    const panic = [...logTail(this.consoleLog, PANIC_SEARCH_BYTES).matchAll(/Kernel panic - not syncing: ([^\n]*)/gu)].at(-1)?.[1]?.trim();
     const what = exit ? `the VM exited during start (${exit.detail})` : `the guest's agent hung up during start (${cause!.message})`;
-    return new SandboxError(this.id, `${what}; console:\n${tail}`, cause === undefined ? {} : { cause });
+    return new SandboxError(this.id, `${what}${panic ? `: the guest kernel panicked: ${panic}` : ''}; console:\n${tail}`, cause === undefined ? {} : { cause });
   }
 
   /** Rejects when `vm` exits first: a guest that dies during boot must not leave us waiting. */

@@ -569,7 +569,7 @@ describe.skipIf(skipReason)(`the sandbox core on a fake hypervisor${skipReason ?
     const error = await sandbox.start().catch((e: unknown) => e);
     expect((await sandbox.record()).state).toBe('stopped'); // holds: the boot is undone either way
     expect(error).toBeInstanceOf(SandboxError);
-    expect(error).toMatchObject({ code: 'ERR_VMPOD_SANDBOX', message: expect.stringMatching(/the VM exited during start \(exit code 1\); console:\n(.*\n)*fake-vm: Kernel panic - not syncing: on purpose$/u) });
+    expect(error).toMatchObject({ code: 'ERR_VMPOD_SANDBOX', message: expect.stringMatching(/the VM exited during start \(exit code 1\): the guest kernel panicked: on purpose; console:\n(.*\n)*fake-vm: Kernel panic - not syncing: on purpose$/u) });
   }, TEST_TIMEOUT);
 
   // BUG (src/sandbox/sandbox.ts, Sandbox.start): start() takes CallOptions but reads only

@@ -7,7 +7,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { buildGuestAssets } from '../../../src/guest/build.js';
-import { Sandbox } from '../../../src/sandbox/sandbox.js';
+import { Sandbox, SandboxError } from '../../../src/sandbox/sandbox.js';
 import { MIN_MEMORY_MIB } from '../../../src/sandbox/config.js';
 import { InvalidArgumentError } from '../../../src/errors.js';
 import { expectNothingLeft, forceCleanup, makeStateDir, runScript, skipReason } from './fixture.js';
@@ -31,6 +31,20 @@ describe.skipIf(skipReason)(`the memory minimum${skipReason ? ` (skipped: ${skip
       await forceCleanup(stateDir);
     }
   });
+
+  // The guest is told it has 64 MiB (kernel mem=64M: the config's own minimum does not let a
+  // sandbox have so little): its kernel panics while it boots. start() rejects with a
+  // SandboxError that names the panic, whose backtrace alone fills the console tail.
+  it('a guest that runs out of memory while it boots fails start() with a SandboxError naming the panic', async () => {
+    const sandbox = await Sandbox.create({ stateDir, guest: { kernelArgs: ['mem=64M'] } });
+    const error = await sandbox.start().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(SandboxError);
+    expect((error as Error).message).toMatch(
+      /^sandbox "[^"]+": the (VM exited during start \(guest-reset\)|guest's agent hung up during start \(.*\)): the guest kernel panicked: System is deadlocked on memory; console:\n/u,
+    );
+    expect((await sandbox.record()).state).toBe('stopped');
+    await sandbox.delete();
+  }, 300_000);
 
   it.each(['q35', 'microvm'] as const)('%s: the minimum boots and runs a container; one MiB less is refused before anything is made', async (machine) => {
     const sandbox = await Sandbox.create({ stateDir, machine, memoryMiB: MIN_MEMORY_MIB[machine] });
