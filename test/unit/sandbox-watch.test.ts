@@ -2,7 +2,7 @@
  * Sandbox.watch() on a fake state directory: records written by rename (as vmpod writes them),
  * in any order and in bursts, hostile ones written in place, folders removed; no VM.
  */
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -168,6 +168,42 @@ describe('Sandbox.watch', () => {
       at = found + 1;
     }
     expect(events.filter((e) => e.type === 'error')).toEqual([]);
+  });
+
+  it('reads a record again when it changed during a read', async () => {
+    const { watcher, events } = watch();
+    await watcher.ready;
+    await put(record('slow', 'created'));
+    await until('slow created', () => events.map(brief).includes('slow created'));
+    // The next read of its record is held until a newer record was written (and its change told).
+    const file = path.join(store().dir('slow'), 'state.json');
+    const readFile = fs.readFile.bind(fs);
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    let taken = false;
+    let holding = false;
+    const spy = vi.spyOn(fs, 'readFile').mockImplementation((async (name: unknown, options: unknown) => {
+      if (name === file && !taken) {
+        taken = true;
+        const text = await readFile(file, 'utf8'); // what the read saw: the record before the change
+        holding = true;
+        await held;
+        return text;
+      }
+      return readFile(name as string, options as 'utf8');
+    }) as typeof fs.readFile);
+    try {
+      await put(withBoot(record('slow', 'starting')));
+      await until('the held read', () => holding);
+      await put(withBoot(record('slow', 'running'))); // lands during the read
+      await new Promise((resolve) => setTimeout(resolve, 100)); // its inotify event comes while the read is held
+      release();
+      await until('slow running', () => events.map(brief).includes('slow running'), 5_000);
+    } finally {
+      release();
+      spy.mockRestore();
+    }
+    expect(events.map(brief)).toEqual(['slow created', 'slow starting', 'slow running']);
   });
 
   it('reports a corrupt or half-written record once, keeps going, and resumes from the last good one', async () => {
