@@ -318,8 +318,8 @@ describe.skipIf(skipReason)(`the sandbox core on a fake hypervisor${skipReason ?
     await expectDeleted(sandbox, { force: true });
   }, TEST_TIMEOUT);
 
-  // With the order a real VM's death has (its agent connection ends before its exit is known),
-  // start() rejects with the AgentClosedError of the handshake: see the BUG test at the end.
+  // With the order a real VM's death has (its agent connection ends before its exit is known):
+  // a SandboxError, as 'a VM that dies while start() waits for its agent' below checks.
   it('the VM exits during start (while the agent is first spoken to): start() rejects typed, state stopped, nothing left', async () => {
     const fake = new FakeHypervisor({ exitDuringStart: 'at-hello' });
     const sandbox = await create('panic', fake);
@@ -552,17 +552,13 @@ describe.skipIf(skipReason)(`the sandbox core on a fake hypervisor${skipReason ?
     expect(await starting.catch((e: unknown) => e)).toBeInstanceOf(VmpodError);
   }, TEST_TIMEOUT);
 
-  // BUG (src/sandbox/sandbox.ts, start() lines 309-311 and #raceVmExit lines 352-362): a VM that
-  // dies while start() waits for its agent fails start() with the AgentClosedError of the
-  // handshake ("the agent closed the connection", or "agent connection failed: read ECONNRESET"),
-  // not the SandboxError "the VM exited during start (DETAIL); console: TAIL" that docs/sandbox.md
-  // promises ("A VM that dies during boot fails start() with the tail of its console log").
-  // #raceVmExit races the agent connection against vm.waitForExit(), but a dying process's fds
-  // (QEMU's chardev sockets) are closed by the kernel before its parent gets SIGCHLD, so the
-  // connection always loses first and the race settles with its error. Reproduced with real QEMU
-  // (a guest kernel that panics at boot, junk initramfs: 4 of 4 starts rejected with
-  // "agent connection failed: read ECONNRESET" while the console held "Kernel panic - not
-  // syncing: VFS: Unable to mount root fs"), and here with the fake's faithful order (the default).
+  // A VM that dies while start() waits for its agent: its agent connection ends before its exit
+  // is known (a dying process's fds, QEMU's chardev sockets, are closed by the kernel before its
+  // parent hears of the exit; the fake keeps that order). start() used to reject with the bare
+  // AgentClosedError of the handshake then (with real QEMU: "agent connection failed: read
+  // ECONNRESET" while the console held the kernel's panic); now either signal gives the
+  // SandboxError with the exit, the panic's line and the console tail, read after the log
+  // writer copied the VM's last lines.
   it('a VM that dies while start() waits for its agent fails start() with a SandboxError naming the exit', async () => {
     const fake = new FakeHypervisor({ exitDuringStart: 'at-hello' });
     const sandbox = await create('panic3', fake);
