@@ -6,7 +6,7 @@
 export { Sandbox, SandboxError } from './sandbox.js';
 export type { ContainerConfig } from './containers.js';
 export type { LookupOptions, SandboxCallOptions, SandboxDevices, SandboxEvents, SandboxInfo, StopInfo, VolumeInfo } from './types.js';
-export { resolveSandboxConfig, type GuestConfig, type ResolvedSandboxConfig, type SandboxConfig, type SharedFsCache } from './config.js';
+export { MAX_MEMORY_MIB, MIN_MEMORY_MIB, resolveSandboxConfig, type GuestConfig, type ResolvedSandboxConfig, type SandboxConfig, type SharedFsCache } from './config.js';
 export type { InitStdioOptions, StdioTransport } from './containers.js';
 export { SupersededError } from './record.js';
 export { isValidContainerTransition, isValidSandboxTransition, type ContainerState, type SandboxState } from './state-machine.js';
