@@ -33,6 +33,8 @@ Commands:
 ${COMMANDS.map((c) => `  ${c.words.join(' ').padEnd(width)}   ${c.summary}`).join('\n')}
 
 Run "vmpod COMMAND --help" for a command's options, "vmpod --version" for the version.
+Exit codes (docker's): run and exec exit with the process's code (128 + N if signal N killed
+it); 2 a usage error, 125 vmpod failed, 126 the command cannot be executed, 127 not found.
 Environment: VMPOD_STATE_DIR (default /run/vmpod), VMPOD_GUEST_CACHE (default /var/cache/vmpod/guest).
 `;
 }
