@@ -10,6 +10,7 @@ import type { Container } from '../container/container.js';
 import { NotFoundError } from '../errors.js';
 import * as validate from '../validate.js';
 import { UsageError } from './io.js';
+import { stateError } from '../sandbox/state-machine.js';
 
 /** Splits `SANDBOX[/CONTAINER]` and checks both ids. */
 export function parseTarget(value: string | undefined): { sandbox: string; container?: string } {
@@ -19,11 +20,16 @@ export function parseTarget(value: string | undefined): { sandbox: string; conta
   return { sandbox: validate.id(value.slice(0, slash), 'ID'), container: validate.id(value.slice(slash + 1), 'CONTAINER') };
 }
 
-/** Attaches to the sandbox and finds the container a target names. */
-export async function resolveContainer(value: string | undefined): Promise<{ sandbox: Sandbox; container: Container }> {
+/**
+ * Attaches to the sandbox and finds the container a target names. The sandbox must run: one
+ * that does not fails at once with an error naming `action` (the command, e.g. `exec`) and
+ * what to do (start it, resume it), rather than waiting for a guest that cannot answer.
+ */
+export async function resolveContainer(value: string | undefined, action: string): Promise<{ sandbox: Sandbox; container: Container }> {
   const target = parseTarget(value);
   const sandbox = await Sandbox.attach(target.sandbox);
   try {
+    if (sandbox.state !== 'running') throw stateError('sandbox', sandbox.label, sandbox.state, 'running', { action });
     let id = target.container;
     if (id === undefined) {
       const all = await sandbox.containers();

@@ -2,7 +2,12 @@
  * The CLI's exit codes follow docker's convention (docs/cli.md, "Exit codes"), and its error
  * output says what to do: tested on the functions every command reports errors through.
  */
-import { describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { Sandbox } from '../../src/sandbox/sandbox.js';
 import { EXIT_CANNOT_EXECUTE, EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_USAGE, UsageError, exitCodeOf, formatError } from '../../src/cli/io.js';
 import { shellExitCode } from '../../src/cli/process-options.js';
 import { ExecFailedError, InvalidArgumentError, NotFoundError, VmpodError } from '../../src/errors.js';
@@ -48,5 +53,33 @@ describe('vmpod error output', () => {
     expect(formatError(error, false)).toBe(
       'vmpod: cannot delete sandbox "web": it is running; stop it first, or delete with force\n  "vmpod stop web" stops it; "vmpod delete -f web" stops and deletes it\n',
     );
+  });
+});
+
+describe('vmpod exec and kill of a sandbox that does not run', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmpod-cli-codes-'));
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  function vmpod(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    const child = spawn(process.execPath, ['--import', 'tsx', path.resolve('src/cli/main.ts'), ...args], {
+      env: { ...process.env, VMPOD_STATE_DIR: dir },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d));
+    child.stderr.on('data', (d: Buffer) => (stderr += d));
+    return new Promise((resolve, reject) => {
+      child.on('error', reject);
+      child.on('close', (code) => resolve({ code, stdout, stderr }));
+    });
+  }
+
+  // A sandbox made and never started (a record only: no VM is needed to see the answer).
+  it('fail at once (125) naming the command and what to do, not the guest they cannot talk to', async () => {
+    await Sandbox.create({ stateDir: dir, id: 'idle' });
+    const [exec, kill] = await Promise.all([vmpod(['exec', 'idle', 'true']), vmpod(['kill', 'idle'])]);
+    expect(exec).toEqual({ code: 125, stdout: '', stderr: 'vmpod: sandbox "idle" has not been started: exec needs it running; start it first\n' });
+    expect(kill).toEqual({ code: 125, stdout: '', stderr: 'vmpod: sandbox "idle" has not been started: kill needs it running; start it first\n' });
   });
 });

@@ -20,7 +20,7 @@ ${PROCESS_USAGE}`,
     const interactive = parsed.options['interactive'] === true;
     const tty = parsed.options['tty'] === true;
     const overrides = processOverrides(parsed); // usage errors before the sandbox is touched
-    const { sandbox, container } = await resolveContainer(parsed.positionals[0]);
+    const { sandbox, container } = await resolveContainer(parsed.positionals[0], 'exec');
     try {
       const proc = await container.exec({
         ...overrides,

@@ -29,7 +29,7 @@ container's init process, or with --all to every process in it.`,
   async run(parsed) {
     if (parsed.positionals.length > 2) throw new UsageError('too many arguments');
     const signal = parseSignal(parsed.positionals[1]);
-    const { sandbox, container } = await resolveContainer(parsed.positionals[0]);
+    const { sandbox, container } = await resolveContainer(parsed.positionals[0], 'kill');
     try {
       await container.kill(signal, { all: parsed.options['all'] === true });
     } finally {
