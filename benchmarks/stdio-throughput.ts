@@ -11,6 +11,8 @@
  * - vmpod: dd to stdout, with the sandbox's defaults: the container's stdout is a stream port
  *   of its own (src/sandbox/stream-ports.ts); Node reads the container's `stdout` stream (the
  *   run fails if the container did not get a stream port);
+ * - vmpod-nolog: the same without the container's log (`log: false`; docs/logs.md): what the
+ *   log costs the default path;
  * - vmpod-agent: the same with `stdio: { transport: 'agent' }`: a pipe read by the agent and
  *   multiplexed over the agent's virtio-serial port (the only path before stream ports);
  * - raw-virtio-serial: dd of=/dev/vbraw; Node reads the spare port's socket;
@@ -152,8 +154,8 @@ export default async function main(args: string[]): Promise<void> {
     socket.on('close', () => raw.abort(new Error('the raw port socket closed')));
     socket.on('error', (error) => raw.abort(error));
 
-    async function run(argv: string[], shared: Meter | undefined, stdio?: InitStdioOptions): Promise<number> {
-      const container = await sandbox.createContainer({ bundle, process: { args: argv }, ...(stdio ? { stdio } : {}), signal });
+    async function run(argv: string[], shared: Meter | undefined, stdio?: InitStdioOptions, log = true): Promise<number> {
+      const container = await sandbox.createContainer({ bundle, process: { args: argv }, ...(stdio ? { stdio } : {}), ...(log ? {} : { log: false }), signal });
       const direct = container.stdout instanceof DirectStreamReadable;
       if (!shared && direct !== (stdio?.transport !== 'agent')) {
         await container.delete({ force: true, signal });
@@ -191,6 +193,7 @@ export default async function main(args: string[]): Promise<void> {
       runs,
       [
         ['vmpod', () => run(dd, undefined)],
+        ['vmpod-nolog', () => run(dd, undefined, undefined, false)],
         ['vmpod-agent', () => run(dd, undefined, { transport: 'agent' })],
         ['raw-virtio-serial', () => run([...dd, 'of=/dev/vbraw'], raw)],
         ['raw-virtio-serial-piped', () => run(['sh', '-c', `${dd.join(' ')} | dd of=/dev/vbraw bs=${BLOCK}`], raw)],
@@ -205,6 +208,7 @@ export default async function main(args: string[]): Promise<void> {
       results,
       ratios(results, [
         ['vmpod', 'raw-virtio-serial'],
+        ['vmpod', 'vmpod-nolog'],
         ['vmpod-agent', 'raw-virtio-serial'],
         ['vmpod-agent', 'raw-virtio-serial-piped'],
         ['raw-virtio-serial-piped', 'raw-virtio-serial'],

@@ -26,9 +26,11 @@ import { InvalidArgumentError } from '../errors.js';
 import { native } from '../native.js';
 import { FileLock } from '../state/lock.js';
 import * as validate from '../validate.js';
-import { MAX_RECORD_CONTENT, formatTime, nowNs, parseRecords, type LogRecord, type LogStream } from './log-format.js';
+import { MAX_RECORD_CONTENT, encodeChunk, formatTime, nowNs, parseRecords, type LogRecord, type LogStream } from './log-format.js';
 
 const NEWLINE_BYTE = 0x0a;
+/** Up to this many records a chunk is written from views of it, beyond it copied. */
+const FEW_RECORDS = 16;
 
 export type { LogRecord, LogStream } from './log-format.js';
 
@@ -143,9 +145,10 @@ export class ContainerLogWriter {
   }
 
   /**
-   * Appends the records of `chunk` of `stream` (received now): the records `encodeChunk` (log-format.ts) makes,
-   * copied into one buffer and written with one write per file (a buffer per line would cost
-   * more than the copy for output of short lines).
+   * Appends the records of `chunk` of `stream` (received now), as {@link encodeChunk} makes them:
+   * a chunk of few records (long lines, output without newlines) is written from views of it
+   * (no copy); one of many short lines is copied into one buffer and written with one write per
+   * file (a buffer object per line would cost more than the copy).
    */
   write(stream: LogStream, chunk: Buffer): void {
     if (this.#failed || this.#fd < 0 || chunk.length === 0) return;
@@ -154,6 +157,8 @@ export class ContainerLogWriter {
       const full = Buffer.from(`${time} ${stream} F `, 'latin1');
       const partial = Buffer.from(`${time} ${stream} P `, 'latin1');
       let records = Math.ceil(chunk.length / MAX_RECORD_CONTENT) + 1;
+      for (let at = chunk.indexOf(NEWLINE_BYTE); at >= 0 && records <= FEW_RECORDS; at = chunk.indexOf(NEWLINE_BYTE, at + 1)) records++;
+      if (records <= FEW_RECORDS) return this.#writeViews(encodeChunk(stream, chunk));
       for (let at = chunk.indexOf(NEWLINE_BYTE); at >= 0; at = chunk.indexOf(NEWLINE_BYTE, at + 1)) records++;
       const out = Buffer.allocUnsafe(chunk.length + records * (full.length + 1));
       let used = 0;
@@ -184,6 +189,42 @@ export class ContainerLogWriter {
       this.#writeOut(out.subarray(0, used));
     } catch (error) {
       this.#failed = error as Error;
+    }
+  }
+
+  /** Writes records given as views (header, content, newline): for a chunk of few, long records, without copying them. */
+  #writeViews(parts: Buffer[]): void {
+    let batch: Buffer[] = [];
+    let bytes = 0;
+    for (let i = 0; i < parts.length; i += 3) {
+      const length = parts[i]!.length + parts[i + 1]!.length + 1;
+      if (this.#size + bytes + length > this.config.maxBytes) {
+        this.#writev(batch);
+        batch = [];
+        bytes = 0;
+        if (this.#size > 0) this.#rotate();
+      }
+      batch.push(parts[i]!, parts[i + 1]!, parts[i + 2]!);
+      bytes += length;
+    }
+    this.#writev(batch);
+  }
+
+  #writev(buffers: Buffer[]): void {
+    let rest = buffers;
+    while (rest.length > 0) {
+      let n = fs.writevSync(this.#fd, rest);
+      this.#size += n;
+      // A short write (rare on a file): go on after what was written.
+      const left: Buffer[] = [];
+      for (const b of rest) {
+        if (n >= b.length) n -= b.length;
+        else {
+          left.push(n > 0 ? b.subarray(n) : b);
+          n = 0;
+        }
+      }
+      rest = left;
     }
   }
 

@@ -146,6 +146,32 @@ describe('the log writer and reader', () => {
     expect(back.startsWith('line ')).toBe(true);
   });
 
+  it('writes chunks of many short lines (copied) and of few long records (views) alike, across rotations', async () => {
+    const writer = await ContainerLogWriter.open(dir, 'c1', resolveLogConfig(config));
+    const written: Buffer[] = [];
+    for (let i = 0; i < 300; i++) {
+      // Alternately 200 short lines in one chunk, and a chunk of 40 KiB without a newline then one.
+      const chunk = i % 2 === 0 ? Buffer.from(Array.from({ length: 200 }, (_, j) => `c${i}.${j}\n`).join('')) : Buffer.concat([Buffer.alloc(40 * 1024, 0x41 + (i % 26)), Buffer.from('\n')]);
+      written.push(chunk);
+      writer.write('stdout', chunk);
+    }
+    await writer.close();
+    const files = fs.readdirSync(logPaths(dir, 'c1').dir).filter((f) => f.startsWith('stdio.log')).sort();
+    expect(files).toEqual(['stdio.log', 'stdio.log.1', 'stdio.log.2']);
+    for (const f of files) {
+      const bytes = fs.readFileSync(path.join(logPaths(dir, 'c1').dir, f));
+      expect(bytes.length).toBeLessThanOrEqual(config.maxBytes);
+      const parsed = parseRecords(bytes);
+      expect(parsed.skipped).toBe(0);
+      expect(parsed.used).toBe(bytes.length); // whole records only
+      for (const r of parsed.records) expect(r.content.length).toBeLessThanOrEqual(MAX_RECORD_CONTENT);
+    }
+    const back = await collect(read());
+    const all = Buffer.concat(written);
+    expect(all.subarray(all.length - back.length).equals(back)).toBe(true);
+    expect(back.length).toBeGreaterThan(100 * 1024);
+  });
+
   it('with maxFiles 1 keeps one file of at most maxBytes', async () => {
     const writer = await ContainerLogWriter.open(dir, 'c1', resolveLogConfig({ maxBytes: 64 * 1024, maxFiles: 1 }));
     for (let i = 0; i < 5000; i++) writer.write('stdout', Buffer.from(`${i}\n`.padStart(40, '.')));
