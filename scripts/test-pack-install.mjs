@@ -222,6 +222,19 @@ async function steps(work) {
   }
   check(maps > 0 && unresolved.length === 0, `the ${maps} source maps resolve in the package${unresolved.length ? `: ${unresolved.slice(0, 5).join(', ')}` : ''}`);
 
+  // The links of README.md and docs/ (and examples/README.md) to files of the package resolve in it.
+  const dead = [];
+  const pages = ['README.md', ...fs.readdirSync(path.join(installed, 'docs')).map((f) => `docs/${f}`), 'examples/README.md'];
+  for (const page of pages.filter((p) => p.endsWith('.md') && fs.existsSync(path.join(installed, p)))) {
+    const text = fs.readFileSync(path.join(installed, page), 'utf8').replace(/```[\s\S]*?```/gu, '');
+    for (const [, target] of text.matchAll(/\]\(([^)\s]+)\)/gu)) {
+      if (/^[a-z]+:/u.test(target) || target.startsWith('#')) continue;
+      const file = path.resolve(path.dirname(path.join(installed, page)), target.replace(/#.*$/u, ''));
+      if (!file.startsWith(`${installed}/`) || !fs.existsSync(file)) dead.push(`${page}: ${target}`);
+    }
+  }
+  check(dead.length === 0, `the links of README.md and docs/ resolve in the package${dead.length ? `: ${dead.slice(0, 8).join(', ')}` : ''}`);
+
   // 3. The consumer's script: type-checked against the installed typings, then run.
   fs.writeFileSync(path.join(consumer, 'main.ts'), CONSUMER);
   const tsconfig = {
