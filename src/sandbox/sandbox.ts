@@ -130,6 +130,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   readonly #connections: BootConnections;
   /** This object runs stop() or delete(): the VM's exit is theirs to record. */
   #ending = 0;
+  /** Container exits being written to the record (containerExited): a container's entry is released after it. */
+  readonly #exitRecords = new Map<string, Promise<unknown>>();
 
   private constructor(record: SandboxRecord, store: StateStore<SandboxRecord>, hypervisor: Hypervisor, owned: boolean) {
     super();
@@ -868,6 +870,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   /** @internal Releases the host side of container `id` (the agent deleted it). */
   async releaseContainer(id: string): Promise<void> {
     this.#objects.delete(id);
+    await this.#exitRecords.get(id); // its exit is in the record before its entry leaves it (watchers report both)
     await this.#containers.release(id);
   }
 
@@ -886,7 +889,9 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   containerExited(id: string, status: ExitStatus): void {
     this.emit('containerExit', id, status);
     // Into the record too, for watchers in other processes (a sandbox deleted meanwhile has no record to write).
-    void recordContainerExit(this.#journal, id, status).catch((error: unknown) => error instanceof NotFoundError || this.emit('error', error as Error));
+    const recording = recordContainerExit(this.#journal, id, status).catch((error: unknown) => error instanceof NotFoundError || this.emit('error', error as Error));
+    this.#exitRecords.set(id, recording);
+    void recording.then(() => this.#exitRecords.get(id) === recording && this.#exitRecords.delete(id));
   }
 
   /** @internal Records that container `id` started, for watchers in other processes; never throws. */
