@@ -52,27 +52,28 @@ describe.skipIf(skipReason)(`events across processes${skipReason ? ` (skipped: $
     const cliEvents = (): { type: string; action?: string; container?: string; sandbox?: string; exitStatus?: { exitCode: number } }[] =>
       cliOut.split('\n').filter(Boolean).map((l) => JSON.parse(l));
     try {
-      await watcher.ready;
-      const mine = (): WatchEvent[] => lib.filter((e) => e.sandbox === id);
-      // The container waits for a file that `vmpod exec` makes, then exits 3.
-      const run = await vmpod(stateDir, ['run', '-d', '--name', id, '--', 'sh', '-c', 'while [ ! -e /go ]; do sleep 0.1; done; exit 3']);
-      expect(run, run.stderr).toMatchObject({ code: 0, stdout: `${id}\n` });
-      await until('the container started', () => mine().some((e) => e.type === 'container' && e.action === 'started'));
-      const exec = await vmpod(stateDir, ['exec', id, 'touch', '/go']);
-      expect(exec, exec.stderr).toMatchObject({ code: 0 });
-      // Nobody else waits for the container: the watcher (waitExits) does, and records the exit.
-      await until('the exit', () => mine().some((e) => e.type === 'container' && e.action === 'exited'));
-      const removed = await vmpod(stateDir, ['delete', '-f', id]);
-      expect(removed, removed.stderr).toMatchObject({ code: 0, stderr: '' });
-      await until('the deletion (library)', () => mine().some((e) => e.type === 'sandbox' && e.action === 'deleted'));
-      await until('the deletion (vmpod events)', () => cliEvents().some((e) => e.type === 'sandbox' && e.action === 'deleted'));
-    } finally {
-      watcher.close();
-      cli.child.kill('SIGINT');
-      await vmpod(stateDir, ['delete', '-f', id]).catch(() => undefined);
-    }
-    const cliResult = await cli.result;
-    try {
+      try {
+        await watcher.ready;
+        const mine = (): WatchEvent[] => lib.filter((e) => e.sandbox === id);
+        // The container waits for a file that `vmpod exec` makes, then exits 3 (a moment later: the
+        // exec's process, in the container's pid namespace, must have ended by then).
+        const run = await vmpod(stateDir, ['run', '-d', '--name', id, '--', 'sh', '-c', 'while [ ! -e /go ]; do sleep 0.1; done; sleep 1; exit 3']);
+        expect(run, run.stderr).toMatchObject({ code: 0, stdout: `${id}\n` });
+        await until('the container started', () => mine().some((e) => e.type === 'container' && e.action === 'started'));
+        const exec = await vmpod(stateDir, ['exec', id, 'touch', '/go']);
+        expect(exec, exec.stderr).toMatchObject({ code: 0 });
+        // Nobody else waits for the container: the watcher (waitExits) does, and records the exit.
+        await until('the exit', () => mine().some((e) => e.type === 'container' && e.action === 'exited'));
+        const removed = await vmpod(stateDir, ['delete', '-f', id]);
+        expect(removed, removed.stderr).toMatchObject({ code: 0, stderr: '' });
+        await until('the deletion (library)', () => mine().some((e) => e.type === 'sandbox' && e.action === 'deleted'));
+        await until('the deletion (vmpod events)', () => cliEvents().some((e) => e.type === 'sandbox' && e.action === 'deleted'));
+      } finally {
+        watcher.close();
+        cli.child.kill('SIGINT');
+        await vmpod(stateDir, ['delete', '-f', id]).catch(() => undefined);
+      }
+      const cliResult = await cli.result;
       expect(cliResult.code, cliResult.stderr).toBe(0);
       expect(cliResult.stderr).toBe('');
       const wanted = [
@@ -97,10 +98,12 @@ describe.skipIf(skipReason)(`events across processes${skipReason ? ` (skipped: $
       expect(cliEvents().every((e) => e.sandbox === id)).toBe(true);
       await expectNothingLeft(stateDir);
     } finally {
+      if (cli.child.exitCode === null && cli.child.signalCode === null) cli.child.kill('SIGKILL');
       await forceCleanup(stateDir);
     }
   });
-  it('reports a sandbox\'s volumes as devices: from its config at start, hot plugged, removed, gone with it', async () => {
+
+  it('reports a sandbox\'s volumes as devices (from its config at start, hot plugged, removed, gone with it), and the exits of containers run to completion and deleted at once', async () => {
     const stateDir = await makeStateDir();
     const id = `evd-${randomBytes(3).toString('hex')}`;
     const watcher = Sandbox.watch({ stateDir, rescanMs: 500 });
@@ -111,6 +114,14 @@ describe.skipIf(skipReason)(`events across processes${skipReason ? ` (skipped: $
       const sandbox = await Sandbox.create({ stateDir, id, volumes: [Volume.tmpfs('cold', { sizeMiB: 4 })] });
       try {
         await sandbox.start();
+        // A container run to completion and deleted at once (start, wait, delete; no waitExits):
+        // its exit is in the record before its entry leaves it.
+        for (let i = 0; i < 3; i++) {
+          const job = await sandbox.createContainer({ id: `job${i}`, process: { args: ['sh', '-c', `exit ${5 + i}`] } });
+          await job.start();
+          expect((await job.wait()).exitCode).toBe(5 + i);
+          await job.delete();
+        }
         await sandbox.addVolume(Volume.tmpfs('hot', { sizeMiB: 2 }));
         await until('hot added', () => lib.some((e) => e.type === 'device' && e.action === 'added' && e.device.id === 'hot'));
         await sandbox.removeVolume('hot');
@@ -123,6 +134,7 @@ describe.skipIf(skipReason)(`events across processes${skipReason ? ` (skipped: $
       expectInOrder(seen, ['sandbox created', 'device added volume=cold hotplugged=false', 'sandbox running', 'device added volume=hot hotplugged=true', 'device removed volume=hot hotplugged=true', 'sandbox deleted'], 'Sandbox.watch');
       expectInOrder(seen, ['device removed volume=cold hotplugged=false', 'sandbox deleted'], 'Sandbox.watch');
       expect(seen.filter((l) => l.startsWith('device added volume=cold'))).toHaveLength(1);
+      for (let i = 0; i < 3; i++) expectInOrder(seen, [`container started job${i}`, `container exited job${i} ${5 + i}`, `container deleted job${i}`], `Sandbox.watch, job${i}`);
       expect(lib.filter((e) => e.type === 'error')).toEqual([]);
       watcher.close();
       await expectNothingLeft(stateDir);
