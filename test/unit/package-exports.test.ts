@@ -97,6 +97,19 @@ describe('the package exports', () => {
     expect(lost).toEqual([]);
   });
 
+  it('load, and export at run time every value their typings name', async () => {
+    for (const [subpath, file] of entries) {
+      const loaded = (await import(path.resolve(file))) as Record<string, unknown>;
+      const values = [...exportsOf(file)].filter(([, symbol]) => {
+        const target = symbol.flags & ts.SymbolFlags.Alias ? checker.getAliasedSymbol(symbol) : symbol;
+        return (target.flags & ts.SymbolFlags.Value) !== 0;
+      });
+      expect(values.length, subpath).toBeGreaterThan(0);
+      const missing = values.map(([name]) => name).filter((name) => loaded[name] === undefined);
+      expect(missing, subpath).toEqual([]);
+    }
+  });
+
   it('keep the root to the core: the main classes, and none of the subpaths\' modules as a whole', () => {
     const root = exportsOf(entries.get('.')!);
     for (const name of ['Sandbox', 'Container', 'Process', 'Volume', 'Network', 'SandboxConfig', 'ContainerConfig', 'SandboxError', 'VmpodError', 'InvalidStateError']) {
