@@ -37,7 +37,7 @@ import { guestRootfsImageDir } from './resources/guest-rootfs.js';
 import { guestSharedDir, SHARED_FS_KIND, type Share } from './resources/share.js';
 import { STREAM_PORTS_KIND, STREAM_PORT_PREFIX, claimPorts, openClaim, releaseClaims, streamSocket, type Output, type PortClaim, type StreamPortsState } from './resources/stream-ports.js';
 import { VOLUMES_KIND, detachVolume, hotplugVolume, type VolumesState } from './resources/volumes/index.js';
-import { containerMounts, makeRootfsImage, rootfsVolumeName } from './resources/volumes/container.js';
+import { containerMounts, makeMountPoints, makeRootfsImage, rootfsVolumeName } from './resources/volumes/container.js';
 import type { CallOptions } from '../options.js';
 
 /**
@@ -275,7 +275,11 @@ export class ContainerManager {
       const guestShared = guestSharedDir(session.guestStateDir);
       // The volumes it mounts (checked against the record before anything else is made).
       const guestPages = tx.record.config.hugepages?.guestPages ?? 0;
-      plan.spec.mounts!.push(...containerMounts(tx.record.resources[VOLUMES_KIND], plan.volumes, plan.spec, guestPages));
+      const volumeMounts = containerMounts(tx.record.resources[VOLUMES_KIND], plan.volumes, plan.spec, guestPages);
+      plan.spec.mounts!.push(...volumeMounts);
+      if (plan.hostRootfs !== undefined && plan.transport === 'virtiofs' && plan.spec.root?.readonly === true) {
+        await makeMountPoints(plan.hostRootfs, volumeMounts, plan.spec.mounts!);
+      }
       let rootfs = 'builtin';
       // The user's rootfs image replaces the builtin rootfs: copy-on-write over its mount.
       const overlay = plan.hostRootfs === undefined && tx.record.config.guest.rootfsImage !== undefined;

@@ -15,6 +15,7 @@ import { InvalidArgumentError, NotFoundError, VmpodError } from '../../../errors
 import type { OciMount, OciSpec } from '../../../agent/messages.js';
 import { VolumeReadOnlyError } from '../../../volume/errors.js';
 import { volumesState } from './index.js';
+import { Dir } from '../../../host/tree.js';
 import type { ContainerVolume } from '../../../volume/spec.js';
 
 const exec = promisify(execFile);
@@ -57,6 +58,38 @@ export function containerMounts(volumesStateValue: unknown, wanted: readonly Con
     mounts.push({ destination: '/dev/hugepages', type: 'hugetlbfs', source: 'nodev', options: ['nosuid', 'nodev', 'pagesize=2M', `size=${size}`] });
   }
   return mounts;
+}
+
+/**
+ * Makes the missing mount points of volume mounts `wanted` in the host rootfs `rootfs` of a
+ * container whose root is read-only: its share is read-only, so the guest cannot make them, and
+ * runc makes mount points in the rootfs it is given before it turns it read-only. Directories
+ * (0755), never through a symlink or another mount; a destination below an earlier mount of
+ * `all` (e.g. under /dev) is made in that mount by the agent. What cannot be made so is left
+ * to the agent, whose error names it.
+ */
+export async function makeMountPoints(rootfs: string, wanted: readonly OciMount[], all: readonly OciMount[]): Promise<void> {
+  const relative = (destination: string): string => path.posix.normalize(`/${destination}`).replace(/^\/+|\/+$/gu, '');
+  let root: Dir;
+  try {
+    root = await Dir.open(rootfs);
+  } catch {
+    return;
+  }
+  try {
+    for (const m of wanted) {
+      const dest = relative(m.destination);
+      // The agent mounts a tmpfs on /dev when the spec has no /dev mount of its own.
+      const earlier = ['dev', ...all.slice(0, Math.max(all.indexOf(m), 0)).map((o) => relative(o.destination))];
+      if (dest === '' || earlier.some((e) => e === '' || dest.startsWith(`${e}/`))) continue;
+      await root.mkdirp(dest, 0o755).then(
+        (made) => made.close(),
+        () => undefined,
+      );
+    }
+  } finally {
+    root.close();
+  }
 }
 
 /** Bytes under `dir` (allocated blocks), for sizing an image. */
