@@ -12,7 +12,8 @@
 //   3. A TypeScript script importing `vmpod` and `vmpod/guest` type-checks against the installed
 //      typings (this repository's typescript, skipLibCheck off) and runs: a sandbox with the
 //      built-in defaults, a container whose output and exit code are checked (its kernel is the
-//      guest's), then the sandbox is deleted. Guest assets: the default cache
+//      guest's), then the sandbox is deleted. Then the installed `vmpod run --rm` (the README's
+//      command). Guest assets: the default cache
 //      (/var/cache/vmpod/guest, what `vmpod run` uses), built there once when missing or made
 //      with another agent.
 //   4. Nothing is left: no sandbox in its state directory, no process or mount of its folder.
@@ -262,6 +263,11 @@ async function steps(work) {
     check(out.stdout === `hello from ${out.guestKernel}\n`, `the container's stdout is its kernel's greeting (${JSON.stringify(out.stdout)})`);
     check(out.stderr === 'to stderr\n', `the container's stderr came apart (${JSON.stringify(out.stderr)})`);
     check(out.status.exitCode === 7 && out.status.signal === 0, `its exit status is 7 (${JSON.stringify(out.status)})`);
+    // The README's command, from the installed bin: the guest kernel answers, the exit code passes through.
+    const cli = run(path.join(consumer, 'node_modules', '.bin', 'vmpod'), ['run', '--rm', '--', 'sh', '-c', 'uname -r; exit 3'], { cwd: consumer, env: runEnv, timeout: 600_000 });
+    say(`vmpod run --rm ran in ${cli.seconds.toFixed(1)} s`);
+    check(cli.status === 3 && cli.stdout === `${out.guestKernel}\n`, `the installed vmpod run --rm prints the guest's kernel and exits with the command's code (${cli.status}, ${JSON.stringify(cli.stdout)})`);
+    if (cli.status !== 3) process.stdout.write(cli.output);
   }
 
   // 4. Nothing left.
