@@ -38,7 +38,7 @@ const sandbox = await Sandbox.create({
   stateDir: args.stateDir,
   id: args.id,
   volumes: [Volume.tmpfs('scratch', { sizeMiB: 4 })],
-  ...(args.hugepages ? { memoryMiB: args.qemu ? 256 : 64, hugepages: { backRam: true, prealloc: false } } : {}),
+  ...(args.hugepages ? { memoryMiB: args.qemu ? 256 : 128, hugepages: { backRam: true, prealloc: false } } : {}),
 });
 await sandbox.start();
 if (args.startOnly) {
