@@ -390,7 +390,10 @@ export class ContainerManager {
       if (plan.detached) {
         const wanted = (['stdout', 'stderr'] as const).filter((fd) => plan.stdio[fd]);
         if (claims.length < wanted.length) {
-          throw new InvalidArgumentError('stdio.detached', `each output needs a free stream port: ${wanted.length} wanted, ${claims.length} free (see streamPorts)`);
+          const why = !session.agent.info.features.includes('direct-stdio')
+            ? "the guest's agent has no stream ports (no direct-stdio feature: an initramfs of an older vmpod)"
+            : `each output needs a free stream port: ${wanted.length} wanted, ${claims.length} free (see streamPorts)`;
+          throw new InvalidArgumentError('stdio.detached', why);
         }
         if (claims.length > 0) {
           const logger = await spawnCriLogger(this.sandbox.id, this.sandbox.dir, plan.id, plan.log!, session.bootDir, claims, call.signal);

@@ -143,6 +143,20 @@ describe.skipIf(skipReason)(`container logs${skipReason ? ` (skipped: ${skipReas
     await sandbox.delete({ force: true });
   });
 
+  it('a detached output that cannot have a stream port is refused before anything is left in the guest', async () => {
+    const sandbox = await Sandbox.create({ stateDir, id: 'lgnop', streamPorts: 0 });
+    await sandbox.start();
+    const refused = (config: Parameters<typeof sandbox.createContainer>[0]) => sandbox.createContainer({ process: { args: ['true'] }, ...config });
+    await expect(refused({ id: 'a', stdio: { detached: true } })).rejects.toThrow(/stdio\.detached.*2 wanted, 0 free/u);
+    await expect(refused({ id: 'b', stdio: { detached: true }, process: { args: ['true'], terminal: true } })).rejects.toThrow(/stdio\.detached.*terminal/u);
+    await expect(refused({ id: 'c', stdio: { detached: true, transport: 'agent' } })).rejects.toThrow(/stdio\.detached.*agent/u);
+    await expect(refused({ id: 'd', stdio: { detached: true }, log: false })).rejects.toThrow(/stdio\.detached.*log: false/u);
+    expect(await sandbox.containers()).toEqual([]);
+    expect(Object.keys((await sandbox.record()).containers)).toEqual([]);
+    expect(await logWriters(sandbox.dir)).toEqual([]);
+    await sandbox.delete({ force: true });
+  });
+
   it('the attached path logs what its reader gets; another process reads it through container.logs()', async () => {
     const sandbox = await Sandbox.create({ stateDir, id: 'lgatt' });
     await sandbox.start();
