@@ -40,6 +40,7 @@ import type { CallOptions } from '../options.js';
 import { CorruptStateError, type StateStore } from '../state/store.js';
 import { removeTree } from '../state/remove.js';
 import * as validate from '../validate.js';
+import { printable } from '../printable.js';
 import { checkVolumeSpec, type VolumeSpec } from '../volume/spec.js';
 import { bootDirOf, guestAssetsFor, killBoot, makeBootDir, sandboxFiles, SandboxError, vmConfigFor } from './boot.js';
 import { resolveSandboxConfig, type ResolvedSandboxConfig, type SandboxConfig } from './config.js';
@@ -91,6 +92,23 @@ const AGENT_ANSWER_MS = 3_000;
 const CONTROL_ANSWER_MS = 2_000;
 /** How much of the console log a failed start() searches for the guest kernel's panic line. */
 const PANIC_SEARCH_BYTES = 64 * 1024;
+/**
+ * The last `most` bytes of the console log from byte `offset` on (where a boot's output began),
+ * made printable; from the start of the file when it was rotated since (it is shorter).
+ */
+async function consoleSince(file: string, offset: number, most: number): Promise<string> {
+  const handle = await fs.open(file, 'r').catch(() => undefined);
+  if (!handle) return '';
+  try {
+    const { size } = await handle.stat();
+    const from = Math.max(size >= offset ? offset : 0, size - most);
+    const { buffer, bytesRead } = await handle.read(Buffer.alloc(size - from), 0, size - from, from);
+    return printable(buffer.subarray(0, bytesRead).toString('utf8'));
+  } finally {
+    await handle.close();
+  }
+}
+
 /** How long start() waits for a VM whose agent connection broke to show its exit. */
 const VM_EXIT_GRACE_MS = 1_000;
 
@@ -308,6 +326,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     const current = await this.record();
     this.#checkStartable(current.state);
     const assets = await guestAssetsFor(this.id, current.config, (m) => this.emit('progress', m), signal);
+    // Where this boot's console output begins (earlier boots' output is before it).
+    const consoleStart = await fs.stat(this.consoleLog).then((s) => s.size, () => 0);
     const owner = newOwner();
     const bootId = newBootId();
     const boot = { id: bootId, dir: bootDirOf(this.#journal.store.root, bootId) };
@@ -377,7 +397,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
         delete tx.record.op;
       });
     } catch (caught) {
-      const error = await this.#whyStartFailed(caught, { owner, vm, cancelled: signal?.aborted === true, died: died.signal, deadline, bootTimeoutMs });
+      const error = await this.#whyStartFailed(caught, { owner, vm, cancelled: signal?.aborted === true, died: died.signal, deadline, bootTimeoutMs, consoleStart });
       if (error instanceof SandboxError && error.cause instanceof SupersededError) throw error;
       await this.#journal
         .transact(async (tx) => {
@@ -416,7 +436,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
    */
   async #whyStartFailed(
     caught: unknown,
-    how: { owner: { token: string }; vm: VirtualMachine | undefined; cancelled: boolean; died: AbortSignal; deadline: AbortSignal; bootTimeoutMs: number },
+    how: { owner: { token: string }; vm: VirtualMachine | undefined; cancelled: boolean; died: AbortSignal; deadline: AbortSignal; bootTimeoutMs: number; consoleStart: number },
   ): Promise<Error> {
     const exited = caught instanceof VmExitedDuringStart ? caught.exit : undefined;
     const cause = (exited ? undefined : caught) as Error | undefined;
@@ -435,8 +455,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     const logger = record.boot?.logger;
     if (exit && logger) await waitForProcessExit(logger, VM_EXIT_GRACE_MS).catch(() => false);
     const tail = logTail(this.consoleLog);
-    // The panic's own line: its backtrace alone can fill the tail.
-    const panic = [...logTail(this.consoleLog, PANIC_SEARCH_BYTES).matchAll(/Kernel panic - not syncing: ([^\n]*)/gu)].at(-1)?.[1]?.trim();
+    // The panic's own line (its backtrace alone can fill the tail), of this boot only.
+    const panic = [...(await consoleSince(this.consoleLog, how.consoleStart, PANIC_SEARCH_BYTES)).matchAll(/Kernel panic - not syncing: ([^\n]*)/gu)].at(-1)?.[1]?.trim();
     const what = exit ? `the VM exited during start (${exit.detail})` : `the guest's agent hung up during start (${cause!.message})`;
     return new SandboxError(this.id, `${what}${panic ? `: the guest kernel panicked: ${panic}` : ''}; console:\n${tail}`, cause === undefined ? {} : { cause });
   }

@@ -568,6 +568,20 @@ describe.skipIf(skipReason)(`the sandbox core on a fake hypervisor${skipReason ?
     expect(error).toMatchObject({ code: 'ERR_VMPOD_SANDBOX', message: expect.stringMatching(/the VM exited during start \(exit code 1\): the guest kernel panicked: on purpose; console:\n(.*\n)*fake-vm: Kernel panic - not syncing: on purpose$/u) });
   }, TEST_TIMEOUT);
 
+  // The console log holds every boot of the sandbox: a panic of an earlier boot is not this one's.
+  it("a failed start names its own boot's panic, never an earlier boot's", async () => {
+    const fake = new FakeHypervisor({ exitDuringStart: 'at-hello' });
+    const sandbox = await create('panic4', fake);
+    expect(await sandbox.start().catch((e: unknown) => e)).toMatchObject({ message: expect.stringContaining('the guest kernel panicked: on purpose') });
+    delete fake.options.exitDuringStart;
+    fake.options.agent = 'hang-up';
+    const error = await sandbox.start().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(SandboxError);
+    expect((error as Error).message).toMatch(/^sandbox "panic4": the guest's agent hung up during start \(.*\); console:\n/u);
+    expect((error as Error).message).not.toContain('panicked');
+    await expectDeleted(sandbox);
+  }, TEST_TIMEOUT);
+
   // BUG (src/sandbox/sandbox.ts, Sandbox.start): start() takes CallOptions but reads only
   // `signal`; `timeoutMs` is ignored. src/options.ts says timeoutMs "gives up after this many
   // milliseconds with a TimeoutError ... this overrides" the call's default deadline, but the
