@@ -544,14 +544,40 @@ export class ContainerLogReader extends Readable {
       }
       if (parsed.records.length === 0 && parsed.used > 0) got = true;
     }
-    // Rotated: the old file was read to its end above; go on with the new one.
+    // Rotated: the old file was read to its end above. The log may have rotated more than once
+    // since: the rotated files newer than the old one come first, then the new current one.
     if (ino !== undefined && ino !== this.#ino) {
       fs.closeSync(this.#fd);
       this.#fd = -1;
       this.#pending = Buffer.alloc(0);
       got = true;
+      for (const fd of this.#rotatedSince(this.#ino)) {
+        try {
+          for (const record of parseRecords(readFrom(fd, 0)).records) {
+            const line = this.#joiner.push(record);
+            if (line) ok = this.#deliver(line) && ok;
+          }
+        } finally {
+          fs.closeSync(fd);
+        }
+      }
     }
     return { ok, got };
+  }
+
+  /** The rotated files newer than the one of inode `ino` (all of them when it was dropped), oldest first, open. */
+  #rotatedSince(ino: number): number[] {
+    const newer: number[] = [];
+    for (let k = 1; k < MAX_LOG_FILES; k++) {
+      const fd = openIfExists(`${this.#paths.file}.${k}`);
+      if (fd === undefined) break;
+      if (fs.fstatSync(fd).ino === ino) {
+        fs.closeSync(fd);
+        break;
+      }
+      newer.unshift(fd);
+    }
+    return newer;
   }
 
   #finish(): void {

@@ -272,6 +272,27 @@ describe('the log writer and reader', () => {
     expect(Buffer.concat(got).toString()).toBe(expected.join(''));
   });
 
+  it('follows through several rotations between two looks, from the rotated files that are still there', async () => {
+    const writer = await ContainerLogWriter.open(dir, 'c1', resolveLogConfig({ maxBytes: 64 * 1024, maxFiles: 5 }));
+    writer.write('stdout', Buffer.from('first\n'));
+    const follower = read({ follow: true });
+    const got: Buffer[] = [];
+    follower.on('data', (c: Buffer) => got.push(c));
+    const ended = new Promise((r) => follower.once('end', r));
+    await until(() => Buffer.concat(got).toString() === 'first\n');
+    // About 2.5 files at once (the follower looks every 200 ms): the log rotates twice meanwhile.
+    const expected = ['first\n'];
+    for (let i = 0; i < 3000; i++) {
+      const line = `x${i} ${'q'.repeat(10)}\n`;
+      expected.push(line);
+      writer.write('stdout', Buffer.from(line));
+    }
+    expect(fs.existsSync(`${logPaths(dir, 'c1').file}.2`)).toBe(true);
+    await writer.close();
+    await ended;
+    expect(Buffer.concat(got).toString()).toBe(expected.join(''));
+  });
+
   it('follow of a log nobody writes ends after what is there', async () => {
     const writer = await ContainerLogWriter.open(dir, 'c1', resolveLogConfig(config));
     writer.write('stdout', Buffer.from('done\n'));
