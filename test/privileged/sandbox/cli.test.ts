@@ -203,6 +203,10 @@ describe.skipIf(skipReason)(`vmpod CLI${skipReason ? ` (skipped: ${skipReason})`
       expect(failed.stderr).toContain('\n  the sandbox stays listed: "vmpod logs --console clidead" shows its console, "vmpod delete clidead" removes it\n');
       expect(JSON.parse((await vmpod(dir, ['ps', '--json'])).stdout)).toMatchObject([{ id: 'clidead', state: 'stopped' }]);
       expect(await fs.readFile(path.join(dir, 'sandboxes', 'clidead', 'console.log'), 'utf8')).toContain('Kernel panic');
+      // What the hint says works: the console shows why.
+      const consoleLog = await vmpod(dir, ['logs', '--console', 'clidead']);
+      expect(consoleLog.code).toBe(0);
+      expect(consoleLog.stdout).toContain('Kernel panic - not syncing');
       expect(await qemuPids(dir)).toEqual([]);
       expect((await vmpod(dir, ['delete', 'clidead'])).code).toBe(0);
 
