@@ -22,7 +22,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { InvalidArgumentError } from '../errors.js';
+import { AbortError, InvalidArgumentError } from '../errors.js';
 import { native } from '../native.js';
 import { FileLock } from '../state/lock.js';
 import * as validate from '../validate.js';
@@ -302,7 +302,7 @@ export interface LogOptions {
   timestamps?: boolean;
   /** Which outputs: default both, in the order their lines were received. */
   streams?: readonly LogStream[];
-  /** Ends the reading (the stream is destroyed with an AbortError). */
+  /** Ends the reading: the stream is destroyed with an `AbortError` (`ERR_VMPOD_ABORTED`). */
   signal?: AbortSignal;
 }
 
@@ -413,7 +413,7 @@ export class ContainerLogReader extends Readable {
     for (const s of streams) if (s !== 'stdout' && s !== 'stderr') throw new InvalidArgumentError('streams', `${JSON.stringify(s)} is not stdout or stderr`);
     this.#streams = new Set(streams);
     if (options.signal) {
-      const onAbort = (): void => void this.destroy(Object.assign(new Error('reading the log was aborted'), { name: 'AbortError', cause: options.signal?.reason }));
+      const onAbort = (): void => void this.destroy(new AbortError(`reading the log of ${paths.dir}`, { cause: options.signal?.reason }));
       if (options.signal.aborted) queueMicrotask(onAbort);
       else {
         options.signal.addEventListener('abort', onAbort, { once: true });

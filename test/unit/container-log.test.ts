@@ -15,7 +15,7 @@ import { ContainerLogReader, ContainerLogWriter, logPaths, loggedContainers, res
 import { MAX_RECORD_CONTENT, encodeChunk, formatTime, parseRecord, parseRecords, parseTime } from '../../src/container/log-format.js';
 import { newMarker } from '../../src/agent/direct-stream.js';
 import { LOGGER_BINARY } from '../../src/host/process.js';
-import { InvalidArgumentError } from '../../src/errors.js';
+import { AbortError, InvalidArgumentError } from '../../src/errors.js';
 
 let dir: string;
 beforeEach(() => {
@@ -299,6 +299,26 @@ describe('the log writer and reader', () => {
     await writer.close();
     expect((await collect(read({ follow: true }))).toString()).toBe('done\n');
     expect((await collect(new ContainerLogReader(logPaths(dir, 'none'), { follow: true })))).toEqual(Buffer.alloc(0));
+  });
+
+  it('a follower ends with an AbortError when its signal is aborted', async () => {
+    const writer = await ContainerLogWriter.open(dir, 'c1', resolveLogConfig(config));
+    writer.write('stdout', Buffer.from('one\n'));
+    const abort = new AbortController();
+    const follower = read({ follow: true, signal: abort.signal });
+    const got: Buffer[] = [];
+    const failed = new Promise<Error>((resolve) => follower.once('error', resolve));
+    follower.on('data', (c: Buffer) => got.push(c));
+    await until(() => got.length === 1);
+    abort.abort(new Error('enough'));
+    const error = await failed;
+    expect(error).toBeInstanceOf(AbortError);
+    expect((error as AbortError).code).toBe('ERR_VMPOD_ABORTED');
+    expect((error.cause as Error).message).toBe('enough');
+    await writer.close();
+    // Aborted before it starts: nothing is read.
+    const early = read({ signal: AbortSignal.abort() });
+    await expect(collect(early)).rejects.toBeInstanceOf(AbortError);
   });
 
   it('a second writer waits for the first', async () => {
