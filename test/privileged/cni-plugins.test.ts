@@ -160,6 +160,7 @@ describe.skipIf(skipReason !== undefined)(`CNI with Debian's plugins${skipReason
   });
 
   describe('a failing plugin leaves nothing behind', () => {
+    const HANG = `600.${process.pid}`;
     const cases: [string, string, (e: unknown) => void][] = [
       [
         'an error result',
@@ -169,7 +170,8 @@ describe.skipIf(skipReason !== undefined)(`CNI with Debian's plugins${skipReason
           expect([(e as CniPluginError).cniCode, (e as CniPluginError).msg, (e as CniPluginError).details]).toEqual([117, 'no frobs left', 'pool exhausted']);
         },
       ],
-      ['a hang', `[ "$CNI_COMMAND" = ADD ] && exec sleep 600\nexit 0`, (e) => expect(e).toBeInstanceOf(TimeoutError)],
+      // A duration of this run's own, so that the check below finds this plugin's sleep and no other process's.
+      ['a hang', `[ "$CNI_COMMAND" = ADD ] && exec sleep ${HANG}\nexit 0`, (e) => expect(e).toBeInstanceOf(TimeoutError)],
       ['garbage output', `[ "$CNI_COMMAND" = ADD ] && echo 'panic: garbage'\nexit 0`, (e) => expect(e).toBeInstanceOf(CniOutputError)],
     ];
     for (const [what, script, check] of cases) {
@@ -183,7 +185,7 @@ describe.skipIf(skipReason !== undefined)(`CNI with Debian's plugins${skipReason
         expect(await scene.bridgePorts()).toEqual([]);
         expect(await scene.reservedIps(network.name)).toEqual([]);
         expect(await cni.cachedAttachments()).toEqual([]);
-        const sleeping = (await cmd('ps', ['-eo', 'args'])).split('\n').filter((l) => l === 'sleep 600');
+        const sleeping = (await cmd('ps', ['-eo', 'args'])).split('\n').filter((l) => l === `sleep ${HANG}`);
         expect(sleeping).toEqual([]);
       });
     }

@@ -230,7 +230,11 @@ ${PROCESS_USAGE}
     } catch (error) {
       if (signal.aborted) return await interrupted(sandbox, signal.reason as NodeJS.Signals, o['rm'] === true);
       if (o['rm'] || !sandbox) {
-        await sandbox?.delete({ force: true }).catch(() => undefined);
+        // The run's own error is what the user needs first; a cleanup that failed too is named, not hidden.
+        const failed = sandbox;
+        await failed?.delete({ force: true }).catch((cleanup: unknown) => {
+          Object.assign(error as object, { hint: `the sandbox could not be deleted (${printableField((cleanup as Error).message)}): "vmpod delete -f ${failed.id}" removes it` });
+        });
       } else {
         // Without --rm the sandbox stays listed (stopped), so that "vmpod logs" can show why it failed.
         if (sandbox.state === 'running' || sandbox.state === 'paused') await sandbox.stop().catch(() => undefined);
