@@ -438,7 +438,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     caught: unknown,
     how: { owner: { token: string }; vm: VirtualMachine | undefined; cancelled: boolean; died: AbortSignal; deadline: AbortSignal; bootTimeoutMs: number; consoleStart: number },
   ): Promise<Error> {
-    const exited = caught instanceof VmExitedDuringStart ? caught.exit : undefined;
+    let exited = caught instanceof VmExitedDuringStart ? caught.exit : undefined;
     const cause = (exited ? undefined : caught) as Error | undefined;
     if (caught instanceof SupersededError) return new SandboxError(this.id, caught.message, { cause: caught });
     const record = await this.#journal.read().catch(() => undefined);
@@ -447,8 +447,11 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       return new SandboxError(this.id, `was ${what} by another process while it was starting`, { cause: new SupersededError(this.id, cause?.message ?? 'the VM exited') });
     }
     if (how.cancelled) return new AbortError(`${this.label}: start`, { cause });
-    if (how.died.aborted) return how.died.reason as Error;
-    if (how.deadline.aborted) return new TimeoutError(`${this.label}: start (the VM and its agent)`, how.bootTimeoutMs, { cause });
+    if (how.died.aborted) {
+      // virtiofsd exits when QEMU goes: a VM that ended (a guest that panicked) explains both.
+      exited ??= await how.vm?.waitForExit(AbortSignal.timeout(VM_EXIT_GRACE_MS)).catch(() => undefined);
+      if (!exited) return how.died.reason as Error;
+    } else if (how.deadline.aborted) return new TimeoutError(`${this.label}: start (the VM and its agent)`, how.bootTimeoutMs, { cause });
     // Without a control channel, ready() failed: its error says how the VM ended.
     const exit = exited ?? (await how.vm?.waitForExit(AbortSignal.timeout(VM_EXIT_GRACE_MS)).catch(() => undefined));
     if (!exit && !(cause instanceof AgentClosedError)) return cause!;
