@@ -12,10 +12,9 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Testpmd, testpmdSkipReason } from '../../benchmarks/lib/testpmd.js';
 import { hugepagePool } from '../../src/devices/hugepages.js';
-import { Sandbox } from '../../src/sandbox/sandbox.js';
 import { skipReason as cniSkip, sh, World } from './network-sandbox/fixture.js';
 import { tearDown } from './nfv/testpmd-fixture.js';
-import { expectNothingLeft, forceCleanup, makeStateDir, runcSpecBundle, skipReason as vmSkip } from './sandbox/fixture.js';
+import { deleteAllAndCheck, makeStateDir, runcSpecBundle, skipReason as vmSkip } from './sandbox/fixture.js';
 
 const EXAMPLES = path.resolve('examples');
 const dpdkSkip = vmSkip ?? (await testpmdSkipReason());
@@ -54,14 +53,7 @@ describe.skipIf(vmSkip)(`examples/${vmSkip ? ` (skipped: ${vmSkip})` : ''}`, () 
     stateDir = await makeStateDir();
   });
 
-  afterEach(async () => {
-    try {
-      for (const info of await Sandbox.list({ stateDir })) await Sandbox.remove(info.id, { stateDir, force: true });
-      await expectNothingLeft(stateDir);
-    } finally {
-      await forceCleanup(stateDir);
-    }
-  });
+  afterEach(() => deleteAllAndCheck(stateDir));
 
   it('two-containers.ts: a server and a client in one sandbox', async () => {
     const r = await runExample('two-containers', [], stateDir);

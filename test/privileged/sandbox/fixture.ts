@@ -11,7 +11,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { expect } from 'vitest';
 import { mountPoints } from '../../../src/state/remove.js';
-import type { ContainerConfig, Sandbox } from '../../../src/sandbox/sandbox.js';
+import { Sandbox, type ContainerConfig } from '../../../src/sandbox/sandbox.js';
 
 const exec = promisify(execFile);
 
@@ -61,6 +61,16 @@ export async function forceCleanup(stateDir: string): Promise<void> {
     await exec('umount', ['-l', point]).catch(() => undefined);
   }
   if (!(await mountPoints()).some((m) => m.startsWith(stateDir))) await fs.rm(stateDir, { recursive: true, force: true });
+}
+
+/** A test's teardown: deletes every sandbox under `stateDir` (force), asserts nothing is left, and cleans up even when that fails. */
+export async function deleteAllAndCheck(stateDir: string): Promise<void> {
+  try {
+    for (const info of await Sandbox.list({ stateDir })) await Sandbox.remove(info.id, { stateDir, force: true });
+    await expectNothingLeft(stateDir);
+  } finally {
+    await forceCleanup(stateDir);
+  }
 }
 
 /** Makes `dir/rootfs` a busybox root filesystem. */

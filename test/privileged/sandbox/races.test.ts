@@ -8,7 +8,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { isAlive } from '../../../src/host/process.js';
-import { busyboxRootfs, collect, expectNothingLeft, forceCleanup, makeStateDir, nodeScript, skipReason } from './fixture.js';
+import { busyboxRootfs, collect, deleteAllAndCheck, makeStateDir, nodeScript, skipReason } from './fixture.js';
 
 async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -26,14 +26,7 @@ describe.skipIf(skipReason)(`processes racing at one sandbox${skipReason ? ` (sk
   beforeEach(async () => {
     stateDir = await makeStateDir();
   });
-  afterEach(async () => {
-    try {
-      for (const info of await Sandbox.list({ stateDir })) await Sandbox.remove(info.id, { stateDir, force: true });
-      await expectNothingLeft(stateDir);
-    } finally {
-      await forceCleanup(stateDir);
-    }
-  });
+  afterEach(() => deleteAllAndCheck(stateDir));
 
   it('a delete from another process while this one starts the sandbox wins, and leaves nothing', async () => {
     const sandbox = await Sandbox.create({ stateDir, id: 'race-start' });

@@ -9,7 +9,7 @@
 import fs from 'node:fs/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
-import { expectNothingLeft, forceCleanup, makeStateDir, nodeScript, processesMentioning, skipReason } from './fixture.js';
+import { deleteAllAndCheck, expectNothingLeft, makeStateDir, nodeScript, processesMentioning, skipReason } from './fixture.js';
 
 /** Resolves once a process whose command line mentions `text` and `program` runs (QEMU of the boot). */
 async function waitForProcess(text: string, program: string, deadlineMs = 120_000): Promise<number> {
@@ -31,14 +31,7 @@ describe.skipIf(skipReason)(`Ctrl-C of a script${skipReason ? ` (skipped: ${skip
     stateDir = await makeStateDir();
   });
 
-  afterEach(async () => {
-    try {
-      for (const info of await Sandbox.list({ stateDir })) await Sandbox.remove(info.id, { stateDir, force: true });
-      await expectNothingLeft(stateDir);
-    } finally {
-      await forceCleanup(stateDir);
-    }
-  });
+  afterEach(() => deleteAllAndCheck(stateDir));
 
   it('SIGINT during sandbox.start(): the start is aborted, `await using` deletes the sandbox, exit 130, nothing left', async () => {
     const script = nodeScript(

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { isAlive } from '../../../src/host/process.js';
-import { expectNothingLeft, forceCleanup, makeStateDir, nodeScript, processesMentioning, skipReason, vmpod } from './fixture.js';
+import { deleteAllAndCheck, makeStateDir, nodeScript, processesMentioning, skipReason, vmpod } from './fixture.js';
 
 describe.skipIf(skipReason)(`a silent guest, an unreadable record${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
   let stateDir: string;
@@ -17,14 +17,7 @@ describe.skipIf(skipReason)(`a silent guest, an unreadable record${skipReason ? 
   beforeEach(async () => {
     stateDir = await makeStateDir();
   });
-  afterEach(async () => {
-    try {
-      for (const info of await Sandbox.list({ stateDir })) await Sandbox.remove(info.id, { stateDir, force: true });
-      await expectNothingLeft(stateDir);
-    } finally {
-      await forceCleanup(stateDir);
-    }
-  });
+  afterEach(() => deleteAllAndCheck(stateDir));
 
   it('vmpod delete -f finishes within seconds when QEMU is stopped (SIGSTOP), and leaves nothing', async () => {
     const sandbox = await Sandbox.create({ stateDir, id: 'frozen' });
