@@ -14,16 +14,7 @@ import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { buildGuestAssets } from '../../../src/guest/build.js';
 import { Sandbox, type StopInfo } from '../../../src/sandbox/sandbox.js';
 import { PrintableDecoder } from '../../../src/printable.js';
-import { collect, expectNothingLeft, forceCleanup, makeStateDir, processesMentioning, skipReason, spawnVmpod, vmpod } from './fixture.js';
-
-/** Polls `check` until it holds (or fails after `timeoutMs`). */
-async function until(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 120_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
+import { collect, expectNothingLeft, forceCleanup, makeStateDir, processesMentioning, skipReason, spawnVmpod, vmpod, until } from './fixture.js';
 
 /** Pids of the QEMU processes of the sandboxes under `stateDir`. */
 async function qemuPids(stateDir: string): Promise<number[]> {

@@ -8,19 +8,10 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildGuestAssets } from '../../../src/guest/build.js';
-import { expectNothingLeft, forceCleanup, makeStateDir, processesMentioning, runcSpecBundle, skipReason, spawnVmpod, vmpod } from './fixture.js';
+import { expectNothingLeft, forceCleanup, makeStateDir, processesMentioning, runcSpecBundle, skipReason, spawnVmpod, vmpod, until } from './fixture.js';
 
 const PTY_RELAY = path.resolve('test/privileged/sandbox/pty-relay.py');
 const CLI = [process.execPath, '--import', 'tsx', path.resolve('src/cli/main.ts')];
-
-/** Polls `check` until it holds (or fails after `timeoutMs`). */
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 120_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
 
 /** Pids of the QEMU processes of the sandboxes under `stateDir`. */
 async function qemuPids(stateDir: string): Promise<number[]> {

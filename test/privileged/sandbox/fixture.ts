@@ -73,6 +73,15 @@ export async function deleteAllAndCheck(stateDir: string): Promise<void> {
   }
 }
 
+/** Polls `check` every 50 ms until it holds; throws naming `what` after `timeoutMs`. */
+export async function until(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 120_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
 /** Makes `dir/rootfs` a busybox root filesystem. */
 export async function busyboxRootfs(dir: string): Promise<string> {
   const rootfs = path.join(dir, 'rootfs');

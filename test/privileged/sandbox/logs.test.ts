@@ -14,15 +14,7 @@ import { buildGuestAssets } from '../../../src/guest/build.js';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { logPaths } from '../../../src/container/log-file.js';
 import { parseRecords } from '../../../src/container/log-format.js';
-import { expectNothingLeft, forceCleanup, makeStateDir, processesMentioning, skipReason, spawnVmpod, vmpod } from './fixture.js';
-
-async function until(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 120_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
+import { expectNothingLeft, forceCleanup, makeStateDir, processesMentioning, skipReason, spawnVmpod, vmpod, until } from './fixture.js';
 
 /** Pids of the detached log writers (`vmpod-logger --cri`) whose command line names `dir`. */
 async function logWriters(dir: string): Promise<number[]> {
