@@ -14,7 +14,7 @@ import path from 'node:path';
 import { AddonError } from './errors.js';
 
 /** Must equal `kAbiVersion` in native/addon/common.h. */
-export const ABI_VERSION = 3;
+export const ABI_VERSION = 4;
 
 /** The raw surface of the addon. */
 export interface NativeAddon {

@@ -13,7 +13,7 @@
 namespace vmpod {
 
 // Bumped whenever the native surface declared in src/native.ts changes.
-constexpr int kAbiVersion = 3;
+constexpr int kAbiVersion = 4;
 
 // A failed system call or netlink request. Thrown on the worker thread; it reaches JS as an Error
 // with `code` (errno name), `errno`, `syscall`, and, where known, `target` (the object the call was
