@@ -28,7 +28,7 @@ packages=(
   iperf3                                        # net-throughput benchmark: TCP from a container to a peer netns
   clang-16 libclang-rt-16-dev llvm-16           # guest agent fuzzers (libFuzzer, ASan, UBSan) and llvm-symbolizer for their reports
   gcovr                                         # native coverage report (scripts/coverage-native.sh)
-  podman containerd conmon crun               # OCI runtime tests and benchmark: real callers of vmpod-runtime (docs/oci-runtime.md)
+  podman containerd conmon crun                 # OCI runtime tests and benchmark: real callers of vmpod-runtime (docs/oci-runtime.md)
   umoci skopeo                                  # test images: OCI layouts built offline from busybox, oci-archives for ctr import
 )
 [[ $mode == runtime ]] && packages=("${runtime[@]}")
