@@ -71,7 +71,9 @@ export interface NativeAddon {
   readonly pathConstants: Readonly<Record<
     | 'AT_FDCWD' | 'O_RDONLY' | 'O_PATH' | 'O_DIRECTORY' | 'O_NOFOLLOW'
     | 'RESOLVE_BENEATH' | 'RESOLVE_NO_SYMLINKS' | 'RESOLVE_NO_MAGICLINKS' | 'RESOLVE_NO_XDEV'
-    | 'MOUNT_ATTR_RDONLY' | 'MOUNT_ATTR_NOSUID' | 'MOUNT_ATTR_NODEV' | 'MOUNT_ATTR_NOEXEC' | 'MOUNT_ATTR_IDMAP',
+    | 'MOUNT_ATTR_RDONLY' | 'MOUNT_ATTR_NOSUID' | 'MOUNT_ATTR_NODEV' | 'MOUNT_ATTR_NOEXEC' | 'MOUNT_ATTR_IDMAP'
+    // layer.cc adds these two (image layers, src/image/in-root.ts)
+    | 'RESOLVE_IN_ROOT' | 'O_NONBLOCK',
     number
   >>;
 
