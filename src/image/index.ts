@@ -1,0 +1,11 @@
+/**
+ * OCI images: references, sources (layouts and archives), configs, and their errors.
+ *
+ * @module
+ */
+export * from './errors.js';
+export { parseImageReference, formatImageReference, normalizeDockerName, isRefName } from './reference.js';
+export type { ImageReference, ImageTransport } from './reference.js';
+export type { LayerCompression, MediaKind } from './media-types.js';
+export type { ImageSource, ImageLayer, OpenLayerOptions } from './source.js';
+export type { ImageConfig, ImageExecConfig } from './config.js';
