@@ -9,3 +9,4 @@ export type { ImageReference, ImageTransport } from './reference.js';
 export type { LayerCompression, MediaKind } from './media-types.js';
 export type { ImageSource, ImageLayer, OpenLayerOptions } from './source.js';
 export type { ImageConfig, ImageExecConfig } from './config.js';
+export { readFileInRoot } from './in-root.js';
