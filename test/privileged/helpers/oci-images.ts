@@ -18,6 +18,7 @@
  * between runs.
  */
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -96,7 +97,10 @@ async function layBusyboxRootfs(rootfs: string, whiteout: string): Promise<void>
 }
 
 async function build(): Promise<TestImage> {
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vmpod-img-'));
+  // Lower case only: podman 4.3 names an image it pulls from `oci:DIR:TAG` after DIR, and refuses
+  // a name with capitals ("repository name must be lowercase"), which mkdtemp's names have.
+  const dir = path.join(os.tmpdir(), `vmpod-img-${randomBytes(6).toString('hex')}`);
+  await fs.mkdir(dir, { mode: 0o700 });
   made.push(dir);
   const layout = path.join(dir, 'layout');
   const tag = 'busybox';
