@@ -9,7 +9,7 @@
  *                        directories by the trusted.overlay.opaque xattr), HEX its diff_id's digest
  * layers/HEX.json        what is known of it: diff_id, uncompressed size, entries, where it came from
  * layers/.tmp-HEX-RAND/  an unpack under way (or one a crash left: the next unpack of HEX, or prune, removes it)
- * images/HEX.json        an image, HEX its manifest's digest: config, diff_ids, chain id, references, last use
+ * images/HEX.json        an image, HEX its id's (its manifest digest): config, diff_ids, chain id, references, last use
  * views/HEX/             the mount point of the read-only overlay of chain id HEX's layers
  * empty/                 an empty folder, the bottom layer of every view
  * locks/                 flock(2) files: store.lock (shared by users, exclusive for rm and prune), layer-HEX.lock
@@ -84,9 +84,15 @@ export interface LayerRecord {
   unpackedAt: string;
 }
 
-/** What the store keeps about an image (`images/HEX.json`, HEX its manifest digest's). */
+/** What the store keeps about an image (`images/HEX.json`, HEX its id's). */
 export interface ImageRecord {
-  manifestDigest: string;
+  /**
+   * The image's id in the store: its manifest's digest, or for a Docker archive (which stores no
+   * manifest blob) its config's digest.
+   */
+  id: string;
+  /** The manifest's digest (undefined for a Docker archive). */
+  manifestDigest?: string;
   /** The config blob's digest and its parsed JSON. */
   configDigest: string;
   config: unknown;
@@ -153,8 +159,8 @@ function isImageRecord(v: unknown): v is ImageRecord {
   if (typeof v !== 'object' || v === null) return false;
   const r = v as Partial<ImageRecord>;
   return (
-    typeof r.manifestDigest === 'string' &&
-    DIGEST.test(r.manifestDigest) &&
+    typeof r.id === 'string' &&
+    DIGEST.test(r.id) &&
     typeof r.chainId === 'string' &&
     Array.isArray(r.diffIds) &&
     r.diffIds.every((d) => typeof d === 'string' && DIGEST.test(d)) &&
@@ -310,15 +316,15 @@ export class ImageStore {
     return point;
   }
 
-  /** Reads image record `images/HEX.json` (undefined when missing or unreadable). */
-  async image(manifestDigest: string): Promise<ImageRecord | undefined> {
-    const v = await readJson(path.join(this.dir, 'images', `${digestHex(manifestDigest, 'manifestDigest')}.json`));
+  /** Reads the record of image `id` (undefined when missing or unreadable). */
+  async image(id: string): Promise<ImageRecord | undefined> {
+    const v = await readJson(path.join(this.dir, 'images', `${digestHex(id, 'id')}.json`));
     return isImageRecord(v) ? v : undefined;
   }
 
   /** Writes an image record atomically. */
   async writeImage(record: ImageRecord): Promise<void> {
-    await writeFileAtomic(path.join(this.dir, 'images', `${digestHex(record.manifestDigest)}.json`), `${JSON.stringify(record, null, 2)}\n`, 0o600);
+    await writeFileAtomic(path.join(this.dir, 'images', `${digestHex(record.id)}.json`), `${JSON.stringify(record, null, 2)}\n`, 0o600);
   }
 
   /** Every image record of the store, oldest use first. */
@@ -334,8 +340,8 @@ export class ImageStore {
   }
 
   /**
-   * The image `what` names: a manifest digest (`sha256:...`, or a unique prefix of its hex of at
-   * least 12), a chain id, or a reference it was opened from. {@link NotFoundError} when none.
+   * The image `what` names: its id (`sha256:...`, or a unique prefix of its hex of at least 12),
+   * its chain id, or a reference it was opened from. {@link NotFoundError} when none.
    */
   async find(what: string): Promise<ImageRecord> {
     const all = await this.images();
@@ -343,7 +349,7 @@ export class ImageStore {
     const byRef = all.filter((r) => r.references.includes(what));
     if (byRef.length === 1) return byRef[0]!;
     if (/^[0-9a-f]{12,64}$/u.test(hex)) {
-      const byDigest = all.filter((r) => r.manifestDigest.slice(7).startsWith(hex));
+      const byDigest = all.filter((r) => r.id.slice(7).startsWith(hex));
       if (byDigest.length === 1) return byDigest[0]!;
       if (byDigest.length > 1) throw new InvalidArgumentError('image', `${what} names ${byDigest.length} images: give more of the digest`);
       const byChain = all.filter((r) => r.chainId.slice(7) === hex);
@@ -418,23 +424,23 @@ export class ImageStore {
     const blocking = options.force ? users.filter((u) => u.running) : users;
     if (blocking.length > 0) {
       const names = blocking.map((u) => `${u.container} in sandbox ${u.sandbox}`).join(', ');
-      throw new InvalidStateError(`image ${record.manifestDigest}`, 'in use', 'removed', {
-        message: `image ${record.references[0] ?? record.manifestDigest} is in use by ${names}`,
+      throw new InvalidStateError(`image ${record.id}`, 'in use', 'removed', {
+        message: `image ${record.references[0] ?? record.id} is in use by ${names}`,
         hint: options.force ? 'its sandboxes are running: delete those containers first' : 'delete those containers first (or --force when none of them runs)',
       });
     }
-    const sameChain = (await this.images()).filter((r) => r.chainId === record.chainId && r.manifestDigest !== record.manifestDigest);
+    const sameChain = (await this.images()).filter((r) => r.chainId === record.chainId && r.id !== record.id);
     if (sameChain.length === 0) {
       const binds = await this.#viewBinds(record.chainId);
       if (binds > 0) {
-        throw new InvalidStateError(`image ${record.manifestDigest}`, 'in use', 'removed', {
-          message: `image ${record.references[0] ?? record.manifestDigest}: its view is still mounted ${binds} more time(s) (a container's share)`,
+        throw new InvalidStateError(`image ${record.id}`, 'in use', 'removed', {
+          message: `image ${record.references[0] ?? record.id}: its view is still mounted ${binds} more time(s) (a container's share)`,
           hint: 'delete the containers that use it first',
         });
       }
       await this.#unmountView(record.chainId);
     }
-    await fs.rm(path.join(this.dir, 'images', `${digestHex(record.manifestDigest)}.json`), { force: true });
+    await fs.rm(path.join(this.dir, 'images', `${digestHex(record.id)}.json`), { force: true });
     return record;
   }
 
@@ -454,8 +460,8 @@ export class ImageStore {
       const users = await ImageStore.usersOf(record.chainId, options.stateDir);
       if (users.length > 0 || (await this.#viewBinds(record.chainId)) > 0) keep.push(record);
       else {
-        await fs.rm(path.join(this.dir, 'images', `${digestHex(record.manifestDigest)}.json`), { force: true });
-        removed.images.push(record.manifestDigest);
+        await fs.rm(path.join(this.dir, 'images', `${digestHex(record.id)}.json`), { force: true });
+        removed.images.push(record.id);
       }
     }
     const keptChains = new Set(keep.map((r) => digestHex(r.chainId)));

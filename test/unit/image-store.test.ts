@@ -120,6 +120,7 @@ describe('ImageStore layers', () => {
 
 describe('ImageStore images', () => {
   const record = (n: string, refs: string[]): ImageRecord => ({
+    id: sha(`m${n}`),
     manifestDigest: sha(`m${n}`),
     configDigest: sha(`c${n}`),
     config: {},
@@ -137,10 +138,10 @@ describe('ImageStore images', () => {
     await store.writeImage(record('1', ['oci:/a:1']));
     await store.writeImage(record('2', ['oci:/b:2']));
     const two = record('2', []);
-    expect((await store.find('oci:/b:2')).manifestDigest).toBe(two.manifestDigest);
-    expect((await store.find(two.manifestDigest)).references).toEqual(['oci:/b:2']);
-    expect((await store.find(two.manifestDigest.slice(7, 19))).manifestDigest).toBe(two.manifestDigest);
-    expect((await store.find(two.chainId)).manifestDigest).toBe(two.manifestDigest);
+    expect((await store.find('oci:/b:2')).id).toBe(two.id);
+    expect((await store.find(two.id)).references).toEqual(['oci:/b:2']);
+    expect((await store.find(two.id.slice(7, 19))).id).toBe(two.id);
+    expect((await store.find(two.chainId)).id).toBe(two.id);
     await expect(store.find('oci:/c:3')).rejects.toThrow(NotFoundError);
     expect((await store.images()).map((r) => r.references[0])).toEqual(['oci:/a:1', 'oci:/b:2']);
   });
@@ -162,11 +163,11 @@ describe('ImageStore images', () => {
     expect(await ImageStore.usersOf(image.chainId, stateDir)).toEqual([{ sandbox: 'sb1', container: 'c1', running: true }]);
     await expect(store.remove('oci:/a:1', { stateDir })).rejects.toThrow(InvalidStateError);
     await expect(store.remove('oci:/a:1', { stateDir, force: true })).rejects.toThrow(/in use by c1 in sandbox sb1/u);
-    expect(await store.image(image.manifestDigest)).toBeDefined();
+    expect(await store.image(image.id)).toBeDefined();
     await write(false);
     await expect(store.remove('oci:/a:1', { stateDir })).rejects.toThrow(InvalidStateError);
     await store.remove('oci:/a:1', { stateDir, force: true });
-    expect(await store.image(image.manifestDigest)).toBeUndefined();
+    expect(await store.image(image.id)).toBeUndefined();
   });
 
   it('prune removes unused images, layers no image has and crash leftovers, and keeps what a record uses', async () => {
@@ -183,7 +184,7 @@ describe('ImageStore images', () => {
     const orphan = sha('orphan');
     await fs.mkdir(path.join(dir, 'layers', `.tmp-${digestHex(orphan)}-0a0a`));
     const removed = await store.prune({ stateDir });
-    expect(removed.images).toEqual([unused.manifestDigest]);
+    expect(removed.images).toEqual([unused.id]);
     expect(removed.layers).toEqual([unused.diffIds[0]]);
     expect(removed.leftovers).toEqual([`.tmp-${digestHex(orphan)}-0a0a`]);
     expect(await store.layer(used.diffIds[0]!)).toBeDefined();
