@@ -77,6 +77,23 @@ export interface NativeAddon {
     number
   >>;
 
+  // layer.cc — applying image layers (src/image/unpack.ts) on the worker thread, in submission
+  // order. Every path below rootFd is resolved inside it (openat2 RESOLVE_IN_ROOT |
+  // RESOLVE_NO_MAGICLINKS); the final component is never followed. Reject with a NativeSystemError
+  // (syscall "hardlink" with EPERM: a hardlink whose target is not a regular file).
+  /** Applies one entry (replacing what is there); an `open` regular file resolves with its fd. */
+  layerEntry(rootFd: number, entry: NativeLayerEntry): Promise<number | undefined>;
+  /** Owner, mode, xattrs, times of a file written through `fd` (from layerEntry), and closes it. */
+  layerFinishFile(fd: number, entry: NativeLayerEntry): Promise<void>;
+  /** `rm -r parent/name` inside the root, without following symlinks; absent is fine. */
+  layerRemove(rootFd: number, parent: string, name: string): Promise<void>;
+  /** Empties `dir` but for the `keep` paths (relative to dir) and the directories leading to them. */
+  layerPrune(rootFd: number, dir: string, keep: readonly string[]): Promise<void>;
+  /** `fsetxattr` on the directory `path` (made with its parents if missing). */
+  layerSetXattr(rootFd: number, path: string, name: string, value: Buffer): Promise<void>;
+  /** Directory times at the end of a layer: 4 numbers per path (atime s, ns, mtime s, ns). */
+  layerDirTimes(rootFd: number, paths: readonly string[], times: readonly number[]): Promise<void>;
+
   // mount.cc — mount(2)/umount2(2) on the libuv pool; rejects with an Error carrying code/errno/syscall.
   mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): Promise<void>;
   umount(target: string, flags: number): Promise<void>;
@@ -376,6 +393,37 @@ export interface NativeTapSpec {
   nonBlocking?: boolean | undefined;
   /** true: create (IFF_TUN_EXCL, EBUSY if the name is taken); false: attach to an existing tap. */
   exclusive?: boolean | undefined;
+}
+
+/** One layer entry for `layerEntry` (layer.cc). Times absent: left as they are. */
+export interface NativeLayerEntry {
+  /** The parent directory, normalised and relative to the root ("" for the root). */
+  parent: string;
+  /** One path component; "" for the root itself (a directory: attributes only). */
+  name: string;
+  /** 0 file, 1 directory, 2 symlink, 3 hardlink, 4 char device, 5 block device, 6 fifo. */
+  type: number;
+  /** Permission bits with setuid/setgid/sticky (07777). */
+  mode: number;
+  uid: number;
+  gid: number;
+  /** false: leave the owner as created (an unprivileged caller). */
+  chown: boolean;
+  atimeSec?: number | undefined;
+  atimeNsec?: number | undefined;
+  mtimeSec?: number | undefined;
+  mtimeNsec?: number | undefined;
+  /** A symlink's target (stored verbatim), or a hardlink's target (normalised, in the root). */
+  link?: string | undefined;
+  major?: number | undefined;
+  minor?: number | undefined;
+  xattrs?: ReadonlyArray<readonly [string, Buffer]> | undefined;
+  /** A regular file's whole contents. */
+  data?: Buffer | readonly Buffer[] | undefined;
+  /** A regular file: resolve with its fd (created, empty) instead of writing `data`. */
+  open?: boolean | undefined;
+  /** A directory: leave its times for layerDirTimes. */
+  deferTimes?: boolean | undefined;
 }
 
 /** Root of the installed package (the folder holding package.json). */
