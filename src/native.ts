@@ -20,6 +20,18 @@ export const ABI_VERSION = 4;
 export interface NativeAddon {
   readonly abiVersion: number;
 
+  // pty.cc — vmpod-runtime's terminals (src/runtime/terminal.ts), on the main thread; throw an Error carrying code/errno/syscall.
+  /** A new pseudo-terminal pair (posix_openpt, grantpt, unlockpt, the slave opened by name): close-on-exec, O_NOCTTY. */
+  openPty(): { master: number; slave: number; name: string };
+  /** `ioctl(fd, TIOCSCTTY)`: the calling session leader takes terminal `fd` as its controlling terminal. */
+  setControllingTerminal(fd: number): void;
+  /** `ioctl(fd, TIOCGWINSZ)`. */
+  getWindowSize(fd: number): { rows: number; cols: number };
+  /** `ioctl(fd, TIOCSWINSZ)`. */
+  setWindowSize(fd: number, rows: number, cols: number): void;
+  /** `cfmakeraw` + `tcsetattr(TCSANOW)` on terminal `fd`. */
+  setRawMode(fd: number): void;
+
   // fdpass.cc — unix sockets for QMP/virtiofsd and SCM_RIGHTS; throw an Error carrying code/errno/syscall.
   /** A connected, non-blocking, close-on-exec AF_UNIX stream socket (`connect(2)`). */
   unixConnect(path: string): number;

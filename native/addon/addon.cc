@@ -7,6 +7,7 @@ namespace vmpod { void InitFdpass(Napi::Env, Napi::Object); }  // fdpass.cc
 namespace vmpod { void InitFlock(Napi::Env, Napi::Object); }  // flock.cc
 namespace vmpod { void InitPathfd(Napi::Env, Napi::Object); }  // pathfd.cc
 namespace vmpod { void InitLayer(Napi::Env, Napi::Object); }  // layer.cc (after InitPathfd: adds to pathConstants)
+namespace vmpod { void InitPty(Napi::Env, Napi::Object); }  // pty.cc (vmpod-runtime terminals)
 
 namespace vmpod {  // host networking: netns.cc, link.cc, address.cc, route.cc, tc.cc, tap.cc, packet.cc
 void InitNetns(Napi::Env, Napi::Object);
@@ -44,6 +45,7 @@ static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
   vmpod::InitFlock(env, exports);
   vmpod::InitPathfd(env, exports);
   vmpod::InitLayer(env, exports);
+  vmpod::InitPty(env, exports);
   vmpod::InitNetns(env, exports);
   vmpod::InitLink(env, exports);
   vmpod::InitAddress(env, exports);
