@@ -52,7 +52,7 @@ std::string Process::label() const {
   return container->id + (execId.empty() ? "" : "/" + execId);
 }
 
-std::string Container::status() const { return StateName(init->state); }
+std::string Container::status() const { return paused && init->state == Process::kRunning ? "paused" : StateName(init->state); }
 
 Agent::Agent(Options options)
     : opts_(std::move(options)),
@@ -193,6 +193,12 @@ const std::vector<Agent::Method>& Agent::Methods() {
       {"Exec", [](Agent& a, Session& s, uint32_t st, const json& p) -> R { return a.Exec(s, st, p), std::nullopt; }, false, {"exec"}},
       {"ResizeTty", [](Agent& a, Session&, uint32_t, const json& p) -> R { return a.ResizeTty(p); }, false, {"tty"}},
       {"Stats", [](Agent& a, Session&, uint32_t, const json& p) -> R { return a.Stats(p); }, false, {"stats"}},
+      // pause-container: PauseContainer, ResumeContainer and the status "paused".
+      {"PauseContainer", [](Agent& a, Session& s, uint32_t st, const json& p) -> R { return a.PauseContainer(s, st, p, true), std::nullopt; },
+       false, {"pause-container"}},
+      {"ResumeContainer", [](Agent& a, Session& s, uint32_t st, const json& p) -> R { return a.PauseContainer(s, st, p, false), std::nullopt; },
+       false, {}},
+      {"UpdateContainer", [](Agent& a, Session&, uint32_t, const json& p) -> R { return a.UpdateContainer(p); }, false, {"update-container"}},
       // mount-9p: the type 9p of Mount.
       {"Mount", [](Agent& a, Session& s, uint32_t st, const json& p) -> R { return a.Mount(s, st, p), std::nullopt; }, false,
        {"mount", "mount-9p"}},
@@ -582,6 +588,8 @@ void Agent::Exec(Session& s, uint32_t stream, const json& p) {
   if (c.init->state != Process::kRunning || c.deleting) {
     throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" is " + StateName(c.init->state) + ", not running");
   }
+  // As runc: a process started in a frozen cgroup would freeze half-way through its setup.
+  if (c.paused) throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" is paused: resume it to exec into it");
   const ProcessSpec& spec = req.process;
   auto proc = std::make_unique<Process>();
   proc->container = &c;
@@ -708,6 +716,83 @@ json Agent::Stats(const json& p) {
   stats["containerId"] = c.id;
   stats["timestamp"] = NowMs();
   return stats;
+}
+
+void Agent::PauseContainer(Session& s, uint32_t stream, const json& p, bool pause) {
+  PauseRequest req = ParsePauseRequest(p);
+  Container& c = FindContainer(req.id);
+  const char* verb = pause ? "pause" : "resume";
+  if (c.cgroup.empty()) {
+    throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" has no cgroup (cgroups are disabled): cannot " + verb + " it");
+  }
+  if (c.deleting || c.init->state != Process::kRunning) {
+    throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" is " + (c.deleting ? "being deleted" : c.status()) + ", not " +
+                                               (pause ? "running" : "paused"));
+  }
+  if (c.freezing) throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" is being paused or resumed already");
+  if (pause && c.paused) throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" is paused already");
+  if (!pause && !c.paused) throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" is running, not paused");
+  if (!PathExists(c.cgroup + "/cgroup.freeze")) {
+    throw Error(Code::kFailedPrecondition, "this kernel's cgroups cannot freeze (no cgroup.freeze): cannot " + std::string(verb) + " \"" + c.id + "\"");
+  }
+  cgroups_.Freeze(c.cgroup, pause);
+  // Paused from the first write on: no exec may start in a cgroup that is freezing.
+  c.paused = true;
+  c.freezing = true;
+  AwaitFreeze(c.id, pause, Pending{s.id(), stream}, MonotonicMs() + req.timeoutMs, req.timeoutMs);
+}
+
+// Looks at cgroup.events every 10 ms until "frozen" is what was asked for, or the deadline. A
+// pause that does not complete in time is undone (thawed), as runc does.
+void Agent::AwaitFreeze(std::string id, bool pause, Pending pending, int64_t deadline, int64_t timeoutMs) {
+  auto it = containers_.find(id);
+  if (it == containers_.end()) {
+    ReplyError(pending, Error(Code::kNotFound, "container \"" + id + "\" was deleted while being " + (pause ? "paused" : "resumed")));
+    return;
+  }
+  Container& c = *it->second;
+  auto finish = [&](bool paused) {
+    c.paused = paused;
+    c.freezing = false;
+  };
+  try {
+    if (c.init->state == Process::kExited || c.deleting) {
+      finish(false);
+      throw Error(Code::kFailedPrecondition, "container \"" + id + "\" exited while being " + (pause ? "paused" : "resumed"));
+    }
+    if (cgroups_.Frozen(c.cgroup) == pause) {
+      finish(pause);
+      Log("container %s: %s", id.c_str(), pause ? "paused" : "resumed");
+      Reply(pending, json::object());
+      return;
+    }
+    if (MonotonicMs() >= deadline) {
+      if (pause) cgroups_.Freeze(c.cgroup, false);
+      finish(!pause);
+      throw Error(Code::kInternal,
+                  "container \"" + id + "\" did not " + (pause ? "freeze" : "thaw") + " within " + std::to_string(timeoutMs) + " ms" +
+                      (pause ? " (a process in an uninterruptible sleep?); it was thawed again" : ""),
+                  ETIMEDOUT);
+    }
+  } catch (const Error& e) {
+    if (c.freezing) finish(c.paused);
+    c.freezing = false;
+    ReplyError(pending, e);
+    return;
+  }
+  loop_.AddTimer(10, [this, id, pause, pending, deadline, timeoutMs] { AwaitFreeze(id, pause, pending, deadline, timeoutMs); });
+}
+
+json Agent::UpdateContainer(const json& p) {
+  UpdateRequest req = ParseUpdateRequest(p);
+  Container& c = FindContainer(req.id);
+  if (c.cgroup.empty()) throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" has no cgroup (cgroups are disabled)");
+  if (c.deleting || c.init->state == Process::kExited) {
+    throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" is " + (c.deleting ? "being deleted" : "stopped") + ": nothing to update");
+  }
+  cgroups_.Update(c.cgroup, req.resources);
+  Log("container %s: resources updated", c.id.c_str());
+  return json::object();
 }
 
 std::optional<json> Agent::DeleteContainer(Session& s, uint32_t stream, const json& p) {

@@ -191,6 +191,9 @@ struct Container {
   std::map<std::string, std::unique_ptr<Process>> execs;
   bool deleting = false;
   std::vector<Pending> deleteWaiters;
+  // Paused (PauseContainer): its cgroup is frozen, or being frozen; false again once thawed.
+  bool paused = false;
+  bool freezing = false;  // a PauseContainer or ResumeContainer waits for the kernel
   std::string status() const;
 };
 
@@ -236,6 +239,9 @@ class Agent {
   std::optional<json> Wait(Session& s, uint32_t stream, const json& p);
   json ResizeTty(const json& p);
   json Stats(const json& p);
+  void PauseContainer(Session& s, uint32_t stream, const json& p, bool pause);
+  void AwaitFreeze(std::string id, bool pause, Pending pending, int64_t deadline, int64_t timeoutMs);
+  json UpdateContainer(const json& p);
   std::optional<json> DeleteContainer(Session& s, uint32_t stream, const json& p);
   json ListContainers();
   void Mount(Session& s, uint32_t stream, const json& p);

@@ -172,6 +172,97 @@ json Cgroups::Stats(const std::string& path) {
   return {{"cpu", cpu}, {"memory", memory}, {"pids", pids}};
 }
 
+void Cgroups::Freeze(const std::string& path, bool frozen) { WriteFile(path + "/cgroup.freeze", frozen ? "1" : "0"); }
+
+bool Cgroups::Frozen(const std::string& path) {
+  auto v = ReadKey(path + "/cgroup.events", "frozen");
+  if (!v) throw Error(Code::kFailedPrecondition, "this kernel's cgroups cannot freeze (" + path + "/cgroup.events has no \"frozen\")");
+  return *v == 1;
+}
+
+void Cgroups::Update(const std::string& path, const ResourceUpdate& u) {
+  auto need = [&](const char* controller, const char* field) {
+    if (!controllers_.count(controller)) {
+      throw Error(Code::kFailedPrecondition, std::string("resources.") + field + ": the " + controller +
+                                                 " controller is not available in cgroup " + root_);
+    }
+  };
+  auto limit = [](int64_t v) { return v < 0 ? std::string("max") : std::to_string(v); };
+  std::vector<std::pair<std::string, std::string>> writes;  // file, value; in this order
+  if (u.memoryLimit || u.memoryReservation || u.memorySwap) need("memory", "memory");
+  if (u.memoryLimit) writes.emplace_back("memory.max", limit(*u.memoryLimit));
+  if (u.memoryReservation) writes.emplace_back("memory.low", limit(*u.memoryReservation));
+  if (u.memorySwap) {
+    if (auto swap = SwapMax(*u.memorySwap, u.memoryLimit)) {
+      if (PathExists(path + "/memory.swap.max")) {
+        writes.emplace_back("memory.swap.max", *swap);
+      } else if (*swap != "max") {
+        throw Error(Code::kFailedPrecondition, "resources.memory.swap: the guest kernel does not account swap (no memory.swap.max)");
+      }
+    }
+  }
+  if (u.cpuShares || u.cpuQuota || u.cpuPeriod) need("cpu", "cpu");
+  if (u.cpuShares) writes.emplace_back("cpu.weight", std::to_string(CpuWeight(*u.cpuShares)));
+  if (u.cpuQuota || u.cpuPeriod) {
+    // cpu.max is "QUOTA PERIOD": what the update leaves out stays as it is.
+    std::string quota = u.cpuQuota ? limit(*u.cpuQuota) : "";
+    std::string period = u.cpuPeriod ? std::to_string(*u.cpuPeriod) : "";
+    if (quota.empty() || period.empty()) {
+      auto current = Split(ReadFile(path + "/cpu.max"), ' ');
+      if (current.size() != 2) throw Error(Code::kInternal, path + "/cpu.max is not \"QUOTA PERIOD\"");
+      while (!current[1].empty() && current[1].back() == '\n') current[1].pop_back();
+      if (quota.empty()) quota = current[0];
+      if (period.empty()) period = current[1];
+    }
+    writes.emplace_back("cpu.max", quota + " " + period);
+  }
+  if (u.cpus || u.mems) need("cpuset", "cpu.cpus");
+  if (u.cpus) writes.emplace_back("cpuset.cpus", *u.cpus);
+  if (u.mems) writes.emplace_back("cpuset.mems", *u.mems);
+  if (u.pidsLimit) {
+    need("pids", "pids");
+    writes.emplace_back("pids.max", *u.pidsLimit <= 0 ? "max" : std::to_string(*u.pidsLimit));
+  }
+  if (u.blkioWeight) {
+    need("io", "blockIO");
+    // BFQ takes the v1 range as it is; io.weight (the io cost model) wants 1-10000.
+    if (PathExists(path + "/io.bfq.weight")) {
+      writes.emplace_back("io.bfq.weight", std::to_string(*u.blkioWeight));
+    } else if (PathExists(path + "/io.weight")) {
+      writes.emplace_back("io.weight", "default " + std::to_string(IoWeight(*u.blkioWeight)));
+    } else {
+      throw Error(Code::kFailedPrecondition, "resources.blockIO.weight: the guest kernel has no io.bfq.weight or io.weight");
+    }
+  }
+  std::vector<std::pair<std::string, std::string>> done;  // file, old value
+  try {
+    for (const auto& [file, value] : writes) {
+      std::string old = ReadFile(path + "/" + file);
+      while (!old.empty() && old.back() == '\n') old.pop_back();
+      try {
+        WriteFile(path + "/" + file, value);
+      } catch (const Error& e) {
+        // The kernel's refusal of a value in range (a cpu the guest lacks, a quota too large for
+        // its period) is the caller's to fix.
+        throw Error(e.err() == EINVAL || e.err() == ERANGE ? Code::kInvalidArgument : e.code(),
+                    "cannot set " + file + " to \"" + value + "\": " + strerror(e.err()), e.err());
+      }
+      done.emplace_back(file, old);
+    }
+  } catch (...) {
+    for (auto it = done.rbegin(); it != done.rend(); ++it) {
+      try {
+        // An empty value (cpuset.cpus of a cgroup that takes its parent's) as a newline: the
+        // kernel never sees a write of nothing.
+        WriteFile(path + "/" + it->first, it->second.empty() ? "\n" : it->second);
+      } catch (const Error& e) {
+        Log("cannot restore %s/%s to \"%s\": %s", path.c_str(), it->first.c_str(), it->second.c_str(), e.what());
+      }
+    }
+    throw;
+  }
+}
+
 void Cgroups::Shutdown() {
   if (createdRoot_ && rmdir(root_.c_str()) < 0) Log("rmdir %s: %s", root_.c_str(), strerror(errno));
 }

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "agent/json.h"
+#include "agent/requests.h"
 #include "agent/spec.h"
 
 namespace agent {
@@ -30,6 +31,14 @@ class Cgroups {
   // oom_kill count from memory.events (0 when there is no memory controller).
   uint64_t OomKills(const std::string& path);
   json Stats(const std::string& path);
+  // Asks the kernel to freeze (or thaw) every process of the cgroup (cgroup.freeze); the change
+  // is complete once Frozen says so.
+  void Freeze(const std::string& path, bool frozen);
+  // cgroup.events "frozen": true once every process of the cgroup is frozen.
+  bool Frozen(const std::string& path);
+  // Applies an UpdateContainer: checks that every controller asked for is there, then writes the
+  // files; when a write fails, the files written before it get their old values back.
+  void Update(const std::string& path, const ResourceUpdate& update);
   // Removes the root directory if the agent created it and it is empty.
   void Shutdown();
 

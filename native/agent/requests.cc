@@ -138,6 +138,107 @@ DeleteRequest ParseDeleteRequest(const json& p) {
   return r;
 }
 
+PauseRequest ParsePauseRequest(const json& p) {
+  CheckKeys(p, "", {"id", "timeoutMs"});
+  PauseRequest r;
+  r.id = GetString(p, "id", "");
+  r.timeoutMs = OptInt(p, "timeoutMs", "", 0, 600000).value_or(10000);
+  return r;
+}
+
+bool ValidCpuList(const std::string& list) {
+  if (list.empty() || list.size() > 1024) return false;
+  size_t i = 0;
+  auto number = [&](long* out) {
+    size_t start = i;
+    long n = 0;
+    while (i < list.size() && list[i] >= '0' && list[i] <= '9') {
+      n = n * 10 + (list[i] - '0');
+      if (n >= 4096) return false;
+      i++;
+    }
+    *out = n;
+    return i > start;
+  };
+  for (;;) {
+    long first, last;
+    if (!number(&first)) return false;
+    last = first;
+    if (i < list.size() && list[i] == '-') {
+      i++;
+      if (!number(&last) || last < first) return false;
+    }
+    if (i == list.size()) return true;
+    if (list[i] != ',') return false;
+    i++;
+  }
+}
+
+uint64_t CpuWeight(uint64_t shares) { return 1 + ((shares - 2) * 9999) / 262142; }
+
+uint64_t IoWeight(uint64_t blkioWeight) { return 1 + ((blkioWeight - 10) * 9999) / 990; }
+
+std::optional<std::string> SwapMax(int64_t swap, std::optional<int64_t> limit) {
+  const char* field = "resources.memory.swap";
+  if (swap == 0) {
+    // "Unset", except with an unlimited memory: both unlimited, as with cgroup v1.
+    if (limit && *limit == -1) return "max";
+    return std::nullopt;
+  }
+  if (swap == -1) return "max";
+  if (!limit || *limit == -1) {
+    BadField(field, "is memory + swap: it needs a memory.limit in the same update (or -1 for no swap limit)");
+  }
+  if (swap < *limit) BadField(field, "is memory + swap: it must not be below memory.limit");
+  return std::to_string(swap - *limit);
+}
+
+UpdateRequest ParseUpdateRequest(const json& p) {
+  CheckKeys(p, "", {"id", "resources"});
+  UpdateRequest r;
+  r.id = GetString(p, "id", "");
+  const json& res = GetObject(p, "resources", "");
+  const std::string rp = "resources";
+  CheckKeys(res, rp, {"memory", "cpu", "pids", "blockIO"});
+  ResourceUpdate& u = r.resources;
+  // -1 or a value in [min, max].
+  auto limitOrNone = [](const json& o, const char* key, const std::string& path, int64_t min, int64_t max) {
+    auto v = OptInt(o, key, path, -1, max);
+    if (v && *v != -1 && *v < min) BadField(path + "." + key, "must be -1 (no limit) or at least " + std::to_string(min));
+    return v;
+  };
+  if (const json* mem = OptObject(res, "memory", rp)) {
+    std::string mp = rp + ".memory";
+    CheckKeys(*mem, mp, {"limit", "reservation", "swap"});
+    u.memoryLimit = limitOrNone(*mem, "limit", mp, kMinMemoryLimit, INT64_MAX);
+    u.memoryReservation = OptInt(*mem, "reservation", mp, -1, INT64_MAX);
+    u.memorySwap = OptInt(*mem, "swap", mp, -1, INT64_MAX);
+    if (u.memorySwap) SwapMax(*u.memorySwap, u.memoryLimit);  // refuses a swap without its limit
+  }
+  if (const json* cpu = OptObject(res, "cpu", rp)) {
+    std::string cp = rp + ".cpu";
+    CheckKeys(*cpu, cp, {"shares", "quota", "period", "cpus", "mems"});
+    if (auto shares = OptInt(*cpu, "shares", cp, 2, 262144)) u.cpuShares = static_cast<uint64_t>(*shares);
+    u.cpuQuota = limitOrNone(*cpu, "quota", cp, 1000, kMaxCpuQuota);
+    if (auto period = OptInt(*cpu, "period", cp, 1000, 1000000)) u.cpuPeriod = static_cast<uint64_t>(*period);
+    for (auto [key, out] : {std::pair{"cpus", &u.cpus}, std::pair{"mems", &u.mems}}) {
+      *out = OptString(*cpu, key, cp);
+      if (*out && !ValidCpuList(**out)) BadField(cp + "." + key, "must be a list like 0-1,3 (numbers below 4096)");
+    }
+  }
+  if (const json* pids = OptObject(res, "pids", rp)) {
+    CheckKeys(*pids, rp + ".pids", {"limit"});
+    u.pidsLimit = OptInt(*pids, "limit", rp + ".pids", -1, kMaxPids);
+    if (!u.pidsLimit) BadField(rp + ".pids.limit", "is required");
+  }
+  if (const json* io = OptObject(res, "blockIO", rp)) {
+    CheckKeys(*io, rp + ".blockIO", {"weight"});
+    if (auto w = OptInt(*io, "weight", rp + ".blockIO", 10, 1000)) u.blkioWeight = static_cast<uint64_t>(*w);
+  }
+  if (!u.any()) BadField(rp, "holds nothing to update");
+  return r;
+}
+
 std::string ParseUnmountRequest(const json& p) {
   CheckKeys(p, "", {"target"});
   return GetString(p, "target", "");

@@ -93,6 +93,53 @@ struct DeleteRequest {
 };
 DeleteRequest ParseDeleteRequest(const json& p);
 
+// PauseContainer and ResumeContainer: the container, and how long the agent waits for its
+// cgroup to report the change (cgroup.events "frozen 1" / "frozen 0").
+struct PauseRequest {
+  std::string id;
+  int64_t timeoutMs = 10000;
+};
+PauseRequest ParsePauseRequest(const json& p);
+
+// UpdateContainer's resources: the subset of OCI LinuxResources that can change while a
+// container runs, each field bounded. Absent fields are left as they are.
+struct ResourceUpdate {
+  std::optional<int64_t> memoryLimit;        // -1: no limit; else bytes >= 1 MiB
+  std::optional<int64_t> memoryReservation;  // -1: none; else bytes
+  std::optional<int64_t> memorySwap;         // OCI: memory + swap; -1: no limit; 0: unset
+  std::optional<uint64_t> cpuShares;         // 2-262144 (cgroup v1 shares)
+  std::optional<int64_t> cpuQuota;           // -1: no limit; else 1000-kMaxCpuQuota us
+  std::optional<uint64_t> cpuPeriod;         // 1000-1000000 us
+  std::optional<std::string> cpus, mems;     // cpu lists, e.g. "0-1,3"
+  std::optional<int64_t> pidsLimit;          // -1 or 0: no limit; else 1-4194304
+  std::optional<uint64_t> blkioWeight;       // 10-1000 (cgroup v1 blkio weight)
+  bool any() const {
+    return memoryLimit || memoryReservation || memorySwap || cpuShares || cpuQuota || cpuPeriod || cpus || mems ||
+           pidsLimit || blkioWeight;
+  }
+};
+constexpr int64_t kMinMemoryLimit = 1 << 20;
+constexpr int64_t kMaxCpuQuota = (int64_t(1) << 44) - 1;  // the kernel's largest CFS runtime, in us
+constexpr int64_t kMaxPids = 4194304;                     // PID_MAX_LIMIT on 64-bit
+
+struct UpdateRequest {
+  std::string id;
+  ResourceUpdate resources;
+};
+UpdateRequest ParseUpdateRequest(const json& p);
+
+// Conversions of OCI (cgroup v1) values to cgroup v2 files, as runc makes them:
+// cpu shares 2-262144 -> cpu.weight 1-10000;
+uint64_t CpuWeight(uint64_t shares);
+// blkio weight 10-1000 -> io.weight 1-10000;
+uint64_t IoWeight(uint64_t blkioWeight);
+// OCI memory.swap (memory + swap) -> memory.swap.max (swap alone): "max", a byte count, or
+// nullopt when nothing is to be written (0, unset). `limit` is the memory limit of the same
+// update. Throws INVALID_ARGUMENT for a swap that needs a limit, or is below it.
+std::optional<std::string> SwapMax(int64_t swap, std::optional<int64_t> limit);
+// True for a cpu list: "N", "N-M" (N <= M), joined by ',', numbers below 4096, at most 1024 bytes.
+bool ValidCpuList(const std::string& list);
+
 // Unmount's target.
 std::string ParseUnmountRequest(const json& p);
 

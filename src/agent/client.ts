@@ -47,6 +47,7 @@ import {
   type GuestNetworkInfo,
   type NetworkConfigRequest,
 } from './network.js';
+import { checkResources, type ContainerResources } from './resources.js';
 import type { Schema } from './schema.js';
 import { StdioReadable, StdioWritable, type ProcessStdio, type StdioEndpoint, type StdioLink } from './stdio.js';
 
@@ -347,6 +348,39 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
   /** CPU, memory and pids of the container's cgroup. */
   async stats(containerId: string, options: CallOptions = {}): Promise<ContainerStats> {
     return this.#call('Stats', { containerId: validate.id(containerId, 'containerId') }, statsSchema, options);
+  }
+
+  /**
+   * Freezes every process of a running container (cgroup v2 `cgroup.freeze`; `runc pause`) and
+   * resolves once the kernel reports the cgroup frozen. The agent waits up to `freezeTimeoutMs`
+   * (default 10000) and thaws it again if it does not freeze in time (the call's default deadline
+   * is that much longer). Signals sent meanwhile wait until {@link resumeContainer} (SIGKILL
+   * does not); an exec is refused. Agent feature `pause-container`.
+   */
+  async pauseContainer(id: string, options: CallOptions & { freezeTimeoutMs?: number } = {}): Promise<void> {
+    await this.#freeze('PauseContainer', id, options);
+  }
+
+  /** Thaws a container paused by {@link pauseContainer} (`runc resume`); resolves once it runs again. */
+  async resumeContainer(id: string, options: CallOptions & { freezeTimeoutMs?: number } = {}): Promise<void> {
+    await this.#freeze('ResumeContainer', id, options);
+  }
+
+  async #freeze(method: 'PauseContainer' | 'ResumeContainer', id: string, options: CallOptions & { freezeTimeoutMs?: number }): Promise<void> {
+    const params: Record<string, unknown> = { id: validate.id(id) };
+    if (options.freezeTimeoutMs !== undefined) params['timeoutMs'] = validate.integer(options.freezeTimeoutMs, 'freezeTimeoutMs', 0, 600_000);
+    await this.#call(method, params, emptySchema, options, { agentWaitMs: agentWait(options.freezeTimeoutMs) });
+  }
+
+  /**
+   * Changes a created, running or paused container's limits (`runc update`): memory, cpu,
+   * cpuset, pids, block I/O weight, written to its cgroup v2 files. Checked before it is sent
+   * ({@link checkResources}); the agent refuses a controller the guest lacks, and restores what it
+   * wrote when a later file fails. Agent feature `update-container`.
+   */
+  async updateContainer(id: string, resources: ContainerResources, options: CallOptions = {}): Promise<void> {
+    const params = { id: validate.id(id), resources: checkResources(resources) };
+    await this.#call('UpdateContainer', params, emptySchema, options);
   }
 
   /**

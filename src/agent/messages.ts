@@ -27,7 +27,10 @@ export interface AgentInfo {
   maxPayload: number;
   maxDataChunk: number;
   initialWindow: number;
-  /** Optional features, e.g. `tty`, `stats`, `mount`, `mount-9p` (Mount type `9p`), `set-time`, `oom`. */
+  /**
+   * Optional features, e.g. `tty`, `stats`, `mount`, `mount-9p` (Mount type `9p`), `set-time`, `oom`,
+   * `pause-container` (PauseContainer, ResumeContainer), `update-container` (UpdateContainer).
+   */
   features: string[];
 }
 
@@ -172,8 +175,12 @@ export const exitStatusSchema: Schema<ExitStatus> = object({
   oomKilled: bool,
 });
 
-export type ProcessStatus = 'creating' | 'created' | 'running' | 'stopped';
-const statusSchema = oneOf(['creating', 'created', 'running', 'stopped'] as const);
+/**
+ * A process's state in the agent; `paused` is a container's only (PauseContainer froze its
+ * cgroup; agent feature `pause-container`): its exec'd processes stay `running`, frozen with it.
+ */
+export type ProcessStatus = 'creating' | 'created' | 'running' | 'paused' | 'stopped';
+const statusSchema = oneOf(['creating', 'created', 'running', 'paused', 'stopped'] as const);
 
 export interface ExecInfo {
   execId: string;

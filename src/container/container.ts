@@ -11,6 +11,7 @@ import type { Readable, Writable } from 'node:stream';
 import { EventEmitter } from 'eventemitter3';
 import type { AgentClient } from '../agent/client.js';
 import type { ContainerStats, ExitStatus, OciProcess } from '../agent/messages.js';
+import { checkResources, type ContainerResources } from '../agent/resources.js';
 import { assertTransition, stateError, type ContainerState } from '../sandbox/state-machine.js';
 import { InvalidArgumentError } from '../errors.js';
 import * as validate from '../validate.js';
@@ -19,7 +20,7 @@ import type { CallOptions } from '../options.js';
 import type { ContainerLogReader, LogOptions } from './log-file.js';
 import type { ContainerInspection } from '../sandbox/inspect.js';
 
-export type { ContainerStats, ExitStatus };
+export type { ContainerResources, ContainerStats, ExitStatus };
 
 /** @deprecated The same as {@link CallOptions}, vmpod's one options type of calls. */
 export type SignalOptions = CallOptions;
@@ -154,10 +155,13 @@ export class Container extends EventEmitter<ContainerEvents> {
     super();
     this.#state = state;
     this.#init = init;
-    if (state === 'running') this.#watchExit();
+    if (state === 'running' || state === 'paused') this.#watchExit();
   }
 
-  /** `created`, `running`, `stopped` or `deleted`, as this object last saw it. */
+  /**
+   * `created`, `running`, `paused` ({@link Container.pause}), `stopped` or `deleted`, as this
+   * object last saw it.
+   */
   get state(): ContainerState {
     return this.#state;
   }
@@ -193,6 +197,7 @@ export class Container extends EventEmitter<ContainerEvents> {
 
   /** Starts the init process (`runc start`). */
   async start(options: CallOptions = {}): Promise<void> {
+    if (this.#state === 'paused') throw stateError('container', this.#label(), 'paused', 'running', { action: 'start', hint: 'it was started already; resume() thaws it' });
     assertTransition('container', this.#label(), this.#state, 'running');
     const agent = await this.host.agent(options);
     // A command that cannot be executed is an ExecFailedError (the agent's answer is its cause).
@@ -211,7 +216,7 @@ export class Container extends EventEmitter<ContainerEvents> {
     agent.wait(this.id).then(
       (status) => {
         this.#exitStatus = status;
-        if (this.#state === 'running' || this.#state === 'created') this.#state = 'stopped';
+        if (this.#state === 'running' || this.#state === 'paused' || this.#state === 'created') this.#state = 'stopped';
         this.host.containerExited(this.id, status);
         this.emit('exit', status);
       },
@@ -225,8 +230,56 @@ export class Container extends EventEmitter<ContainerEvents> {
     if (this.#exitStatus) return this.#exitStatus;
     const status = await (await this.host.agent()).wait(this.id, options);
     this.#exitStatus = status;
-    if (this.#state === 'running') this.#state = 'stopped';
+    if (this.#state === 'running' || this.#state === 'paused') this.#state = 'stopped';
     return status;
+  }
+
+  /**
+   * Pauses the container: every process in it is frozen (its cgroup's `cgroup.freeze` in the
+   * guest) while the rest of the sandbox runs on; `runc pause`, `docker pause`. Resolves once the
+   * guest kernel reports them all frozen; one that does not freeze within `freezeTimeoutMs`
+   * (default 10000) is thawed again and the call fails. While paused, signals wait for
+   * {@link Container.resume} (SIGKILL alone acts at once: `kill('SIGKILL')` ends a paused
+   * container), {@link Container.exec} is refused, {@link Container.update} and stats work. Not
+   * the same as `sandbox.pause()`, which stops the whole VM (every container, the agent too).
+   * Needs a guest with cgroups (agent feature `pause-container`).
+   */
+  async pause(options: CallOptions & { freezeTimeoutMs?: number } = {}): Promise<void> {
+    if (this.#state !== 'running') {
+      throw stateError('container', this.#label(), this.#state, 'running', this.#state === 'paused' ? { action: 'pause', hint: 'it is paused already' } : { action: 'pause' });
+    }
+    const agent = await this.host.agent(options);
+    await agent.pauseContainer(this.id, options);
+    if (this.#state === 'running') this.#state = 'paused';
+  }
+
+  /** Thaws a paused container (`runc resume`, `docker unpause`); resolves once it runs again. */
+  async resume(options: CallOptions & { freezeTimeoutMs?: number } = {}): Promise<void> {
+    if (this.#state !== 'paused') throw stateError('container', this.#label(), this.#state, 'paused', { action: 'resume' });
+    const agent = await this.host.agent(options);
+    await agent.resumeContainer(this.id, options);
+    if (this.#state === 'paused') this.#state = 'running';
+  }
+
+  /**
+   * Changes the limits of a created, running or paused container, in its cgroup in the guest:
+   * the `runc update` of OCI `linux.resources` fields (memory limit, reservation and swap; cpu
+   * shares, quota, period, cpus, mems; pids limit; block I/O weight). Checked before anything is
+   * sent (an {@link InvalidArgumentError} names the field: unknown fields, values out of range,
+   * an empty update); the guest refuses a controller its kernel lacks. Fields left out keep
+   * their values.
+   *
+   * ```ts
+   * // runc update --memory 268435456 --cpu-quota 50000 --cpu-period 100000 --pids-limit 64 ID
+   * await container.update({ memory: { limit: 256 * 2 ** 20 }, cpu: { quota: 50_000, period: 100_000 }, pids: { limit: 64 } });
+   * ```
+   */
+  async update(resources: ContainerResources, options: CallOptions = {}): Promise<void> {
+    const checked = checkResources(resources);
+    if (this.#state === 'stopped' || this.#state === 'deleted') {
+      throw stateError('container', this.#label(), this.#state, 'running', { action: 'update' });
+    }
+    await (await this.host.agent(options)).updateContainer(this.id, checked, options);
   }
 
   /**
@@ -301,7 +354,7 @@ export class Container extends EventEmitter<ContainerEvents> {
    */
   async delete(options: CallOptions & { force?: boolean } = {}): Promise<void> {
     if (this.#state === 'deleted') return;
-    if (this.#state === 'running' && !options.force) assertTransition('container', this.#label(), 'running', 'deleted');
+    if ((this.#state === 'running' || this.#state === 'paused') && !options.force) assertTransition('container', this.#label(), this.#state, 'deleted');
     await (await this.host.agent()).deleteContainer(this.id, options);
     this.#state = 'deleted';
     await this.host.releaseContainer(this.id);

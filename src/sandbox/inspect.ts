@@ -137,7 +137,7 @@ export function inspectContainerInfo(sandbox: string, info: ContainerInfo): Cont
   return {
     id: info.id,
     sandbox,
-    state: info.status === 'running' ? 'running' : info.status === 'stopped' ? 'stopped' : 'created',
+    state: info.status === 'running' || info.status === 'paused' || info.status === 'stopped' ? info.status : 'created',
     pid: info.pid,
     bundle: info.bundle,
     rootfs: info.rootfs,
@@ -153,7 +153,7 @@ export async function inspectContainer(sandbox: string, agent: AgentClient, id: 
   const info = (await agent.listContainers(options)).find((c) => c.id === id);
   if (!info) throw new NotFoundError('container', id);
   const inspection = inspectContainerInfo(sandbox, info);
-  if (info.status === 'running') {
+  if (info.status === 'running' || info.status === 'paused') {
     // It may exit between the two calls: then it has no stats, which is what it reports.
     const stats = await agent.stats(id, options).catch((error: unknown) => {
       if (error instanceof Error && 'code' in error && (error as { code: unknown }).code === 'ERR_VMPOD_AGENT') return undefined;

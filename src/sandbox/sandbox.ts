@@ -854,7 +854,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     if (known) return known;
     const info = (await (await this.agent(options)).listContainers(options)).find((c) => c.id === id);
     if (!info) throw new NotFoundError('container', id);
-    const state = info.status === 'stopped' ? 'stopped' : info.status === 'running' ? 'running' : 'created';
+    const state = info.status === 'running' || info.status === 'paused' || info.status === 'stopped' ? info.status : 'created';
     const container = new Container(this, id, state, undefined);
     this.#objects.set(id, container);
     return container;

@@ -50,14 +50,18 @@ export const TRANSITIONAL_STATES: ReadonlySet<SandboxState> = new Set(['starting
  * States of a container:
  * - `created`: the agent made its namespaces and rootfs; the process has not been started;
  * - `running`: its init process runs;
+ * - `paused`: its processes are frozen (its cgroup in the guest; `runc pause`), the rest of its
+ *   sandbox runs on; not to be confused with a paused sandbox, whose whole VM is stopped;
  * - `stopped`: its init process exited (the exit status is kept until delete);
  * - `deleted`: gone from the guest.
  */
-export type ContainerState = 'created' | 'running' | 'stopped' | 'deleted';
+export type ContainerState = 'created' | 'running' | 'paused' | 'stopped' | 'deleted';
 
 const CONTAINER_TRANSITIONS: Readonly<Record<ContainerState, readonly ContainerState[]>> = {
   created: ['running', 'stopped', 'deleted'],
-  running: ['stopped'],
+  running: ['paused', 'stopped'],
+  // SIGKILL ends a paused container (a frozen process still dies of it).
+  paused: ['running', 'stopped'],
   stopped: ['deleted'],
   deleted: [],
 };
@@ -89,7 +93,7 @@ function stateWords(kind: 'sandbox' | 'container', state: string): string {
 /** The operation that goes to `to`, as a user calls it. */
 const OPERATIONS: Readonly<Record<'sandbox' | 'container', Readonly<Record<string, string>>>> = {
   sandbox: { starting: 'start', running: 'resume', paused: 'pause', stopping: 'stop', stopped: 'stop', deleting: 'delete', deleted: 'delete' },
-  container: { created: 'create', running: 'start', stopped: 'stop', deleted: 'delete' },
+  container: { created: 'create', running: 'start', paused: 'pause', stopped: 'stop', deleted: 'delete' },
 };
 
 /** What to do about `from` for an operation that goes to (or needs) `to`, when there is something obvious. */
@@ -98,8 +102,10 @@ function defaultHint(kind: 'sandbox' | 'container', from: string, to: string): s
     if ((to === 'deleting' || to === 'deleted') && VM_STATES.has(from as SandboxState)) return 'stop it first, or delete with force';
     if ((to === 'running' || to === 'paused' || to === 'stopping') && (from === 'created' || from === 'stopped')) return 'start it first';
     if (to === 'running' && from === 'paused') return 'resume it first';
-  } else if (to === 'deleted' && from === 'running') {
+  } else if (to === 'deleted' && (from === 'running' || from === 'paused')) {
     return 'kill it first, or delete with force';
+  } else if (from === 'paused' && to === 'running') {
+    return 'resume it first';
   }
   return undefined;
 }
