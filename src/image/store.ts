@@ -360,23 +360,23 @@ export class ImageStore {
   }
 
   /**
-   * The containers of the sandboxes under `stateDir` whose records name chain `chain` (see
-   * `ContainerEntry.image`), and whether their VM is alive.
+   * The containers of the sandboxes under `stateDir` whose records name chain `chain` of store
+   * `store` (any store when not given; see `ContainerEntry.image`), and whether their VM is alive.
    */
-  static async usersOf(chain: string, stateDir?: string): Promise<ImageUser[]> {
+  static async usersOf(chain: string, stateDir?: string, store?: string): Promise<ImageUser[]> {
     const root = validate.absolutePath(stateDir ?? process.env['VMPOD_STATE_DIR'] ?? DEFAULT_STATE_DIR, 'stateDir');
     const sandboxes = path.join(root, 'sandboxes');
     const ids = await fs.readdir(sandboxes).catch((e: unknown) => (isMissing(e) ? [] : Promise.reject(e)));
     const users: ImageUser[] = [];
     for (const id of ids) {
       const record = (await readJson(path.join(sandboxes, id, 'state.json'))) as
-        | { containers?: Record<string, { image?: { chainId?: string } }>; boot?: { vm?: unknown } }
+        | { containers?: Record<string, { image?: { chainId?: string; store?: string } }>; boot?: { vm?: unknown } }
         | undefined;
       if (!record || typeof record.containers !== 'object' || record.containers === null) continue;
       const vm = record.boot?.vm;
       const running = isProcessIdentity(vm) && isAlive(vm);
       for (const [cid, entry] of Object.entries(record.containers)) {
-        if (entry?.image?.chainId === chain) users.push({ sandbox: id, container: cid, running });
+        if (entry?.image?.chainId === chain && (store === undefined || entry.image.store === undefined || entry.image.store === store)) users.push({ sandbox: id, container: cid, running });
       }
     }
     return users;
@@ -420,7 +420,7 @@ export class ImageStore {
     await using lock = await this.lock(true, options.signal);
     void lock;
     const record = await this.find(what);
-    const users = await ImageStore.usersOf(record.chainId, options.stateDir);
+    const users = await ImageStore.usersOf(record.chainId, options.stateDir, this.dir);
     const blocking = options.force ? users.filter((u) => u.running) : users;
     if (blocking.length > 0) {
       const names = blocking.map((u) => `${u.container} in sandbox ${u.sandbox}`).join(', ');
@@ -457,7 +457,7 @@ export class ImageStore {
     const all = await this.images();
     const keep: ImageRecord[] = [];
     for (const record of all) {
-      const users = await ImageStore.usersOf(record.chainId, options.stateDir);
+      const users = await ImageStore.usersOf(record.chainId, options.stateDir, this.dir);
       if (users.length > 0 || (await this.#viewBinds(record.chainId)) > 0) keep.push(record);
       else {
         await fs.rm(path.join(this.dir, 'images', `${digestHex(record.id)}.json`), { force: true });

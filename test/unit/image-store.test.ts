@@ -161,6 +161,8 @@ describe('ImageStore images', () => {
       );
     await write(true);
     expect(await ImageStore.usersOf(image.chainId, stateDir)).toEqual([{ sandbox: 'sb1', container: 'c1', running: true }]);
+    // Another store's image of the same chain is not this one.
+    expect(await ImageStore.usersOf(image.chainId, stateDir, path.join(dir, 'other'))).toEqual([]);
     await expect(store.remove('oci:/a:1', { stateDir })).rejects.toThrow(InvalidStateError);
     await expect(store.remove('oci:/a:1', { stateDir, force: true })).rejects.toThrow(/in use by c1 in sandbox sb1/u);
     expect(await store.image(image.id)).toBeDefined();
