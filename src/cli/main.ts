@@ -20,8 +20,9 @@ import { logs } from './commands/logs.js';
 import { guestBuild } from './commands/guest.js';
 import { networkAdd, networkCheck, networkList, networkRemove, networkRescan } from './commands/network.js';
 import { events } from './commands/events.js';
+import { pause, resume, update } from './commands/pause.js';
 
-const COMMANDS: readonly Command[] = [run, ps, exec, kill, stop, remove, logs, guestBuild, networkAdd, networkRemove, networkList, networkRescan, networkCheck, events];
+const COMMANDS: readonly Command[] = [run, ps, exec, kill, stop, remove, logs, guestBuild, networkAdd, networkRemove, networkList, networkRescan, networkCheck, events, pause, resume, update];
 
 function help(): string {
   const width = Math.max(...COMMANDS.map((c) => c.words.join(' ').length));
