@@ -8,5 +8,7 @@ export { parseImageReference, formatImageReference, normalizeDockerName, isRefNa
 export type { ImageReference, ImageTransport } from './reference.js';
 export type { LayerCompression, MediaKind } from './media-types.js';
 export type { ImageSource, ImageLayer, OpenLayerOptions } from './source.js';
+export { openImageSource } from './open.js';
+export type { OpenImageSourceOptions } from './open.js';
 export type { ImageConfig, ImageExecConfig } from './config.js';
 export { readFileInRoot } from './in-root.js';
