@@ -5,15 +5,21 @@
  * Layout (default `/var/lib/vmpod/images`, or `$VMPOD_IMAGE_DIR`):
  *
  * ```
- * layers/HEX/            a layer in overlay form (whiteouts as 0/0 character devices, opaque
+ * layers/HEX/rootfs/     a layer in overlay form (whiteouts as 0/0 character devices, opaque
  *                        directories by the trusted.overlay.opaque xattr), HEX its diff_id's digest
  * layers/HEX.json        what is known of it: diff_id, uncompressed size, entries, where it came from
  * layers/.tmp-HEX-RAND/  an unpack under way (or one a crash left: the next unpack of HEX, or prune, removes it)
  * images/HEX.json        an image, HEX its id's (its manifest digest): config, diff_ids, chain id, references, last use
- * views/HEX/             the mount point of the read-only overlay of chain id HEX's layers
- * empty/                 an empty folder, the bottom layer of every view
+ * views/HEX/             the mount point of the read-only overlay of chain id HEX's layers;
+ *                        the image's root is its rootfs/
+ * empty/rootfs/          an empty folder, the bottom layer of every view
  * locks/                 flock(2) files: store.lock (shared by users, exclusive for rm and prune), layer-HEX.lock
  * ```
+ *
+ * Each layer's tree is one level down, in `rootfs/`, and so is the image's root in a view: the
+ * sandbox shares the view's mount, which the guest sees as a virtio-fs submount, and its
+ * overlayfs refuses a submount's point as a lower layer until something walks through it
+ * ("filesystem not supported"), while a folder inside it is fine (docs/images.md).
  *
  * A layer is unpacked once, under its own lock, into a temporary folder that is renamed into
  * place only when the whole layer was applied and its stream verified; its JSON is written
@@ -43,6 +49,9 @@ import * as validate from '../validate.js';
 
 /** The store's folder when none is given and `$VMPOD_IMAGE_DIR` is unset. */
 export const DEFAULT_IMAGE_STORE = '/var/lib/vmpod/images';
+
+/** The folder of a layer, and of a view, that holds the tree. */
+export const VIEW_ROOT = 'rootfs';
 
 /** How long a store user waits for a lock held by another process (an unpack of a big layer holds one). */
 const LOCK_WAIT_MS = 30 * 60_000;
@@ -182,16 +191,17 @@ export class ImageStore {
   /** Opens (creating its folders, mode 0700, when missing) the store at `store`, `$VMPOD_IMAGE_DIR` or the default. */
   static async open(store?: string): Promise<ImageStore> {
     const dir = storeDirOf(store);
-    for (const sub of ['layers', 'images', 'views', 'empty', 'locks']) await fs.mkdir(path.join(dir, sub), { recursive: true, mode: 0o700 });
+    for (const sub of ['layers', 'images', 'views', 'empty/rootfs', 'locks']) await fs.mkdir(path.join(dir, sub), { recursive: true, mode: 0o700 });
+    await fs.chmod(path.join(dir, 'empty/rootfs'), 0o755);
     return new ImageStore(dir);
   }
 
-  /** The folder of layer `diffId` (whether or not it is unpacked). */
+  /** The folder of layer `diffId` (whether or not it is unpacked); its tree is in `rootfs/`. */
   layerDir(diffId: string): string {
     return path.join(this.dir, 'layers', digestHex(diffId, 'diffId'));
   }
 
-  /** The mount point of the view of chain `chain`. */
+  /** The mount point of the view of chain `chain`; the image's root is its `rootfs/` ({@link VIEW_ROOT}). */
   viewDir(chain: string): string {
     return path.join(this.dir, 'views', digestHex(chain, 'chainId'));
   }
@@ -213,7 +223,7 @@ export class ImageStore {
   /**
    * Makes sure layer `diffId` is unpacked: under the layer's lock, a complete layer is reused;
    * otherwise what a crash left is removed and `open()`'s stream (uncompressed, verified by its
-   * source: it must fail on a mismatch) is applied by `apply` into a temporary folder, renamed
+   * source: it must fail on a mismatch) is applied by `apply` into a temporary folder's `rootfs/`, renamed
    * into place, and recorded. The caller holds the store's lock (shared).
    */
   async ensureLayer(
@@ -235,7 +245,7 @@ export class ImageStore {
     // Leftovers of a crashed unpack of this layer: a temp folder, a folder without its record.
     await this.#removeLayerLeftovers(hex);
     const temp = path.join(layers, `.tmp-${hex}-${randomBytes(4).toString('hex')}`);
-    await fs.mkdir(temp, { mode: 0o755 });
+    await fs.mkdir(path.join(temp, VIEW_ROOT), { recursive: true, mode: 0o755 });
     let size = 0;
     let entries: number | undefined;
     try {
@@ -247,7 +257,7 @@ export class ImageStore {
           done(null, chunk);
         },
       });
-      const applying = apply(counter, temp, signal);
+      const applying = apply(counter, path.join(temp, VIEW_ROOT), signal);
       // The applier must read the stream to its end: a stream that fails (digest mismatch) fails the unpack.
       const [, applied] = await Promise.all([pipeline(stream, counter, ...(signal ? [{ signal }] : [])), applying]);
       if (applied && typeof applied.entries === 'number') entries = applied.entries;
@@ -308,6 +318,7 @@ export class ImageStore {
     // an overlay too (its whiteouts hidden, its mounts told apart by their superblock).
     const lower = [...diffIds].reverse().map((d) => this.layerDir(d));
     lower.push(path.join(this.dir, 'empty'));
+    // (Every lower folder has rootfs/, so the image's root is always a merged folder.)
     const data = `lowerdir=${lower.join(':')}`;
     if (data.length > 4000) throw new InvalidArgumentError('layers', `${diffIds.length} layers make an overlayfs option longer than a page: too many layers for this store's path`);
     await fs.mkdir(point, { recursive: true, mode: 0o755 });

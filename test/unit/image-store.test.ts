@@ -65,7 +65,7 @@ describe('ImageStore layers', () => {
     const first = await store.ensureLayer(id, open, writeChunks, { source: 'oci:/x:1' });
     expect(first.unpacked).toBe(true);
     expect(first.record).toMatchObject({ diffId: id, size: 7, entries: 2, source: 'oci:/x:1' });
-    expect(await fs.readFile(path.join(store.layerDir(id), 'f0'), 'utf8')).toBe('one\ntwo');
+    expect(await fs.readFile(path.join(store.layerDir(id), 'rootfs', 'f0'), 'utf8')).toBe('one\ntwo');
     const again = await (await ImageStore.open(dir)).ensureLayer(id, open, writeChunks, { source: 'oci:/y:2' });
     expect(again.unpacked).toBe(false);
     expect(again.record.source).toBe('oci:/x:1');
@@ -98,7 +98,7 @@ describe('ImageStore layers', () => {
     await fs.writeFile(path.join(dir, 'layers', hex, 'half'), 'x');
     const result = await store.ensureLayer(id, async () => Readable.from([Buffer.from('whole')]), writeChunks, { source: 's' });
     expect(result.unpacked).toBe(true);
-    expect(await fs.readdir(store.layerDir(id))).toEqual(['f0']);
+    expect(await fs.readdir(path.join(store.layerDir(id), 'rootfs'))).toEqual(['f0']);
     expect((await fs.readdir(path.join(dir, 'layers'))).sort()).toEqual([hex, `${hex}.json`]);
   });
 
