@@ -92,8 +92,8 @@ function parsePax(data: Buffer): Map<string, string> {
 }
 
 /**
- * Normalizes an entry name: strips leading `./` and `/`... no: an absolute name or one with a
- * `..` component is refused (undefined), `.` and empty components are dropped.
+ * Normalizes an entry name: `.` and empty components are dropped (`./a//b/` is `a/b`); an
+ * absolute name or one with a `..` component is refused (undefined).
  */
 export function normalizeEntryName(name: string): string | undefined {
   if (name.startsWith('/') || name.includes('\0')) return undefined;
