@@ -21,7 +21,9 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <climits>
 #include <cerrno>
 #include <cstring>
 #include <memory>
@@ -55,29 +57,75 @@ std::string Join(const std::string& parent, const std::string& name) {
   return parent.empty() ? name : parent + "/" + name;
 }
 
+std::vector<std::string> Split(const std::string& path) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t slash = path.find('/', start);
+    if (slash == std::string::npos) slash = path.size();
+    std::string comp = path.substr(start, slash - start);
+    if (!comp.empty() && comp != ".") parts.push_back(comp);
+    start = slash + 1;
+  }
+  return parts;
+}
+
 // The directory `path` (normalised, relative to the root, "" for the root itself), resolved inside
-// the root. Missing components are made (0755, owned by the caller) one at a time, each looked up
-// from the root again, so a symlink met on the way is resolved inside the root as well.
+// the root. When it does not exist yet, it is made (0755, owned by the caller) as umoci's unpack
+// does: the path is walked one component at a time with openat O_NOFOLLOW from the directory
+// reached so far; a symlink met on the way is read and its target walked instead (an absolute
+// target from the root, `..` never above the root, at most 40 of them), and a missing component
+// is made. So a layer's `d -> /elsewhere` then `d/file` makes /elsewhere inside the root.
 Fd OpenDir(int root, const std::string& path, bool create) {
   int fd = OpenAt2(root, path, O_PATH | O_DIRECTORY, kInRoot);
   if (fd >= 0) return Fd(fd);
   if (errno != ENOENT || !create) ThrowSys("openat2", errno, path);
+  std::vector<std::string> todo = Split(path);
+  std::reverse(todo.begin(), todo.end());  // a stack: the next component at the back
+  std::vector<std::string> done;
   Fd cur(OpenAt2(root, "", O_PATH | O_DIRECTORY, kInRoot));
   if (!cur) ThrowSys("openat2", errno, ".");
-  std::string prefix;
-  size_t start = 0;
-  while (start <= path.size()) {
-    size_t slash = path.find('/', start);
-    std::string comp = path.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
-    start = slash == std::string::npos ? path.size() + 1 : slash + 1;
-    prefix = Join(prefix, comp);
-    int next = OpenAt2(root, prefix, O_PATH | O_DIRECTORY, kInRoot);
-    if (next < 0 && errno == ENOENT) {
-      if (::mkdirat(cur.get(), comp.c_str(), 0755) != 0 && errno != EEXIST) ThrowSys("mkdirat", errno, prefix);
-      next = OpenAt2(root, prefix, O_PATH | O_DIRECTORY, kInRoot);
+  int links = 0;
+  auto reopen = [&]() {
+    std::string at;
+    for (const std::string& c : done) at = Join(at, c);
+    cur = Fd(OpenAt2(root, at, O_PATH | O_DIRECTORY, kInRoot));
+    if (!cur) ThrowSys("openat2", errno, at);
+  };
+  while (!todo.empty()) {
+    std::string comp = todo.back();
+    todo.pop_back();
+    if (comp == "..") {
+      if (!done.empty()) done.pop_back();
+      reopen();
+      continue;
     }
-    if (next < 0) ThrowSys("openat2", errno, prefix);
-    cur = Fd(next);
+    int next = ::openat(cur.get(), comp.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (next >= 0) {
+      done.push_back(comp);
+      cur = Fd(next);
+      continue;
+    }
+    int err = errno;
+    if (err == ENOENT) {
+      if (::mkdirat(cur.get(), comp.c_str(), 0755) != 0 && errno != EEXIST) ThrowSys("mkdirat", errno, path);
+      todo.push_back(comp);  // open what is there now
+      continue;
+    }
+    struct stat st{};
+    if (::fstatat(cur.get(), comp.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) ThrowSys("fstatat", errno, path);
+    if (!S_ISLNK(st.st_mode)) ThrowSys("openat", ENOTDIR, path, comp + " is not a directory");
+    if (++links > 40) ThrowSys("openat", ELOOP, path);
+    std::string target(static_cast<size_t>(PATH_MAX), '\0');
+    ssize_t len = ::readlinkat(cur.get(), comp.c_str(), target.data(), target.size());
+    if (len < 0) ThrowSys("readlinkat", errno, path);
+    target.resize(static_cast<size_t>(len));
+    if (!target.empty() && target[0] == '/') {
+      done.clear();
+      reopen();
+    }
+    std::vector<std::string> parts = Split(target);
+    for (auto it = parts.rbegin(); it != parts.rend(); ++it) todo.push_back(*it);
   }
   return cur;
 }

@@ -12,3 +12,5 @@ export { openImageSource } from './open.js';
 export type { OpenImageSourceOptions } from './open.js';
 export type { ImageConfig, ImageExecConfig } from './config.js';
 export { readFileInRoot } from './in-root.js';
+export { applyLayer, normaliseEntryName } from './unpack.js';
+export type { ApplyLayerOptions, LayerCounts, LayerLimits, LayerMode } from './unpack.js';
