@@ -53,7 +53,9 @@ for (const runtime of OCI_RUNTIMES) {
           const state = spawnSync(runtime.path, ['--root', root, 'state', id], { encoding: 'utf8' });
           expect(state.status, `${runtime.name} state ${id}: ${state.stdout}`).not.toBe(0);
         }
-        expect(await fs.readdir(root).catch(() => [])).toEqual([]);
+        const list = spawnSync(runtime.path, ['--root', root, 'list', '--format', 'json'], { encoding: 'utf8' });
+        expect(list.status, list.stderr).toBe(0);
+        expect(JSON.parse(list.stdout.trim() || 'null') ?? []).toEqual([]);
         // The shims' command lines name containerd's socket (in our folder): none may be left.
         const shims = (await processesMentioning(dir)).filter((pid) => {
           const exe = spawnSync('readlink', [`/proc/${pid}/exe`], { encoding: 'utf8' }).stdout.trim();
