@@ -10,6 +10,8 @@ export type { LayerCompression, MediaKind } from './media-types.js';
 export type { ImageSource, ImageLayer, OpenLayerOptions } from './source.js';
 export { openImageSource } from './open.js';
 export type { OpenImageSourceOptions } from './open.js';
+export { imageRuntimeSpec, imageAnnotations, resolveUser, parsePasswd, parseGroup } from './runtime-spec.js';
+export type { RuntimeSpecOverrides, RuntimeSpecOptions, ResolvedUser } from './runtime-spec.js';
 export type { ImageConfig, ImageExecConfig } from './config.js';
 export { readFileInRoot } from './in-root.js';
 export { applyLayer, normaliseEntryName } from './unpack.js';
