@@ -6,10 +6,11 @@
  * - `docker-archive:FILE[:NAME:TAG | :@N]`: a `docker save` tar; NAME:TAG is one of its
  *   manifest.json RepoTags, `@N` its N-th image (from 0).
  *
- * The path ends at the first `:` after the transport, as containers/image splits it: a path can
- * hold no `:` at all (skopeo refuses `oci:/a:b/c` as "path contains a colon" when the rest is no
- * valid REF, and reads `oci:/a:b` as DIR `/a`, REF `b`). vmpod refuses a path with a `:` in the
- * same way: everything after the first `:` is the REF, never part of the path.
+ * The path ends at the first `:` after the transport, as containers/image (skopeo, podman)
+ * splits it, so a path can hold no `:`: `oci:/a:b/c` is DIR `/a` with REF `b/c`, and
+ * `oci:/a:b c` is refused for its REF (skopeo 1.9 answers the same to both). Everything after
+ * the first `:` is the REF, never part of the path; a layout in a folder whose name holds a `:`
+ * is reached through a symlink without one.
  *
  * @module
  */
