@@ -105,7 +105,7 @@ except OSError: sys.stdout.write('none')`, file, name]).toString();
 
 describe('applyLayer: hostile layers', () => {
   it('refuses `..` names that leave the root, and writes nothing', async () => {
-    for (const name of ['../../etc/x', 'a/../../x', './../canary/file', '..']) {
+    for (const name of ['./../canary/file', '../../etc/x', 'a/../../x', '..']) {
       await expect(apply(root, [{ name, data: 'evil\n' }])).rejects.toThrow(LayerEscapeError);
     }
     expect(await fs.readdir(root)).toEqual([]);
@@ -125,13 +125,13 @@ describe('applyLayer: hostile layers', () => {
 
   it('resolves a ../../.. symlink inside the root, and an absolute one to the canary', async () => {
     await apply(root, [
-      { name: 'b', type: 'symlink', linkname: '../../..' },
-      { name: 'b/canary/file', data: 'evil\n' },
+      { name: 'b', type: 'symlink', linkname: '../../../../../../../..' },
+      { name: `b${canary}/file`, data: 'evil\n' },
       { name: 'c', type: 'symlink', linkname: canary },
       { name: 'c/passwd', data: 'evil\n' },
       { name: 'c/sub/deep', data: 'evil\n' },
     ]);
-    expect(await fs.readFile(path.join(root, 'canary/file'), 'utf8')).toBe('evil\n');
+    expect(await fs.readFile(path.join(root, canary, 'file'), 'utf8')).toBe('evil\n');
     expect(await fs.readFile(path.join(root, canary, 'passwd'), 'utf8')).toBe('evil\n');
     expect(await fs.readFile(path.join(root, canary, 'sub/deep'), 'utf8')).toBe('evil\n');
   });
