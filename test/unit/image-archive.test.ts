@@ -70,6 +70,7 @@ describe('oci-archive', () => {
       for (const l of source.layers) expect((await drain(source.openLayer(l.index))).equals(one.tars[l.index]!)).toBe(true);
     }
     await using source = await openImageSource(`oci-archive:${file}:two`);
+    expect(source.manifestDigest).toBe(two.manifest.digest);
     expect(source.config.config.Cmd).toEqual(['two']);
     await expect(openImageSource(`oci-archive:${file}`)).rejects.toThrow(/holds 2 manifests/u);
     await expect(openImageSource(`oci-archive:${file}:three`)).rejects.toBeInstanceOf(ImageNotFoundError);

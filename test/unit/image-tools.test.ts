@@ -86,7 +86,7 @@ describe.skipIf(!ready)(`images written by umoci and skopeo (${ready ? 'both ins
     expect(ours.process.user).toEqual(theirs.process.user);
     expect(ours.process.env).toEqual(expect.arrayContaining(theirs.process.env.filter((e) => /^(A|PATH|HOME)=/u.test(e))));
     for (const key of ['org.opencontainers.image.stopSignal', 'org.opencontainers.image.exposedPorts', 'org.opencontainers.image.os', 'org.opencontainers.image.architecture', 'com.example.k']) {
-      expect(ours.annotations?.[key]).toBe(theirs.annotations[key]);
+      expect((ours.annotations as Record<string, string> | undefined)?.[key]).toBe(theirs.annotations[key]);
     }
   });
 
