@@ -21,6 +21,35 @@ void CheckId(const std::string& id) {
              "id \"" + id + "\" passed CheckId");
 }
 
+// What UpdateContainer writes is within the cgroup files' ranges whatever the request said.
+void CheckUpdate(const agent::ResourceUpdate& u) {
+  FUZZ_CHECK(u.any(), "an update with nothing in it");
+  if (u.memoryLimit) FUZZ_CHECK(*u.memoryLimit == -1 || *u.memoryLimit >= agent::kMinMemoryLimit, "memory limit out of range");
+  if (u.memoryReservation) FUZZ_CHECK(*u.memoryReservation >= -1, "memory reservation out of range");
+  if (u.memorySwap) {
+    auto swap = agent::SwapMax(*u.memorySwap, u.memoryLimit);  // must not throw once parsed
+    if (swap && *swap != "max") {
+      FUZZ_CHECK(swap->find_first_not_of("0123456789") == std::string::npos && !swap->empty(), "swap.max \"" + *swap + "\"");
+    }
+  }
+  if (u.cpuShares) {
+    FUZZ_CHECK(*u.cpuShares >= 2 && *u.cpuShares <= 262144, "shares out of range");
+    uint64_t w = agent::CpuWeight(*u.cpuShares);
+    FUZZ_CHECK(w >= 1 && w <= 10000, "cpu.weight " + std::to_string(w));
+  }
+  if (u.cpuQuota) FUZZ_CHECK(*u.cpuQuota == -1 || (*u.cpuQuota >= 1000 && *u.cpuQuota <= agent::kMaxCpuQuota), "quota out of range");
+  if (u.cpuPeriod) FUZZ_CHECK(*u.cpuPeriod >= 1000 && *u.cpuPeriod <= 1000000, "period out of range");
+  for (const auto* list : {&u.cpus, &u.mems}) {
+    if (*list) FUZZ_CHECK(agent::ValidCpuList(**list) && (*list)->find_first_not_of("0123456789,-") == std::string::npos, "cpu list \"" + **list + "\"");
+  }
+  if (u.pidsLimit) FUZZ_CHECK(*u.pidsLimit >= -1 && *u.pidsLimit <= agent::kMaxPids, "pids limit out of range");
+  if (u.blkioWeight) {
+    FUZZ_CHECK(*u.blkioWeight >= 10 && *u.blkioWeight <= 1000, "blkio weight out of range");
+    uint64_t w = agent::IoWeight(*u.blkioWeight);
+    FUZZ_CHECK(w >= 1 && w <= 10000, "io.weight " + std::to_string(w));
+  }
+}
+
 void Parse(const agent::Envelope& e) {
   const agent::json& p = e.params;
   const std::string& m = e.method;
@@ -64,6 +93,11 @@ void Parse(const agent::Envelope& e) {
     FUZZ_CHECK(r.rows > 0 && r.cols > 0, "empty terminal");
   } else if (m == "Stats") {
     agent::ParseStatsRequest(p);
+  } else if (m == "PauseContainer" || m == "ResumeContainer") {
+    agent::PauseRequest r = agent::ParsePauseRequest(p);
+    FUZZ_CHECK(r.timeoutMs >= 0 && r.timeoutMs <= 600000, "freeze timeout out of range");
+  } else if (m == "UpdateContainer") {
+    CheckUpdate(agent::ParseUpdateRequest(p).resources);
   } else if (m == "Mount") {
     agent::GuestMount g = agent::ParseGuestMount(p, kStateDir);
     FUZZ_CHECK(agent::IsUnder(g.target, kStateDir) && g.target != kStateDir, "mount target outside the state dir");

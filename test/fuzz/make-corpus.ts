@@ -128,6 +128,15 @@ const calls: (() => Promise<unknown>)[] = [
   () => client.setNetworkConfig({ hostname: 'pod-1', dns: { nameservers: ['10.88.0.1', '2001:db8::1'], search: ['svc.cluster.local', 'cluster.local'], options: ['ndots:5'] },
       hosts: [{ ip: '10.88.0.3', names: ['db', 'db.local'] }] }),
   () => client.setNetworkConfig({ dns: { domain: 'example.org' } }),
+  () => client.pauseContainer('web', { freezeTimeoutMs: 2000 }),
+  () => client.resumeContainer('web'),
+  () => client.updateContainer('web', {
+      memory: { limit: 268435456, reservation: 134217728, swap: 536870912 },
+      cpu: { shares: 512, quota: 50000, period: 100000, cpus: '0-1,3', mems: '0' },
+      pids: { limit: 100 },
+      blockIO: { weight: 500 },
+    }),
+  () => client.updateContainer('web', { memory: { limit: -1, swap: 0 }, cpu: { quota: -1 }, pids: { limit: -1 } }),
   () => client.deleteContainer('web', { force: true }),
 ];
 for (const call of calls) await call().catch(() => undefined);
@@ -177,6 +186,16 @@ const edges: Record<string, unknown>[] = [
   { type: 'virtiofs', source: 'tag', target: '/run/vmpod/s', options: ['bind'] },
 ];
 edges.forEach((params, i) => save('mount', `edge-${i}.json`, JSON.stringify(params)));
+// UpdateContainer and PauseContainer next to their bounds (the client refuses most of these itself).
+const requestEdges: { method: string; params: Record<string, unknown> }[] = [
+  { method: 'UpdateContainer', params: { id: 'web', resources: { memory: { swap: 1073741824 } } } },
+  { method: 'UpdateContainer', params: { id: 'web', resources: { memory: { limit: 1048576, swap: 1048575 } } } },
+  { method: 'UpdateContainer', params: { id: 'web', resources: { cpu: { cpus: '0-4095,4095', mems: '1-0' } } } },
+  { method: 'UpdateContainer', params: { id: 'web', resources: { cpu: { quota: 17592186044415, period: 1000000, shares: 262144 } } } },
+  { method: 'UpdateContainer', params: { id: 'web', resources: { pids: { limit: 0 }, blockIO: { weight: 10 } } } },
+  { method: 'PauseContainer', params: { id: 'web', timeoutMs: 600001 } },
+];
+requestEdges.forEach((r, i) => save('requests', `edge-${r.method}-${i}.json`, JSON.stringify(r)));
 // Paths for the path half of the mount target (NormalizePath, SecureJoin).
 for (const [name, p] of [['path-plain', '/etc/passwd'], ['path-dots', '/a/./b/../../c//d/'], ['path-link', '/chain/x'], ['path-deep', 'deep/../up/abs']]) save('mount', name!, p!);
 save('direct_stream', 'terminal.json', JSON.stringify({ direct: { stdout: { port: 'vmpod.stream.3', cookie } }, stdio: { stdout: true }, terminal: true }));
