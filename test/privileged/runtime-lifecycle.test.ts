@@ -170,8 +170,8 @@ for (const runtime of OCI_RUNTIMES) {
       return JSON.parse(r.stdout) as OciState;
     }
 
-    async function untilStatus(id: string, status: string): Promise<OciState> {
-      const deadline = Date.now() + 150_000;
+    async function untilStatus(id: string, status: string, timeoutMs = 150_000): Promise<OciState> {
+      const deadline = Date.now() + timeoutMs;
       for (;;) {
         const s = await state(id);
         if (s.status === status || Date.now() > deadline) {
@@ -289,15 +289,21 @@ for (const runtime of OCI_RUNTIMES) {
       expect((await oci(['delete', id])).code).toBe(0);
     });
 
-    it('kill of a created container, and delete --force of a running one', async () => {
-      // runtime-tools kill.go: kill of a created container succeeds (runtime.md "Kill": created or running).
+    // Known vmpod-runtime bug (reported; docs/oci-runtime.md "Callers"): `kill ID KILL` of a created
+    // container exits 0 and changes nothing, the container stays created. `fails` keeps the case
+    // strict: it turns red the day the bug is fixed, and then becomes a plain `it`.
+    (runtime.vm ? it.fails : it)('kill of a created container stops it', async () => {
+      // runtime-tools kill.go: kill of a created container succeeds (runtime.md "Kill": created or
+      // running; MUST send the signal to the container process, and KILL cannot be caught).
       const a = await create((s) => {
         s.process.args = ['sleep', '60'];
       });
       expect((await oci(['kill', a.id, 'KILL'])).code).toBe(0);
-      await untilStatus(a.id, 'stopped');
+      await untilStatus(a.id, 'stopped', 60_000);
       expect((await oci(['delete', a.id])).code).toBe(0);
+    });
 
+    it('delete --force of a running container kills and removes it', async () => {
       const b = await create((s) => {
         s.process.args = ['sleep', '60'];
       });
@@ -390,7 +396,7 @@ for (const runtime of OCI_RUNTIMES) {
       expect((await read('poststop1')).status).toBe('stopped');
     });
 
-    it('a failing prestart hook fails create and leaves no container; failing poststart and poststop hooks do not stop the lifecycle', async () => {
+    it('a failing prestart hook fails create and leaves no container', async () => {
       // config.md "POSIX-platform Hooks" / runtime.md "Lifecycle": if a prestart/createRuntime hook
       // fails, the runtime MUST generate an error and stop and destroy the container.
       const id = newId();
@@ -398,25 +404,36 @@ for (const runtime of OCI_RUNTIMES) {
         s.process.args = ['true'];
         s.hooks = { prestart: [{ path: '/bin/sh', args: ['sh', '-c', 'exit 9'] }] };
       });
-      const failed = await oci(['create', '--bundle', b, id], { out: fsSync.openSync('/dev/null', 'w') });
-      expect(failed.code).not.toBe(0);
+      const devNull = fsSync.openSync('/dev/null', 'w');
+      try {
+        const failed = await oci(['create', '--bundle', b, id], { out: devNull });
+        expect(failed.code).not.toBe(0);
+      } finally {
+        fsSync.closeSync(devNull);
+      }
       expect((await oci(['state', id])).code).not.toBe(0);
       expect(await processesMentioning(id)).toEqual([]);
+    });
 
-      // runtime.md "Lifecycle": a failing poststart or poststop hook: a warning, the lifecycle continues.
+    // Known vmpod-runtime bug (reported): after a failing poststart or poststop hook, the hooks
+    // listed after it are not run (runHooks stops at the first failure, as runc 1.1 does at
+    // poststop). `fails` keeps the case strict until it is fixed.
+    (runtime.vm ? it.fails : it)('failing poststart and poststop hooks: a warning, the remaining hooks and the lifecycle go on', async () => {
+      // runtime.md "Lifecycle" steps 8 and 12: if any poststart/poststop hook fails, the runtime
+      // MUST log a warning, but the remaining hooks and lifecycle continue as if it had succeeded.
       const hookDir = await fs.mkdtemp(path.join(dir, 'hooks-'));
-      const { id: id2, output } = await create((s) => {
+      const { id, output } = await create((s) => {
         s.process.args = ['sh', '-c', 'echo ran'];
         s.hooks = {
           ...(poststartAtCreate(runtime) ? {} : { poststart: [{ path: '/bin/sh', args: ['sh', '-c', 'exit 3'] }, { path: '/bin/sh', args: ['sh', '-c', `touch ${hookDir}/poststart2`] }] }),
           poststop: [{ path: '/bin/sh', args: ['sh', '-c', 'exit 4'] }, { path: '/bin/sh', args: ['sh', '-c', `touch ${hookDir}/poststop2`] }],
         };
       });
-      await oci(['start', id2]);
+      expect((await oci(['start', id])).code).toBe(0);
       expect(await untilOutput(output, 'ran\n')).toBe('ran\n');
-      await untilStatus(id2, 'stopped');
-      expect((await oci(['delete', id2])).code).toBe(0);
-      expect((await oci(['state', id2])).code).not.toBe(0);
+      await untilStatus(id, 'stopped');
+      expect((await oci(['delete', id])).code).toBe(0);
+      expect((await oci(['state', id])).code).not.toBe(0);
       expect((await fs.readdir(hookDir)).sort()).toEqual(runcBefore12(runtime) ? [] : ['poststart2', 'poststop2']);
     });
   });
