@@ -29,7 +29,8 @@ import { indexTar, lookupFile, normalizeEntryName, TarIndexError, type TarIndexE
 export async function openTarStorage(file: string, reference: string): Promise<BlobStorage & { entries: Map<string, TarIndexEntry>; head(name: string, length: number): Promise<Buffer> }> {
   let handle: FileHandle;
   try {
-    handle = await fs.open(file, 'r');
+    // O_NONBLOCK: a FIFO given as the archive is refused below (not a regular file) instead of hanging the open.
+    handle = await fs.open(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw new ImageNotFoundError(reference, `${file} does not exist`, { cause: error });
     throw new InvalidImageError(reference, `${file} cannot be opened (${(error as Error).message})`, { cause: error });

@@ -77,7 +77,8 @@ export function directoryStorage(root: string): BlobStorage {
       return stat?.isFile() ? stat.size : undefined;
     },
     open(name) {
-      return fs.createReadStream(resolve(name));
+      // O_NONBLOCK: a FIFO put where a blob should be fails the read (EAGAIN) instead of hanging it.
+      return fs.createReadStream(resolve(name), { flags: fs.constants.O_RDONLY | fs.constants.O_NONBLOCK });
     },
     async close() {},
   };

@@ -128,6 +128,10 @@ describe('oci-archive', () => {
     badSum[0] = badSum[0]! ^ 0x01;
     await fs.writeFile(truncated, badSum);
     await expect(openImageSource(`oci-archive:${truncated}:one`)).rejects.toThrow(/bad checksum at offset 0/u);
+    await fs.rm(truncated);
+    execFileSync('mkfifo', [truncated]);
+    await expect(openImageSource(`oci-archive:${truncated}:one`)).rejects.toThrow(/is not a regular file/u);
+    await fs.rm(truncated);
     await fs.writeFile(truncated, 'not a tar at all');
     await expect(openImageSource(`oci-archive:${truncated}:one`)).rejects.toBeInstanceOf(InvalidImageError);
   });

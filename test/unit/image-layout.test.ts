@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -263,6 +264,24 @@ describe('OCI layout: layer streams verify while they stream', () => {
     await fs.rm(layout.blobFile(sha256(gzip)));
     await using source = await openImageSource(`oci:${layoutDir()}`);
     await expect(drain(source.openLayer(0))).rejects.toThrow(/layer 0: ENOENT/u);
+  });
+
+  it('a FIFO or a directory where a blob should be fails the read instead of hanging it', async () => {
+    const { layout, image } = await oneLayer('none');
+    const file = layout.blobFile(image.layers[0]!.digest);
+    await fs.rm(file);
+    execFileSync('mkfifo', [file]);
+    {
+      await using source = await openImageSource(`oci:${layoutDir()}`);
+      await expect(drain(source.openLayer(0))).rejects.toThrow(/layer 0 \(blob\): 0 bytes, its descriptor gives \d+/u);
+    }
+    await fs.rm(file);
+    await fs.mkdir(file);
+    await using source = await openImageSource(`oci:${layoutDir()}`);
+    await expect(drain(source.openLayer(0))).rejects.toThrow(/layer 0: EISDIR/u);
+    await fs.rm(layout.blobFile(image.config.digest));
+    execFileSync('mkfifo', [layout.blobFile(image.config.digest)]);
+    await expect(openImageSource(`oci:${layoutDir()}`)).rejects.toThrow(/config sha256:[0-9a-f]+ is missing/u);
   });
 
   it('a zstd frame of RLE blocks (a decompression bomb) comes out in bounded chunks and fails its diff_id', async () => {
