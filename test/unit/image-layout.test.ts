@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -282,6 +283,27 @@ describe('OCI layout: layer streams verify while they stream', () => {
     await fs.rm(layout.blobFile(image.config.digest));
     execFileSync('mkfifo', [layout.blobFile(image.config.digest)]);
     await expect(openImageSource(`oci:${layoutDir()}`)).rejects.toThrow(/config sha256:[0-9a-f]+ is missing/u);
+  });
+
+  it('sha512 digests are read from blobs/sha512/ and verified with sha512', async () => {
+    const layout = await OciLayout.create(layoutDir());
+    const tar = await makeTar([{ name: 'f', content: 'five-twelve' }]);
+    const hex = createHash('sha512').update(tar).digest('hex');
+    await fs.mkdir(path.join(layoutDir(), 'blobs', 'sha512'));
+    await fs.writeFile(path.join(layoutDir(), 'blobs', 'sha512', hex), tar);
+    const image = await layout.image({ layers: [] });
+    const config = await layout.json({ ...image.configJson, rootfs: { type: 'layers', diff_ids: [`sha512:${hex}`] } }, image.config.mediaType);
+    const blob = { mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: `sha512:${hex}`, size: tar.length };
+    const manifest = await layout.json({ schemaVersion: 2, mediaType: image.manifest.mediaType, config, layers: [blob] }, image.manifest.mediaType);
+    await layout.writeIndex([manifest]);
+    {
+      await using source = await openImageSource(`oci:${layoutDir()}`);
+      expect(source.layers[0]!.digest).toBe(`sha512:${hex}`);
+      expect((await drain(source.openLayer(0))).equals(tar)).toBe(true);
+    }
+    await fs.writeFile(path.join(layoutDir(), 'blobs', 'sha512', hex), Buffer.from(tar).fill(0x20, 0, 1));
+    await using source = await openImageSource(`oci:${layoutDir()}`);
+    await expect(drain(source.openLayer(0))).rejects.toThrow(/expected sha512:[0-9a-f]{128}, got sha512:[0-9a-f]{128}/u);
   });
 
   it('a zstd frame of RLE blocks (a decompression bomb) comes out in bounded chunks and fails its diff_id', async () => {
