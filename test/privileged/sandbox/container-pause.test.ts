@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Container } from '../../../src/container/container.js';
 import { InvalidArgumentError, InvalidStateError } from '../../../src/errors.js';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
-import { collect, deleteAllAndCheck, makeStateDir, runcSpecBundle, skipReason, until } from './fixture.js';
+import { collect, deleteAllAndCheck, makeStateDir, runcSpecBundle, skipReason, until, vmpod } from './fixture.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -130,6 +130,34 @@ describe.skipIf(skipReason)(`container pause, resume and update in a sandbox${sk
       // A value in range that the guest's kernel refuses: a cpu this 1-vCPU guest does not have.
       await expect(c.update({ cpu: { cpus: '3' } })).rejects.toMatchObject({ agentCode: 'INVALID_ARGUMENT', message: expect.stringContaining('cpuset.cpus') });
       expect((await exec(c, 'cat /sys/fs/cgroup/memory.max')).out).toBe(`${64 * 2 ** 20}\n`);
+    } finally {
+      await c.delete({ force: true });
+    }
+  });
+
+  it('pauses, resumes and updates a container from the CLI', async () => {
+    const c = await sandbox.createContainer({ id: 'cli', bundle, process: { args: ['sh', '-c', 'while :; do sleep 1; done'] } });
+    await c.start();
+    const target = `${sandbox.id}/cli`;
+    try {
+      const updated = await vmpod(stateDir, ['update', '--memory', '32', '--pids-limit', '50', '--cpus', '1', target]);
+      expect(updated).toMatchObject({ code: 0, stderr: '' });
+      expect((await exec(c, 'cd /sys/fs/cgroup && cat memory.max pids.max cpu.max')).out).toBe(`${32 * 2 ** 20}\n50\n100000 100000\n`);
+      const refused = await vmpod(stateDir, ['update', '--memory', '1g', target]);
+      expect(refused.code).toBe(2);
+      expect(refused.stderr).toContain('--memory "1g"');
+
+      expect(await vmpod(stateDir, ['pause', target])).toMatchObject({ code: 0, stderr: '' });
+      const ps = JSON.parse((await vmpod(stateDir, ['ps', '--json'])).stdout) as { id: string; containers: { id: string; status: string }[] }[];
+      expect(ps.find((r) => r.id === sandbox.id)?.containers.find((x) => x.id === 'cli')?.status).toBe('paused');
+      const execPaused = await vmpod(stateDir, ['exec', target, 'true']);
+      expect(execPaused.code).toBe(125);
+      expect(execPaused.stderr).toContain('is paused');
+      const twice = await vmpod(stateDir, ['pause', target]);
+      expect(twice.code).toBe(125);
+      expect(twice.stderr).toContain('is paused');
+      expect(await vmpod(stateDir, ['resume', target])).toMatchObject({ code: 0, stderr: '' });
+      expect((await vmpod(stateDir, ['exec', target, 'echo', 'thawed'])).stdout).toBe('thawed\n');
     } finally {
       await c.delete({ force: true });
     }
