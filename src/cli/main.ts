@@ -21,8 +21,9 @@ import { guestBuild } from './commands/guest.js';
 import { networkAdd, networkCheck, networkList, networkRemove, networkRescan } from './commands/network.js';
 import { events } from './commands/events.js';
 import { pause, resume, update } from './commands/pause.js';
+import { imageInspect, imageList, imagePrune, imageRemove } from './commands/image.js';
 
-const COMMANDS: readonly Command[] = [run, ps, exec, kill, stop, remove, logs, guestBuild, networkAdd, networkRemove, networkList, networkRescan, networkCheck, events, pause, resume, update];
+const COMMANDS: readonly Command[] = [run, ps, exec, kill, stop, remove, logs, guestBuild, networkAdd, networkRemove, networkList, networkRescan, networkCheck, events, imageList, imageInspect, imageRemove, imagePrune, pause, resume, update];
 
 function help(): string {
   const width = Math.max(...COMMANDS.map((c) => c.words.join(' ').length));
@@ -36,7 +37,8 @@ ${COMMANDS.map((c) => `  ${c.words.join(' ').padEnd(width)}   ${c.summary}`).joi
 Run "vmpod COMMAND --help" for a command's options, "vmpod --version" for the version.
 Exit codes (docker's): run and exec exit with the process's code (128 + N if signal N killed
 it); 2 a usage error, 125 vmpod failed, 126 the command cannot be executed, 127 not found.
-Environment: VMPOD_STATE_DIR (default /run/vmpod), VMPOD_GUEST_CACHE (default /var/cache/vmpod/guest).
+Environment: VMPOD_STATE_DIR (default /run/vmpod), VMPOD_GUEST_CACHE (default /var/cache/vmpod/guest),
+VMPOD_IMAGE_DIR (the image store, default /var/lib/vmpod/images).
 `;
 }
 

@@ -39,6 +39,7 @@ import { STREAM_PORTS_KIND, STREAM_PORT_PREFIX, claimPorts, openClaim, releaseCl
 import { VOLUMES_KIND, detachVolume, hotplugVolume, type VolumesState } from './resources/volumes/index.js';
 import { containerMounts, makeMountPoints, makeRootfsImage, rootfsVolumeName } from './resources/volumes/container.js';
 import type { CallOptions } from '../options.js';
+import { Image, type PreparedImage } from '../image/image.js';
 
 /**
  * How a container's init stdout and stderr reach the host:
@@ -74,6 +75,14 @@ export interface ContainerConfig extends CallOptions {
    * busybox, or the sandbox's `guest.rootfsImage` when it has one; copy-on-write either way.
    */
   rootfs?: string;
+  /**
+   * An OCI image (an {@link Image}, or a reference such as `oci:/srv/images/app:1.0` opened with
+   * the default store): unpacked into the image store where needed, its read-only view shared
+   * into the sandbox and a copy-on-write layer of the container's own over it in the guest; its
+   * config gives the process (Entrypoint ++ Cmd, Env, WorkingDir, User), `process` overrides it.
+   * Not with `bundle` or `rootfs`, nor with `rootfsTransport: 'block'` (docs/images.md).
+   */
+  image?: Image | string;
   /** Overrides of the bundle's process (or the process of a rootfs container: args default to `/bin/sh`). */
   process?: ProcessOverrides;
   /** Hostname (default: the container id, or the bundle's). */
@@ -140,6 +149,8 @@ interface Plan {
   id: string;
   spec: OciSpec;
   hostRootfs: string | undefined;
+  /** The image it runs (its view is `hostRootfs`), holding the store's lock until the entry names it. */
+  image?: PreparedImage | undefined;
   shares: { index: number; source: string; readOnly: boolean }[];
   volumes: ContainerVolume[];
   transport: 'virtiofs' | 'block';
@@ -169,12 +180,29 @@ export class ContainerManager {
     const stdioVia = stdioTransport(options.stdio);
     if (transport !== 'virtiofs' && transport !== 'block') throw new InvalidArgumentError('rootfsTransport', 'must be "virtiofs" or "block"');
     if (options.bundle !== undefined && options.rootfs !== undefined) throw new InvalidArgumentError('rootfs', 'give either a bundle or a rootfs, not both');
+    if (options.image !== undefined) {
+      if (options.bundle !== undefined || options.rootfs !== undefined) throw new InvalidArgumentError('image', 'give an image, a bundle or a rootfs, not several');
+      // The view is an overlayfs shared by every container of the image: it has no place in an ext4 image of its own.
+      if (transport === 'block') throw new InvalidArgumentError('rootfsTransport', 'an image container\'s rootfs travels by virtio-fs only (its layers are shared, copy-on-write in the guest)');
+      if (!(options.image instanceof Image) && typeof options.image !== 'string') throw new InvalidArgumentError('image', 'must be an Image or an image reference');
+      if (!config.sharedFs) throw new InvalidArgumentError('sharedFs', 'this sandbox has no shared filesystem: only the builtin rootfs can be used');
+    }
     if (options.hostname !== undefined && !/^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$/u.test(options.hostname)) {
       throw new InvalidArgumentError('hostname', `${JSON.stringify(options.hostname)} is not a valid hostname`);
     }
     let spec: OciSpec;
     let hostRootfs: string | undefined;
-    if (options.bundle !== undefined) {
+    let image: PreparedImage | undefined;
+    if (options.image !== undefined) {
+      image = await prepareImage(options.image, options.signal);
+      try {
+        spec = applyOverrides(image.spec, overrides);
+      } catch (error) {
+        await image.release();
+        throw error;
+      }
+      hostRootfs = image.view;
+    } else if (options.bundle !== undefined) {
       const bundle = await readBundle(options.bundle);
       spec = applyOverrides(bundle.spec, overrides);
       hostRootfs = bundle.rootfs;
@@ -185,6 +213,19 @@ export class ContainerManager {
       }
       spec = applyOverrides(defaultSpec({ args: ['/bin/sh'], hostname: id, terminal: overrides.terminal ?? false }), overrides);
     }
+    try {
+      return this.#planRest(options, config, { id, spec, hostRootfs, image, volumes, transport, stdioVia });
+    } catch (error) {
+      await image?.release();
+      throw error;
+    }
+  }
+
+  #planRest(
+    options: ContainerConfig,
+    config: SandboxRecord['config'],
+    { id, spec, hostRootfs, image, volumes, transport, stdioVia }: Pick<Plan, 'id' | 'spec' | 'hostRootfs' | 'image' | 'volumes' | 'transport' | 'stdioVia'>,
+  ): Plan {
     if (options.hostname !== undefined) spec.hostname = options.hostname;
     const adapted = adaptSpecForGuest(spec);
     if (((hostRootfs !== undefined && transport === 'virtiofs') || adapted.shares.length > 0) && !config.sharedFs) {
@@ -205,12 +246,20 @@ export class ContainerManager {
               : undefined;
       if (why) throw new InvalidArgumentError('stdio.detached', why);
     }
-    return { id, spec: adapted.spec, hostRootfs, shares: adapted.shares, volumes, transport, stdio: normaliseStdio(options.stdio, terminal), stdioVia, log, detached };
+    return { id, spec: adapted.spec, hostRootfs, ...(image ? { image } : {}), shares: adapted.shares, volumes, transport, stdio: normaliseStdio(options.stdio, terminal), stdioVia, log, detached };
   }
 
   /** Creates a container in the running sandbox (see the module's description). */
   async create(options: ContainerConfig, config: SandboxRecord['config']): Promise<CreatedContainer> {
     const plan = await this.plan(options, config);
+    try {
+      return await this.#create(plan, options);
+    } finally {
+      await plan.image?.release();
+    }
+  }
+
+  async #create(plan: Plan, options: ContainerConfig): Promise<CreatedContainer> {
     const call = { ...(options.signal ? { signal: options.signal } : {}), ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }) };
     const session = await this.sandbox.session(call, 'creating a container');
     const owner = newOwner();
@@ -219,6 +268,8 @@ export class ContainerManager {
     const streams: DirectStreamReadable[] = [];
     try {
       const prepared = await this.#prepareHost(plan, owner, session, await this.#liveIfPortsShort(plan, session));
+      // The entry names the image now: the store's removals see it in use.
+      await plan.image?.release();
       claims = prepared.claims;
       let rootfs = prepared.rootfs;
       if (plan.hostRootfs !== undefined && plan.transport === 'block') rootfs = await this.#blockRootfs(plan, session, call);
@@ -277,15 +328,22 @@ export class ContainerManager {
       const guestPages = tx.record.config.hugepages?.guestPages ?? 0;
       const volumeMounts = containerMounts(tx.record.resources[VOLUMES_KIND], plan.volumes, plan.spec, guestPages);
       plan.spec.mounts!.push(...volumeMounts);
-      if (plan.hostRootfs !== undefined && plan.transport === 'virtiofs' && plan.spec.root?.readonly === true) {
+      if (plan.image) {
+        entry.image = { chainId: plan.image.chainId, store: plan.image.store };
+        await tx.save();
+      }
+      if (plan.hostRootfs !== undefined && plan.image === undefined && plan.transport === 'virtiofs' && plan.spec.root?.readonly === true) {
         await makeMountPoints(plan.hostRootfs, volumeMounts, plan.spec.mounts!);
       }
       let rootfs = 'builtin';
       // The user's rootfs image replaces the builtin rootfs: copy-on-write over its mount.
-      const overlay = plan.hostRootfs === undefined && tx.record.config.guest.rootfsImage !== undefined;
-      if (overlay) rootfs = guestRootfsImageDir(session.guestStateDir);
+      // An image's view is read-only and shared: the container writes to a layer of its own over it.
+      const overlay = plan.image !== undefined || (plan.hostRootfs === undefined && tx.record.config.guest.rootfsImage !== undefined);
+      if (overlay && plan.image === undefined) rootfs = guestRootfsImageDir(session.guestStateDir);
       if (plan.hostRootfs !== undefined && plan.transport === 'virtiofs') {
         rootfs = `${guestShared}/${await this.#acquireRootfs(tx, entry, plan, session)}`;
+        // An image's root is a folder of its shared view (the guest's overlayfs refuses the share's submount point itself).
+        if (plan.image) rootfs = `${rootfs}/${plan.image.root}`;
       }
       for (const s of plan.shares) {
         const bound = await share(resources, tx.record, options).bind({ top: 'mounts', prefix: `${plan.id}-${s.index}`, source: s.source, readOnly: s.readOnly });
@@ -316,7 +374,7 @@ export class ContainerManager {
   async #acquireRootfs(tx: Transaction, entry: ContainerEntry, plan: Plan, session: GuestSession): Promise<string> {
     const { resources } = this.sandbox;
     const options = session.contextOptions;
-    const readOnly = plan.spec.root?.readonly === true;
+    const readOnly = plan.image !== undefined || plan.spec.root?.readonly === true;
     const stat = await fs.stat(plan.hostRootfs!);
     const key = `${stat.dev.toString(16)}-${stat.ino.toString(16)}-${readOnly ? 'ro' : 'rw'}`;
     const sharedFs = resources.find(SHARED_FS_KIND)!;
@@ -634,4 +692,11 @@ async function spawnCriLogger(sandboxId: string, sandboxDir: string, id: string,
 function ignoreNotFound(error: unknown): void {
   if (error instanceof NotFoundError || (error instanceof AgentError && error.agentCode === 'NOT_FOUND')) return;
   throw error;
+}
+
+/** An image opened (when given as a reference, with the default store) and prepared for a container; the reference's image is closed again. */
+async function prepareImage(image: Image | string, signal: AbortSignal | undefined): Promise<PreparedImage> {
+  if (image instanceof Image) return image.prepareForContainer(signal);
+  await using opened = await Image.open(image, signal ? { signal } : {});
+  return opened.prepareForContainer(signal);
 }

@@ -72,6 +72,8 @@ export interface ContainerEntry {
   inGuest?: boolean;
   /** Host path of the OCI bundle it was made from. */
   bundle?: string;
+  /** The image it runs: its chain id (its view's name) and the store holding it (src/image/store.ts reads this). */
+  image?: { chainId: string; store: string };
   /** The detached writer of its log (`stdio.detached`), recorded when spawned. */
   logger?: ProcessIdentity;
 }
@@ -135,6 +137,8 @@ export function checkRecord(value: unknown, file: string): SandboxRecord {
     if (entry['owner'] !== undefined && !isOwner(entry['owner'])) bad(`containers.${id}.owner is invalid`);
     if (entry['bundle'] !== undefined && (typeof entry['bundle'] !== 'string' || !entry['bundle'].startsWith('/'))) bad(`containers.${id}.bundle is invalid`);
     if (entry['logger'] !== undefined && !isProcessIdentity(entry['logger'])) bad(`containers.${id}.logger is invalid`);
+    const image = entry['image'];
+    if (image !== undefined && (!isObject(image) || typeof image['chainId'] !== 'string' || typeof image['store'] !== 'string')) bad(`containers.${id}.image is invalid`);
   }
   return value as unknown as SandboxRecord;
 }

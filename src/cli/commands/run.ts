@@ -14,6 +14,8 @@ import { printJson, UsageError } from '../io.js';
 import { CPUS, DEFAULT_MEMORY_MIB, MEMORY_MIB, USER_ID, memoryMiB } from '../limits.js';
 import { PROCESS_OPTIONS, PROCESS_USAGE, attachStdio, processOverrides, shellExitCode } from '../process-options.js';
 import { nfvOptions } from '../nfv-options.js';
+import { Image } from '../../image/image.js';
+import { isImageReference, progressLine } from './image.js';
 
 const FORWARDED_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'];
 /** Signals that interrupt a run whose container does not run yet. */
@@ -77,11 +79,15 @@ function numericIds(option: string, value: string, most: 2 | 3): number[] {
 export const run: Command = {
   words: ['run'],
   summary: 'run a container in a new sandbox (VM)',
-  usage: `Usage: vmpod run [OPTIONS] [BUNDLE_OR_ROOTFS] [-- CMD [ARG...]]
+  usage: `Usage: vmpod run [OPTIONS] [BUNDLE_OR_ROOTFS | IMAGE] [-- CMD [ARG...]]
 
 Boots a sandbox, runs one container in it, streams its output and exits with its exit code.
 BUNDLE_OR_ROOTFS is an OCI bundle (a directory with config.json) or a root filesystem
-directory; without it the builtin busybox rootfs is used.
+directory; without it the builtin busybox rootfs is used. IMAGE is an OCI image:
+oci:DIR[:REF] (an OCI image layout), oci-archive:FILE[:REF] or docker-archive:FILE[:NAME:TAG];
+its layers are unpacked once into the image store ($VMPOD_IMAGE_DIR, default
+/var/lib/vmpod/images; see "vmpod image"); CMD replaces its whole command (Entrypoint
+and Cmd), as it does a bundle's process.args (docs/images.md).
 
 Options:
       --rm              delete the sandbox when the container exits (or when the
@@ -168,7 +174,13 @@ ${PROCESS_USAGE}
       volumes: mounts,
     };
     const source = parsed.positionals[0];
-    if (source !== undefined) {
+    let image: Image | undefined;
+    if (source !== undefined && isImageReference(source)) {
+      // Opened (and checked) before any VM is made; unpacked when the container is created.
+      const quietImage = o['quiet'] === true;
+      image = await Image.open(source, quietImage ? {} : { onProgress: (p) => void process.stderr.write(`vmpod: ${printableField(progressLine(source, p))}\n`) });
+      container.image = image;
+    } else if (source !== undefined) {
       const dir = path.resolve(source);
       const isBundle = await fs.stat(path.join(dir, 'config.json')).then(() => true, () => false);
       if (isBundle) container.bundle = dir;
@@ -243,6 +255,7 @@ ${PROCESS_USAGE}
       throw error;
     } finally {
       stopInterrupts();
+      await image?.close();
     }
     if (o['rm']) await sandbox.delete({ force: true });
     else await sandbox.stop();
