@@ -16,3 +16,7 @@ export type { ImageConfig, ImageExecConfig } from './config.js';
 export { readFileInRoot } from './in-root.js';
 export { applyLayer, normaliseEntryName } from './unpack.js';
 export type { ApplyLayerOptions, LayerCounts, LayerLimits, LayerMode } from './unpack.js';
+export { Image } from './image.js';
+export type { ImageOpenOptions, ImageLayerInfo, StoreOptions, UnpackProgress, UnpackResult } from './image.js';
+export { DEFAULT_IMAGE_STORE, chainId } from './store.js';
+export type { ImageRecord, LayerRecord } from './store.js';
