@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { busyboxImage, imageSkipReason, removeTestImages, type TestImage } from './helpers/oci-images.js';
 import { OCI_RUNTIMES } from './helpers/oci-runtimes.js';
 import { makePodman, podmanSkipReason, processesMentioning, type Podman } from './helpers/podman.js';
+import { librarySandboxId } from '../../src/runtime/sandbox-choice.js';
 
 const PTY_RELAY = path.resolve('test/privileged/sandbox/pty-relay.py');
 const baseSkip = (await podmanSkipReason()) ?? (await imageSkipReason());
@@ -63,7 +64,11 @@ for (const runtime of OCI_RUNTIMES) {
         expect(ps.stdout.trim()).toBe('');
         // The host's: no conmon, runtime, monitor or VM process of these containers, no runtime
         // state, no mount under podman's folder, no new netns.
-        for (const id of ids) expect(await processesMentioning(id), `processes of ${id}`).toEqual([]);
+        // A VM's command line names its sandbox: the container id, or a digest of a long one.
+        for (const id of ids) {
+          expect(await processesMentioning(id), `processes of ${id}`).toEqual([]);
+          expect(await processesMentioning(librarySandboxId(id)), `processes of ${id}'s sandbox`).toEqual([]);
+        }
         for (const id of ids) {
           const state = spawnSync(runtime.path, ['state', id], { encoding: 'utf8' });
           expect(state.status, `${runtime.name} state ${id}: ${state.stdout}`).not.toBe(0);
@@ -77,6 +82,15 @@ for (const runtime of OCI_RUNTIMES) {
       expect(await fs.stat(pm.dir).catch(() => undefined)).toBeUndefined();
     });
 
+    /** `podman run --rm ARGS...`, the container's id recorded (--cidfile) for the leftover check. */
+    async function runRm(args: string[]): Promise<Awaited<ReturnType<Podman['podman']>>> {
+      const cidfile = path.join(pm.dir, `cid-${ids.length}-${Date.now()}`);
+      const r = await pm.podman(['run', '--rm', '--cidfile', cidfile, ...pm.containerArgs, ...args]);
+      const id = (await fs.readFile(cidfile, 'utf8').catch(() => '')).trim();
+      if (id !== '') ids.push(id);
+      return r;
+    }
+
     /** The full id podman gave the container named `name`. */
     async function idOf(name: string): Promise<string> {
       const r = await pm.podman(['inspect', '--format', '{{.Id}}', name]);
@@ -89,19 +103,20 @@ for (const runtime of OCI_RUNTIMES) {
 
     it('run --rm prints the kernel release of where the container runs', async () => {
       const expected = await runtime.kernelRelease();
-      const r = await pm.podman(['run', '--rm', ...pm.containerArgs, image.ociRef, 'uname', '-r']);
+      const r = await runRm([image.ociRef, 'uname', '-r']);
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout.trim()).toBe(expected);
       if (runtime.vm) expect(r.stdout.trim()).not.toBe(os.release());
       // The image's layers, as podman unpacked them: layer 3 there, layer 2's whiteout applied.
-      const cat = await pm.podman(['run', '--rm', ...pm.containerArgs, image.ociRef, 'sh', '-c', `cat /etc/motd; ls ${image.whiteout} 2>&1; true`]);
+      const cat = await runRm([image.ociRef, 'sh', '-c', `cat /etc/motd; ls ${image.whiteout} 2>&1; true`]);
       expect(cat.code, cat.stderr).toBe(0);
       expect(cat.stdout).toContain(image.motd);
       expect(cat.stdout).toMatch(/No such file or directory/u);
     });
 
     it("run passes the container's exit code through", async () => {
-      const r = await pm.podman(['run', '--rm', ...pm.containerArgs, image.ociRef, 'sh', '-c', 'echo out; echo err >&2; exit 7']);
+      const r = await runRm([image.ociRef, 'sh', '-c', 'echo out; echo err >&2; exit 7']);
+      expect(ids.length).toBeGreaterThan(0);
       expect(r.code, r.stderr).toBe(7);
       expect(r.stdout).toBe('out\n');
       expect(r.stderr).toContain('err\n');
@@ -143,7 +158,8 @@ for (const runtime of OCI_RUNTIMES) {
     });
 
     it('run -it under a terminal: what is typed reaches the shell, its output comes back', async () => {
-      const args = [PTY_RELAY, '24', '80', '--', '/usr/bin/podman', ...pm.globalArgs, 'run', '-it', '--rm', ...pm.containerArgs, image.ociRef, 'sh'];
+      const cidfile = path.join(pm.dir, 'cid-tty');
+      const args = [PTY_RELAY, '24', '80', '--', '/usr/bin/podman', ...pm.globalArgs, 'run', '-it', '--rm', '--cidfile', cidfile, ...pm.containerArgs, image.ociRef, 'sh'];
       const relay = spawn('python3', args, { env: pm.env, stdio: ['pipe', 'pipe', 'pipe'] });
       let screen = '';
       let status = '';
@@ -162,6 +178,7 @@ for (const runtime of OCI_RUNTIMES) {
       } finally {
         if (relay.exitCode === null) relay.kill('SIGKILL');
       }
+      ids.push((await fs.readFile(cidfile, 'utf8')).trim());
       expect(screen).toContain('42x');
       expect(screen).toContain('tty-yes');
       expect(status).toContain('exit 5');
