@@ -28,6 +28,6 @@ export {
 } from './messages.js';
 export type { ConfigureInterfaceRequest, ConfiguredInterface, GuestNeighbor, GuestNetworkInfo, GuestRoute, NetworkConfigRequest } from './network.js';
 export { StdioReadable, StdioWritable, type ProcessStdio } from './stdio.js';
-export { checkResources, MAX_CPU_QUOTA_US, MAX_PIDS, MIN_MEMORY_LIMIT, type ContainerResources } from './resources.js';
+export { checkResources, resourcesFromOci, MAX_CPU_QUOTA_US, MAX_PIDS, MIN_MEMORY_LIMIT, type ContainerResources, type OciResourcesUpdate } from './resources.js';
 export { DirectStreamReadable, MarkerMatcher, MARKER_SIZE, newMarker, type DirectStreamOptions } from './direct-stream.js';
 export { MAX_PAYLOAD, MAX_DATA_CHUNK, INITIAL_WINDOW } from './framing.js';

@@ -133,3 +133,54 @@ export function checkResources(resources: unknown, field = 'resources'): Contain
   if (count === 0) throw new InvalidArgumentError(field, 'holds nothing to update');
   return out;
 }
+
+/** What {@link resourcesFromOci} kept of an OCI `linux.resources`, and what it left out. */
+export interface OciResourcesUpdate {
+  /** The fields an update can change, unset ones (runc's zeros) left out; `null` when none is set. */
+  resources: ContainerResources | null;
+  /** Dotted names of the fields given that an update does not change (`devices`, `hugepageLimits`, `memory.kernel`, ...). */
+  ignored: string[];
+}
+
+/**
+ * The part of an OCI `linux.resources` object (what `runc update --resources -` reads, what
+ * containerd's shim sends: the whole new resources of the container) that
+ * {@link checkResources} takes: memory limit, reservation and swap; cpu shares, quota, period,
+ * cpus, mems; pids limit; block I/O weight. As runc does, a zero or empty value means "not set"
+ * and is left out (a pids limit of 0 too); the fields vmpod does not update (device rules,
+ * hugepage limits, `unified`, realtime cpu, kernel memory, swappiness, throttling, ...) are
+ * named in `ignored`, for the caller to log. Values are not checked here: pass the result to
+ * `update()`, which checks them.
+ */
+export function resourcesFromOci(oci: unknown): OciResourcesUpdate {
+  const ignored: string[] = [];
+  if (typeof oci !== 'object' || oci === null || Array.isArray(oci)) throw new InvalidArgumentError('resources', 'must be an object (OCI linux.resources)');
+  const set = (v: unknown): boolean => v !== undefined && v !== null && v !== 0 && v !== '';
+  const pick = (part: string, from: unknown, keys: readonly string[]): Record<string, unknown> | undefined => {
+    if (from === undefined || from === null) return undefined;
+    if (typeof from !== 'object' || Array.isArray(from)) throw new InvalidArgumentError(`resources.${part}`, 'must be an object');
+    const out: Record<string, unknown> = {};
+    for (const [key, value] of Object.entries(from)) {
+      if (keys.includes(key)) {
+        if (set(value)) out[key] = value;
+      } else if (value !== undefined && value !== null) {
+        ignored.push(`${part}.${key}`);
+      }
+    }
+    return Object.keys(out).length > 0 ? out : undefined;
+  };
+  const r = oci as Record<string, unknown>;
+  const resources: ContainerResources = {};
+  const memory = pick('memory', r['memory'], ['limit', 'reservation', 'swap']);
+  if (memory) resources.memory = memory;
+  const cpu = pick('cpu', r['cpu'], ['shares', 'quota', 'period', 'cpus', 'mems']);
+  if (cpu) resources.cpu = cpu;
+  const pids = pick('pids', r['pids'], ['limit']);
+  if (pids) resources.pids = pids as { limit: number };
+  const blockIO = pick('blockIO', r['blockIO'], ['weight']);
+  if (blockIO) resources.blockIO = blockIO;
+  for (const [key, value] of Object.entries(r)) {
+    if (!['memory', 'cpu', 'pids', 'blockIO'].includes(key) && value !== undefined && value !== null) ignored.push(key);
+  }
+  return { resources: Object.keys(resources).length > 0 ? resources : null, ignored };
+}

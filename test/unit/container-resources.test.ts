@@ -2,7 +2,7 @@
 // the states they move through, and checkResources field by field.
 import { describe, expect, it } from 'vitest';
 import type { AgentClient } from '../../src/agent/client.js';
-import { checkResources, MAX_CPU_QUOTA_US } from '../../src/agent/resources.js';
+import { checkResources, MAX_CPU_QUOTA_US, resourcesFromOci } from '../../src/agent/resources.js';
 import { Container, type ContainerHost } from '../../src/container/container.js';
 import { InvalidArgumentError, InvalidStateError } from '../../src/errors.js';
 import type { ContainerState } from '../../src/sandbox/state-machine.js';
@@ -133,5 +133,36 @@ describe('Container.pause, resume and update', () => {
       await expect(other.c.resume()).rejects.toBeInstanceOf(InvalidStateError);
       expect(other.calls).toEqual([]);
     }
+  });
+});
+
+describe('resourcesFromOci', () => {
+  it("keeps what an update can change of what containerd's shim sends, leaving runc's unset zeros out and naming the rest", () => {
+    // The shape of a full LinuxResources as containerd marshals it for `runc update --resources -`.
+    const oci = {
+      devices: [{ allow: false, access: 'rwm' }],
+      memory: { limit: 268435456, reservation: 0, swap: 536870912, kernel: 0, swappiness: null, disableOOMKiller: false },
+      cpu: { shares: 1024, quota: 50000, period: 100000, realtimeRuntime: 0, realtimePeriod: 0, cpus: '', mems: '' },
+      pids: { limit: 0 },
+      blockIO: { weight: 0, weightDevice: [] },
+      hugepageLimits: [],
+      unified: { 'memory.high': '1000000' },
+    };
+    const { resources, ignored } = resourcesFromOci(oci);
+    expect(resources).toEqual({ memory: { limit: 268435456, swap: 536870912 }, cpu: { shares: 1024, quota: 50000, period: 100000 } });
+    expect(ignored.sort()).toEqual(
+      ['blockIO.weightDevice', 'cpu.realtimePeriod', 'cpu.realtimeRuntime', 'devices', 'hugepageLimits', 'memory.disableOOMKiller', 'memory.kernel', 'unified'].sort(),
+    );
+    // What it keeps passes the check unchanged.
+    expect(checkResources(resources)).toEqual(resources);
+    expect(resourcesFromOci({ pids: { limit: 32 }, cpu: { cpus: '0-1' } }).resources).toEqual({ pids: { limit: 32 }, cpu: { cpus: '0-1' } });
+    expect(resourcesFromOci({ devices: [] })).toEqual({ resources: null, ignored: ['devices'] });
+  });
+
+  it('refuses what is not an OCI resources object; values are left to checkResources', () => {
+    expect(() => resourcesFromOci(null)).toThrow(InvalidArgumentError);
+    expect(() => resourcesFromOci({ memory: 5 })).toThrow('resources.memory: must be an object');
+    const odd = resourcesFromOci({ memory: { limit: 12 } }).resources;
+    expect(() => checkResources(odd)).toThrow('resources.memory.limit');
   });
 });
