@@ -192,13 +192,20 @@ function stringRecord(value: unknown): Record<string, string> {
   return Object.fromEntries(Object.entries(value).filter((e): e is [string, string] => typeof e[1] === 'string'));
 }
 
-/** Reads, verifies and checks an image config blob. */
+/**
+ * Reads, verifies and checks an image config blob; an image for another platform than
+ * linux/amd64 (a single-platform image, or a wrong entry of an index) is ImageNotFoundError.
+ */
 export async function readConfig(storage: BlobStorage, name: string, digest: string, size: number | undefined, reference: string): Promise<ImageConfig> {
   const bytes = await readBlob(storage, name, { what: `config ${digest}`, reference, digest, size });
   const value = parseJsonObject(bytes, `config ${digest}`, reference);
-  return checkImageConfig(value, (problem) => {
+  const config = checkImageConfig(value, (problem) => {
     throw new InvalidImageError(reference, problem);
   }, isDigest);
+  if (config.os !== PLATFORM.os || config.architecture !== PLATFORM.architecture) {
+    throw new ImageNotFoundError(reference, `the image is ${printable(config.os)}/${printable(config.architecture)}; vmpod runs ${PLATFORM.os}/${PLATFORM.architecture} images`);
+  }
+  return config;
 }
 
 /** What a {@link StoredImageSource} is made of. */

@@ -102,6 +102,8 @@ describe('OCI layout: picking the manifest', () => {
     expect(source.config.config.Cmd).toEqual(['amd']);
     expect((await drain(source.openLayer(0))).equals(amd.tars[0]!)).toBe(true);
 
+    await layout.writeIndex([{ ...arm.manifest, ref: 'arm-alone' }]);
+    await expect(openImageSource(`oci:${layoutDir()}:arm-alone`)).rejects.toThrow(/the image is "linux"\/"arm64"; vmpod runs linux\/amd64 images/u);
     const armOnly = await layout.index([{ ...arm.manifest, platform: { os: 'linux', architecture: 'arm64' } }]);
     await layout.writeIndex([{ ...armOnly, ref: 'arm' }]);
     await expect(openImageSource(`oci:${layoutDir()}:arm`)).rejects.toThrow(/no linux\/amd64 manifest \(it has: linux\/arm64\)/u);
