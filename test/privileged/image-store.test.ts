@@ -2,7 +2,8 @@
  * The image store on the host, for real: layers applied in overlay form by the unpacker, the
  * read-only view of their chain mounted (whiteouts and an opaque directory across layers, a
  * one-layer image), a view that another mount still holds (as a sandbox share's bind does) never
- * unmounted nor its layers removed, and prune leaving nothing mounted.
+ * unmounted nor its layers removed, prune leaving nothing mounted, and one image read from
+ * three transports unpacked once.
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -16,7 +17,9 @@ import { ImageStore, chainId, type ImageRecord } from '../../src/image/store.js'
 import { applyLayer } from '../../src/image/unpack.js';
 import { InvalidStateError } from '../../src/errors.js';
 import { mountPoints } from '../../src/state/remove.js';
+import { Image } from '../../src/image/image.js';
 import { bigFile, testLayers } from './helpers/image-build.js';
+import { busyboxImage, imageSkipReason, removeTestImages } from './helpers/oci-images.js';
 
 const exec = promisify(execFile);
 const skip = process.getuid?.() !== 0 ? 'needs root (mounts)' : undefined;
@@ -119,5 +122,51 @@ describe.skipIf(skip)(`the image store's layers and views${skip ? ` (skipped: ${
     expect((await mountPoints()).filter((m) => m.startsWith(store.dir))).toEqual([]);
     expect(await fs.readdir(path.join(store.dir, 'layers'))).toEqual([]);
     expect(await fs.readdir(path.join(store.dir, 'views'))).toEqual([]);
+  });
+});
+
+const why = skip ?? (await imageSkipReason());
+
+describe.skipIf(why)(`one store for every transport${why ? ` (skipped: ${why})` : ''}`, () => {
+  let work: string;
+
+  beforeAll(async () => {
+    work = await fs.mkdtemp(path.join(os.tmpdir(), 'vmpod-imgt-'));
+  });
+
+  afterAll(async () => {
+    await removeTestImages();
+    const left = (await mountPoints()).filter((m) => m.startsWith(work));
+    for (const m of [...left].reverse()) await exec('umount', ['-l', m]).catch(() => undefined);
+    await fs.rm(work, { recursive: true, force: true });
+    expect(left).toEqual([]);
+  });
+
+  it('the same image from a layout, an oci-archive and a docker-archive is unpacked once: layers are shared by diff_id', async () => {
+    const test = await busyboxImage();
+    const store = path.join(work, 'store');
+    await using fromLayout = await Image.open(test.ociRef, { store });
+    expect(await fromLayout.unpack()).toEqual({ unpacked: 3, reused: 0 });
+    await using fromArchive = await Image.open(test.ociArchiveRef, { store });
+    expect(await fromArchive.cached()).toBe(true);
+    expect(await fromArchive.unpack()).toEqual({ unpacked: 0, reused: 3 });
+    // The same manifest: one record, both references.
+    expect(fromArchive.id).toBe(fromLayout.id);
+    await using fromDocker = await Image.open(`docker-archive:${test.dockerArchive}`, { store });
+    expect(await fromDocker.unpack()).toEqual({ unpacked: 0, reused: 3 });
+    // A docker archive stores no manifest: its id in the store is its config's digest.
+    expect(fromDocker.manifestDigest).toBeUndefined();
+    expect(fromDocker.id).toBe(fromDocker.configDigest);
+    const records = await Image.list({ store });
+    expect(records.map((r) => r.references.length).sort()).toEqual([1, 2]);
+    const root = await fromDocker.view();
+    expect(await fs.readFile(path.join(root, 'etc/motd'), 'utf8')).toBe(test.motd);
+    await expect(fs.lstat(path.join(root, test.whiteout))).rejects.toThrow(/ENOENT/u);
+    // The same layers: one view for both records, and prune removes everything.
+    expect(await fromLayout.view()).toBe(root);
+    const pruned = await Image.prune({ store, stateDir: path.join(work, 'no-state') });
+    expect(pruned.images).toHaveLength(2);
+    expect(pruned.layers).toHaveLength(3);
+    expect((await mountPoints()).filter((m) => m.startsWith(store))).toEqual([]);
   });
 });
