@@ -732,6 +732,13 @@ void Agent::PauseContainer(Session& s, uint32_t stream, const json& p, bool paus
   if (c.freezing) throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" is being paused or resumed already");
   if (pause && c.paused) throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" is paused already");
   if (!pause && !c.paused) throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\" is running, not paused");
+  // An exec between its clone and its execve would join the frozen cgroup and stop half-way,
+  // its Exec unanswered until the resume.
+  for (auto& [eid, e] : c.execs) {
+    if (pause && e->state == Process::kCreating) {
+      throw Error(Code::kFailedPrecondition, "container \"" + c.id + "\": exec \"" + eid + "\" is starting; pause it once the exec has started");
+    }
+  }
   if (!PathExists(c.cgroup + "/cgroup.freeze")) {
     throw Error(Code::kFailedPrecondition, "this kernel's cgroups cannot freeze (no cgroup.freeze): cannot " + std::string(verb) + " \"" + c.id + "\"");
   }
