@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { VmpodError } from '../../src/errors.js';
 import { DigestMismatchError, ImageNotFoundError, InvalidImageError } from '../../src/image/errors.js';
 import { openImageSource } from '../../src/image/open.js';
 import { makeTar, OciLayout, sha256, writeDockerArchive, writeOciArchive, type TarEntrySpec } from './helpers/oci-image.js';
@@ -156,6 +157,49 @@ describe('oci-archive', () => {
     }
     await fs.writeFile(file, await makeTar([...entries, { name: `blobs/sha256/${hex}`, type: 'symlink', linkname: '../../../store/config' }]));
     await expect(openImageSource(`oci-archive:${file}:one`)).rejects.toThrow(/config sha256:[0-9a-f]+ is missing/u);
+  });
+});
+
+describe('archives with random damage', () => {
+  it('a damaged archive opens and streams, or fails with a vmpod error: never a raw exception, never a hang', async () => {
+    const { layout } = await twoImageLayout();
+    const base = path.join(dir, 'base.tar');
+    await writeOciArchive(layout.dir, base);
+    const original = await fs.readFile(base);
+    const docker = path.join(dir, 'docker.tar');
+    await writeDockerArchive(docker, [{ repoTags: ['a:1'], layers: [{ entries: [{ name: 'x', content: 'y' }] }] }]);
+    const originalDocker = await fs.readFile(docker);
+    let seed = 20261208;
+    const random = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    const outcomes = new Map<string, number>();
+    for (let round = 0; round < 200; round++) {
+      const [source, transport] = round % 2 === 0 ? [original, 'oci-archive'] : [originalDocker, 'docker-archive'];
+      const bytes = Buffer.from(source);
+      // A few bytes changed, mostly in the headers (the first 512 bytes of each block that has one).
+      for (let i = 0, n = 1 + random(4); i < n; i++) {
+        const at = random(4) === 0 ? random(bytes.length) : random(Math.floor(bytes.length / 512)) * 512 + random(512);
+        bytes[at] = random(256);
+      }
+      const file = path.join(dir, `damaged-${round}.tar`);
+      await fs.writeFile(file, bytes);
+      let outcome: string;
+      try {
+        await using image = await openImageSource(`${transport}:${file}${transport === 'oci-archive' ? ':one' : ''}`);
+        for (const layer of image.layers) await drain(image.openLayer(layer.index));
+        outcome = 'ok';
+      } catch (error) {
+        expect(error, `round ${round}`).toBeInstanceOf(VmpodError);
+        outcome = (error as VmpodError).code;
+      }
+      outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+      await fs.rm(file);
+    }
+    // Both ends seen: damage that changes nothing that matters, and damage refused.
+    expect(outcomes.get('ERR_VMPOD_INVALID_IMAGE') ?? 0).toBeGreaterThan(0);
+    expect(outcomes.get('ok') ?? 0).toBeGreaterThan(0);
   });
 });
 
