@@ -228,7 +228,7 @@ export class Image implements AsyncDisposable {
     return result;
   }
 
-  /** Writes (or refreshes) the image's record: its references, its last use. */
+  /** Writes (or refreshes) the image's record: its references, its last use. The caller holds the store's lock. */
   async #record(): Promise<void> {
     const now = new Date().toISOString();
     const old = await this.#store.image(this.id);
@@ -246,6 +246,12 @@ export class Image implements AsyncDisposable {
       lastUsed: now,
     };
     await this.#store.writeImage(record);
+    // A reference names one image: one that moved (a tag given to a new build) leaves the old record.
+    for (const other of await this.#store.images()) {
+      if (other.id !== this.id && other.references.includes(this.reference)) {
+        await this.#store.writeImage({ ...other, references: other.references.filter((r) => r !== this.reference) });
+      }
+    }
   }
 
   /**

@@ -18,7 +18,7 @@ import { applyLayer } from '../../src/image/unpack.js';
 import { InvalidStateError } from '../../src/errors.js';
 import { mountPoints } from '../../src/state/remove.js';
 import { Image } from '../../src/image/image.js';
-import { bigFile, testLayers } from './helpers/image-build.js';
+import { bigFile, testLayers, writeTestLayout } from './helpers/image-build.js';
 import { busyboxImage, imageSkipReason, removeTestImages } from './helpers/oci-images.js';
 
 const exec = promisify(execFile);
@@ -83,6 +83,25 @@ describe.skipIf(skip)(`the image store's layers and views${skip ? ` (skipped: ${
     expect((await mountPoints()).filter((m) => m === point)).toHaveLength(1);
     await store.prune({ stateDir: path.join(work, 'no-state') });
     expect((await mountPoints()).filter((m) => m.startsWith(store.dir))).toEqual([]);
+  });
+
+  it('a reference that now names another image (a tag moved) names only the new one in the store', async () => {
+    const store = path.join(work, 'store-moved');
+    const layout = path.join(work, 'layout-moved');
+    const old = await writeTestLayout(layout, 'app', layers.slice(0, 2));
+    await using first = await Image.open(old.reference, { store });
+    await first.unpack();
+    await fs.rm(layout, { recursive: true });
+    const moved = await writeTestLayout(layout, 'app', layers);
+    await using second = await Image.open(moved.reference, { store });
+    expect(await second.unpack()).toEqual({ unpacked: 1, reused: 2 });
+    expect((await Image.inspect(moved.reference, { store })).id).toBe(moved.manifestDigest);
+    const records = await Image.list({ store });
+    expect(records.map((r) => [r.id, r.references])).toEqual([
+      [old.manifestDigest, []],
+      [moved.manifestDigest, [moved.reference]],
+    ]);
+    await Image.prune({ store, stateDir: path.join(work, 'no-state') });
   });
 
   it('a one-layer image is a view too (an overlay over the empty folder); its whiteouts name nothing', async () => {
