@@ -71,9 +71,7 @@ export interface UnpackResult {
 /**
  * What a container of an image gets (see `sandbox.createContainer({ image })`): the view to
  * share, its runtime spec, and the store's shared lock, held until the container's record names
- * the image (then `release()`).
- *
- * @internal
+ * the image (then `release()`). Made by the sandbox; not something to call.
  */
 export interface PreparedImage {
   chainId: string;
