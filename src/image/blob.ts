@@ -77,8 +77,20 @@ export function directoryStorage(root: string): BlobStorage {
       return stat?.isFile() ? stat.size : undefined;
     },
     open(name) {
-      // O_NONBLOCK: a FIFO put where a blob should be fails the read (EAGAIN) instead of hanging it.
-      return fs.createReadStream(resolve(name), { flags: fs.constants.O_RDONLY | fs.constants.O_NONBLOCK });
+      // O_NONBLOCK: a FIFO put where a blob should be reads as empty (refused by size) instead
+      // of hanging the open until a writer comes.
+      const out = new PassThrough();
+      fs.promises.open(resolve(name), fs.constants.O_RDONLY | fs.constants.O_NONBLOCK).then(
+        (handle) => {
+          if (out.destroyed) {
+            void handle.close();
+            return;
+          }
+          pipeline(handle.createReadStream(), out, () => {});
+        },
+        (error: unknown) => out.destroy(error as Error),
+      );
+      return out;
     },
     async close() {},
   };
