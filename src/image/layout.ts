@@ -135,7 +135,8 @@ export async function resolveManifest(storage: BlobStorage, ref: string | undefi
     if (top.length > 1) throw new ImageNotFoundError(reference, `the layout holds ${top.length} manifests: name one (oci:DIR:REF; ${describeRefs(top)})`);
     descriptor = top[0]!;
   }
-  const seen = new Set<string>();
+  // No loop can form: each index is verified against its digest before it is parsed, and no
+  // blob can hold its own digest (or an ancestor's). The depth limit bounds the walk anyway.
   for (let depth = 0; ; depth++) {
     const kind = mediaKind(descriptor.mediaType);
     if (kind !== 'index' && kind !== 'manifest') {
@@ -146,8 +147,6 @@ export async function resolveManifest(storage: BlobStorage, ref: string | undefi
       return { descriptor, manifest };
     }
     if (depth >= MAX_INDEX_DEPTH) throw new InvalidImageError(reference, `indexes nest deeper than ${MAX_INDEX_DEPTH}`);
-    if (seen.has(descriptor.digest)) throw new InvalidImageError(reference, `index ${descriptor.digest} lists itself`);
-    seen.add(descriptor.digest);
     const nested = await readJsonBlob(storage, descriptor, 'index', reference);
     descriptor = pickPlatform(indexEntries(nested, `index ${descriptor.digest}`, reference), `index ${descriptor.digest}`, reference);
   }
