@@ -124,6 +124,19 @@ describe('OCI layout: picking the manifest', () => {
 });
 
 describe('OCI layout: hostile and broken layouts', () => {
+  it('an index that lists itself (a loop) is refused by its digest: the loop cannot be read', async () => {
+    const layout = await OciLayout.create(layoutDir());
+    const image = await layout.image();
+    const index = await layout.index([image.manifest]);
+    // The file named by the index's digest now lists that digest again.
+    const looping = JSON.stringify({ schemaVersion: 2, mediaType: index.mediaType, manifests: [index] });
+    await fs.writeFile(layout.blobFile(index.digest), looping);
+    await layout.writeIndex([{ ...index, size: Buffer.byteLength(looping), ref: 'loop' }]);
+    const error = await openImageSource(`oci:${layoutDir()}:loop`).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(DigestMismatchError);
+    expect((error as DigestMismatchError).expected).toBe(index.digest);
+  });
+
   it('never turns a hostile digest into a path', async () => {
     const layout = await OciLayout.create(layoutDir());
     const image = await layout.image();
