@@ -353,6 +353,7 @@ describe('OCI layout: layer streams verify while they stream', () => {
     const pre = new AbortController();
     pre.abort();
     await expect(drain(source.openLayer(0, { signal: pre.signal }))).rejects.toBeInstanceOf(AbortError);
+    await expect(openImageSource(`oci:${layoutDir()}`, { signal: pre.signal })).rejects.toThrow(/opening image oci:.* was aborted/u);
     expect(image.layers).toHaveLength(1);
     expect(() => source.openLayer(1)).toThrow(RangeError);
   });
