@@ -12,6 +12,7 @@ import { InvalidArgumentError } from '../errors.js';
 import type { FileLock } from '../state/lock.js';
 import { writeFileAtomic } from '../state/atomic.js';
 import type { ImageConfig } from './config.js';
+import { InvalidImageError } from './errors.js';
 import { readFileInRoot } from './in-root.js';
 import { openImageSource } from './open.js';
 import { imageRuntimeSpec, type RuntimeSpecOverrides } from './runtime-spec.js';
@@ -113,12 +114,19 @@ export class Image implements AsyncDisposable {
   /**
    * Opens image `reference` (the manifest picked by ref name through any indexes, for
    * linux/amd64; every JSON blob verified) and the store it is unpacked into. Fails with
-   * ImageNotFoundError, DigestMismatchError or InvalidImageError. Nothing is unpacked yet.
+   * ImageNotFoundError, DigestMismatchError or InvalidImageError (also for a diff_id that is not
+   * sha256: the store is named by sha256). Nothing is unpacked yet.
    */
   static async open(reference: string, options: ImageOpenOptions = {}): Promise<Image> {
     if (typeof reference !== 'string' || reference.length === 0) throw new InvalidArgumentError('image', 'must be an image reference such as oci:/path/to/layout:tag');
     const store = await ImageStore.open(options.store);
     const source = await openImageSource(reference, options.signal ? { signal: options.signal } : {});
+    // The store names layers and views by sha256 (its folders, the chain id).
+    const other = source.layers.find((l) => !l.diffId.startsWith('sha256:'));
+    if (other) {
+      await source.close();
+      throw new InvalidImageError(reference, `layer ${other.index + 1}'s diff_id ${other.diffId.split(':')[0]}: the image store takes sha256 diff_ids only`);
+    }
     return new Image(source, store, options);
   }
 

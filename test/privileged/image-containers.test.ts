@@ -95,6 +95,10 @@ describe.skipIf(skipReason)(`containers from OCI images${skipReason ? ` (skipped
     // The host's view was never written.
     expect(await fs.readFile(path.join(store, 'views', image.chainId.slice(7), 'rootfs/data/keep'), 'utf8')).toBe('kept\n');
 
+    // Sandbox.run takes an image too.
+    const ran = await sandbox.run({ image: again, args: ['cat', '/data/added'] });
+    expect({ code: ran.exitCode, out: ran.stdout }).toEqual({ code: 0, out: 'added by layer 2\n' });
+
     // 4. With nothing using it, rm works; its layers go with prune.
     expect(await sandbox.containers()).toEqual([]);
     const removed = await Image.remove(reference, { store, stateDir });
