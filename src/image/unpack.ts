@@ -213,8 +213,13 @@ export async function applyLayer(stream: Readable, rootDir: string, options: App
     extract.destroy(e);
   };
   stream.on('error', onSourceError);
-  const padded = padToBlock();
+  const { stream: padded, source } = padToBlock();
   stream.pipe(padded).pipe(extract);
+  // A file's data that the padding completed was cut short: its last bytes are not the layer's.
+  const checkComplete = (h: tar.Header, raw: string): void => {
+    const end = ((h as { byteOffset?: number }).byteOffset ?? 0) + h.size;
+    if (source.ended && end > source.bytes) throw new InvalidImageError(reference, `not a valid tar stream: the data of ${JSON.stringify(raw)} is cut short`);
+  };
   try {
     for await (const entry of extract) {
       if (signal?.aborted) throw new AbortError('applying a layer', { cause: signal.reason });
@@ -303,6 +308,7 @@ export async function applyLayer(stream: Readable, rootDir: string, options: App
           if (h.size <= SMALL_FILE) {
             const chunks: Buffer[] = [];
             for await (const chunk of entry) chunks.push(chunk as Buffer);
+            checkComplete(h, raw);
             spec.data = chunks;
             queue(raw, n.layerEntry(rootFd, spec));
           } else {
@@ -327,6 +333,7 @@ export async function applyLayer(stream: Readable, rootDir: string, options: App
                 }
               }
               if (batchBytes > 0) await writeAll(fd, batch);
+              checkComplete(h, raw);
             } catch (e) {
               n.closeFd(fd);
               throw isNativeSystemError(e) || (e as { syscall?: unknown }).syscall ? bad(reference, raw, (e as Error).message, e) : e;
@@ -419,20 +426,23 @@ export async function applyLayer(stream: Readable, rootDir: string, options: App
  * Passes the tar through, and at its end adds the zeros that complete its last 512-byte block:
  * umoci 0.4's `insert` (Debian 12's) writes layers that stop right after the last file's data,
  * without its padding or the end-of-archive blocks, which Go's tar reader accepts and tar-stream
- * does not. A tar cut anywhere else still fails (a file's data or a header is short).
+ * does not. A tar cut anywhere else still fails: a header is short, or the file's data ends past
+ * the source's last byte (the caller checks that: `source` has the source's length once it ended).
  */
-function padToBlock(): Transform {
-  let total = 0;
-  return new Transform({
+function padToBlock(): { stream: Transform; source: { bytes: number; ended: boolean } } {
+  const source = { bytes: 0, ended: false };
+  const stream = new Transform({
     transform(chunk: Buffer, _encoding, callback) {
-      total += chunk.length;
+      source.bytes += chunk.length;
       callback(null, chunk);
     },
     flush(callback) {
-      const rest = total % 512;
+      source.ended = true;
+      const rest = source.bytes % 512;
       callback(null, rest === 0 ? undefined : Buffer.alloc(512 - rest));
     },
   });
+  return { stream, source };
 }
 
 async function writeAll(fd: number, chunks: Buffer[]): Promise<void> {

@@ -31,8 +31,7 @@ async function tarOf(entries: Spec[]): Promise<Buffer> {
   })();
   for (const { data, ...header } of entries) {
     await new Promise<void>((resolve, reject) => {
-      if (data !== undefined) pack.entry({ mtime: new Date(1_600_000_000_000), ...header }, data, (e) => (e ? reject(e) : resolve()));
-      else pack.entry({ mtime: new Date(1_600_000_000_000), ...header }, (e) => (e ? reject(e) : resolve())).end();
+      pack.entry({ mtime: new Date(1_600_000_000_000), ...header }, data ?? Buffer.alloc(0), (e) => (e ? reject(e) : resolve()));
     });
   }
   pack.finalize();
