@@ -104,6 +104,32 @@ describe.skipIf(skip)(`the image store's layers and views${skip ? ` (skipped: ${
     await Image.prune({ store, stateDir: path.join(work, 'no-state') });
   });
 
+  it('two processes unpacking the same image into one store at once: each layer applied once, both succeed, the trees whole', async () => {
+    const store = path.join(work, 'store-race');
+    const { reference } = await writeTestLayout(path.join(work, 'layout-race'), 'race', layers);
+    const script = path.join(work, 'race.mts');
+    await fs.writeFile(
+      script,
+      `import { Image } from ${JSON.stringify(path.resolve('src/image/image.ts'))};\n` +
+        `await using image = await Image.open(${JSON.stringify(reference)}, { store: ${JSON.stringify(store)} });\n` +
+        'process.stdout.write(JSON.stringify(await image.unpack()));\n',
+    );
+    const runOne = (): Promise<{ unpacked: number; reused: number }> =>
+      new Promise((resolve, reject) => {
+        execFile(process.execPath, ['--import', 'tsx', script], (error, stdout, stderr) => (error ? reject(new Error(`${error.message}\n${stderr}`)) : resolve(JSON.parse(stdout))));
+      });
+    const results = await Promise.all([runOne(), runOne()]);
+    // Every layer was applied by exactly one of them; the other found it complete.
+    expect(results.reduce((n, r) => n + r.unpacked, 0)).toBe(3);
+    expect(results.reduce((n, r) => n + r.reused, 0)).toBe(3);
+    expect((await fs.readdir(path.join(store, 'layers'))).filter((n) => n.startsWith('.tmp-'))).toEqual([]);
+    const s = await ImageStore.open(store);
+    const root = path.join(await s.ensureView(layers.map(sha)), 'rootfs');
+    expect((await fs.readFile(path.join(root, 'big'))).equals(bigFile())).toBe(true);
+    expect(await fs.readdir(path.join(root, 'opaque'))).toEqual(['new']);
+    await s.prune({ stateDir: path.join(work, 'no-state') });
+  });
+
   it('a one-layer image is a view too (an overlay over the empty folder); its whiteouts name nothing', async () => {
     const store = await ImageStore.open(path.join(work, 'store-one'));
     const [id] = await unpackAll(store, [layers[1]!]);
