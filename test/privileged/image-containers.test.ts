@@ -49,8 +49,9 @@ describe.skipIf(skipReason)(`containers from OCI images${skipReason ? ` (skipped
   });
 
   it('runs the image as its config says, layers merged as the spec says; a second container unpacks nothing; writes stay per container; rm refused while in use', async () => {
-    sandbox = await Sandbox.create({ stateDir, memoryMiB: 256 });
-    await sandbox.start();
+    // One VM for the API tests, whichever runs first (the order is shuffled).
+    sandbox ??= await Sandbox.create({ stateDir, memoryMiB: 256 });
+    if (sandbox.state !== 'running') await sandbox.start();
     await using image = await Image.open(reference, { store });
     expect(image.platform).toBe('linux/amd64');
     expect(await image.cached()).toBe(false);
