@@ -186,6 +186,8 @@ export class ContainerManager {
       if (transport === 'block') throw new InvalidArgumentError('rootfsTransport', 'an image container\'s rootfs travels by virtio-fs only (its layers are shared, copy-on-write in the guest)');
       if (!(options.image instanceof Image) && typeof options.image !== 'string') throw new InvalidArgumentError('image', 'must be an Image or an image reference');
       if (!config.sharedFs) throw new InvalidArgumentError('sharedFs', 'this sandbox has no shared filesystem: only the builtin rootfs can be used');
+      // An idmapped share cannot bind an overlayfs (the kernel refuses idmapped overlayfs mounts): say so before anything is unpacked.
+      if (config.sharedFsUser) throw new InvalidArgumentError('image', 'a sandbox with sharedFsUser (an idmapped share) cannot share an image\'s overlayfs view');
     }
     if (options.hostname !== undefined && !/^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$/u.test(options.hostname)) {
       throw new InvalidArgumentError('hostname', `${JSON.stringify(options.hostname)} is not a valid hostname`);

@@ -117,6 +117,15 @@ describe.skipIf(skipReason)(`containers from OCI images${skipReason ? ` (skipped
     await expect(sandbox.createContainer({ image: reference, bundle: work })).rejects.toBeInstanceOf(InvalidArgumentError);
     await expect(sandbox.createContainer({ image: reference, rootfsTransport: 'block' })).rejects.toThrow(/rootfsTransport/u);
     expect(await sandbox.containers()).toEqual([]);
+    // An idmapped share cannot carry the overlayfs view: refused before anything is unpacked (the sandbox need not run).
+    const idmapped = await Sandbox.create({ stateDir, sharedFsUser: { uid: 100000, gid: 100000 } });
+    try {
+      const error = await idmapped.createContainer({ image: reference }).then(() => undefined, (e: unknown) => e);
+      expect(error).toBeInstanceOf(InvalidArgumentError);
+      expect((error as Error).message).toMatch(/sharedFsUser/u);
+    } finally {
+      await idmapped.delete({ force: true });
+    }
   });
 
   it('vmpod run oci:DIR:TAG runs the image with its command replaced, progress on stderr; vmpod image ls/inspect/rm/prune', async () => {
