@@ -13,8 +13,10 @@
  *   before the rounds (created, not started), spawn to exit: the cost of every caller's polling;
  * - breakdown (where podman-vmpod's time goes): `node-start` (`node -e 0`: Node's own start),
  *   `vmpod-runtime-run` (`vmpod-runtime --root R run --bundle B ID` of the same `true`, no podman:
- *   Node + the VM's boot + the agent + the container), `runc-run` (the same with runc). podman's
- *   own share is podman-X minus X-run.
+ *   Node + the VM's boot + the agent + the container), `runc-run` (the same with runc), and
+ *   `vm-ready` (`Sandbox.create()` + `start()` in this process: the VM's boot to the agent's
+ *   answer, with the sandbox options vmpod-runtime uses; its deletion is timed apart as
+ *   `vm-delete`). podman's own share is podman-X minus X-run.
  *
  * Usage: npm run bench -- oci-runtime [RUNS]   (default 5; build dist/ first: npm run build:ts)
  */
@@ -32,6 +34,8 @@ import { withCleanup } from './lib/cleanup.js';
 import { benchArgs, interleave } from './lib/interleave.js';
 import { machineFacts } from './lib/machine.js';
 import { ratios, report } from './lib/report.js';
+import { benchStateDir } from './lib/sandbox.js';
+import { Sandbox } from '../src/sandbox/index.js';
 
 const exec = promisify(execFile);
 const USAGE = 'usage: npm run bench -- oci-runtime [RUNS]';
@@ -121,6 +125,17 @@ export default async function main(args: string[]): Promise<void> {
     let n = 0;
     const directRun = (name: 'vmpod' | 'runc') => () => timed(runtimes[name], ['--root', roots[name], 'run', '--bundle', bundle, `vb-oci-${tag}-${name}-${n++}`], signal);
     const state = (name: 'vmpod' | 'runc') => () => timed(runtimes[name], ['--root', roots[name], 'state', stateIds[name]], signal);
+    const stateDir = await benchStateDir(cleanup);
+    async function vmReady(): Promise<Record<string, number>> {
+      const t0 = performance.now();
+      const sandbox = await Sandbox.create({ stateDir, agentPorts: 16 }, { signal });
+      const undo = cleanup.add(`sandbox ${sandbox.id}`, () => sandbox.delete({ force: true }));
+      await sandbox.start({ signal });
+      const t1 = performance.now();
+      await sandbox.delete({ force: true, signal });
+      undo();
+      return { 'vm-ready': t1 - t0, 'vm-delete': performance.now() - t1 };
+    }
 
     const samples = await interleave(
       runs,
@@ -130,6 +145,7 @@ export default async function main(args: string[]): Promise<void> {
         ...(crun ? ([['podman-crun', podmanRun(crun)]] as const) : []),
         ['vmpod-runtime-run', directRun('vmpod')],
         ['runc-run', directRun('runc')],
+        ['vm-ready', vmReady],
         ['state-vmpod', state('vmpod')],
         ['state-runc', state('runc')],
         ['node-start', () => timed(process.execPath, ['-e', '0'], signal)],
@@ -150,6 +166,7 @@ export default async function main(args: string[]): Promise<void> {
         ['vmpod-runtime-run', 'runc-run'],
         ['state-vmpod', 'state-runc'],
         ['state-vmpod', 'node-start'],
+        ['vm-ready', 'vmpod-runtime-run'],
       ]),
       { machine: facts, versions, ...(crunRefused ? { crun: `refused: ${crunRefused}` } : {}) },
     );
