@@ -79,10 +79,10 @@ for (const runtime of OCI_RUNTIMES) {
     const runArgs = () => ['--runc-binary', runtime.path, '--runc-root', runtimeRoot, '--fifo-dir', path.join(ctd.dir, 'fifo')];
 
     it('ctr run --rm prints the kernel release of where the container runs', async () => {
-      const expected = await runtime.kernelRelease();
       const r = await ctd.ctr(['run', '--rm', ...runArgs(), IMAGE, newId(), 'uname', '-r']);
       expect(r.code, `${r.stderr}\n${ctd.log().slice(-3000)}`).toBe(0);
-      expect(r.stdout.trim()).toBe(expected);
+      // Read after the run: on a fresh machine the first sandbox builds the guest assets.
+      expect(r.stdout.trim()).toBe(await runtime.kernelRelease());
       if (runtime.vm) expect(r.stdout.trim()).not.toBe(os.release());
     });
 
