@@ -31,7 +31,8 @@ import { RuntimeError, errorMessage, writeLog, type LogTarget } from './log.js';
 import { networkNamespace, vmSize } from './sandbox-choice.js';
 import { RuntimeRoot, ociState, selfIdentity, type RuntimeRecord } from './state.js';
 import { readableOf, writableOf } from './stdio.js';
-import { releaseSandbox, sandboxLock, sandboxesOf } from './release.js';
+import { releaseSandbox, sandboxLock } from './release.js';
+import { knownResources } from './resources.js';
 
 /** A process to exec, from `exec --process FILE` or exec's arguments. */
 export interface ExecProcess {
@@ -253,15 +254,6 @@ async function serveContainer(config: MonitorConfig, root: RuntimeRoot, sandbox:
     if (!deleting) await finish();
   };
 
-  const pauseTarget = async (): Promise<{ pause(): Promise<void>; resume(): Promise<void> }> => {
-    const c = container as unknown as { pause?: () => Promise<void>; resume?: () => Promise<void> };
-    if (typeof c.pause === 'function' && typeof c.resume === 'function') return { pause: () => c.pause!.call(container), resume: () => c.resume!.call(container) };
-    const record = await root.read(id);
-    const others = (await sandboxesOf(root)).filter((r) => r.sandbox === record.sandbox && r.id !== id);
-    if (others.length > 0) throw new RuntimeError(`cannot pause container ${id} alone: its VM (sandbox ${record.sandbox}) runs ${others.length} other container(s), and this vmpod pauses whole VMs only`);
-    return { pause: () => sandbox.pause(), resume: () => sandbox.resume() };
-  };
-
   const handle = async (request: ControlRequest): Promise<(() => void) | void> => {
     switch (request.op) {
       case 'start': {
@@ -283,28 +275,26 @@ async function serveContainer(config: MonitorConfig, root: RuntimeRoot, sandbox:
         return;
       case 'pause': {
         if (status !== 'running') throw new RuntimeError(`container not running`);
-        await (await pauseTarget()).pause();
+        await container.pause();
         status = 'paused';
         await root.update(id, (r) => void (r.status = 'paused'));
         return;
       }
       case 'resume': {
         if (status !== 'paused') throw new RuntimeError('container not paused');
-        await (await pauseTarget()).resume();
+        await container.resume();
         status = 'running';
         await root.update(id, (r) => void (r.status = 'running'));
         return;
       }
       case 'update': {
-        const c = container as unknown as { update?: (resources: unknown) => Promise<void> };
-        if (typeof c.update !== 'function') throw new RuntimeError('update is not supported by this vmpod: the library has no Container.update() yet');
-        await c.update.call(container, request.resources);
+        const resources = knownResources(request.resources);
+        if (Object.keys(resources).length > 0) await container.update(resources);
         return;
       }
       case 'delete': {
         if ((status === 'running' || status === 'paused') && !request.force) throw new RuntimeError(`cannot delete container ${id} that is not stopped: ${status}`);
         deleting = true;
-        if (status === 'paused') await (await pauseTarget()).resume().catch(() => undefined);
         const record = await root.read(id);
         await container.delete({ force: true });
         await releaseSandbox(root, record.sandbox, id);

@@ -153,7 +153,7 @@ describe.skipIf(skip)('vmpod-runtime, the built CLI', () => {
     expect(await lastLogLine()).toMatchObject({ level: 'error', msg: 'container does not exist' });
   });
 
-  it('containers naming one sandbox share its VM: kill by name and by number, exec, delete --force, the console socket; the VM goes with the last', async () => {
+  it('containers naming one sandbox share its VM: exec, pause/resume/update, kill by name and by number, delete --force, the console socket; the VM goes with the last', async () => {
     const annotate = (spec: any): void => void (spec.annotations = { 'io.vmpod.sandbox': shared });
     const trap = await bundle('trap', ['sh', '-c', 'trap "echo got-term; exit 3" TERM; echo ready; while true; do sleep 0.2; done'], annotate);
     const sleeper = await bundle('sleeper', ['sleep', '1000'], annotate);
@@ -178,6 +178,19 @@ describe.skipIf(skip)('vmpod-runtime, the built CLI', () => {
     expect((await detached.returned).rc).toBe(0);
     expect(await detached.ended).toEqual({ exit: 5, signal: null });
     expect(await fs.readFile(detached.stdout, 'utf8')).toBe('bar in /tmp\n');
+
+    // pause and resume (the container's cgroup frozen in the guest), update (its limits there).
+    expect((await rt(['pause', 'sleeper'])).code).toBe(0);
+    expect((await state('sleeper')).status).toBe('paused');
+    expect((await rt(['exec', 'sleeper', 'true'])).code).toBe(1);
+    expect((await lastLogLine()).msg).toBe('cannot exec in a paused container');
+    expect((await rt(['resume', 'sleeper'])).code).toBe(0);
+    expect((await state('sleeper')).status).toBe('running');
+    const resources = { memory: { limit: 268435456, swappiness: null, kernel: 0 }, cpu: { shares: 0, quota: 50000, period: 100000 }, pids: { limit: 64 }, devices: [] };
+    expect((await rt(['update', '--resources', '-', 'sleeper'], JSON.stringify(resources))).code).toBe(0);
+    expect((await rt(['update', '--pids-limit', '32', 'sleeper'])).code).toBe(0);
+    const limits = await rt(['exec', 'sleeper', 'sh', '-c', 'cd /sys/fs/cgroup/vmpod/sleeper && cat memory.max pids.max cpu.max']);
+    expect(limits).toMatchObject({ code: 0, stdout: '268435456\n32\n50000 100000\n' });
 
     // kill by name: the trap's exit code; by number: the monitor dies of that signal.
     await until('the trap to be set', async () => (await fs.readFile(trapRun.stdout, 'utf8')).includes('ready'));

@@ -15,6 +15,7 @@ import { librarySandboxId, networkNamespace, sandboxName, vmSize } from '../../s
 import { specHooks } from '../../src/runtime/hooks.js';
 import { features } from '../../src/runtime/features.js';
 import { execProcess } from '../../src/runtime/commands.js';
+import { knownResources } from '../../src/runtime/resources.js';
 
 describe('vmpod-runtime command line', () => {
   it('takes global options before the command, and create\'s options in runc\'s spellings', () => {
@@ -248,5 +249,19 @@ describe('start-up cost', () => {
     const files = [...staticImports(path.resolve('src/runtime/main.ts'))].map((f) => path.relative(path.resolve('src'), f));
     expect(files).toContain('runtime/state.ts');
     expect(files.filter((f) => f === 'native.ts' || f.startsWith('sandbox/') || f.startsWith('container/') || f.startsWith('agent/') || f === 'runtime/commands.ts')).toEqual([]);
+  });
+});
+
+describe('update\'s resources', () => {
+  it('keeps what Container.update() sets, drops what runc\'s callers also send and their zeros for "unchanged"', () => {
+    expect(knownResources({
+      memory: { limit: 268435456, reservation: 0, swap: null, kernel: 0, swappiness: null },
+      cpu: { shares: 0, quota: 50000, period: 100000, cpus: '', realtimeRuntime: 0 },
+      pids: { limit: 0 },
+      blockIO: { weight: 500, weightDevice: [] },
+      devices: [{ allow: false, access: 'rwm' }],
+      unified: {},
+    })).toEqual({ memory: { limit: 268435456 }, cpu: { quota: 50000, period: 100000 }, pids: { limit: 0 }, blockIO: { weight: 500 } });
+    expect(knownResources({ memory: null, hugepageLimits: [] })).toEqual({});
   });
 });
