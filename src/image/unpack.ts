@@ -28,6 +28,7 @@ import { InvalidImageError, LayerEscapeError } from './errors.js';
 import { openRoot } from './in-root.js';
 
 const writev = promisify(fsSync.writev);
+const fstat = promisify(fsSync.fstat);
 
 /** How a layer is applied: see the module's description. */
 export type LayerMode = 'flatten' | 'overlay';
@@ -65,6 +66,14 @@ export interface ApplyLayerOptions {
   reference?: string | undefined;
   /** false: leave owners as created (a caller without CAP_CHOWN). Default true. */
   preserveOwnership?: boolean | undefined;
+  /**
+   * `overlay` mode: the directories of the layers below this one, the nearest first. A directory
+   * the layer does not name but needs (a parent of an entry: umoci's `insert` writes no parents)
+   * is made with the attributes (mode, owner, times) of the same directory in the nearest of them
+   * that has it, as containerd does: overlayfs shows the top layer's directory, and one made with
+   * defaults would hide the lower one's mode and owner. Without them: 0755, root, now.
+   */
+  parents?: readonly string[] | undefined;
   limits?: Partial<LayerLimits> | undefined;
 }
 
@@ -80,6 +89,53 @@ const WINDOW = 64;
 const TYPE = { file: 0, dir: 1, symlink: 2, hardlink: 3, char: 4, block: 5, fifo: 6 } as const;
 const WHITEOUT = '.wh.';
 const OPAQUE = '.wh..wh..opq';
+
+/**
+ * The paths a layer wrote, as a tree (each path's ancestors are linked in too, written or not),
+ * so that what the layer wrote below a directory is found by walking that directory's part only.
+ */
+class Written {
+  readonly #dir = new Map<string, boolean>();
+  readonly #children = new Map<string, Set<string>>();
+
+  set(path: string, dir: boolean): void {
+    this.#dir.set(path, dir);
+    let child = path;
+    while (child !== '') {
+      const slash = child.lastIndexOf('/');
+      const parent = slash < 0 ? '' : child.slice(0, slash);
+      let names = this.#children.get(parent);
+      if (!names) this.#children.set(parent, (names = new Set()));
+      const name = child.slice(slash + 1);
+      if (names.has(name)) break;  // its ancestors are linked already
+      names.add(name);
+      child = parent;
+    }
+  }
+
+  /** The layer wrote `path`, or something below it. */
+  touches(path: string): boolean {
+    return this.#dir.has(path) || this.#children.has(path);
+  }
+
+  get(path: string): boolean | undefined {
+    return this.#dir.get(path);
+  }
+
+  /** The paths below `dir` (relative to it) that the layer wrote, and the directories leading to them. */
+  below(dir: string): string[] {
+    const out: string[] = [];
+    const walk = (at: string, rel: string): void => {
+      for (const name of this.#children.get(at) ?? []) {
+        const r = rel === '' ? name : `${rel}/${name}`;
+        out.push(r);
+        walk(at === '' ? name : `${at}/${name}`, r);
+      }
+    };
+    walk(dir, '');
+    return out;
+  }
+}
 
 /** The raw bytes of the xattr values of a pax header (tar-stream decodes values as UTF-8). */
 const RAW_XATTRS = Symbol('vmpod.rawXattrs');
@@ -191,9 +247,21 @@ export async function applyLayer(stream: Readable, rootDir: string, options: App
   if (signal?.aborted) throw new AbortError('applying a layer', { cause: signal.reason });
   const n = native();
   const rootFd = await openRoot(rootDir);
+  const parentFds: number[] = [];
+  try {
+    for (const dir of mode === 'overlay' ? options.parents ?? [] : []) parentFds.push(await openRoot(dir));
+  } catch (e) {
+    for (const fd of [rootFd, ...parentFds]) n.closeFd(fd);
+    throw e;
+  }
+  // overlay with parents: the directories this layer has (named, or made from a parent's).
+  const known = new Set<string>(['']);
   const counts: LayerCounts = { entries: 0, bytes: 0, whiteouts: 0 };
-  // Paths this layer wrote (flatten: an opaque whiteout or a whiteout keeps them), directory -> true.
-  const written = new Map<string, boolean>();
+  // Paths this layer wrote (flatten: an opaque whiteout or a whiteout keeps them).
+  const written = new Written();
+  // Directories already emptied of the lower layers' contents in this layer: a second opaque
+  // whiteout of one has nothing left to remove (and would cost a walk of what the layer wrote).
+  const pruned = new Set<string>();
   const dirTimes = new Map<string, [number, number, number, number]>();
   const inflight: Array<Promise<void>> = [];
   let failure: Error | undefined;
@@ -206,6 +274,41 @@ export async function applyLayer(stream: Readable, rootDir: string, options: App
   const settle = async (all: boolean): Promise<void> => {
     while (inflight.length > (all ? 0 : WINDOW - 1)) await inflight.shift();
     if (failure) throw failure;
+  };
+
+  const c = n.pathConstants;
+  const ensureParents = async (parentParts: string[]): Promise<void> => {
+    let at = '';
+    for (const part of parentParts) {
+      const up = at;
+      at = at === '' ? part : `${at}/${part}`;
+      if (known.has(at)) continue;
+      known.add(at);
+      for (const fd of parentFds) {
+        let st: fsSync.BigIntStats;
+        try {
+          const f = await n.openAt(fd, at, c.O_PATH | c.O_NOFOLLOW, c.RESOLVE_IN_ROOT | c.RESOLVE_NO_MAGICLINKS);
+          try {
+            st = await fstat(f, { bigint: true });
+          } finally {
+            n.closeFd(f);
+          }
+        } catch {
+          continue;  // not in that layer
+        }
+        if (st.isDirectory()) {
+          const times: [number, number, number, number] = [
+            Number(st.atimeNs / 1_000_000_000n), Number(st.atimeNs % 1_000_000_000n),
+            Number(st.mtimeNs / 1_000_000_000n), Number(st.mtimeNs % 1_000_000_000n),
+          ];
+          queue(at, n.layerEntry(rootFd, {
+            parent: up, name: part, type: TYPE.dir, mode: Number(st.mode) & 0o7777, uid: Number(st.uid), gid: Number(st.gid), chown, deferTimes: true,
+          }));
+          dirTimes.set(at, times);
+        }
+        break;  // the nearest layer that has the name decides (a file or a whiteout there: no directory to copy)
+      }
+    }
   };
 
   const extract = makeExtract();
@@ -233,6 +336,7 @@ export async function applyLayer(stream: Readable, rootDir: string, options: App
       const parentParts = parts.slice(0, -1);
       const parent = parentParts.join('/');
       const pax = (h.pax ?? {}) as Record<string, string> & { [RAW_XATTRS]?: Map<string, Buffer> };
+      if (parentFds.length > 0) await ensureParents(parentParts);
 
       if (base.startsWith(WHITEOUT)) {
         counts.whiteouts++;
@@ -241,9 +345,8 @@ export async function applyLayer(stream: Readable, rootDir: string, options: App
           if (mode === 'overlay') {
             queue(raw, n.layerSetXattr(rootFd, parent, 'trusted.overlay.opaque', Buffer.from('y')));
           } else {
-            const prefix = parent === '' ? '' : `${parent}/`;
-            const keep = [...written.keys()].filter((p) => p.startsWith(prefix) && p !== parent).map((p) => p.slice(prefix.length));
-            queue(raw, n.layerPrune(rootFd, parent, keep));
+            if (!pruned.has(parent)) queue(raw, n.layerPrune(rootFd, parent, written.below(parent)));
+            pruned.add(parent);
           }
         } else if (base.startsWith(`${WHITEOUT}${WHITEOUT}`)) {
           // Other `.wh..wh.` names are aufs metadata (e.g. .wh..wh.plnk): nothing to apply.
@@ -252,14 +355,22 @@ export async function applyLayer(stream: Readable, rootDir: string, options: App
           if (hidden === '' || hidden === '.' || hidden === '..') throw new LayerEscapeError(raw, `a whiteout of ${JSON.stringify(hidden)}`);
           const target = parent === '' ? hidden : `${parent}/${hidden}`;
           if (mode === 'overlay') {
-            queue(raw, n.layerEntry(rootFd, { parent, name: hidden, type: TYPE.char, mode: 0, uid: h.uid, gid: h.gid, chown, major: 0, minor: 0 }));
-            written.set(target, false);
-          } else if (written.get(target) === true) {
-            // This layer made that directory: only what the lower layers had in it goes.
-            const prefix = `${target}/`;
-            const keep = [...written.keys()].filter((p) => p.startsWith(prefix)).map((p) => p.slice(prefix.length));
-            queue(raw, n.layerPrune(rootFd, target, keep));
-          } else if (!written.has(target)) {
+            if (written.get(target) === false) {
+              // A file of this layer: nothing of the lower layers to hide there.
+            } else if (written.touches(target)) {
+              // A directory this layer wrote into: an opaque one hides the lower layers' contents.
+              queue(raw, n.layerSetXattr(rootFd, target, 'trusted.overlay.opaque', Buffer.from('y')));
+            } else {
+              queue(raw, n.layerEntry(rootFd, { parent, name: hidden, type: TYPE.char, mode: 0, uid: h.uid, gid: h.gid, chown, major: 0, minor: 0 }));
+              written.set(target, false);
+            }
+          } else if (written.get(target) === false) {
+            // A file of this layer: a whiteout hides only what the lower layers had.
+          } else if (written.touches(target)) {
+            // This layer wrote that directory or something in it: only what the lower layers had goes.
+            if (!pruned.has(target)) queue(raw, n.layerPrune(rootFd, target, written.below(target)));
+            pruned.add(target);
+          } else {
             queue(raw, n.layerRemove(rootFd, parent, hidden));
           }
         }
@@ -350,6 +461,7 @@ export async function applyLayer(stream: Readable, rootDir: string, options: App
           for await (const _ of entry) { /* no data */ }
           queue(raw, n.layerEntry(rootFd, spec));
           dirTimes.set(path, [atimeSec, atimeNsec, mtimeSec, mtimeNsec]);
+          known.add(path);
           written.set(path, true);
           break;
         case 'symlink': {
@@ -419,6 +531,7 @@ export async function applyLayer(stream: Readable, rootDir: string, options: App
   } finally {
     stream.off('error', onSourceError);
     n.closeFd(rootFd);
+    for (const fd of parentFds) n.closeFd(fd);
   }
 }
 

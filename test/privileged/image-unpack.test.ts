@@ -340,16 +340,32 @@ describe('applyLayer: the layer semantics', () => {
     await apply(root, lower);
     await apply(root, [{ name: 'c/first', data: 'f' }, { name: 'c/sub/n', data: 'n' }, { name: 'c/.wh..wh..opq' }]);
     expect((await listTree(root)).filter((e) => e.startsWith('c/')).map((e) => e.split(' ')[0])).toEqual(['c/first', 'c/sub', 'c/sub/n']);
+    // Opaque twice in one layer, and a whiteout of a directory this layer made: only the lower
+    // layers' contents go, everything the layer wrote (before or after) stays.
+    await apply(root, [
+      { name: 'c/.wh..wh..opq' }, { name: 'c/a', data: 'a' }, { name: 'c/.wh..wh..opq' }, { name: 'c/b', data: 'b' },
+      { name: 'a/z/new', data: 'new' }, { name: '.wh.a' },
+    ]);
+    expect((await listTree(root)).filter((e) => /^[ac]\//u.test(e)).map((e) => e.split(' ')[0])).toEqual(['a/z', 'a/z/new', 'c/a', 'c/b']);
   });
 
   it('overlay: whiteouts are 0/0 char devices, opaque is trusted.overlay.opaque; overlayfs of the layers equals flatten', async () => {
     const l1 = path.join(root, 'l1');
     const l2 = path.join(root, 'l2');
+    const l3 = path.join(root, 'l3');
     const flat = path.join(root, 'flat');
     const merged = path.join(root, 'merged');
-    for (const d of [l1, l2, flat, merged]) await fs.mkdir(d);
+    for (const d of [l1, l2, l3, flat, merged]) await fs.mkdir(d);
+    // A third layer: opaque twice in one directory, a whiteout of a directory the layer writes into.
+    const third: Spec[] = [
+      { name: 'a/.wh..wh..opq' }, { name: 'a/n1', data: '1' }, { name: 'a/.wh..wh..opq' }, { name: 'a/n2', data: '2' },
+      { name: 'c/sub/more', data: 'more' }, { name: 'c/.wh.sub' }, { name: 'keep', data: 'replaced' },
+    ];
     await apply(l1, lower, { mode: 'overlay' });
-    await apply(l2, upper, { mode: 'overlay' });
+    await apply(l2, upper, { mode: 'overlay', parents: [l1] });
+    // `c` is not named by the third layer: made from l2's (0750), not with defaults (0755).
+    await apply(l3, third, { mode: 'overlay', parents: [l2, l1] });
+    expect(((await fs.stat(path.join(l3, 'c'))).mode & 0o7777).toString(8)).toBe('750');
     const wh = await fs.lstat(path.join(l2, 'b'));
     expect(wh.isCharacterDevice() && wh.rdev === 0).toBe(true);
     expect(getXattr(path.join(l2, 'c'), 'trusted.overlay.opaque')?.toString()).toBe('y');
@@ -358,6 +374,14 @@ describe('applyLayer: the layer semantics', () => {
     await native().mount('overlay', merged, 'overlay', native().mountConstants.MS_RDONLY, `lowerdir=${l2}:${l1}`);
     mounted.push(merged);
     expect(await listTree(merged, true)).toEqual(await listTree(flat, true));
+    await native().umount(merged, 0);
+    mounted.pop();
+    await apply(flat, third);
+    await native().mount('overlay', merged, 'overlay', native().mountConstants.MS_RDONLY, `lowerdir=${l3}:${l2}:${l1}`);
+    mounted.push(merged);
+    const tree = await listTree(merged, true);
+    expect(tree.map((e) => e.split(' ')[0])).toEqual(['a', 'a/n1', 'a/n2', 'c', 'c/new', 'c/sub', 'c/sub/more', 'keep']);
+    expect(tree).toEqual(await listTree(flat, true));
     await native().umount(merged, 0);
     mounted.pop();
   });
