@@ -521,7 +521,9 @@ export async function applyLayer(stream: Readable, rootDir: string, options: App
   } catch (e) {
     // Nothing may still be writing when the caller sees the failure.
     await Promise.allSettled(inflight);
+    // The layer's stream is done with too (a verifying source holds a file open).
     stream.unpipe(padded);
+    stream.destroy();
     padded.destroy();
     extract.destroy();
     // vmpod's own errors (the source's DigestMismatchError too) and system errors (they carry a

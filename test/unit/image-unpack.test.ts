@@ -89,6 +89,14 @@ describe('applyLayer without privileges', () => {
     await expect(result).rejects.toBe(mismatch);
   });
 
+  it('a failed layer destroys its source stream', async () => {
+    const source = new PassThrough();
+    const result = applyLayer(source, root, { preserveOwnership: false });
+    source.write(Buffer.alloc(1024, 0x41));
+    await expect(result).rejects.toThrow(InvalidImageError);
+    expect(source.destroyed).toBe(true);
+  });
+
   it('an aborted signal before the start refuses at once', async () => {
     const controller = new AbortController();
     controller.abort();
