@@ -13,6 +13,7 @@
  * | `vmpod/nfv` | the NFV config of sandboxes and what they report of their NFV devices |
  * | `vmpod/guest` | the guest assets: build, resolve, verify |
  * | `vmpod/hypervisor` | the VM layer: the Hypervisor interface, QEMU, QMP, virtiofsd |
+ * | `vmpod/image` | OCI image sources, layers, the image config conversion, the image store |
  *
  * An error class is exported with its domain (e.g. `VmStartError` from `vmpod/hypervisor`,
  * `CniPluginError` from `vmpod/network`); every error has a stable `code` (`ERR_VMPOD_...`) as
@@ -30,6 +31,9 @@ export { StillMountedError } from './state/remove.js';
 export * from './sandbox/index.js';
 export * from './container/index.js';
 export * from './volume/index.js';
+// Containers from OCI images (`createContainer({ image })`); the parts below it are in vmpod/image.
+export { Image, type ImageOpenOptions, type ImageLayerInfo, type StoreOptions, type UnpackProgress, type UnpackResult } from './image/image.js';
+export { ImageNotFoundError, DigestMismatchError, InvalidImageError, LayerEscapeError } from './image/errors.js';
 // The parts of a sandbox's config that come from other modules.
 export { Network, type NetworkOptions, type NetworkOpenOptions, type NetworkEndpoint } from './network/index.js';
 export type { CniNetworkSpec, InterfaceSettings, SandboxNetworkConfig } from './network/index.js';

@@ -34,6 +34,7 @@ const MODULE_INDEXES = [
   'src/nfv/index.ts',
   'src/guest/index.ts',
   'src/hypervisor/index.ts',
+  'src/image/index.ts',
   'src/errors.ts',
 ];
 
@@ -69,7 +70,7 @@ beforeAll(() => {
 
 describe('the package exports', () => {
   it('map each subpath to built JS and its typings, from an entry file in src/', () => {
-    expect([...entries.keys()].sort()).toEqual(['.', './devices', './guest', './hypervisor', './network', './nfv']);
+    expect([...entries.keys()].sort()).toEqual(['.', './devices', './guest', './hypervisor', './image', './network', './nfv']);
     for (const [subpath, target] of Object.entries(pkg.exports)) {
       if (subpath === './package.json') continue;
       const { types, default: js } = target as Target;
