@@ -128,13 +128,14 @@ describe.skipIf(skipReason)(`containers from OCI images${skipReason ? ` (skipped
     }
   });
 
-  it('vmpod run oci:DIR:TAG runs the image with its command replaced, progress on stderr; vmpod image ls/inspect/rm/prune', async () => {
+  it('vmpod run oci:DIR:TAG runs the image with CMD after its Entrypoint, progress on stderr; vmpod image ls/inspect/rm/prune', async () => {
     // A store of its own (the tests run in any order).
     const cliStore = path.join(work, 'cli-store');
     const saved = process.env['VMPOD_IMAGE_DIR'];
     process.env['VMPOD_IMAGE_DIR'] = cliStore;
     try {
-      const run = await vmpod(stateDir, ['run', '--rm', '-m', '256', reference, '--', 'cat', '/etc/motd']);
+      // CMD replaces the image's Cmd and follows its Entrypoint (["/bin/sh", "-c"]), as with podman run.
+      const run = await vmpod(stateDir, ['run', '--rm', '-m', '256', reference, '--', 'cat /etc/motd']);
       expect({ code: run.code, stdout: run.stdout }).toEqual({ code: 0, stdout: 'vmpod image test\n' });
       expect(run.stderr).toMatch(/layer 3\/3 [0-9a-f]{12} unpacked/u);
       const quiet = await vmpod(stateDir, ['run', '--rm', '-q', '-m', '256', reference]);

@@ -86,8 +86,8 @@ BUNDLE_OR_ROOTFS is an OCI bundle (a directory with config.json) or a root files
 directory; without it the builtin busybox rootfs is used. IMAGE is an OCI image:
 oci:DIR[:REF] (an OCI image layout), oci-archive:FILE[:REF] or docker-archive:FILE[:NAME:TAG];
 its layers are unpacked once into the image store ($VMPOD_IMAGE_DIR, default
-/var/lib/vmpod/images; see "vmpod image"); CMD replaces its whole command (Entrypoint
-and Cmd), as it does a bundle's process.args (docs/images.md).
+/var/lib/vmpod/images; see "vmpod image"); CMD replaces its Cmd and follows its
+Entrypoint, as with podman run (docs/images.md).
 
 Options:
       --rm              delete the sandbox when the container exits (or when the
@@ -180,6 +180,9 @@ ${PROCESS_USAGE}
       const quietImage = o['quiet'] === true;
       image = await Image.open(source, quietImage ? {} : { onProgress: (p) => void process.stderr.write(`vmpod: ${printableField(progressLine(source, p))}\n`) });
       container.image = image;
+      // As with podman and docker: CMD replaces the image's Cmd, its Entrypoint stays in front.
+      const entrypoint = image.config.config?.Entrypoint ?? [];
+      if (container.process?.args !== undefined && entrypoint.length > 0) container.process.args = [...entrypoint, ...container.process.args];
     } else if (source !== undefined) {
       const dir = path.resolve(source);
       const isBundle = await fs.stat(path.join(dir, 'config.json')).then(() => true, () => false);
