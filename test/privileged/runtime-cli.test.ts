@@ -170,6 +170,8 @@ describe.skipIf(skip)('vmpod-runtime, the built CLI', () => {
     // exec: with arguments (its exit code and output), with a Process file, detached.
     const withArgs = await rt(['exec', 'sleeper', 'sh', '-c', 'echo exec:$(cat /proc/1/comm); exit 4']);
     expect(withArgs).toMatchObject({ code: 4, stdout: 'exec:sleep\n' });
+    // No network namespace path in the spec: the VM has no NIC.
+    expect((await rt(['exec', 'sleeper', 'sh', '-c', 'ls /sys/class/net'])).stdout).toBe('lo\n');
     const processFile = path.join(dir, 'process.json');
     await fs.writeFile(processFile, JSON.stringify({ args: ['sh', '-c', 'echo "$FOO in $(pwd)"; exit 5'], env: ['PATH=/bin', 'FOO=bar'], cwd: '/tmp', terminal: false }));
     expect(await rt(['exec', '--process', processFile, 'sleeper'])).toMatchObject({ code: 5, stdout: 'bar in /tmp\n' });
@@ -232,6 +234,45 @@ describe.skipIf(skip)('vmpod-runtime, the built CLI', () => {
     expect(await sleepRun.ended).toEqual({ exit: null, signal: 9 });
     expect(await fs.readdir(path.join(root, 'vmpod', 'sandboxes'))).toEqual([]);
     expect((await rt(['list', '--format', 'json'])).stdout).toBe('[]\n');
+  });
+
+  it('the spec\'s network namespace gives the VM its NICs: the container has the interface\'s address and answers on it', async () => {
+    const tag = Math.floor(Math.random() * 0x10000).toString(16).padStart(4, '0');
+    const netns = `vt-rtns-${tag}`;
+    const [hostEnd, nsEnd] = [`vt${tag}h`, `vt${tag}n`];
+    const ip = (...args: string[]): Promise<unknown> => new Promise((resolve, reject) => execFile('ip', args, (e) => (e ? reject(e) : resolve(undefined))));
+    await ip('netns', 'add', netns);
+    try {
+      await ip('link', 'add', hostEnd, 'type', 'veth', 'peer', 'name', nsEnd, 'netns', netns);
+      await ip('addr', 'add', '10.231.7.1/24', 'dev', hostEnd);
+      await ip('link', 'set', hostEnd, 'up');
+      await ip('-n', netns, 'addr', 'add', '10.231.7.2/24', 'dev', nsEnd);
+      await ip('-n', netns, 'link', 'set', nsEnd, 'up');
+      const b = await bundle('net', ['sleep', '1000'], (spec) => {
+        const ns = spec.linux.namespaces.find((n: { type: string }) => n.type === 'network');
+        ns.path = `/run/netns/${netns}`;
+        // The guest binds resolv.conf and hosts onto the rootfs: runc spec's read-only root has no mount points for them.
+        spec.root.readonly = false;
+      });
+      const pidFile = path.join(dir, 'net.pid');
+      const run = reaped('net', ['create', '--bundle', b, '--pid-file', pidFile, 'net'], { pidFile });
+      expect((await run.returned).rc).toBe(0);
+      expect((await rt(['start', 'net'])).code).toBe(0);
+      const addr = await rt(['exec', 'net', 'ip', '-o', '-4', 'addr', 'show', 'dev', nsEnd]);
+      expect(addr.code, addr.stderr).toBe(0);
+      expect(addr.stdout).toContain('inet 10.231.7.2/24');
+      // The namespace's end of the veth now carries the VM's traffic: the guest answers.
+      const ping = await new Promise<number | null>((resolve) => execFile('busybox', ['ping', '-c', '3', '-W', '10', '10.231.7.2'], (e) => resolve(e ? ((e as { code?: number }).code ?? 1) : 0)));
+      expect(ping).toBe(0);
+      expect((await rt(['delete', '--force', 'net'])).code).toBe(0);
+      expect(await run.ended).toEqual({ exit: null, signal: 9 });
+      // Adopted, not made: the namespace and its interface are left as they were.
+      expect(fsSync.existsSync(`/run/netns/${netns}`)).toBe(true);
+      await ip('-n', netns, 'link', 'show', nsEnd);
+    } finally {
+      await ip('link', 'del', hostEnd).catch(() => undefined);
+      await ip('netns', 'del', netns).catch(() => undefined);
+    }
   });
 
   it('errors exit 1 with runc\'s JSON line in --log: unknown id, duplicate id, bad bundle, a terminal without a console socket; nothing left', async () => {
