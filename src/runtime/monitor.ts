@@ -261,7 +261,6 @@ async function serveContainer(config: MonitorConfig, root: RuntimeRoot, sandbox:
         await container.start();
         status = 'running';
         const record = await root.update(id, (r) => void (r.status = 'running'));
-        container.wait().then(onExit, () => onExit({ exitCode: 137, signal: 9 }));
         try {
           await runHooks(hooks.poststart, ociState(record), 'poststart');
         } catch (error) {
@@ -314,6 +313,9 @@ async function serveContainer(config: MonitorConfig, root: RuntimeRoot, sandbox:
   await fsp.mkdir(path.dirname(root.socket(id)), { recursive: true, mode: 0o700 });
   await fsp.rm(root.socket(id), { force: true });
   const server = await serveControl(root.socket(id), handle);
+  // Watched from creation on: a container killed before it was started (a caller's cleanup:
+  // kill, then delete) is stopped, and its monitor exits, as runc's init would.
+  container.wait().then(onExit, () => onExit({ exitCode: 137, signal: 9 }));
   notify({ ready: true });
 }
 

@@ -194,17 +194,19 @@ describe.skipIf(skip)('vmpod-runtime, the built CLI', () => {
     const limits = await rt(['exec', 'sleeper', 'sh', '-c', 'cd /sys/fs/cgroup/vmpod/sleeper && cat memory.max pids.max cpu.max']);
     expect(limits).toMatchObject({ code: 0, stdout: '268435456\n32\n50000 100000\n' });
 
-    // kill by name: the trap's exit code; by number: the monitor dies of that signal.
+    // kill by name: the trap's exit code; by number (a created container): the monitor dies of that signal.
     await until('the trap to be set', async () => (await fs.readFile(trapRun.stdout, 'utf8')).includes('ready'));
     expect((await rt(['kill', 'trap', 'TERM'])).code).toBe(0);
     expect(await trapRun.ended).toEqual({ exit: 3, signal: null });
     expect(await fs.readFile(trapRun.stdout, 'utf8')).toBe('ready\ngot-term\n');
     const killed = reaped('killed', ['create', '--bundle', sleeper, '--pid-file', path.join(dir, 'killed.pid'), 'killed'], { pidFile: path.join(dir, 'killed.pid') });
     expect((await killed.returned).rc).toBe(0);
-    expect((await rt(['start', 'killed'])).code).toBe(0);
+    // Killed before it was started (what a caller's cleanup does): stopped, its monitor gone.
     expect((await rt(['kill', 'killed', '9'])).code).toBe(0);
     expect(await killed.ended).toEqual({ exit: null, signal: 9 });
     expect(await state('killed')).toMatchObject({ status: 'stopped', pid: 0 });
+    expect((await rt(['start', 'killed'])).code).toBe(1);
+    expect((await lastLogLine()).msg).toBe('cannot start a container that has stopped');
     const bad = await rt(['kill', 'sleeper', 'NOPE']);
     expect(bad.code).toBe(1);
     expect(await lastLogLine()).toMatchObject({ level: 'error', msg: 'unknown signal "NOPE"' });
