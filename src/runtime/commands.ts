@@ -204,8 +204,8 @@ async function removeContainer(ctx: Context, id: string, force: boolean): Promis
   await fsp.rm(ctx.root.containerDir(id), { recursive: true, force: true });
   await fsp.rm(ctx.root.socket(id), { force: true });
   if (record.poststop && record.poststop.length > 0) {
-    const { runHooks } = await import('./hooks.js');
-    await runHooks(record.poststop, { ...ociState(record), status: 'stopped', pid: 0 }, 'poststop').catch((error: unknown) => writeLog(ctx.log, 'warning', errorMessage(error)));
+    const { runHooksWarning } = await import('./hooks.js');
+    await runHooksWarning(record.poststop, { ...ociState(record), status: 'stopped', pid: 0 }, 'poststop', (error) => writeLog(ctx.log, 'warning', errorMessage(error)));
   }
 }
 

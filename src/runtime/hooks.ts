@@ -77,7 +77,22 @@ export function runHook(hook: Hook, state: OciState, kind: string): Promise<void
   });
 }
 
-/** Runs `hooks` in order; stops at the first failure. */
+/** Runs `hooks` in order; stops at the first failure (prestart, createRuntime: the create fails). */
 export async function runHooks(hooks: readonly Hook[], state: OciState, kind: string): Promise<void> {
   for (const hook of hooks) await runHook(hook, state, kind);
+}
+
+/**
+ * Runs every one of `hooks` in order, whatever each does, and hands each failure to `warn`
+ * (poststart, poststop: runtime.md says a failing one is a warning and the remaining hooks and
+ * the lifecycle go on).
+ */
+export async function runHooksWarning(hooks: readonly Hook[], state: OciState, kind: string, warn: (error: unknown) => void): Promise<void> {
+  for (const hook of hooks) {
+    try {
+      await runHook(hook, state, kind);
+    } catch (error) {
+      warn(error);
+    }
+  }
 }

@@ -26,7 +26,7 @@ import type { Sandbox } from '../sandbox/sandbox.js';
 import type { NativeAddon } from '../native.js';
 import { writeFileAtomic } from '../state/atomic.js';
 import { serveControl, type ControlRequest } from './control.js';
-import { runHooks, specHooks, type SpecHooks } from './hooks.js';
+import { runHooks, runHooksWarning, specHooks, type SpecHooks } from './hooks.js';
 import { RuntimeError, errorMessage, writeLog, type LogTarget } from './log.js';
 import { networkNamespace, vmSize } from './sandbox-choice.js';
 import { RuntimeRoot, ociState, selfIdentity, type RuntimeRecord } from './state.js';
@@ -261,11 +261,7 @@ async function serveContainer(config: MonitorConfig, root: RuntimeRoot, sandbox:
         await container.start();
         status = 'running';
         const record = await root.update(id, (r) => void (r.status = 'running'));
-        try {
-          await runHooks(hooks.poststart, ociState(record), 'poststart');
-        } catch (error) {
-          writeLog(config.log, 'warning', errorMessage(error));
-        }
+        await runHooksWarning(hooks.poststart, ociState(record), 'poststart', (error) => writeLog(config.log, 'warning', errorMessage(error)));
         return;
       }
       case 'kill':
@@ -298,11 +294,7 @@ async function serveContainer(config: MonitorConfig, root: RuntimeRoot, sandbox:
         await container.delete({ force: true });
         await releaseSandbox(root, record.sandbox, id);
         await fsp.rm(root.containerDir(id), { recursive: true, force: true });
-        try {
-          await runHooks(record.poststop ?? [], { ...ociState(record), status: 'stopped', pid: 0 }, 'poststop');
-        } catch (error) {
-          writeLog(config.log, 'warning', errorMessage(error));
-        }
+        await runHooksWarning(record.poststop ?? [], { ...ociState(record), status: 'stopped', pid: 0 }, 'poststop', (error) => writeLog(config.log, 'warning', errorMessage(error)));
         return () => void finish();
       }
       default:

@@ -12,7 +12,7 @@ import { RuntimeError, logLine, logTime, reportFailure, writeLog } from '../../s
 import { parseSignal, signalName } from '../../src/runtime/signals.js';
 import { RuntimeRoot, checkId, currentStatus, ociState, selfIdentity, type RuntimeRecord } from '../../src/runtime/state.js';
 import { librarySandboxId, networkNamespace, sandboxName, vmSize } from '../../src/runtime/sandbox-choice.js';
-import { specHooks } from '../../src/runtime/hooks.js';
+import { runHooks, runHooksWarning, specHooks } from '../../src/runtime/hooks.js';
 import { features } from '../../src/runtime/features.js';
 import { execProcess } from '../../src/runtime/commands.js';
 import { knownResources } from '../../src/runtime/resources.js';
@@ -263,5 +263,34 @@ describe('update\'s resources', () => {
       unified: {},
     })).toEqual({ memory: { limit: 268435456 }, cpu: { quota: 50000, period: 100000 }, pids: { limit: 0 }, blockIO: { weight: 500 } });
     expect(knownResources({ memory: null, hugepageLimits: [] })).toEqual({});
+  });
+});
+
+describe('running hooks', () => {
+  const state = { ociVersion: '1.0.2', id: 'c1', pid: 42, status: 'created' as const, bundle: '/b', rootfs: '/b/rootfs', created: 'x', owner: '' };
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vt-rthook-'));
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const sh = (script: string, extra: object = {}): { path: string; args: string[] } => ({ path: '/bin/sh', args: ['sh', '-c', script], ...extra });
+
+  it('gives each hook the state on stdin, its args and env', async () => {
+    await runHooks([sh(`cat > ${dir}/state; echo "$0 $FOO" > ${dir}/argv`, { env: ['FOO=bar'] })], state, 'prestart');
+    expect(JSON.parse(fs.readFileSync(path.join(dir, 'state'), 'utf8'))).toEqual(state);
+    expect(fs.readFileSync(path.join(dir, 'argv'), 'utf8')).toBe('sh bar\n');
+  });
+  it('stops at the first failing prestart hook, naming its status and stderr', async () => {
+    await expect(runHooks([sh('echo nope >&2; exit 3'), sh(`touch ${dir}/second`)], state, 'prestart')).rejects.toThrow('prestart hook /bin/sh failed (exit status 3): nope');
+    expect(fs.existsSync(path.join(dir, 'second'))).toBe(false);
+  });
+  it('runs every poststart/poststop hook after a failing one, each failure a warning', async () => {
+    const warnings: string[] = [];
+    await runHooksWarning([sh('exit 4'), sh(`touch ${dir}/second`), sh('exit 5')], state, 'poststop', (e) => warnings.push((e as Error).message));
+    expect(fs.existsSync(path.join(dir, 'second'))).toBe(true);
+    expect(warnings).toEqual(['poststop hook /bin/sh failed (exit status 4)', 'poststop hook /bin/sh failed (exit status 5)']);
+  });
+  it('kills a hook at its timeout', async () => {
+    await expect(runHooks([sh('sleep 30', { timeout: 1 })], state, 'createRuntime')).rejects.toThrow('createRuntime hook /bin/sh timed out after 1 s');
   });
 });
