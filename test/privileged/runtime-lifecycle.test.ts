@@ -289,10 +289,9 @@ for (const runtime of OCI_RUNTIMES) {
       expect((await oci(['delete', id])).code).toBe(0);
     });
 
-    // Known vmpod-runtime bug (reported; docs/oci-runtime.md "Callers"): `kill ID KILL` of a created
-    // container exits 0 and changes nothing, the container stays created. `fails` keeps the case
-    // strict: it turns red the day the bug is fixed, and then becomes a plain `it`.
-    (runtime.vm ? it.fails : it)('kill of a created container stops it', async () => {
+    // This case found a vmpod-runtime bug, since fixed: `kill ID KILL` of a created container exited 0
+    // and left it created, its monitor alive.
+    it('kill of a created container stops it', async () => {
       // runtime-tools kill.go: kill of a created container succeeds (runtime.md "Kill": created or
       // running; MUST send the signal to the container process, and KILL cannot be caught).
       const a = await create((s) => {
@@ -415,10 +414,9 @@ for (const runtime of OCI_RUNTIMES) {
       expect(await processesMentioning(id)).toEqual([]);
     });
 
-    // Known vmpod-runtime bug (reported): after a failing poststart or poststop hook, the hooks
-    // listed after it are not run (runHooks stops at the first failure, as runc 1.1 does at
-    // poststop). `fails` keeps the case strict until it is fixed.
-    (runtime.vm ? it.fails : it)('failing poststart and poststop hooks: a warning, the remaining hooks and the lifecycle go on', async () => {
+    // This case found a vmpod-runtime bug, since fixed: after a failing poststart or poststop hook
+    // the hooks listed after it were not run (as runc 1.1 does at poststop).
+    it('failing poststart and poststop hooks: a warning, the remaining hooks and the lifecycle go on', async () => {
       // runtime.md "Lifecycle" steps 8 and 12: if any poststart/poststop hook fails, the runtime
       // MUST log a warning, but the remaining hooks and lifecycle continue as if it had succeeded.
       const hookDir = await fs.mkdtemp(path.join(dir, 'hooks-'));
