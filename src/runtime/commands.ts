@@ -59,7 +59,18 @@ async function spawnMonitor(config: MonitorConfig): Promise<ChildProcess> {
   (channel as unknown as { destroy(): void }).destroy();
   if (message?.ready) return child;
   if (message?.error !== undefined) throw new RuntimeError(message.error);
-  throw new RuntimeError(`the container's monitor exited (${child.exitCode ?? child.signalCode ?? 'killed'}) before it was ready`);
+  // The channel ended without a word: the monitor died. Say how, once the kernel has told us.
+  if (child.exitCode === null && child.signalCode === null) {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 5_000);
+      child.once('exit', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+  const how = child.signalCode ?? (child.exitCode === null ? 'still running, silent' : `exit status ${child.exitCode}`);
+  throw new RuntimeError(`the container's monitor exited (${how}) before it was ready`);
 }
 
 /** `create`: checks the bundle, records the container, spawns its monitor and waits until the container is created. */

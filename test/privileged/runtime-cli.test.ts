@@ -11,7 +11,7 @@ import fsSync from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { deleteAllAndCheck, runcSpecBundle, skipReason, until } from './sandbox/fixture.js';
+import { deleteAllAndCheck, processesMentioning, runcSpecBundle, skipReason, until } from './sandbox/fixture.js';
 import { VMPOD_RUNTIME_PATH } from './helpers/oci-runtimes.js';
 
 const REAPER = path.resolve('test/privileged/helpers/runtime-reaper.py');
@@ -275,6 +275,34 @@ describe.skipIf(skip)('vmpod-runtime, the built CLI', () => {
       await ip('link', 'del', hostEnd).catch(() => undefined);
       await ip('netns', 'del', netns).catch(() => undefined);
     }
+  });
+
+  it('a monitor killed while it boots the VM fails create and leaves nothing; one killed later leaves a stopped container that delete finishes', async () => {
+    const b = await bundle('crash', ['sleep', '1000']);
+    const creating = rt(['create', '--bundle', b, 'crash1']);
+    let monitor = 0;
+    await until('the monitor to be booting the VM', async () => {
+      if (!fsSync.existsSync(path.join(root, 'vmpod', 'sandboxes', 'crash1'))) return false;
+      monitor = (await processesMentioning(`"id":"crash1"`))[0] ?? 0;
+      return monitor > 0;
+    });
+    process.kill(monitor, 'SIGKILL');
+    const failed = await creating;
+    expect(failed.code).toBe(1);
+    expect((await lastLogLine()).msg).toMatch(/^vmpod-runtime create failed: the container's monitor exited \(SIGKILL\) before it was ready$/u);
+    expect(await fs.readdir(path.join(root, 'containers'))).not.toContain('crash1');
+    expect(await fs.readdir(path.join(root, 'vmpod', 'sandboxes'))).not.toContain('crash1');
+
+    const pidFile = path.join(dir, 'crash2.pid');
+    const run = reaped('crash2', ['create', '--bundle', b, '--pid-file', pidFile, 'crash2'], { pidFile });
+    expect((await run.returned).rc).toBe(0);
+    process.kill(Number(await fs.readFile(pidFile, 'utf8')), 'SIGKILL');
+    expect(await run.ended).toEqual({ exit: null, signal: 9 });
+    expect(await state('crash2')).toMatchObject({ status: 'stopped', pid: 0 });
+    expect(await fs.readdir(path.join(root, 'vmpod', 'sandboxes'))).toContain('crash2');
+    expect((await rt(['delete', 'crash2'])).code).toBe(0);
+    expect(await fs.readdir(path.join(root, 'vmpod', 'sandboxes'))).not.toContain('crash2');
+    expect(await processesMentioning('crash2')).toEqual([]);
   });
 
   it('errors exit 1 with runc\'s JSON line in --log: unknown id, duplicate id, bad bundle, a terminal without a console socket; nothing left', async () => {
