@@ -226,6 +226,15 @@ describe.skipIf(skip)('vmpod-runtime, the built CLI', () => {
     expect(screen).toMatchObject({ exit: 6, signal: null });
     expect(screen.console).toContain('33 77\r\n42\r\n');
 
+    // exec --tty --console-socket --detach: the exec'd process on a terminal of its own, resized once it runs.
+    const execSocket = path.join(dir, 'exec-console.sock');
+    const execTtyPid = path.join(dir, 'exec-tty.pid');
+    const execTty = reaped('exec-tty', ['exec', '--tty', '--detach', '--console-socket', execSocket, '--pid-file', execTtyPid, 'sleeper', 'sh', '-c', 'sleep 2; stty size; exit 2'], { pidFile: execTtyPid, console: execSocket });
+    expect((await execTty.returned).rc).toBe(0);
+    const execScreen = await execTty.ended;
+    expect(execScreen).toMatchObject({ exit: 2, signal: null });
+    expect(execScreen.console).toContain('33 77\r\n');
+
     // delete refuses a running container, --force kills it; the VM stays while a container names it.
     const refused = await rt(['delete', 'sleeper']);
     expect(refused.code).toBe(1);
