@@ -6,7 +6,8 @@
  *
  * @module
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { helpText, parseRuntimeArgs, type RuntimeArgs } from './args.js';
 import { RuntimeError, errorMessage, reportFailure, writeLog, type LogTarget } from './log.js';
 import { DEFAULT_ROOT, OCI_VERSION, RuntimeRoot, checkId, ociState } from './state.js';
@@ -143,14 +144,25 @@ async function list(root: RuntimeRoot, args: RuntimeArgs): Promise<void> {
   }
 }
 
-main(process.argv.slice(2)).then(
-  (code) => {
-    process.exitCode = code;
-    // A create's spawned monitor (unref'd) and its pipes must not keep this process alive.
-    setImmediate(() => process.exit(code));
-  },
-  (error: unknown) => {
-    process.stderr.write(`vmpod-runtime: internal error: ${errorMessage(error)}\n`);
-    process.exit(1);
-  },
-);
+/** True when this file is the process's entry point (the bin), not a module imported by a test. */
+function isEntryPoint(): boolean {
+  try {
+    return process.argv[1] !== undefined && realpathSync(process.argv[1]) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isEntryPoint()) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+      // A create's spawned monitor (unref'd) and its pipes must not keep this process alive.
+      setImmediate(() => process.exit(code));
+    },
+    (error: unknown) => {
+      process.stderr.write(`vmpod-runtime: internal error: ${errorMessage(error)}\n`);
+      process.exit(1);
+    },
+  );
+}
