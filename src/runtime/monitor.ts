@@ -58,14 +58,14 @@ export interface MonitorConfig {
 /** How the monitor tells its starter how the create (or exec) went. */
 export type Notify = (message: { ready: true } | { error: string }) => void;
 
-interface Terminal {
+export interface Terminal {
   master: number;
   slave: number;
   name: string;
 }
 
 /** Opens a host terminal and sends its master over the console socket, as runc does (the fd as SCM_RIGHTS, the pty's name as data). */
-function openTerminal(native: NativeAddon, consoleSocket: string): Terminal {
+export function openTerminal(native: NativeAddon, consoleSocket: string): Terminal {
   const pty = native.openPty();
   let socket = -1;
   try {
@@ -84,7 +84,7 @@ function openTerminal(native: NativeAddon, consoleSocket: string): Terminal {
 }
 
 /** The monitor's ends of the process's stdio, wired; resolves `done()` once its outputs were written out. */
-function wireStdio(proc: Process, terminal: Terminal | undefined, onResize: (size: { rows: number; cols: number }) => void, native: NativeAddon | undefined): { done(): Promise<void> } {
+export function wireStdio(proc: Pick<Process, 'stdin' | 'stdout' | 'stderr'>, terminal: Terminal | undefined, onResize: (size: { rows: number; cols: number }) => void, native: NativeAddon | undefined): { done(): Promise<void> } {
   let input: Readable | undefined;
   let outputs: [Readable | null, Writable | undefined][];
   if (terminal && native) {
