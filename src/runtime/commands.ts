@@ -8,6 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Options, RuntimeArgs } from './args.js';
 import { control } from './control.js';
 import { specHooks } from './hooks.js';
@@ -23,7 +24,7 @@ export interface Context {
   log: LogTarget;
 }
 
-const MONITOR = new URL('./monitor.js', import.meta.url);
+const MONITOR = fileURLToPath(new URL('./monitor.js', import.meta.url));
 
 function str(options: Options, name: string): string | undefined {
   const v = options[name];
@@ -36,7 +37,7 @@ function absolute(file: string | undefined): string | undefined {
 
 /** Spawns a monitor and waits for its readiness line; resolves with the child once it is ready. */
 async function spawnMonitor(config: MonitorConfig): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [MONITOR.pathname, JSON.stringify(config)], { stdio: ['inherit', 'inherit', 'inherit', 'pipe'], detached: true });
+  const child = spawn(process.execPath, [MONITOR, JSON.stringify(config)], { stdio: ['inherit', 'inherit', 'inherit', 'pipe'], detached: true });
   const channel = child.stdio[3] as NodeJS.ReadableStream;
   const message = await new Promise<{ ready?: boolean; error?: string } | undefined>((resolve) => {
     let text = '';

@@ -18,6 +18,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import tty from 'node:tty';
 import os from 'node:os';
 import type { Readable, Writable } from 'node:stream';
@@ -374,4 +375,4 @@ async function main(): Promise<void> {
   }
 }
 
-if (process.argv[1] !== undefined && fs.realpathSync(process.argv[1]) === fs.realpathSync(new URL(import.meta.url).pathname)) void main();
+if (process.argv[1] !== undefined && fs.realpathSync(process.argv[1]) === fs.realpathSync(fileURLToPath(import.meta.url))) void main();
