@@ -18,7 +18,7 @@ import type { Readable, Writable } from 'node:stream';
 import type { AgentClient } from '../agent/client.js';
 import { AgentError } from '../agent/errors.js';
 import type { DirectStreamReadable } from '../agent/direct-stream.js';
-import type { OciSpec } from '../agent/messages.js';
+import type { OciMount, OciSpec } from '../agent/messages.js';
 import { runAll } from '../cleanup.js';
 import { normaliseStdio, type StdioOptions } from '../container/container.js';
 import { ContainerLogWriter, logPaths, makeLogDir, removeLog, resolveLogConfig, type ContainerLogConfig, type ResolvedLogConfig } from '../container/log-file.js';
@@ -335,7 +335,7 @@ export class ContainerManager {
         await tx.save();
       }
       if (plan.hostRootfs !== undefined && plan.image === undefined && plan.transport === 'virtiofs' && plan.spec.root?.readonly === true) {
-        await makeMountPoints(plan.hostRootfs, volumeMounts, plan.spec.mounts!);
+        await makeMountPoints(plan.hostRootfs, ...(await readOnlyRootMountPoints(plan, tx.record.config.network !== undefined)));
       }
       let rootfs = 'builtin';
       // The user's rootfs image replaces the builtin rootfs: copy-on-write over its mount.
@@ -701,4 +701,30 @@ async function prepareImage(image: Image | string, signal: AbortSignal | undefin
   if (image instanceof Image) return image.prepareForContainer(signal);
   await using opened = await Image.open(image, signal ? { signal } : {});
   return opened.prepareForContainer(signal);
+}
+
+/**
+ * The mount points a read-only rootfs must have before it is shared (runc makes them before it
+ * turns the root read-only): every mount of the spec, as a file where a bind's host source is
+ * not a directory, and, in a sandbox with a network, the /etc files the agent binds over
+ * (resolv.conf, hosts, hostname) where the spec mounts none of its own.
+ */
+async function readOnlyRootMountPoints(plan: Plan, network: boolean): Promise<[Pick<OciMount, 'destination'>[], OciMount[], Set<string>]> {
+  const all = plan.spec.mounts ?? [];
+  const files = new Set<string>();
+  for (const s of plan.shares) {
+    const mount = all[s.index];
+    if (mount && !(await fs.stat(s.source).then((st) => st.isDirectory(), () => true))) files.add(mount.destination);
+  }
+  const wanted: Pick<OciMount, 'destination'>[] = [...all];
+  if (network) {
+    const own = new Set(all.map((m) => path.posix.normalize(m.destination)));
+    for (const name of ['resolv.conf', 'hosts', 'hostname']) {
+      const destination = `/etc/${name}`;
+      if (own.has(destination)) continue;
+      wanted.push({ destination });
+      files.add(destination);
+    }
+  }
+  return [wanted, all, files];
 }

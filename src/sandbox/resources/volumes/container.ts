@@ -61,14 +61,19 @@ export function containerMounts(volumesStateValue: unknown, wanted: readonly Con
 }
 
 /**
- * Makes the missing mount points of volume mounts `wanted` in the host rootfs `rootfs` of a
- * container whose root is read-only: its share is read-only, so the guest cannot make them, and
- * runc makes mount points in the rootfs it is given before it turns it read-only. Directories
- * (0755), never through a symlink or another mount; a destination below an earlier mount of
- * `all` (e.g. under /dev) is made in that mount by the agent. What cannot be made so is left
- * to the agent, whose error names it.
+ * Makes the missing mount points `wanted` in the host rootfs `rootfs` of a container whose root
+ * is read-only: its share is read-only, so the guest cannot make them, and runc makes mount
+ * points in the rootfs it is given before it turns it read-only. Directories (0755), or empty
+ * files (0644) for the destinations in `files` (a bind of a file); never through a symlink or
+ * another mount; a destination below an earlier mount of `all` (e.g. under /dev) is made in that
+ * mount by the agent. What cannot be made so is left to the agent, whose error names it.
  */
-export async function makeMountPoints(rootfs: string, wanted: readonly OciMount[], all: readonly OciMount[]): Promise<void> {
+export async function makeMountPoints(
+  rootfs: string,
+  wanted: readonly Pick<OciMount, 'destination'>[],
+  all: readonly OciMount[],
+  files: ReadonlySet<string> = new Set(),
+): Promise<void> {
   const relative = (destination: string): string => path.posix.normalize(`/${destination}`).replace(/^\/+|\/+$/gu, '');
   let root: Dir;
   try {
@@ -80,12 +85,23 @@ export async function makeMountPoints(rootfs: string, wanted: readonly OciMount[
     for (const m of wanted) {
       const dest = relative(m.destination);
       // The agent mounts a tmpfs on /dev when the spec has no /dev mount of its own.
-      const earlier = ['dev', ...all.slice(0, Math.max(all.indexOf(m), 0)).map((o) => relative(o.destination))];
+      const earlier = ['dev', ...all.slice(0, Math.max(all.indexOf(m as OciMount), 0)).map((o) => relative(o.destination))];
       if (dest === '' || earlier.some((e) => e === '' || dest.startsWith(`${e}/`))) continue;
-      await root.mkdirp(dest, 0o755).then(
-        (made) => made.close(),
+      if (!files.has(m.destination)) {
+        await root.mkdirp(dest, 0o755).then((made) => made.close(), () => undefined);
+        continue;
+      }
+      const parent = path.posix.dirname(dest);
+      await root.mkdirp(parent === '.' ? '' : parent, 0o755).then(
+        async (dir) => {
+          try {
+            if (!(await dir.statIfExists(path.posix.basename(dest)))) await dir.createFile(path.posix.basename(dest), 0o644);
+          } finally {
+            if (dir !== root) dir.close();
+          }
+        },
         () => undefined,
-      );
+      ).catch(() => undefined);
     }
   } finally {
     root.close();
