@@ -53,7 +53,7 @@ const hello = request(1, { method: 'Hello', params: { version: 1 } });
 
 /** Every method of the protocol (docs/agent-protocol.md, "Methods"). */
 const METHODS = [
-  'Hello', 'Ping', 'CreateContainer', 'StartContainer', 'Exec', 'OpenStdio', 'Signal', 'Wait', 'ResizeTty', 'Stats', 'DeleteContainer',
+  'Hello', 'Ping', 'CreateContainer', 'StartContainer', 'Exec', 'OpenStdio', 'Signal', 'Wait', 'ResizeTty', 'Stats', 'PauseContainer', 'ResumeContainer', 'UpdateContainer', 'DeleteContainer',
   'ListContainers', 'Mount', 'FindDevice', 'Unmount', 'SetTime', 'ConfigureInterface', 'RemoveInterface', 'ListInterfaces', 'SetNetworkConfig', 'Shutdown',
 ];
 
@@ -491,7 +491,7 @@ describe.skipIf(!ready)(`vmpod-agent under hostile input (${ready ? 'root' : `ne
 
   it('serves every method and lists the features in Hello: each refuses an unknown field with INVALID_ARGUMENT naming it; an unknown method is UNIMPLEMENTED', async () => {
     const client = await agent.connect();
-    expect(client.info.features).toEqual(['containers', 'exec', 'tty', 'stats', 'mount', 'mount-9p', 'set-time', 'oom', 'network', 'direct-stdio', 'rootfs-overlay', 'find-device']);
+    expect(client.info.features).toEqual(['containers', 'exec', 'tty', 'stats', 'pause-container', 'update-container', 'mount', 'mount-9p', 'set-time', 'oom', 'network', 'direct-stdio', 'rootfs-overlay', 'find-device']);
     // Each method reaches its handler, which refuses the bogus field (or the call); none is unknown.
     const names = [...METHODS, 'NoSuchMethod'];
     const { frames, hungUp } = await rawSession(agent.socket, [hello, ...names.map((method, i) => request(3 + 2 * i, { method, params: { bogus: 1 } }))], 1000);

@@ -37,7 +37,7 @@ describe.skipIf(skipReason)(`vmpod run with volumes and NFV options${skipReason 
     await fs.writeFile(path.join(conf, 'app.conf'), 'answer=42\n');
     const pool = (await hugepagePool('2M')).total;
     const r = await vmpod(stateDir, [
-      'run', '--rm', '-v', `${data}:/data`, '-v', `${conf}:/etc/app:ro`, '--hugepages', '--guest-hugepages', '2',
+      'run', '--rm', '-q', '-v', `${data}:/data`, '-v', `${conf}:/etc/app:ro`, '--hugepages', '--guest-hugepages', '2',
       '--', 'sh', '-c', 'cat /etc/app/app.conf; echo out > /data/result; touch /etc/app/x 2>/dev/null || echo read-only; grep " /dev/hugepages " /proc/mounts | cut -d" " -f3; grep HugePages_Total /proc/meminfo',
     ]);
     expect(r.stderr).toBe('');

@@ -32,11 +32,11 @@ describe.skipIf(skipReason)(`the memory minimum${skipReason ? ` (skipped: ${skip
     }
   });
 
-  // The guest is told it has 64 MiB (kernel mem=64M: the config's own minimum does not let a
+  // The guest is told it has 48 MiB (kernel mem=48M: the config's own minimum does not let a
   // sandbox have so little): its kernel panics while it boots. start() rejects with a
   // SandboxError that names the panic, whose backtrace alone fills the console tail.
   it('a guest that runs out of memory while it boots fails start() with a SandboxError naming the panic', async () => {
-    const sandbox = await Sandbox.create({ stateDir, guest: { kernelArgs: ['mem=64M'] } });
+    const sandbox = await Sandbox.create({ stateDir, guest: { kernelArgs: ['mem=48M'] } });
     const error = await sandbox.start().catch((e: unknown) => e);
     expect(error).toBeInstanceOf(SandboxError);
     expect((error as Error).message).toMatch(
