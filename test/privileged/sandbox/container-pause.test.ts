@@ -111,15 +111,19 @@ describe.skipIf(skipReason)(`container pause, resume and update in a sandbox${sk
       expect((await exec(c, 'cat /sys/fs/cgroup/cpu.max')).out).toBe('50000 200000\n');
 
       // A pids limit below what the script forks: fork fails in the container.
+      // The kernel counts the forks the limit refused in pids.events ("max N"): the reason is pinned
+      // there, not in the shell's message (seen lost once in CI, where the script failed all the same).
+      const refusals = async (): Promise<number> => Number(/^max (\d+)$/mu.exec((await exec(c, 'cat /sys/fs/cgroup/pids.events')).out)?.[1]);
+      const refusedBefore = await refusals();
       const forks = 'for i in 1 2 3 4 5 6 7 8 9 10; do sleep 30 & done; echo forked-all';
       await c.update({ pids: { limit: 6 } });
       expect((await c.stats()).pids.max).toBe(6);
       const refused = await exec(c, forks);
       expect(refused.out).not.toContain('forked-all');
-      expect(refused.err).toMatch(/fork/u);
       expect(refused.code).not.toBe(0);
       await c.update({ pids: { limit: -1 } });
       expect((await exec(c, 'cat /sys/fs/cgroup/pids.max')).out).toBe('max\n');
+      expect(await refusals()).toBeGreaterThan(refusedBefore);
       const allowed = await exec(c, `${forks}; kill $(jobs -p) 2>/dev/null; true`);
       expect(allowed.out).toBe('forked-all\n');
 
