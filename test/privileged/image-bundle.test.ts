@@ -55,7 +55,7 @@ describe.skipIf(skip)(`image.bundle${skip ? ` (skipped: ${skip})` : ''}`, () => 
     const spec = await image.bundle(bundle);
     expect(JSON.parse(await fs.readFile(path.join(bundle, 'config.json'), 'utf8'))).toEqual(spec);
     expect(spec.process.args).toEqual(['/bin/sh', '-c', 'echo entry; id -un; pwd; echo $GREETING']);
-    expect(spec.process.cwd).toBe('/work');
+    expect(spec.process.cwd).toBe('/app');
     expect(spec.process.user).toMatchObject({ uid: 1000, gid: 1000 });
     const rootfs = path.join(bundle, 'rootfs');
     await expect(fs.lstat(path.join(rootfs, 'data/gone'))).rejects.toThrow(/ENOENT/u);

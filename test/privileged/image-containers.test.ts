@@ -80,7 +80,7 @@ describe.skipIf(skipReason)(`containers from OCI images${skipReason ? ` (skipped
       'cat /etc/motd',
       'sha256sum /big | cut -d" " -f1',
       // Writes to its own layer: change a lower file, delete one, make one.
-      'echo changed > /data/keep && rm /etc/motd && echo mine > /work/mine && cat /data/keep && test ! -e /etc/motd && echo motd-deleted',
+      'echo changed > /data/keep && rm /etc/motd && echo mine > /app/mine && cat /data/keep && test ! -e /etc/motd && echo motd-deleted',
     ].join('; '));
     expect(tree).toEqual({ code: 0, err: '', out: `kept\nadded by layer 2\nnew\nvmpod image test\n${big}\nchanged\nmotd-deleted\n` });
     expect(image.counters.layersUnpacked).toBe(3);
@@ -88,7 +88,7 @@ describe.skipIf(skipReason)(`containers from OCI images${skipReason ? ` (skipped
     // 3. Another container (another Image object, as another process would have): nothing unpacked, the first one's writes not seen.
     await using again = await Image.open(reference, { store });
     expect(await again.cached()).toBe(true);
-    const third = await runScript(sandbox, { image: again }, 'cat /data/keep /etc/motd; test -e /work/mine && echo MINE-VISIBLE; id -u');
+    const third = await runScript(sandbox, { image: again }, 'cat /data/keep /etc/motd; test -e /app/mine && echo MINE-VISIBLE; id -u');
     expect(third).toEqual({ code: 0, err: '', out: 'kept\nvmpod image test\n1000\n' });
     expect(again.counters).toMatchObject({ layersUnpacked: 0, layersReused: 3 });
     const after = await Promise.all((await again.layers()).map((l) => fs.stat(path.join(store, 'layers', l.diffId.slice(7)))));

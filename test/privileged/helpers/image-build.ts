@@ -4,12 +4,12 @@
  *
  *   1. a busybox root filesystem (the host's busybox-static, every applet a symlink),
  *      /etc/passwd with root and app (1000), /etc/group, /data/keep, /data/gone, /opaque/old,
- *      /big (3 MiB of a known pattern), /work (owned by app);
+ *      /big (3 MiB of a known pattern), /app (owned by app);
  *   2. a whiteout of /data/gone, /opaque made opaque (with /opaque/new in it), /data/added;
  *   3. /etc/motd.
  *
  * Config: Entrypoint ["/bin/sh", "-c"], Cmd [SCRIPT] (prints a marker, the user's name, the
- * working directory and $GREETING), User "app", WorkingDir "/work", Env PATH and GREETING.
+ * working directory and $GREETING), User "app", WorkingDir "/app", Env PATH and GREETING.
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -24,7 +24,7 @@ const exec = promisify(execFile);
 export const BUSYBOX = '/bin/busybox';
 
 /** What the default process of the built image prints. */
-export const DEFAULT_OUTPUT = 'entry\napp\n/work\nhello\n';
+export const DEFAULT_OUTPUT = 'entry\napp\n/app\nhello\n';
 
 /** The big file's bytes (3 MiB: bigger than one virtio-fs request). */
 export function bigFile(): Buffer {
@@ -76,7 +76,7 @@ export async function testLayers(): Promise<Buffer[]> {
     { name: 'tmp/', type: 'directory', mode: 0o1777 },
     { name: 'home/', type: 'directory' },
     { name: 'home/app/', type: 'directory', uid: 1000, gid: 1000 },
-    { name: 'work/', type: 'directory', uid: 1000, gid: 1000 },
+    { name: 'app/', type: 'directory', uid: 1000, gid: 1000 },
     { name: 'bin/busybox', mode: 0o755, body: await fs.readFile(BUSYBOX) },
     ...applets.map((a) => ({ name: `bin/${a}`, type: 'symlink' as const, linkname: 'busybox' })),
     { name: 'etc/passwd', body: 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n' },
@@ -120,7 +120,7 @@ export async function writeTestLayout(dir: string, tag = 'test', layers?: Buffer
       os: 'linux',
       config: {
         User: 'app',
-        WorkingDir: '/work',
+        WorkingDir: '/app',
         Env: ['PATH=/usr/sbin:/usr/bin:/sbin:/bin', 'GREETING=hello'],
         Entrypoint: ['/bin/sh', '-c'],
         Cmd: ['echo entry; id -un; pwd; echo $GREETING'],
