@@ -11,19 +11,14 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { processesMentioning } from './podman.js';
+import { processesMentioning, runCommand, type CommandResult } from './podman.js';
 
 const exec = promisify(execFile);
 export const CONTAINERD = '/usr/bin/containerd';
 export const CTR = '/usr/bin/ctr';
 export const RUNC_SHIM = '/usr/bin/containerd-shim-runc-v2';
 
-export interface CtrResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
+export type CtrResult = CommandResult;
 
 export interface Containerd {
   readonly dir: string;
@@ -45,26 +40,6 @@ export async function containerdSkipReason(): Promise<string | undefined> {
     if (!(await fs.stat(file).catch(() => undefined))) return `needs ${file} (Debian's containerd: scripts/setup-host.sh installs it)`;
   }
   return undefined;
-}
-
-function run(file: string, args: string[], env: NodeJS.ProcessEnv, options: { input?: string; timeoutMs?: number } = {}): Promise<CtrResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 170_000);
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr });
-    });
-    child.stdin.end(options.input ?? '');
-  });
 }
 
 /** Starts a containerd of its own and waits until it answers. */
@@ -102,7 +77,7 @@ export async function startContainerd(): Promise<Containerd> {
   daemon.stderr?.setEncoding('utf8').on('data', (d: string) => (log += d));
   const exited = new Promise<void>((resolve) => daemon.on('exit', () => resolve()));
   const namespace = 'vmpod-test';
-  const ctr = (args: string[], options?: { input?: string; timeoutMs?: number }) => run(CTR, ['--address', address, '--namespace', namespace, ...args], env, options);
+  const ctr = (args: string[], options?: { input?: string; timeoutMs?: number }) => runCommand(CTR, ['--address', address, '--namespace', namespace, ...args], env, options);
 
   async function stop(): Promise<void> {
     if (daemon.exitCode === null && daemon.signalCode === null) {

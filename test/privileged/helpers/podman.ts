@@ -28,11 +28,35 @@ const exec = promisify(execFile);
 export const PODMAN = '/usr/bin/podman';
 export const CONMON = '/usr/bin/conmon';
 
-export interface PodmanResult {
+/** What a command run by {@link runCommand} did. */
+export interface CommandResult {
   code: number | null;
   signal: NodeJS.Signals | null;
   stdout: string;
   stderr: string;
+}
+
+export type PodmanResult = CommandResult;
+
+/** Runs `file` with `args` and `env`, `input` on its stdin; killed after `timeoutMs` (default 170 s). */
+export function runCommand(file: string, args: string[], env: NodeJS.ProcessEnv, options: { input?: string; timeoutMs?: number } = {}): Promise<CommandResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 170_000);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+    child.stdin.end(options.input ?? '');
+  });
 }
 
 export interface Podman {
@@ -123,23 +147,7 @@ export async function makePodman(runtime: string): Promise<Podman> {
   const containerArgs = ['--network', 'none', '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024'];
 
   function podman(args: string[], options: { input?: string; timeoutMs?: number } = {}): Promise<PodmanResult> {
-    return new Promise((resolve, reject) => {
-      const child = spawn(PODMAN, [...globalArgs, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-      child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-      const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 170_000);
-      child.on('error', (err) => {
-        clearTimeout(timer);
-        reject(err);
-      });
-      child.on('close', (code, signal) => {
-        clearTimeout(timer);
-        resolve({ code, signal, stdout, stderr });
-      });
-      child.stdin.end(options.input ?? '');
-    });
+    return runCommand(PODMAN, [...globalArgs, ...args], env, options);
   }
 
   async function destroy(): Promise<void> {
