@@ -238,21 +238,39 @@ function entryError(reference: string, entry: string, e: unknown): Error {
  * left as far as it got (inside the root: the caller removes it).
  */
 export async function applyLayer(stream: Readable, rootDir: string, options: ApplyLayerOptions = {}): Promise<LayerCounts> {
+  // The source's errors are caught from the first moment: it may fail (a digest mismatch) while
+  // the root is still being opened, before anything reads it. Until the tar parser is attached
+  // they are kept, then they end the parse.
+  let sourceError: Error | undefined = (stream as Readable & { errored?: Error | null }).errored ?? undefined;
+  let forwardSourceError = (e: Error): void => {
+    sourceError ??= e;
+  };
+  const onSourceError = (e: Error): void => {
+    forwardSourceError(e);
+  };
+  stream.on('error', onSourceError);
+  const refuse = (e: unknown): never => {
+    stream.off('error', onSourceError);
+    stream.destroy();
+    throw e;
+  };
   const mode = options.mode ?? 'flatten';
-  if (mode !== 'flatten' && mode !== 'overlay') throw new InvalidArgumentError('mode', `must be "flatten" or "overlay", not ${JSON.stringify(mode)}`);
+  if (mode !== 'flatten' && mode !== 'overlay') refuse(new InvalidArgumentError('mode', `must be "flatten" or "overlay", not ${JSON.stringify(mode)}`));
   const reference = options.reference ?? 'layer';
   const limits = { ...DEFAULT_LIMITS, ...options.limits };
   const chown = options.preserveOwnership ?? true;
   const signal = options.signal;
-  if (signal?.aborted) throw new AbortError('applying a layer', { cause: signal.reason });
+  if (signal?.aborted) refuse(new AbortError('applying a layer', { cause: signal.reason }));
   const n = native();
-  const rootFd = await openRoot(rootDir);
   const parentFds: number[] = [];
+  let rootFd = -1;
   try {
+    rootFd = await openRoot(rootDir);
     for (const dir of mode === 'overlay' ? options.parents ?? [] : []) parentFds.push(await openRoot(dir));
+    if (sourceError) throw sourceError;
   } catch (e) {
-    for (const fd of [rootFd, ...parentFds]) n.closeFd(fd);
-    throw e;
+    for (const fd of [rootFd, ...parentFds]) if (fd >= 0) n.closeFd(fd);
+    refuse(e);
   }
   // overlay with parents: the directories this layer has (named, or made from a parent's).
   const known = new Set<string>(['']);
@@ -312,10 +330,9 @@ export async function applyLayer(stream: Readable, rootDir: string, options: App
   };
 
   const extract = makeExtract();
-  const onSourceError = (e: Error): void => {
+  forwardSourceError = (e: Error): void => {
     extract.destroy(e);
   };
-  stream.on('error', onSourceError);
   const { stream: padded, source } = padToBlock();
   stream.pipe(padded).pipe(extract);
   // A file's data that the padding completed was cut short: its last bytes are not the layer's.

@@ -89,6 +89,24 @@ describe('applyLayer without privileges', () => {
     await expect(result).rejects.toBe(mismatch);
   });
 
+  it('a source that fails while the root is still being opened, or had failed before the call, fails the layer with its error', async () => {
+    // A CI run (under load) lost the error this way: it came before the parser was attached.
+    const early = new PassThrough();
+    const mismatch = new DigestMismatchError('layer 1', 'sha256:aa', 'sha256:bb');
+    const result = applyLayer(early, root, { preserveOwnership: false });
+    early.destroy(mismatch);
+    await expect(result).rejects.toBe(mismatch);
+    const before = new PassThrough();
+    before.on('error', () => undefined);
+    before.destroy(mismatch);
+    await new Promise((resolve) => setImmediate(resolve));
+    await expect(applyLayer(before, root, { preserveOwnership: false })).rejects.toBe(mismatch);
+    // A refusal before the parse destroys the source too.
+    const unused = new PassThrough();
+    await expect(applyLayer(unused, root, { mode: 'other' as 'flatten' })).rejects.toThrow(/flatten/u);
+    expect(unused.destroyed).toBe(true);
+  });
+
   it('a failed layer destroys its source stream', async () => {
     const source = new PassThrough();
     const result = applyLayer(source, root, { preserveOwnership: false });
