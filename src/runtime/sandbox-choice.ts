@@ -51,6 +51,19 @@ export function sandboxName(containerId: string, annotations: Record<string, str
   return containerId;
 }
 
+/**
+ * Which part of a pod a container is, from the CRI annotations (containerd's, else CRI-O's):
+ * `sandbox` (the pod's infrastructure container), `container` (an app container joining it), or
+ * undefined when neither names a type (a container run outside CRI).
+ */
+export function criContainerRole(annotations: Record<string, string>): 'sandbox' | 'container' | undefined {
+  for (const key of [CRI_TYPE, CRIO_TYPE]) {
+    const type = annotations[key];
+    if (type === 'sandbox' || type === 'container') return type;
+  }
+  return undefined;
+}
+
 /** The vmpod sandbox id of a sandbox name: the name itself when vmpod takes it, else a digest of it. */
 export function librarySandboxId(name: string): string {
   if (LIBRARY_ID.test(name) && !name.includes('..')) return name;
