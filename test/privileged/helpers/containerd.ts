@@ -1,8 +1,12 @@
 /**
  * A containerd (Debian's 1.6) of its own for a test: started by the test with a config whose
  * root, state, temp dir, gRPC/ttrpc sockets and plugin paths are all under one temporary folder
- * (vmpod-ctd-*); the CRI plugin and the snapshotters this host lacks are disabled; no metrics or
- * debug listener. `ctr` talks to it through `--address`. stop() kills containerd and any shim it
+ * (vmpod-ctd-*); the snapshotters this host lacks are disabled; no metrics or debug listener.
+ * The CRI plugin is off unless `cri` is given: then its state and root are under the folder too
+ * (containerd's root and state), its stream server listens on 127.0.0.1 with a port of the
+ * kernel's choosing, CNI reads the test's own conf dir, and each runtime handler named in
+ * `runtimes` maps to a runtime_type (containerd looks its shim `containerd-shim-NAME-v2` up on
+ * its PATH: `pathPrepend` puts directories before the default PATH). `ctr` talks to it through `--address`. stop() kills containerd and any shim it
  * started (the shims' command lines name our socket), unmounts what is left under the folder
  * and removes it.
  */
@@ -26,11 +30,36 @@ export interface Containerd {
   /** The namespace every ctr call uses. */
   readonly namespace: string;
   /** `ctr --address A --namespace N ARGS...`; resolves with its exit whatever it is. */
-  ctr(args: string[], options?: { input?: string; timeoutMs?: number }): Promise<CtrResult>;
+  ctr(args: string[], options?: { input?: string; timeoutMs?: number; namespace?: string }): Promise<CtrResult>;
   /** containerd's own log (stderr) so far. */
   log(): string;
+  /** containerd's pid (changes with restart). */
+  pid(): number;
+  /** Stops containerd alone (SIGTERM; its shims stay) and starts it again with the same config. */
+  restart(): Promise<void>;
   /** Stops containerd and its shims, removes the folder. */
   stop(): Promise<void>;
+}
+
+/** The CRI plugin's settings (see startContainerd). */
+export interface CriSettings {
+  /** The image of the pods' sandbox containers (imported beforehand into the k8s.io namespace). */
+  sandboxImage: string;
+  /** Where the CNI conflist is (the test writes it before containerd starts). */
+  cniConfDir: string;
+  /** The CNI plugins (default /usr/lib/cni, Debian's containernetworking-plugins). */
+  cniBinDir?: string;
+  /** Runtime handler name → containerd runtime type, e.g. { runc: 'io.containerd.runc.v2' }. */
+  runtimes: Record<string, string>;
+  /** The handler of a RunPodSandbox without one (default: the first of `runtimes`). */
+  defaultRuntime?: string;
+}
+
+export interface ContainerdOptions {
+  /** Turns the CRI plugin on, with these settings. */
+  cri?: CriSettings;
+  /** Directories put before containerd's PATH (shims are looked up there). */
+  pathPrepend?: string[];
 }
 
 /** Why containerd cannot run here, or undefined. */
@@ -43,12 +72,14 @@ export async function containerdSkipReason(): Promise<string | undefined> {
 }
 
 /** Starts a containerd of its own and waits until it answers. */
-export async function startContainerd(): Promise<Containerd> {
+export async function startContainerd(options: ContainerdOptions = {}): Promise<Containerd> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vmpod-ctd-'));
   const sub = (name: string) => path.join(dir, name);
   for (const name of ['root', 'state', 'tmp', 'opt']) await fs.mkdir(sub(name), { mode: 0o700 });
   const address = sub('containerd.sock');
   const toml = (value: string) => JSON.stringify(value);
+  const cri = options.cri;
+  const criSection = cri === undefined ? [] : criConfig(cri, toml);
   await fs.writeFile(
     sub('config.toml'),
     [
@@ -56,7 +87,7 @@ export async function startContainerd(): Promise<Containerd> {
       `root = ${toml(sub('root'))}`,
       `state = ${toml(sub('state'))}`,
       `temp = ${toml(sub('tmp'))}`,
-      'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]',
+      `disabled_plugins = [${cri === undefined ? '"io.containerd.grpc.v1.cri", ' : ''}"io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]`,
       '[grpc]',
       `  address = ${toml(address)}`,
       '[ttrpc]',
@@ -68,24 +99,36 @@ export async function startContainerd(): Promise<Containerd> {
       '  address = ""',
       '[plugins."io.containerd.internal.v1.opt"]',
       `  path = ${toml(sub('opt'))}`,
+      ...criSection,
       '',
     ].join('\n'),
   );
-  const env: NodeJS.ProcessEnv = { PATH: process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin', TMPDIR: sub('tmp'), HOME: dir };
-  const daemon: ChildProcess = spawn(CONTAINERD, ['--config', sub('config.toml')], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  const basePath = process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin';
+  const env: NodeJS.ProcessEnv = { PATH: [...(options.pathPrepend ?? []), basePath].join(':'), TMPDIR: sub('tmp'), HOME: dir };
   let log = '';
-  daemon.stderr?.setEncoding('utf8').on('data', (d: string) => (log += d));
-  const exited = new Promise<void>((resolve) => daemon.on('exit', () => resolve()));
+  let daemon: ChildProcess;
+  let exited: Promise<void>;
+  const launch = () => {
+    daemon = spawn(CONTAINERD, ['--config', sub('config.toml')], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    daemon.stderr?.setEncoding('utf8').on('data', (d: string) => (log += d));
+    exited = new Promise<void>((resolve) => daemon.on('exit', () => resolve()));
+  };
+  launch();
   const namespace = 'vmpod-test';
-  const ctr = (args: string[], options?: { input?: string; timeoutMs?: number }) => runCommand(CTR, ['--address', address, '--namespace', namespace, ...args], env, options);
+  const ctr = (args: string[], ctrOptions?: { input?: string; timeoutMs?: number; namespace?: string }) =>
+    runCommand(CTR, ['--address', address, '--namespace', ctrOptions?.namespace ?? namespace, ...args], env, ctrOptions);
 
-  async function stop(): Promise<void> {
+  async function stopDaemon(): Promise<void> {
     if (daemon.exitCode === null && daemon.signalCode === null) {
       daemon.kill('SIGTERM');
       await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000))]);
       if (daemon.exitCode === null && daemon.signalCode === null) daemon.kill('SIGKILL');
       await exited;
     }
+  }
+
+  async function stop(): Promise<void> {
+    await stopDaemon();
     // Shims outlive containerd by design (they hold the containers): kill ours.
     for (const pid of await processesMentioning(dir)) {
       try {
@@ -103,15 +146,53 @@ export async function startContainerd(): Promise<Containerd> {
     await fs.rm(dir, { recursive: true, force: true });
   }
 
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    const v = await ctr(['version'], { timeoutMs: 10_000 });
-    if (v.code === 0 && /Server:/u.test(v.stdout)) break;
-    if (daemon.exitCode !== null || Date.now() > deadline) {
-      await stop();
-      throw new Error(`containerd did not answer: ${v.stderr}\n${log.slice(-4000)}`);
+  async function answering(): Promise<void> {
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const v = await ctr(['version'], { timeoutMs: 10_000 });
+      if (v.code === 0 && /Server:/u.test(v.stdout)) return;
+      if (daemon.exitCode !== null || Date.now() > deadline) throw new Error(`containerd did not answer: ${v.stderr}\n${log.slice(-4000)}`);
+      await new Promise((r) => setTimeout(r, 100));
     }
-    await new Promise((r) => setTimeout(r, 100));
   }
-  return { dir, address, namespace, ctr, log: () => log, stop };
+
+  async function restart(): Promise<void> {
+    await stopDaemon();
+    launch();
+    await answering();
+  }
+
+  try {
+    await answering();
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { dir, address, namespace, ctr, log: () => log, pid: () => daemon.pid ?? 0, restart, stop };
+}
+
+/** The CRI plugin's section of containerd 1.6's config (version 2). */
+function criConfig(cri: CriSettings, toml: (value: string) => string): string[] {
+  const names = Object.keys(cri.runtimes);
+  const base = '[plugins."io.containerd.grpc.v1.cri"]';
+  const lines = [
+    base,
+    `  sandbox_image = ${toml(cri.sandboxImage)}`,
+    // Without CAP_SYS_RESOURCE in a user namespace it fails; harmless as root.
+    '  restrict_oom_score_adj = true',
+    '  stream_server_address = "127.0.0.1"',
+    '  stream_server_port = "0"',
+    '  enable_selinux = false',
+    `${base.slice(0, -1)}.cni]`,
+    `  bin_dir = ${toml(cri.cniBinDir ?? '/usr/lib/cni')}`,
+    `  conf_dir = ${toml(cri.cniConfDir)}`,
+    '  max_conf_num = 1',
+    `${base.slice(0, -1)}.containerd]`,
+    `  default_runtime_name = ${toml(cri.defaultRuntime ?? names[0] ?? 'runc')}`,
+    '  snapshotter = "overlayfs"',
+  ];
+  for (const name of names) {
+    lines.push(`${base.slice(0, -1)}.containerd.runtimes.${name}]`, `  runtime_type = ${toml(cri.runtimes[name]!)}`);
+  }
+  return lines;
 }
