@@ -60,6 +60,8 @@ export interface ContainerdOptions {
   cri?: CriSettings;
   /** Directories put before containerd's PATH (shims are looked up there). */
   pathPrepend?: string[];
+  /** More environment for containerd and the shims it starts (VMPOD_STATE_DIR, say). */
+  env?: Record<string, string>;
 }
 
 /** Why containerd cannot run here, or undefined. */
@@ -104,7 +106,7 @@ export async function startContainerd(options: ContainerdOptions = {}): Promise<
     ].join('\n'),
   );
   const basePath = process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin';
-  const env: NodeJS.ProcessEnv = { PATH: [...(options.pathPrepend ?? []), basePath].join(':'), TMPDIR: sub('tmp'), HOME: dir };
+  const env: NodeJS.ProcessEnv = { ...options.env, PATH: [...(options.pathPrepend ?? []), basePath].join(':'), TMPDIR: sub('tmp'), HOME: dir };
   let log = '';
   let daemon: ChildProcess;
   let exited: Promise<void>;
