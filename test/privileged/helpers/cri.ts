@@ -87,6 +87,8 @@ export interface CriClient {
   stopPodSandbox(id: string): Promise<void>;
   removePodSandbox(id: string): Promise<void>;
   podSandboxStatus(id: string): Promise<PodSandboxStatus>;
+  /** The status and containerd's verbose `info` (its "info" key holds a JSON document: runtimeSpec, pid...). */
+  podSandboxStatusVerbose(id: string): Promise<{ status: PodSandboxStatus; info: Record<string, string> }>;
   listPodSandbox(): Promise<{ id: string; state: string; runtimeHandler: string }[]>;
   createContainer(podId: string, config: ContainerConfig, sandboxConfig: PodSandboxConfig): Promise<string>;
   startContainer(id: string): Promise<void>;
@@ -131,6 +133,7 @@ export function criClient(socket: string, options: { timeoutMs?: number } = {}):
     stopPodSandbox: async (podSandboxId) => void (await call(runtime, 'stopPodSandbox', { podSandboxId })),
     removePodSandbox: async (podSandboxId) => void (await call(runtime, 'removePodSandbox', { podSandboxId })),
     podSandboxStatus: async (podSandboxId) => (await call<{ status: PodSandboxStatus }>(runtime, 'podSandboxStatus', { podSandboxId })).status,
+    podSandboxStatusVerbose: (podSandboxId) => call(runtime, 'podSandboxStatus', { podSandboxId, verbose: true }),
     listPodSandbox: async () => (await call<{ items: { id: string; state: string; runtimeHandler: string }[] }>(runtime, 'listPodSandbox', {})).items,
     createContainer: async (podSandboxId, config, sandboxConfig) =>
       (await call<{ containerId: string }>(runtime, 'createContainer', { podSandboxId, config, sandboxConfig })).containerId,
