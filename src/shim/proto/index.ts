@@ -89,9 +89,14 @@ function fromDate(date: Date): { seconds: number; nanos: number } {
 function afterDecode(type: protobuf.Type, object: Record<string, unknown>): Record<string, unknown> {
   for (const field of type.fieldsArray) {
     const sub = field.resolvedType;
-    if (!(sub instanceof protobuf.Type)) continue;
     const value = object[field.name];
     if (value === null || value === undefined) continue;
+    if (field.type === 'bytes') {
+      const buf = (v: unknown): Buffer => (Buffer.isBuffer(v) ? v : Buffer.from((v as Uint8Array).buffer, (v as Uint8Array).byteOffset, (v as Uint8Array).byteLength));
+      object[field.name] = field.repeated ? (value as unknown[]).map(buf) : buf(value);
+      continue;
+    }
+    if (!(sub instanceof protobuf.Type)) continue;
     const one = (v: unknown): unknown => {
       if (v === null || v === undefined) return v;
       if (sub.fullName === TIMESTAMP) return toDate(v as { seconds?: number; nanos?: number });
@@ -141,7 +146,9 @@ export function decodeMessage<T = Record<string, unknown>>(typeName: string, byt
   const type = messageType(typeName);
   let message: protobuf.Message;
   try {
-    message = type.decode(bytes);
+    // A plain Uint8Array view, not a Buffer: protobufjs's Buffer reader clamps a truncated string
+    // to the bytes there are instead of refusing it; its generic reader checks every length.
+    message = type.decode(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
   } catch (error) {
     throw new InvalidArgumentError('payload', `not a valid ${typeName}: ${(error as Error).message}`, { cause: error });
   }
