@@ -244,9 +244,11 @@ describe('ttRPC server', () => {
     expect(await codeOf('Coded')).toEqual([GrpcCode.FAILED_PRECONDITION, 'not now']);
     expect(await codeOf('Plain')).toEqual([GrpcCode.UNKNOWN, 'boom']);
     expect(await codeOf('Thrown')).toEqual([GrpcCode.UNKNOWN, 'a string']);
-    await client.call('test.Err', 'Ctx', Buffer.alloc(0), { metadata: { 'containerd-namespace': 'k8s.io', other: ['1', '2'] } });
+    await client.call('test.Err', 'Ctx', Buffer.alloc(0), { metadata: { 'containerd-namespace-ttrpc': 'k8s.io', other: ['1', '2'] } });
     expect(seen!.namespace).toBe('k8s.io');
-    expect(seen!.metadata).toEqual({ 'containerd-namespace': ['k8s.io'], other: ['1', '2'] });
+    expect(seen!.metadata).toEqual({ 'containerd-namespace-ttrpc': ['k8s.io'], other: ['1', '2'] });
+    await client.call('test.Err', 'Ctx', Buffer.alloc(0), { metadata: { 'containerd-namespace': 'grpc-key' } });
+    expect(seen!.namespace).toBe('grpc-key');
     expect(seen!.signal.aborted).toBe(false);
     client.close();
     expect(statusOf(new TtrpcError(GrpcCode.ALREADY_EXISTS, 'dup')).code).toBe(GrpcCode.ALREADY_EXISTS);
@@ -357,7 +359,7 @@ describe('Task API over ttRPC', () => {
     const [a, b] = duplexPair();
     server.handleConnection(b);
     const client = new TtrpcClient(a);
-    const opts = { metadata: { 'containerd-namespace': 'ns1' } };
+    const opts = { metadata: { 'containerd-namespace-ttrpc': 'ns1' } };
     const mount = { type: 'overlay', source: 'overlay', target: '', options: ['lowerdir=/a', 'upperdir=/b'] };
     const spec = encodeAny('types.containerd.io/opencontainers/runtime-spec/1/Process', { args: ['sh'], cwd: '/' });
     const resources = encodeAny('types.containerd.io/opencontainers/runtime-spec/1/LinuxResources', { memory: { limit: 1 << 30 } });

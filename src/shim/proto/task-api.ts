@@ -187,7 +187,7 @@ export interface ResumeRequest {
 export interface CallContext {
   /** Aborted when the call's deadline (ttRPC timeout_nano) passes or its connection closes. */
   signal: AbortSignal;
-  /** The containerd namespace, from the request metadata `containerd-namespace`. */
+  /** The containerd namespace, from the request metadata `containerd-namespace-ttrpc` (where containerd puts it), else `containerd-namespace`. */
   namespace: string | undefined;
   /** Every metadata key with its values, in the order sent. */
   metadata: Record<string, string[]>;

@@ -29,8 +29,10 @@ import { GrpcCode, statusOf } from './status.js';
 /** A method: the request payload in, the response payload out (or a throw: its status). */
 export type MethodHandler = (payload: Buffer, ctx: CallContext) => Promise<Uint8Array>;
 
-/** The metadata key containerd puts its namespace in. */
-export const NAMESPACE_KEY = 'containerd-namespace';
+/** The ttRPC metadata key containerd puts its namespace in (its namespaces package, TTRPCHeader). */
+export const NAMESPACE_KEY = 'containerd-namespace-ttrpc';
+/** The gRPC one, accepted too. */
+export const GRPC_NAMESPACE_KEY = 'containerd-namespace';
 
 interface DecodedRequest {
   service: string;
@@ -192,7 +194,7 @@ export class TtrpcServer {
     }
     const metadata: Record<string, string[]> = {};
     for (const { key, value } of request.metadata) (metadata[key.toLowerCase()] ??= []).push(value);
-    const ctx: CallContext = { signal: controller.signal, namespace: metadata[NAMESPACE_KEY]?.[0], metadata };
+    const ctx: CallContext = { signal: controller.signal, namespace: metadata[NAMESPACE_KEY]?.[0] ?? metadata[GRPC_NAMESPACE_KEY]?.[0], metadata };
     let timer: NodeJS.Timeout | undefined;
     let deadlineMs = 0;
     if (request.timeoutNano > 0) {
