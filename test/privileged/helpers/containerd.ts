@@ -3,8 +3,8 @@
  * root, state, temp dir, gRPC/ttrpc sockets and plugin paths are all under one temporary folder
  * (vmpod-ctd-*); the snapshotters this host lacks are disabled; no metrics or debug listener.
  * The CRI plugin is off unless `cri` is given: then its state and root are under the folder too
- * (containerd's root and state), its stream server listens on 127.0.0.1 with a port of the
- * kernel's choosing, CNI reads the test's own conf dir, and each runtime handler named in
+ * (containerd's root and state, the pods' network namespaces too), its stream server listens on
+ * 127.0.0.1 with a port of the kernel's choosing, no AppArmor profile is loaded, CNI reads the test's own conf dir, and each runtime handler named in
  * `runtimes` maps to a runtime_type (containerd looks its shim `containerd-shim-NAME-v2` up on
  * its PATH: `pathPrepend` puts directories before the default PATH). `ctr` talks to it through `--address`. stop() kills containerd and any shim it
  * started (the shims' command lines name our socket), unmounts what is left under the folder
@@ -185,6 +185,10 @@ function criConfig(cri: CriSettings, toml: (value: string) => string): string[] 
     '  stream_server_address = "127.0.0.1"',
     '  stream_server_port = "0"',
     '  enable_selinux = false',
+    // No AppArmor profile loaded into the host's kernel for the tests' containers.
+    '  disable_apparmor = true',
+    // The pods' network namespaces under containerd's state (the test's folder), not /run/netns.
+    '  netns_mounts_under_state_dir = true',
     `${base.slice(0, -1)}.cni]`,
     `  bin_dir = ${toml(cri.cniBinDir ?? '/usr/lib/cni')}`,
     `  conf_dir = ${toml(cri.cniConfDir)}`,

@@ -156,8 +156,10 @@ export async function startCriNode(): Promise<CriNode> {
         // gone meanwhile
       }
     }
+    // containerd keeps the pods' namespaces under its state (unmounted with its folder); any
+    // under /run/netns (another configuration) are deleted here.
     for (const netns of netnsOfPods) {
-      if (await fs.stat(netns).catch(() => undefined)) await attempt(() => exec('ip', ['netns', 'delete', path.basename(netns)]));
+      if (/^\/(var\/)?run\/netns\//u.test(netns) && (await fs.stat(netns).catch(() => undefined))) await attempt(() => exec('ip', ['netns', 'delete', path.basename(netns)]));
     }
     await exec('ip', ['link', 'del', bridge]).catch(() => undefined);
     const mounts = (await fs.readFile('/proc/self/mountinfo', 'utf8'))
