@@ -26,6 +26,7 @@ import { AlreadyExistsError, InvalidArgumentError, InvalidStateError, NotFoundEr
 import type { CallOptions } from '../options.js';
 import type { Sandbox, SandboxConfig } from '../sandbox/sandbox.js';
 import { MAX_MEMORY_MIB } from '../sandbox/config.js';
+import { isAlive, isProcessIdentity, readProcStat, type ProcessIdentity } from '../host/process.js';
 import type { StopInfo } from '../sandbox/types.js';
 import { stateRootOf } from '../sandbox/registry.js';
 import { writeFileAtomic } from '../state/atomic.js';
@@ -171,6 +172,18 @@ interface PodRecord {
   sandbox: string;
   /** Task ids of the pod's containers (added before each is made, removed once it is deleted). */
   containers: string[];
+  /** The server process that holds the pod (the last to write the record). */
+  server?: ProcessIdentity;
+}
+
+function selfIdentity(): ProcessIdentity | undefined {
+  const stat = readProcStat(process.pid);
+  return stat === undefined ? undefined : { pid: process.pid, startTime: stat.startTime };
+}
+
+/** The record's server is another process, and it runs: the pod is its to release. */
+function serverAlive(r: PodRecord): boolean {
+  return r.server !== undefined && isProcessIdentity(r.server) && r.server.pid !== process.pid && isAlive(r.server);
 }
 
 /** The shim's folder of a containerd namespace's pods under the state directory `root`. */
@@ -213,7 +226,10 @@ class PodRecords {
       const file = this.file(sandboxId);
       const next = change(await readPodRecord(file));
       if (next === null) await fs.rm(file, { force: true });
-      else if (next !== undefined) await writeFileAtomic(file, `${JSON.stringify(next)}\n`);
+      else if (next !== undefined) {
+        const server = selfIdentity();
+        await writeFileAtomic(file, `${JSON.stringify(server === undefined ? next : { ...next, server })}\n`);
+      }
       return next;
     } finally {
       await lock.release();
@@ -500,7 +516,9 @@ export class Pods {
    * config.json names its pod) from its pod's VM if the VM answers, and from the shim's pod
    * record; when no other task of the pod is left (none in the record whose bundle folder
    * containerd still has next to this one), removes the pod's VM and the record. A task the
-   * shim has no record of is fine.
+   * shim has no record of is fine, and so is one whose pod's server still runs (containerd runs
+   * `delete` after every closed connection to the shim, also after a task's normal end): that pod
+   * is left to its server.
    */
   static async cleanupAfterCrash(options: { stateDir?: string; namespace: string; id: string; bundle: string; /** @internal */ backend?: PodBackend; log?: ShimLog }): Promise<void> {
     const backend = options.backend ?? libraryBackend;
@@ -520,13 +538,19 @@ export class Pods {
     for (const sandboxId of candidates) {
       const record = await readPodRecord(records.file(sandboxId)).catch(() => undefined);
       if (!record?.containers.includes(options.id)) continue;
+      // containerd runs `delete` whenever its connection to the shim closes, also while the server
+      // lives on: then the server still holds the pod, and releases it through the Task API.
+      if (serverAlive(record)) {
+        options.log?.info(`pod ${record.pod}: its server (pid ${record.server!.pid}) runs: task ${options.id} is left to it`);
+        continue;
+      }
       // Out of the VM first: it may run on (QEMU is detached from the server that died).
       await removeFromVm(backend, options.stateDir, sandboxId, options.id, options.log);
       let removeVm = false;
       const lock = await records.lock();
       try {
         const r = await readPodRecord(records.file(sandboxId));
-        if (!r) continue; // another `delete` removed the pod meanwhile
+        if (!r || serverAlive(r)) continue; // another `delete` removed the pod meanwhile, or a server took it
         // The others containerd still knows (their bundle folders are there); a task it forgot is gone for good.
         const others: string[] = [];
         for (const c of r.containers) if (c !== options.id && (await fs.stat(path.join(tasksDir, c)).catch(() => undefined))) others.push(c);

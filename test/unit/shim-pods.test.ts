@@ -4,12 +4,14 @@
  * per pod whatever the concurrency, app containers joining, release of the last task deleting
  * the VM, the VM's death told once, and the crash clean-up from the pod records.
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { EventEmitter } from 'eventemitter3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { InvalidArgumentError, InvalidStateError, NotFoundError } from '../../src/errors.js';
+import { readProcStat } from '../../src/host/process.js';
 import type { Sandbox, SandboxConfig } from '../../src/sandbox/sandbox.js';
 import { silentLog } from '../../src/shim/log.js';
 import { GrpcCode, TtrpcError } from '../../src/shim/ttrpc/status.js';
@@ -226,7 +228,7 @@ describe('Pods', () => {
     expect([...pod.containers]).toEqual([POD]);
     expect((container as unknown as FakeContainer).id).toBe(POD);
     expect(backend.booted[0]!.creates).toEqual([{ id: POD, bundle: request(POD, {}).bundle, process: { terminal: false }, stdio: { stdin: false, stdout: true, stderr: true }, log: false }]);
-    expect(await record()).toEqual({ format: 1, namespace: NS, pod: POD, sandbox: POD, containers: [POD] });
+    expect(await record()).toEqual({ format: 1, namespace: NS, pod: POD, sandbox: POD, containers: [POD], server: { pid: process.pid, startTime: readProcStat(process.pid)!.startTime } });
     expect(pods.hostPid(POD)).toBe(4242);
     expect(pods.hostPid('unknown')).toBe(0);
   });
@@ -388,6 +390,24 @@ describe('Pods', () => {
       // A task the records do not name: nothing to do.
       await Pods.cleanupAfterCrash({ stateDir, namespace: NS, id: 'app', bundle: path.join(tasks, 'app'), backend });
       expect(backend.removed).toEqual([POD]);
+    });
+
+    it('a pod whose server still runs is left to it; once that server is gone, the task is cleaned up', async () => {
+      const server = spawn('sleep', ['60'], { stdio: 'ignore' });
+      try {
+        const stat = readProcStat(server.pid!)!;
+        const r = await record();
+        await fs.writeFile(recordFile(), JSON.stringify({ ...r, server: { pid: server.pid, startTime: stat.startTime } }));
+        await Pods.cleanupAfterCrash({ stateDir, namespace: NS, id: 'app', bundle: path.join(tasks, 'app'), backend });
+        expect(backend.booted[0]!.containers.get('app')!.deleted).toBe(0);
+        expect((await record()).containers.sort()).toEqual(['app', POD].sort());
+      } finally {
+        server.kill('SIGKILL');
+        await new Promise((resolve) => server.once('exit', resolve));
+      }
+      await Pods.cleanupAfterCrash({ stateDir, namespace: NS, id: 'app', bundle: path.join(tasks, 'app'), backend });
+      expect(backend.booted[0]!.containers.get('app')!.deleted).toBe(1);
+      expect((await record()).containers).toEqual([POD]);
     });
 
     it('a task containerd no longer has (no bundle folder) does not keep the VM', async () => {
