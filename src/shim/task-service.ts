@@ -539,6 +539,18 @@ export class TaskService implements TaskApi {
   async checkpoint(r: CheckpointTaskRequest): Promise<Empty> {
     throw new TtrpcError(GrpcCode.UNIMPLEMENTED, `checkpoint of task ${r.id}: not supported by vmpod`);
   }
+
+  /**
+   * The server goes away (a signal): what the processes wrote so far is passed on and their
+   * stdio closed (bounded: 5 s). Their VMs are left as they are: containerd runs the shim's
+   * `delete` for tasks whose server is gone.
+   */
+  async close(): Promise<void> {
+    const closing = this.#tasks.all().flatMap((task) => [task.init, ...task.execs.values()].map((p) => p.handle?.wiring?.close().catch(() => undefined)));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(closing), new Promise<void>((resolve) => (timer = setTimeout(resolve, 5000)))]);
+    clearTimeout(timer);
+  }
 }
 
 async function readSpec(bundle: string, id: string): Promise<RuntimeSpec> {
