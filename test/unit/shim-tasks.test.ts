@@ -455,6 +455,7 @@ describe('refusals, with the codes containerd\'s runc shim answers', () => {
     await create();
     await rejectsWith(create('t1'), GrpcCode.ALREADY_EXISTS);
     await rejectsWith(create('t2', 'relative/bundle'), GrpcCode.INVALID_ARGUMENT);
+    await rejectsWith(create('t2', `${dir}/../t1`), GrpcCode.INVALID_ARGUMENT);
     await rejectsWith(service.create({ id: 't3', bundle: makeBundle('t3'), rootfs, terminal: false, stdin: '', stdout: '', stderr: '', checkpoint: '/cp', parentCheckpoint: '', options: null }, ctx()), GrpcCode.UNIMPLEMENTED);
     await rejectsWith(create('../x', bundle), GrpcCode.INVALID_ARGUMENT);
     expect(mounted).toEqual([bundle]);
