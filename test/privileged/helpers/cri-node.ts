@@ -22,6 +22,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { packageRoot } from '../../../src/native.js';
+import { serverPaths } from '../../../src/shim/main.js';
 import { containerdSkipReason, startContainerd, type Containerd } from './containerd.js';
 import { criClient, type ContainerConfig, type CriClient, type PodSandboxConfig } from './cri.js';
 import { busyboxImage, imageSkipReason } from './oci-images.js';
@@ -84,6 +85,8 @@ export interface CriNode {
   removePod(id: string): Promise<void>;
   /** Pids of the vmpod shim's server processes (node processes naming this containerd). */
   vmpodShimPids(): Promise<number[]>;
+  /** The vmpod shim server's log for containerd's CRI namespace (its tail), for failure messages. */
+  vmpodShimLog(): Promise<string>;
   /** What is left of the pods (nothing, after every pod was removed). */
   leftovers(): Promise<string[]>;
   close(): Promise<void>;
@@ -103,7 +106,9 @@ export async function startCriNode(): Promise<CriNode> {
   const confDir = path.join(dir, 'cni-conf');
   const binDir = path.join(dir, 'shim-bin');
   const logRoot = path.join(dir, 'logs');
-  for (const sub of [stateDir, confDir, binDir, logRoot]) await fs.mkdir(sub, { recursive: true, mode: 0o700 });
+  // The shim servers' folders (their logs) in ours, not in /run/vmpod-shim.
+  const shimDir = path.join(dir, 'shim-servers');
+  for (const sub of [stateDir, confDir, binDir, logRoot, shimDir]) await fs.mkdir(sub, { recursive: true, mode: 0o700 });
   await fs.symlink(SHIM_MAIN, path.join(binDir, 'containerd-shim-vmpod-v2'));
   await fs.writeFile(
     path.join(confDir, '10-vmpod-cri.conflist'),
@@ -156,6 +161,8 @@ export async function startCriNode(): Promise<CriNode> {
         // gone meanwhile
       }
     }
+    // The vmpod shim server's socket (in /run/containerd/s), if a killed server left it.
+    if (ctd !== undefined) await fs.rm(serverPaths(ctd.address, K8S_NAMESPACE, { VMPOD_SHIM_DIR: shimDir }).socketPath, { force: true });
     // containerd keeps the pods' namespaces under its state (unmounted with its folder); any
     // under /run/netns (another configuration) are deleted here.
     for (const netns of netnsOfPods) {
@@ -174,7 +181,7 @@ export async function startCriNode(): Promise<CriNode> {
 
   try {
     const [pause, busybox] = await Promise.all([pauseImage(), busyboxImage()]);
-    const env: Record<string, string> = { VMPOD_STATE_DIR: stateDir };
+    const env: Record<string, string> = { VMPOD_STATE_DIR: stateDir, VMPOD_SHIM_DIR: shimDir };
     for (const name of ['VMPOD_GUEST_CACHE', 'VMPOD_IMAGE_DIR']) if (process.env[name] !== undefined) env[name] = process.env[name]!;
     ctd = await startContainerd({
       cri: { sandboxImage: PAUSE_IMAGE, cniConfDir: confDir, cniBinDir: CNI_BIN_DIR, runtimes: { runc: 'io.containerd.runc.v2', vmpod: 'io.containerd.vmpod.v2' } },
@@ -251,8 +258,16 @@ export async function startCriNode(): Promise<CriNode> {
     return pids;
   }
 
+  const shimServer = () => serverPaths(node.address, K8S_NAMESPACE, { VMPOD_SHIM_DIR: shimDir });
+
+  async function vmpodShimLog(): Promise<string> {
+    return (await fs.readFile(shimServer().logPath, 'utf8').catch((err: unknown) => String(err))).slice(-6000);
+  }
+
   async function leftovers(): Promise<string[]> {
     const left: string[] = [];
+    const socket = shimServer().socketPath;
+    if (await fs.lstat(socket).catch(() => undefined)) left.push(`the vmpod shim server's socket ${socket}`);
     for (const netns of netnsOfPods) if (await fs.stat(netns).catch(() => undefined)) left.push(`netns ${netns}`);
     const onBridge = (await exec('ip', ['-o', 'link', 'show', 'master', bridge]).catch(() => ({ stdout: '' }))).stdout.trim();
     if (onBridge !== '') left.push(`links on ${bridge}: ${onBridge}`);
@@ -277,5 +292,5 @@ export async function startCriNode(): Promise<CriNode> {
     return [...new Set(left)];
   }
 
-  return { ctd: node, cri: client, dir, stateDir, bridge, subnet, podConfig, runPod, createContainer, untilState, removePod, vmpodShimPids, leftovers, close };
+  return { ctd: node, cri: client, dir, stateDir, bridge, subnet, podConfig, runPod, createContainer, untilState, removePod, vmpodShimPids, vmpodShimLog, leftovers, close };
 }
