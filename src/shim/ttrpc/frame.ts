@@ -24,9 +24,15 @@ export interface Frame {
   payload: Buffer;
 }
 
-/** The peer broke the framing (e.g. announced a payload over 4 MiB); the connection must close. */
+/**
+ * The peer broke the framing (e.g. announced a payload over 4 MiB); the connection must close.
+ * `frames` are the complete frames the same `push` decoded before the bad header.
+ */
 export class FrameError extends VmpodError {
-  constructor(message: string) {
+  constructor(
+    message: string,
+    readonly frames: Frame[] = [],
+  ) {
     super('ERR_VMPOD_TTRPC_FRAME', message);
   }
 }
@@ -55,7 +61,7 @@ export class FrameDecoder {
 
   /** Bytes held, waiting for the rest of a frame (never more than a header plus MAX_PAYLOAD). */
   get buffered(): number {
-    return this.#buffered;
+    return this.#buffered + (this.#header === undefined ? 0 : HEADER_LENGTH);
   }
 
   push(chunk: Buffer): Frame[] {
@@ -71,10 +77,11 @@ export class FrameDecoder {
         const head = this.#take(HEADER_LENGTH);
         const length = head.readUInt32BE(0);
         if (length > MAX_PAYLOAD) {
-          this.#failed = new FrameError(`frame announces ${length} bytes, over the ttRPC maximum of ${MAX_PAYLOAD}`);
+          const message = `frame announces ${length} bytes, over the ttRPC maximum of ${MAX_PAYLOAD}`;
+          this.#failed = new FrameError(message);
           this.#chunks = [];
           this.#buffered = 0;
-          throw this.#failed;
+          throw new FrameError(message, frames);
         }
         this.#header = { length, streamId: head.readUInt32BE(4), type: head.readUInt8(8), flags: head.readUInt8(9) };
       }
