@@ -32,6 +32,7 @@ import { unmountRootfs } from './rootfs.js';
 import { encodeMessage } from './proto/index.js';
 import type { ShimLog } from './log.js';
 import { MANAGER_SERVICE, ShimServer } from './server.js';
+import { TaskService } from './task-service.js';
 import { TtrpcClient } from './ttrpc/client.js';
 
 /** The shim's flags as containerd 1.6 passes them. */
@@ -338,6 +339,7 @@ async function serve(flags: ShimFlags, io: MainIo): Promise<number> {
     serverDir: paths.serverDir,
     lockPath: paths.lockPath,
     debug: flags.debug,
+    taskService: (options) => new TaskService(options),
     onClosed: () => closed(),
   });
   const log = server.log;
