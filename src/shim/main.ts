@@ -340,6 +340,8 @@ async function serve(flags: ShimFlags, io: MainIo): Promise<number> {
     lockPath: paths.lockPath,
     debug: flags.debug,
     taskService: (options) => new TaskService(options),
+    // How long a task `start` reserved holds the server without its Create (tests shorten it).
+    ...(io.env['VMPOD_SHIM_RESERVATION_MS'] === undefined ? {} : { reservationMs: Number(io.env['VMPOD_SHIM_RESERVATION_MS']) }),
     onClosed: () => closed(),
   });
   const log = server.log;
