@@ -40,8 +40,12 @@ export interface ProcessIo {
    * everything (stdin too) and, for a logging binary, waits for it to exit (SIGTERM, then SIGKILL
    * after the stop timeout). Rejects, after closing all, when a destination failed (e.g. the
    * logging binary died: what it did not read is lost). Idempotent.
+   *
+   * With `force` (Delete, Shutdown): nothing more is waited for; what is still queued is dropped,
+   * a logging binary is killed, and the promise resolves once everything is closed. A plain
+   * close() still under way then rejects (its output was not fully delivered).
    */
-  close(): Promise<void>;
+  close(options?: { force?: boolean }): Promise<void>;
 }
 
 /** The URIs of CreateTaskRequest / ExecProcessRequest. */
@@ -403,7 +407,14 @@ export async function openProcessIo(
   };
 
   let closing: Promise<void> | undefined;
-  const close = (): Promise<void> => {
+  const close = (closeOptions: { force?: boolean } = {}): Promise<void> => {
+    if (closeOptions.force === true) {
+      stdinClosed = true;
+      stdinSocket?.destroy();
+      stdin?.end();
+      for (const s of sinks) s.stream.destroy();
+      logger?.child.kill('SIGKILL');
+    }
     closing ??= (async () => {
       const failures: unknown[] = [];
       if (stdinSocket !== undefined && !stdinClosed) {
@@ -416,6 +427,9 @@ export async function openProcessIo(
           if (!s.stream.writableEnded && !s.stream.destroyed) s.stream.end();
           try {
             await finished(s.stream, { readable: false });
+            // finished() also resolves for a stream destroyed after end() (destroy empties its
+            // buffer): only 'finish' means every byte was written.
+            if (!s.stream.writableFinished) s.error ??= new Error('closed before everything queued was written');
           } catch (error) {
             s.error ??= error as Error;
           }
@@ -438,7 +452,7 @@ export async function openProcessIo(
         `output of ${context.id} not fully delivered`,
       );
     })();
-    return closing;
+    return closeOptions.force === true ? closing.catch(() => undefined) : closing;
   };
 
   return {

@@ -31,14 +31,20 @@ function fifo(name: string): string {
   return p;
 }
 
-/** Reads a FIFO from its path until every writer closed it. */
-function readFifo(p: string): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
+/** Opens a reader of a FIFO; its promise resolves with all that was read once every writer closed it. */
+function readFifo(p: string): Promise<{ data: Promise<Buffer> }> {
+  // Resolves once the reader's open(2) returned (containerd opens its end before Create; a reader
+  // whose open came after the last writer closed would wait forever), with the data to come.
+  return new Promise((resolveOpen, rejectOpen) => {
     const chunks: Buffer[] = [];
     const r = fs.createReadStream(p);
-    r.on('data', (c) => chunks.push(c as Buffer));
-    r.on('end', () => resolve(Buffer.concat(chunks)));
-    r.on('error', reject);
+    const data = new Promise<Buffer>((resolve, reject) => {
+      r.on('data', (c) => chunks.push(c as Buffer));
+      r.on('end', () => resolve(Buffer.concat(chunks)));
+      r.on('error', reject);
+    });
+    r.once('open', () => resolveOpen({ data }));
+    r.once('error', rejectOpen);
   });
 }
 
@@ -116,7 +122,7 @@ describe('openProcessIo: FIFOs', () => {
   it('passes 1 MiB through a stdout FIFO complete and in order, and close() waits for it', async () => {
     const out = fifo('out');
     const io = await open({ stdout: out });
-    const read = readFifo(out);
+    const { data: read } = await readFifo(out);
     const data = numbered();
     const started = process.hrtime.bigint();
     await writeAll(io.stdout!, data);
@@ -135,8 +141,8 @@ describe('openProcessIo: FIFOs', () => {
     io.stdout!.write('early line\n');
     io.stderr!.write('early error\n');
     await pause(50);
-    const readOut = readFifo(out);
-    const readErr = readFifo(err);
+    const { data: readOut } = await readFifo(out);
+    const { data: readErr } = await readFifo(err);
     await io.close();
     expect((await readOut).toString()).toBe('early line\n');
     expect((await readErr).toString()).toBe('early error\n');
@@ -148,10 +154,36 @@ describe('openProcessIo: FIFOs', () => {
     const data = numbered();
     const writing = writeAll(io.stdout!, data);
     await pause(100); // the pipe is full, writes are queued
-    const read = readFifo(out);
+    const { data: read } = await readFifo(out);
     await writing;
     await io.close();
     expect((await read).equals(data)).toBe(true);
+  });
+
+  it('close() waits while nobody reads a full FIFO; close({ force }) drops the rest, and the plain close() then rejects', async () => {
+    const out = fifo('out');
+    const io = await open({ stdout: out });
+    io.stdout!.write(numbered()); // 1 MiB, far more than the pipe holds
+    let settled = false;
+    const plain = io.close().then(
+      () => (settled = true),
+      (error: unknown) => {
+        settled = true;
+        throw error;
+      },
+    );
+    await pause(200);
+    expect(settled).toBe(false);
+    await io.close({ force: true });
+    await expect(plain).rejects.toThrow(/not fully delivered/);
+    // Our end is closed: what the pipe held is lost with it (no end of the FIFO is open now), and
+    // a new non-blocking reader gets EOF at once, nothing of the megabyte.
+    const r = fs.openSync(out, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    try {
+      expect(fs.readSync(r, Buffer.alloc(16))).toBe(0);
+    } finally {
+      fs.closeSync(r);
+    }
   });
 
   it('stdin: nothing ends before containerd\'s writer opens; data then EOF when it closes', async () => {
