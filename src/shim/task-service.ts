@@ -112,8 +112,8 @@ interface Wiring {
   drain(): Promise<void>;
   /** CloseIO: no more input after what containerd already wrote. */
   closeStdin(): void;
-  /** Closes everything now (idempotent). */
-  close(): Promise<void>;
+  /** Closes everything: a plain close passes on what was written first; `force` drops what is queued (Delete). */
+  close(options?: { force?: boolean }): Promise<void>;
 }
 
 /** Pipes a process's streams to and from its ProcessIo. */
@@ -155,13 +155,12 @@ export function wireProcessIo(proc: { stdin: Writable | null; stdout: Readable |
     }
   }
   let closing: Promise<void> | undefined;
-  const close = (): Promise<void> => {
-    closing ??= (async () => {
-      if (io.stdin && target) io.stdin.unpipe(target);
-      endTarget();
-      await io.close();
-    })();
-    return closing;
+  let forced: Promise<void> | undefined;
+  const close = (options: { force?: boolean } = {}): Promise<void> => {
+    if (io.stdin && target) io.stdin.unpipe(target);
+    endTarget();
+    if (options.force === true) return (forced ??= io.close({ force: true }));
+    return (closing ??= io.close());
   };
   return {
     async drain() {
@@ -373,7 +372,7 @@ export class TaskService implements TaskApi {
       const ran = p.exit !== undefined;
       const exit: ExitRecord = p.exit ?? { exitStatus: 0, exitedAt: new Date(0) };
       this.#tasks.removeExec(task, p, exit);
-      await p.handle?.wiring?.close().catch(() => undefined);
+      await p.handle?.wiring?.close({ force: true }).catch(() => undefined);
       return { pid: p.pid, exitStatus: exit.exitStatus, exitedAt: ran ? exit.exitedAt : null };
     }
     const init = task.init;
@@ -384,7 +383,8 @@ export class TaskService implements TaskApi {
     // Forgotten first: a second Delete gets NOT_FOUND (which containerd takes as done).
     this.#tasks.remove(task, exit);
     const failures: unknown[] = [];
-    for (const p of [...task.execs.values(), init]) await p.handle?.wiring?.close().catch((error: unknown) => failures.push(error));
+    // What a process wrote was passed on before its exit was reported; anything still queued now has no reader.
+    for (const p of [...task.execs.values(), init]) await p.handle?.wiring?.close({ force: true }).catch((error: unknown) => failures.push(error));
     await this.#deps.pods.releaseContainer(task.id, callOptions(ctx)).catch((error: unknown) => failures.push(error));
     await this.#deps.unmountRootfs(task.bundle).catch((error: unknown) => failures.push(error));
     this.#tasks.publish('/tasks/delete', 'containerd.events.TaskDelete', { containerId: task.id, pid: init.pid, exitStatus: exit.exitStatus, exitedAt: exit.exitedAt });

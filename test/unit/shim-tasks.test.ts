@@ -177,8 +177,10 @@ class FakeIo implements ProcessIo {
     this.stdinClosed = true;
     this.stdin?.end();
   }
-  async close(): Promise<void> {
-    await this.closeGate;
+  forced = false;
+  async close(options: { force?: boolean } = {}): Promise<void> {
+    if (options.force === true) this.forced = true;
+    else await this.closeGate;
     this.closed = true;
   }
 }
@@ -379,6 +381,20 @@ describe('a task from create to delete', () => {
     await tick();
     expect(topics()).toEqual(['/tasks/create', '/tasks/delete']);
     expect(ios[0]!.closed).toBe(true);
+    expect(ios[0]!.forced).toBe(true);
+  });
+
+  it('an exit whose output cannot be delivered is reported after the bound, and Delete closes containerd\'s ends by force', async () => {
+    service = newService({ drainTimeoutMs: 50 });
+    await create();
+    await service.start({ id: 't1', execId: '' }, ctx());
+    ios[0]!.closeGate = new Promise<void>(() => undefined);
+    pods.containers.get('t1')!.init.end(2);
+    expect((await service.wait({ id: 't1', execId: '' }, ctx())).exitStatus).toBe(2);
+    expect(ios[0]!.forced).toBe(false);
+    expect((await service.delete({ id: 't1', execId: '' }, ctx())).exitStatus).toBe(2);
+    expect(ios[0]!.forced).toBe(true);
+    expect(topics()).toEqual(['/tasks/create', '/tasks/start', '/tasks/exit', '/tasks/delete']);
   });
 
   it('gives up a Wait whose call is cancelled, without ending the others', async () => {
