@@ -9,7 +9,7 @@ import { deleteResponseBytes, main, parseFlags, serverPaths, ShimUsageError, ttr
 import { decodeMessage } from '../../src/shim/proto/index.js';
 import type { TaskApi } from '../../src/shim/proto/task-api.js';
 import { MANAGER_SERVICE, ShimServer, type TaskServiceOptions } from '../../src/shim/server.js';
-import { silentLog } from '../../src/shim/log.js';
+import { fileLog, silentLog } from '../../src/shim/log.js';
 import { TtrpcClient } from '../../src/shim/ttrpc/client.js';
 import { callTask, unimplementedTaskApi } from '../../src/shim/ttrpc/task.js';
 import { GrpcCode } from '../../src/shim/ttrpc/status.js';
@@ -186,5 +186,29 @@ describe('shim server process rules', () => {
     expect(closed).toBe(false);
     for (let i = 0; i < 100 && !closed; i++) await new Promise((resolve) => setTimeout(resolve, 10));
     expect(closed).toBe(true);
+  });
+});
+
+describe('shim log', () => {
+  it('JSON lines with time and level; debug only with debug; capped, one old file kept', () => {
+    const file = path.join(dir, 'shim.log');
+    const log = fileLog(file, { maxBytes: 400 });
+    log.debug('not written');
+    log.info('hello');
+    log.error('bad "thing"');
+    const lines = fs.readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { time: string; level: string; msg: string });
+    expect(lines.map((l) => [l.level, l.msg])).toEqual([
+      ['info', 'hello'],
+      ['error', 'bad "thing"'],
+    ]);
+    expect(Number.isNaN(Date.parse(lines[0]!.time))).toBe(false);
+    expect(fs.statSync(file).mode & 0o777).toBe(0o600);
+    for (let i = 0; i < 50; i++) log.warn(`line ${i} ${'x'.repeat(20)}`);
+    expect(fs.statSync(file).size).toBeLessThanOrEqual(400);
+    expect(fs.statSync(`${file}.1`).size).toBeLessThanOrEqual(400);
+    expect(fs.readFileSync(file, 'utf8')).toContain('line 49');
+    const debug = fileLog(path.join(dir, 'debug.log'), { debug: true });
+    debug.debug('shown');
+    expect(fs.readFileSync(path.join(dir, 'debug.log'), 'utf8')).toContain('"level":"debug","msg":"shown"');
   });
 });
