@@ -254,7 +254,7 @@ export interface PodBackend {
   boot(config: SandboxConfig, options: CallOptions): Promise<Sandbox>;
   /** Takes over a recorded sandbox (for the `delete` command), or undefined when there is none. */
   attach(id: string, stateDir: string | undefined): Promise<Sandbox | undefined>;
-  /** Removes a sandbox from its record (force), whatever its state; no such sandbox is fine. */
+  /** Removes a sandbox from its record (force, its VM killed at once), whatever its state; no such sandbox is fine. */
   remove(id: string, stateDir: string | undefined): Promise<void>;
 }
 
@@ -283,7 +283,8 @@ export const libraryBackend: PodBackend = {
   async remove(id, stateDir) {
     const { Sandbox } = await import('../sandbox/sandbox.js');
     try {
-      await Sandbox.remove(id, { ...(stateDir === undefined ? {} : { stateDir }), force: true });
+      // At once (timeoutMs 0: no graceful power-off): the pod's processes are being torn down anyway.
+      await Sandbox.remove(id, { ...(stateDir === undefined ? {} : { stateDir }), force: true, timeoutMs: 0 });
     } catch (error) {
       if (!(error instanceof NotFoundError)) throw error;
     }
@@ -544,9 +545,10 @@ export class Pods {
         options.log?.info(`pod ${record.pod}: its server (pid ${record.server!.pid}) runs: task ${options.id} is left to it`);
         continue;
       }
-      // Out of the VM first: it may run on (QEMU is detached from the server that died).
-      await removeFromVm(backend, options.stateDir, sandboxId, options.id, options.log);
+      // containerd gives `delete` a few seconds (5 in 1.6) before it kills it: the decision and the
+      // record first, the VM's removal without a graceful stop, the container's removal last.
       let removeVm = false;
+      let removeContainer = false;
       const lock = await records.lock();
       try {
         const r = await readPodRecord(records.file(sandboxId));
@@ -561,10 +563,13 @@ export class Pods {
           removeVm = true;
         } else {
           await writeFileAtomic(records.file(sandboxId), `${JSON.stringify({ ...r, containers: others })}\n`);
+          removeContainer = true;
         }
       } finally {
         await lock.release();
       }
+      // Out of the VM that runs on for the pod's other tasks (QEMU is detached from the server that died).
+      if (removeContainer) await removeFromVm(backend, options.stateDir, sandboxId, options.id, options.log);
       options.log?.info(`pod ${record.pod}: task ${options.id} cleaned up after a crash${removeVm ? `; it was the last: sandbox ${sandboxId} removed` : ''}`);
     }
   }
@@ -577,8 +582,8 @@ async function removeFromVm(backend: PodBackend, stateDir: string | undefined, s
     sandbox = await backend.attach(sandboxId, stateDir);
     if (!sandbox || sandbox.state !== 'running') return;
     sandbox.on('error', () => undefined);
-    const container = await sandbox.container(libraryContainerId(id), { timeoutMs: 10_000 });
-    await container.delete({ force: true, timeoutMs: 10_000 });
+    const container = await sandbox.container(libraryContainerId(id), { timeoutMs: 3_000 });
+    await container.delete({ force: true, timeoutMs: 3_000 });
   } catch (error) {
     if (!(error instanceof NotFoundError)) log?.warn(`sandbox ${sandboxId}: could not delete container ${id} from its VM: ${errorText(error)}`);
   } finally {

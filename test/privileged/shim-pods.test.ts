@@ -247,7 +247,9 @@ setInterval(() => undefined, 1 << 30);
     expect(processGone(qemu)).toBe(false);
 
     // containerd's `delete` of the app task: out of the VM and the record; the sandbox task's bundle is still there.
+    let began = Date.now();
     await Pods.cleanupAfterCrash({ stateDir, namespace: NS, id: appId, bundle: appReq.bundle });
+    const appMs = Date.now() - began;
     expect((await sandboxPids()).get(pod)).toBe(qemu);
     expect(processGone(qemu)).toBe(false);
     const attached = await Sandbox.attach(pod, { stateDir });
@@ -258,7 +260,9 @@ setInterval(() => undefined, 1 << 30);
     }
     await fs.rm(appReq.bundle, { recursive: true }); // containerd removes a bundle after its `delete`
 
+    began = Date.now();
     await Pods.cleanupAfterCrash({ stateDir, namespace: NS, id: pod, bundle: sandboxReq.bundle });
+    console.log(`shim-pods: cleanupAfterCrash: ${appMs} ms for the app task (out of the VM), ${Date.now() - began} ms for the last (the VM removed); containerd 1.6 gives delete 5 s`);
     expect((await sandboxPids()).has(pod)).toBe(false);
     await until('QEMU to be gone', () => processGone(qemu), 20_000);
     expect(await fs.readdir(podRecordsDir(stateDir, NS)).then((n) => n.filter((x) => x.endsWith('.json')))).toEqual([]);
