@@ -55,6 +55,9 @@ export function runCommand(file: string, args: string[], env: NodeJS.ProcessEnv,
       clearTimeout(timer);
       resolve({ code, signal, stdout, stderr });
     });
+    // A command that exits without reading all its input makes the write fail (EPIPE): its exit
+    // is the result, not an uncaught error.
+    child.stdin.on('error', () => undefined);
     child.stdin.end(options.input ?? '');
   });
 }
