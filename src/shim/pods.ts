@@ -159,6 +159,17 @@ export function podOf(id: string, spec: RuntimeSpec): { pod: string; sandboxId: 
   return { pod, sandboxId: librarySandboxId(pod), role: criContainerRole(annotations) };
 }
 
+/**
+ * The guest's hostname: the sandbox container's (the pod's). CRI gives it to the sandbox container
+ * only; the app containers share its UTS namespace by path, which has no meaning in the guest, so
+ * they take the guest's own hostname (`uname -n`). A name the network config would refuse is left
+ * out (the guest is then named after the sandbox).
+ */
+export function podHostname(spec: RuntimeSpec): { hostname?: string } {
+  const name = spec.hostname;
+  return typeof name === 'string' && /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/u.test(name) ? { hostname: name } : {};
+}
+
 /** A task's container id in the VM (containerd allows ids the library does not). */
 export function libraryContainerId(taskId: string): string {
   return librarySandboxId(taskId);
@@ -392,7 +403,7 @@ export class Pods {
       cpus: size.cpus,
       memoryMiB: size.memoryMiB,
       agentPorts: POD_AGENT_PORTS,
-      ...(netns === undefined ? {} : { network: { netns } }),
+      ...(netns === undefined ? {} : { network: { netns, ...podHostname(request.spec) } }),
     };
     let sandbox: Sandbox;
     try {

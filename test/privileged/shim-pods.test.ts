@@ -73,8 +73,11 @@ describe.skipIf(skipReason !== undefined)('shim pods: one VM per pod', () => {
   async function bundle(id: string, args: string[], annotations: Record<string, string>, netns?: string): Promise<PodContainerRequest> {
     const dir = path.join(tasksRoot, NS, id);
     await runcSpecBundle(dir, (spec) => {
-      // CRI makes the sandbox container's root read-only.
+      // CRI makes the sandbox container's root read-only and names the pod's host in it; an app
+      // container gets no hostname (it joins the sandbox's UTS namespace by path).
       spec.root.readonly = annotations[TYPE] === 'sandbox';
+      if (annotations[TYPE] === 'sandbox') spec.hostname = 'pod-web';
+      else delete spec.hostname;
       spec.process.terminal = false;
       spec.process.args = args;
       spec.annotations = annotations;
@@ -155,15 +158,17 @@ describe.skipIf(skipReason !== undefined)('shim pods: one VM per pod', () => {
 
     const appId = podId();
     // In the guest: the boot id, RAM, CPUs, and the pod's address reaching the far end.
-    const appReq = await appTask(pod, appId, ['sh', '-c', `cat /proc/sys/kernel/random/boot_id; grep MemTotal /proc/meminfo; grep -c ^processor /proc/cpuinfo; ip -o -4 addr show | grep -q ' ${net}.2/24 ' && echo has-address; ping -c 1 -W 10 ${net}.1 >/dev/null && echo reaches-far`]);
+    const appReq = await appTask(pod, appId, ['sh', '-c', `cat /proc/sys/kernel/random/boot_id; grep MemTotal /proc/meminfo; grep -c ^processor /proc/cpuinfo; hostname; ip -o -4 addr show | grep -q ' ${net}.2/24 ' && echo has-address; ping -c 1 -W 10 ${net}.1 >/dev/null && echo reaches-far`]);
     const { pod: joined, container: app } = await pods.createContainer(appReq);
     expect(joined).toBe(created);
     expect(pods.hostPid(appId)).toBe(qemu);
     const out = collect(app.stdout);
     await app.start();
     expect(await app.wait()).toMatchObject({ exitCode: 0 });
-    const [appBoot, memLine, cpuLine, ...network] = (await out).toString().trim().split('\n');
+    const [appBoot, memLine, cpuLine, hostname, ...network] = (await out).toString().trim().split('\n');
     expect(network).toEqual(['has-address', 'reaches-far']);
+    // The pod's hostname, which CRI gave the sandbox container alone.
+    expect(hostname).toBe('pod-web');
     // One VM: the same guest kernel boot.
     expect(appBoot).toMatch(/^[0-9a-f-]{36}$/u);
     expect(appBoot).toBe(pauseBoot);

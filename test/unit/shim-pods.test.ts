@@ -219,10 +219,11 @@ describe('Pods', () => {
 
   it('the sandbox container boots the VM sized from its annotations, with the pod netns; its record names the task', async () => {
     const { pod, container } = await pods.createContainer(
-      sandboxReq({ [CRI_SANDBOX_MEMORY]: String(256 * MiB), [CRI_SANDBOX_CPU_QUOTA]: '100000', [CRI_SANDBOX_CPU_PERIOD]: '100000' }, { linux: { namespaces: [{ type: 'network', path: '/var/run/netns/cni-1234' }, { type: 'pid' }] } }),
+      sandboxReq({ [CRI_SANDBOX_MEMORY]: String(256 * MiB), [CRI_SANDBOX_CPU_QUOTA]: '100000', [CRI_SANDBOX_CPU_PERIOD]: '100000' }, { hostname: 'web-0', linux: { namespaces: [{ type: 'network', path: '/var/run/netns/cni-1234' }, { type: 'pid' }] } }),
     );
     expect(backend.booted).toHaveLength(1);
-    expect(backend.booted[0]!.config).toEqual({ id: POD, stateDir, cpus: 1, memoryMiB: 384, agentPorts: POD_AGENT_PORTS, network: { netns: '/var/run/netns/cni-1234' } });
+    // The pod's hostname is the guest's: the app containers, which CRI gives none, have it too.
+    expect(backend.booted[0]!.config).toEqual({ id: POD, stateDir, cpus: 1, memoryMiB: 384, agentPorts: POD_AGENT_PORTS, network: { netns: '/var/run/netns/cni-1234', hostname: 'web-0' } });
     expect(pod.name).toBe(POD);
     expect(pod.sandbox).toBe(backend.booted[0]);
     expect([...pod.containers]).toEqual([POD]);
@@ -231,6 +232,11 @@ describe('Pods', () => {
     expect(await record()).toEqual({ format: 1, namespace: NS, pod: POD, sandbox: POD, containers: [POD], server: { pid: process.pid, startTime: readProcStat(process.pid)!.startTime } });
     expect(pods.hostPid(POD)).toBe(4242);
     expect(pods.hostPid('unknown')).toBe(0);
+  });
+
+  it('a sandbox hostname the network config would refuse is left out', async () => {
+    await pods.createContainer(sandboxReq({}, { hostname: '-bad name', linux: { namespaces: [{ type: 'network', path: '/run/netns/x' }] } }));
+    expect(backend.booted[0]!.config.network).toEqual({ netns: '/run/netns/x' });
   });
 
   it('without a network namespace path the VM has no network; a terminal has one output', async () => {
