@@ -89,6 +89,12 @@ export interface CriNode {
   vmpodShimLog(): Promise<string>;
   /** What is left of the pods (nothing, after every pod was removed). */
   leftovers(): Promise<string[]>;
+  /**
+   * leftovers(), polled until it is empty or `timeoutMs` passed: containerd cleans up after a
+   * shim asynchronously (it runs the shim's `delete` when a connection closes, after the CRI call
+   * returned), so processes and records get a few seconds to go.
+   */
+  settledLeftovers(timeoutMs?: number): Promise<string[]>;
   close(): Promise<void>;
 }
 
@@ -292,5 +298,14 @@ export async function startCriNode(): Promise<CriNode> {
     return [...new Set(left)];
   }
 
-  return { ctd: node, cri: client, dir, stateDir, bridge, subnet, podConfig, runPod, createContainer, untilState, removePod, vmpodShimPids, vmpodShimLog, leftovers, close };
+  async function settledLeftovers(timeoutMs = 30_000): Promise<string[]> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const left = await leftovers();
+      if (left.length === 0 || Date.now() > deadline) return left;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+
+  return { ctd: node, cri: client, dir, stateDir, bridge, subnet, podConfig, runPod, createContainer, untilState, removePod, vmpodShimPids, vmpodShimLog, leftovers, settledLeftovers, close };
 }
