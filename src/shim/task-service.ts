@@ -411,13 +411,22 @@ export class TaskService implements TaskApi {
   async resizePty(r: ResizePtyRequest, ctx: CallContext): Promise<Empty> {
     const task = this.#tasks.get(r.id);
     const p = task.process(r.execId);
-    if (p.finished) throw new TtrpcError(GrpcCode.FAILED_PRECONDITION, `${p.label}: cannot resize a stopped process`);
+    if (p.state === 'stopped') throw new TtrpcError(GrpcCode.FAILED_PRECONDITION, `${p.label}: cannot resize a stopped process`);
+    // Its end is known but not told yet (output still draining): for containerd it runs, and
+    // its terminal is gone: nothing to resize (`ctr run -t` resizes right after Start).
+    if (p.exiting) return {};
     const size = { rows: r.height, cols: r.width };
-    if (p.isInit) await task.init.handle!.container.resizeTty(size, callOptions(ctx));
-    else {
-      const proc = p.handle?.process;
-      if (!proc) throw new TtrpcError(GrpcCode.FAILED_PRECONDITION, `${p.label}: not started`);
-      await proc.resizeTty(size, callOptions(ctx));
+    try {
+      if (p.isInit) await task.init.handle!.container.resizeTty(size, callOptions(ctx));
+      else {
+        const proc = p.handle?.process;
+        if (!proc) throw new TtrpcError(GrpcCode.FAILED_PRECONDITION, `${p.label}: not started`);
+        await proc.resizeTty(size, callOptions(ctx));
+      }
+    } catch (error) {
+      // It ended while the resize was on its way.
+      if (p.finished) return {};
+      throw error;
     }
     return {};
   }

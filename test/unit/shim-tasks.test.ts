@@ -558,6 +558,23 @@ describe('execs', () => {
     expect(topics()).not.toContain('/tasks/exec-started');
   });
 
+  it('a resize of a process whose exit is known but not yet reported is a no-op; of a stopped one, FAILED_PRECONDITION', async () => {
+    await create('t1', bundle, { terminal: true, stdin: '/fifo/in', stdout: '/fifo/out', stderr: '' });
+    await service.start({ id: 't1', execId: '' }, ctx());
+    const io = ios[0]!;
+    const hold = deferred<void>();
+    io.closeGate = hold.promise;
+    const c = pods.containers.get('t1')!;
+    c.init.end(0);
+    await tick();
+    expect(topics()).not.toContain('/tasks/exit');
+    await service.resizePty({ id: 't1', execId: '', width: 80, height: 24 }, ctx());
+    expect(c.init.sizes).toEqual([]);
+    hold.resolve();
+    await service.wait({ id: 't1', execId: '' }, ctx());
+    await rejectsWith(service.resizePty({ id: 't1', execId: '', width: 80, height: 24 }, ctx()), GrpcCode.FAILED_PRECONDITION);
+  });
+
   it('a terminal exec gets one output stream and its resizes', async () => {
     await create();
     await service.start({ id: 't1', execId: '' }, ctx());
