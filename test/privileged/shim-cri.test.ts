@@ -70,7 +70,7 @@ for (const { handler, skip, vm } of HANDLERS) {
     });
 
     /** `vmpod ps --json` over the node's state directory. */
-    async function vmpodPs(): Promise<{ id: string; state: string; pid?: number; containers: { id: string; status: string }[] }[]> {
+    async function vmpodPs(): Promise<{ id: string; state: string; pid?: number; cpus: number; memoryMiB: number; containers: { id: string; status: string }[] }[]> {
       const { stdout } = await exec(process.execPath, [VMPOD_CLI, 'ps', '--json'], { env: { ...process.env, VMPOD_STATE_DIR: node.stateDir } });
       return JSON.parse(stdout) as Awaited<ReturnType<typeof vmpodPs>>;
     }
@@ -149,6 +149,22 @@ for (const { handler, skip, vm } of HANDLERS) {
       expect(await node.cri.listPodSandbox()).toEqual([]);
       expect(await node.settledLeftovers()).toEqual([]);
       if (vm) expect(await vmpodPs()).toEqual([]);
+    });
+
+    it.skipIf(!vm)("the pod's VM is sized from the pod's resources (CRI's sandbox annotations): RAM = limit + 128 MiB, vCPUs = quota / period", async () => {
+      const config = await node.podConfig(`sized-${handler}`, {
+        linux: { resources: { memoryLimitInBytes: 256 * MiB, cpuQuota: 200_000, cpuPeriod: 100_000 } },
+      });
+      const pod = await node.runPod(handler, config);
+      const id = await node.createContainer(pod, 'sleeper', ['sleep', '3600']);
+      await node.cri.startContainer(id);
+      expect((await node.untilState(id, 'CONTAINER_RUNNING')).state).toBe('CONTAINER_RUNNING');
+      const rows = await vmpodPs();
+      expect(rows.map((r) => ({ id: r.id, cpus: r.cpus, memoryMiB: r.memoryMiB }))).toEqual([{ id: pod.id, cpus: Math.min(2, os.availableParallelism()), memoryMiB: 256 + 128 }]);
+      const nproc = await node.cri.execSync(id, ['nproc'], 60);
+      expect(nproc.stdout.toString().trim()).toBe(String(Math.min(2, os.availableParallelism())));
+      await node.removePod(pod.id);
+      expect(await node.settledLeftovers()).toEqual([]);
     });
 
     it('a container exit code and its CRI log; OOMKilled past the memory limit; removal leaves nothing', async () => {
