@@ -3,7 +3,7 @@
  * containerd of the test's own (helpers/containerd.ts) finds the shim on its PATH (a link to
  * dist/shim/main.js in the test's folder) for `--runtime io.containerd.vmpod.v2`; the busybox test
  * image is imported from its oci-archive. Each task runs in a VM: `uname -r` prints the guest's
- * kernel. Covered: exit codes, stdin, a terminal (`-t` under a pty), `task exec`, `kill`, `ps`,
+ * kernel. Covered: exit codes, stdin, a terminal (`-t` under a pty), `task exec`, `kill`, `ps`, `metrics`,
  * `pause`/`resume`, and the events containerd received (ctr prints them decoded) and their
  * order. Afterwards: no task, container, VM, QEMU, mount or shim server left.
  */
@@ -206,7 +206,7 @@ describe.skipIf(skip !== undefined)('containerd-shim-vmpod-v2 under ctr', () => 
     expect(shown).toMatch(/^\/dev\/pts\/[0-9]+\r+\n$/u);
   });
 
-  it('task exec, ps, pause/resume, kill and rm of a detached task; ctr events shows each step, decoded and in order', async () => {
+  it('task exec, ps, metrics, pause/resume, kill and rm of a detached task; ctr events shows each step, decoded and in order', async () => {
     const id = newId();
     const run = await ctd!.ctr(['run', '-d', '--null-io', '--runtime', RUNTIME, IMAGE, id, 'sh', '-c', 'trap "exit 3" TERM; while true; do sleep 0.2; done']);
     expect(run.code, diagnose(run)).toBe(0);
@@ -224,6 +224,12 @@ describe.skipIf(skip !== undefined)('containerd-shim-vmpod-v2 under ctr', () => 
     const pids = ps.stdout.trim().split('\n').slice(1).map((line) => Number(line.trim().split(/\s+/u)[0]));
     expect(pids, ps.stdout).toHaveLength(2);
     for (const pid of pids) expect(pid).toBeGreaterThan(0);
+    // Stats: the guest cgroup's figures as the cgroup v2 Metrics containerd decodes.
+    const metrics = await ctd!.ctr(['tasks', 'metrics', id]);
+    expect(metrics.code, diagnose(metrics)).toBe(0);
+    expect(metrics.stdout).toMatch(/^pids\.current +[1-9][0-9]* *$/mu);
+    expect(metrics.stdout).toMatch(/^cpu\.usage_usec +[1-9][0-9]* *$/mu);
+    expect(metrics.stdout).toMatch(/^memory\.usage +[1-9][0-9]* *$/mu);
     const killExec = await ctd!.ctr(['tasks', 'kill', '--signal', 'SIGKILL', '--exec-id', 'e2', id]);
     expect(killExec.code, diagnose(killExec)).toBe(0);
     // Its exit is published once its output is closed: seen before the pause, so the order below is fixed.
