@@ -14,6 +14,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import type { Container, Process } from '../container/container.js';
+import { AgentError } from '../agent/errors.js';
 import type { ContainerStats } from '../agent/messages.js';
 import type { CallOptions } from '../options.js';
 import { knownResources } from '../runtime/resources.js';
@@ -446,8 +447,8 @@ export class TaskService implements TaskApi {
       if (p.isInit) await task.init.handle!.container.kill(r.signal, { all: r.all, ...callOptions(ctx) });
       else await p.handle!.process!.kill(r.signal, callOptions(ctx));
     } catch (error) {
-      // It ended between the check and the signal.
-      if (p.finished || p.deleted) throw new TtrpcError(GrpcCode.NOT_FOUND, `${p.label}: process already finished`, { cause: error });
+      // It ended between the check and the signal: before its exit reached us, the agent says so.
+      if (p.finished || p.deleted || endedInGuest(error)) throw new TtrpcError(GrpcCode.NOT_FOUND, `${p.label}: process already finished`, { cause: error });
       throw error;
     }
     return {};
@@ -577,6 +578,12 @@ async function readSpec(bundle: string, id: string): Promise<RuntimeSpec> {
   }
   if (typeof spec !== 'object' || spec === null || Array.isArray(spec)) throw new TtrpcError(GrpcCode.INVALID_ARGUMENT, `task ${id}: config.json is not an object`);
   return spec as RuntimeSpec;
+}
+
+/** The agent's answer to a signal for a process that has exited (containerd's CRI ignores NOT_FOUND when it stops a container). */
+function endedInGuest(error: unknown): boolean {
+  if (!(error instanceof AgentError) || error.method !== 'Signal') return false;
+  return error.errnoName === 'ESRCH' || (error.agentCode === 'FAILED_PRECONDITION' && / is not running$/u.test(error.message));
 }
 
 function userOf(user: NonNullable<SpecProcess['user']>): { uid: number; gid: number; additionalGids?: number[] } {

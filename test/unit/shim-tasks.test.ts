@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { AgentError } from '../../src/agent/errors.js';
 import type { ProcessIo } from '../../src/shim/io.js';
 import type { CallContext } from '../../src/shim/proto/task-api.js';
 import { TaskStatus } from '../../src/shim/proto/task-api.js';
@@ -99,7 +100,9 @@ class FakeContainer {
     this.calls.push('start');
     await this.startGate;
   }
+  killError: Error | undefined;
   async kill(signal: number, options: { all?: boolean } = {}): Promise<void> {
+    if (this.killError) throw this.killError;
     this.init.signals.push({ signal, all: options.all ?? false });
   }
   async exec(options: Record<string, unknown>): Promise<FakeProcess> {
@@ -444,6 +447,17 @@ describe('refusals, with the codes containerd\'s runc shim answers', () => {
     await service.wait({ id: 't1', execId: '' }, ctx());
     await rejectsWith(service.kill({ id: 't1', execId: '', signal: 9, all: false }, ctx()), GrpcCode.NOT_FOUND, /process already finished/u);
     expect(c.init.signals).toHaveLength(1);
+  });
+
+  it('Kill of a process that ended in the guest before its exit reached the shim: NOT_FOUND, as containerd\'s CRI expects when it stops a container', async () => {
+    await create();
+    await service.start({ id: 't1', execId: '' }, ctx());
+    const c = pods.containers.get('t1')!;
+    c.killError = new AgentError('Signal', 'FAILED_PRECONDITION', 'container "t1" is not running');
+    await rejectsWith(service.kill({ id: 't1', execId: '', signal: 9, all: false }, ctx()), GrpcCode.NOT_FOUND, /process already finished/u);
+    c.killError = new AgentError('Signal', 'INTERNAL', 'something else');
+    const other = await service.kill({ id: 't1', execId: '', signal: 9, all: false }, ctx()).then(() => undefined, (e: unknown) => e);
+    expect(other).toBeInstanceOf(AgentError);
   });
 
   it('Exec: an id in use (ALREADY_EXISTS), in a task not running (FAILED_PRECONDITION), without args (INVALID_ARGUMENT); Checkpoint: UNIMPLEMENTED', async () => {
