@@ -384,16 +384,46 @@ async function deleteAfterCrash(flags: ShimFlags, io: MainIo): Promise<number> {
   }
   // containerd 1.6 runs `delete` after every closed connection, also after a normal Delete: a
   // server that still answers owns its tasks' mounts (its Delete unmounted them).
-  const address = flags.address === '' ? undefined : serverPaths(flags.address, flags.namespace, io.env).socketPath;
-  if (address === undefined || !(await answers(address))) {
+  const paths = flags.address === '' ? undefined : serverPaths(flags.address, flags.namespace, io.env);
+  if (paths === undefined || !(await answers(paths.socketPath))) {
     try {
       await unmountRootfs(bundle);
     } catch (error) {
       log.warn(`task ${flags.id}: rootfs: ${(error as Error).message}`);
     }
+    if (paths !== undefined) {
+      try {
+        await removeDeadSocket(paths);
+      } catch (error) {
+        log.warn(`server socket ${paths.socketPath}: ${(error as Error).message}`);
+      }
+    }
   }
   io.stdout(deleteResponseBytes());
   return 0;
+}
+
+/**
+ * Removes the socket of a server that died (kill -9 leaves it in /run/containerd/s). Under the
+ * start lock, so that a `start` spawning a new server there is not undone; bounded, because
+ * containerd gives `delete` 5 s.
+ */
+async function removeDeadSocket(paths: ServerPaths): Promise<void> {
+  let lock: FileLock;
+  try {
+    lock = await FileLock.acquire(paths.lockPath, { timeoutMs: 2000 });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;  // no server was ever started here
+    throw error;
+  }
+  try {
+    const stat = await fs.promises.lstat(paths.socketPath).catch(() => undefined);
+    if (!stat?.isSocket()) return;
+    if (await answers(paths.socketPath)) return;
+    await fs.promises.unlink(paths.socketPath);
+  } finally {
+    await lock.release();
+  }
 }
 
 /** True when this file is the process's entry point (the bin), not a module imported by a test. */

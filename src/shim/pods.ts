@@ -35,6 +35,9 @@ import { criContainerRole, librarySandboxId, networkNamespace, sandboxName, vmSi
 import type { ShimLog } from './log.js';
 import { GrpcCode, TtrpcError } from './ttrpc/status.js';
 
+/** How long a failed container delete waits for news of its VM's death before it counts as a failure. */
+const VM_EXIT_GRACE_MS = 3000;
+
 /** The runtime spec of a task (config.json, parsed). */
 export type RuntimeSpec = OciSpec;
 
@@ -309,11 +312,30 @@ class PodEntry implements Pod {
   vmExited = false;
   /** This process is deleting the VM: its end is no surprise. */
   releasing = false;
+  /** Resolves when the VM's unexpected end is known (`vmExited` set). */
+  readonly exited: Promise<void>;
+  markExited!: () => void;
   constructor(
     readonly name: string,
     readonly sandboxId: string,
     readonly sandbox: Sandbox,
-  ) {}
+  ) {
+    this.exited = new Promise((resolve) => {
+      this.markExited = resolve;
+    });
+  }
+
+  /** True when the VM's end is known now or becomes known within `ms`. */
+  async exitKnownWithin(ms: number): Promise<boolean> {
+    if (this.vmExited) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, ms);
+    });
+    await Promise.race([this.exited, late]);
+    clearTimeout(timer);
+    return this.vmExited;
+  }
 }
 
 function errorText(error: unknown): string {
@@ -474,6 +496,7 @@ export class Pods {
   #vmStopped(entry: PodEntry, info: StopInfo): void {
     if (entry.releasing || entry.vmExited) return;
     entry.vmExited = true;
+    entry.markExited();
     this.#log.warn(`pod ${entry.name}: its VM stopped (${info.reason}: ${info.detail})`);
     for (const cb of this.#vmExitCallbacks) {
       try {
@@ -507,7 +530,9 @@ export class Pods {
         try {
           await container.delete({ force: true, ...(options.signal ? { signal: options.signal } : {}), ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }) });
         } catch (error) {
-          if (!(error instanceof NotFoundError) && !entry.vmExited) throw error;
+          // The VM may have died an instant ago: the delete fails (no agent) before the library's
+          // watch of QEMU has told us (~150 ms later, seen with kill -9 of QEMU under CRI).
+          if (!(error instanceof NotFoundError) && !(await entry.exitKnownWithin(VM_EXIT_GRACE_MS))) throw error;
         }
       }
       // The last one goes with the VM: the sandbox's delete stops it and releases every container's host side.
