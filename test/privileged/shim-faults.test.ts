@@ -20,10 +20,7 @@ const skip = (await criNodeSkipReason()) ?? (await vmpodShimSkipReason());
  * Cases that fail on the shim as it is (2026-12-08), for the reasons given; skipped unless
  * VMPOD_TEST_KNOWN_FAILURES=1. Remove an entry once its bug is fixed: the case then runs always.
  */
-const KNOWN_FAILURES: Record<string, string> = {
-  shimKilled: "the killed server's socket stays in /run/containerd/s: the shim's delete does not remove a socket nobody answers on",
-  qemuKilled: "after QEMU's death the tasks' Delete fails (cannot connect to the agent), the pod's vmpod sandbox stays 'stopped' and the shim server never goes idle (nor removes its socket)",
-};
+const KNOWN_FAILURES: Record<string, string> = {};
 const known = (name: string): boolean => KNOWN_FAILURES[name] !== undefined && process.env['VMPOD_TEST_KNOWN_FAILURES'] !== '1';
 
 afterAll(async () => {
@@ -102,12 +99,14 @@ describe.skipIf(skip !== undefined)('the vmpod shim under faults, through CRI', 
     const status = await node.untilState(id, 'CONTAINER_EXITED');
     expect({ state: status.state, exitCode: status.exitCode }).toEqual({ state: 'CONTAINER_EXITED', exitCode: 255 });
     expect((await until(() => node.cri.podSandboxStatus(pod.id), (s) => s.state === 'SANDBOX_NOTREADY')).state).toBe('SANDBOX_NOTREADY');
-    // The same server still answers for the dead pod.
-    expect(await node.vmpodShimPids()).toEqual(servers);
     // CRI deleted the exited tasks (as with runc); the containers stay until the pod is removed.
     const containers = await node.ctd.ctr(['containers', 'ls', '--quiet'], { namespace: K8S_NAMESPACE });
     expect(containers.stdout.split('\n')).toEqual(expect.arrayContaining([id, pod.id]));
     expect((await node.ctd.ctr(['tasks', 'ls', '--quiet'], { namespace: K8S_NAMESPACE })).stdout.trim()).toBe('');
+    // Those deletes released the dead pod: its sandbox record is gone, and the server, with no
+    // task left, went idle and exited (a delete that failed on the dead agent kept both).
+    expect((await until(() => Sandbox.list({ stateDir: node.stateDir }), (l) => l.length === 0)).map((s) => s.id)).toEqual([]);
+    expect(await until(() => node.vmpodShimPids(), (p) => p.length === 0)).toEqual([]);
 
     await node.removePod(pod.id);
     expect(await node.settledLeftovers()).toEqual([]);
