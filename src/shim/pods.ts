@@ -262,7 +262,7 @@ class PodRecords {
   }
 }
 
-/** How pods reach the library's sandboxes (a fake in unit tests). @internal */
+/** How pods reach the library's sandboxes (a fake in unit tests). */
 export interface PodBackend {
   /** Records and boots a sandbox. */
   boot(config: SandboxConfig, options: CallOptions): Promise<Sandbox>;
@@ -360,7 +360,7 @@ export class Pods {
    * `stateDir`: the library's state directory (default `/run/vmpod`, or `$VMPOD_STATE_DIR`), where
    * the pods' VMs are recorded and the shim keeps its pod records. `namespace`: containerd's.
    */
-  constructor(options: { stateDir?: string; namespace: string; log: ShimLog; /** @internal */ backend?: PodBackend }) {
+  constructor(options: { stateDir?: string; namespace: string; log: ShimLog; /** a stand-in for unit tests */ backend?: PodBackend }) {
     this.#stateDir = options.stateDir;
     this.#namespace = options.namespace;
     this.#log = options.log;
@@ -557,7 +557,7 @@ export class Pods {
    * `delete` after every closed connection to the shim, also after a task's normal end): that pod
    * is left to its server.
    */
-  static async cleanupAfterCrash(options: { stateDir?: string; namespace: string; id: string; bundle: string; /** @internal */ backend?: PodBackend; log?: ShimLog }): Promise<void> {
+  static async cleanupAfterCrash(options: { stateDir?: string; namespace: string; id: string; bundle: string; /** a stand-in for unit tests */ backend?: PodBackend; log?: ShimLog }): Promise<void> {
     const backend = options.backend ?? libraryBackend;
     const records = new PodRecords(podRecordsDir(stateRootOf({ stateDir: options.stateDir }), options.namespace));
     // The pod, from the bundle's spec (containerd removes the bundle after `delete`: it is there),
