@@ -1,5 +1,5 @@
 /**
- * The vmpod shim through containerd's CRI plugin when something dies (helpers/cri-node.ts):
+ * The vmpod shim through containerd's CRI plugin when something dies (helpers/cri-criNode().ts):
  * - kill -9 of the shim's server: containerd notices, runs `containerd-shim-vmpod-v2 delete` per
  *   task, the tasks end, the pod can be stopped and removed, and its VM is gone;
  * - kill -9 of the pod's QEMU: the tasks exit (255), the statuses say so, the shim keeps serving
@@ -7,10 +7,9 @@
  * - a containerd restart (same config, root and state): the pod's task is still there, running,
  *   and answers ContainerStatus, `ctr tasks ls` and ExecSync; then removal leaves nothing.
  */
-import fs from 'node:fs/promises';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../src/sandbox/sandbox.js';
-import { criNodeSkipReason, K8S_NAMESPACE, startCriNode, vmpodShimSkipReason, type CriNode, type RunningPod } from './helpers/cri-node.js';
+import { criNodeSkipReason, K8S_NAMESPACE, useCriNode, vmpodShimSkipReason, type RunningPod } from './helpers/cri-node.js';
 import { removeTestImages } from './helpers/oci-images.js';
 import { removePauseImage } from './helpers/pause-image.js';
 
@@ -38,99 +37,78 @@ async function until<T>(what: () => Promise<T>, ok: (value: T) => boolean, timeo
 }
 
 describe.skipIf(skip !== undefined)('the vmpod shim under faults, through CRI', () => {
-  let node: CriNode;
-
-  beforeAll(async () => {
-    node = await startCriNode();
-  });
-
-  // What containerd and the shim said, when a case failed.
-  afterEach(async (context) => {
-    if (node === undefined || context.task.result?.state !== 'fail') return;
-    process.stderr.write(`--- containerd's log (tail)\n${node.ctd.log().slice(-6000)}\n--- the vmpod shim server's log (tail)\n${await node.vmpodShimLog()}\n`);
-  });
-
-  afterAll(async () => {
-    if (node === undefined) return;
-    const dirs = [node.dir, node.ctd.dir];
-    try {
-      expect(await node.settledLeftovers()).toEqual([]);
-    } finally {
-      await node.close();
-    }
-    for (const dir of dirs) expect(await fs.stat(dir).catch(() => undefined)).toBeUndefined();
-  });
+  const criNode = useCriNode();
 
   /** A vmpod pod with one running container (`sleep`). */
   async function sleeperPod(name: string): Promise<{ pod: RunningPod; id: string }> {
-    const pod = await node.runPod('vmpod', await node.podConfig(name));
-    const id = await node.createContainer(pod, 'sleeper', ['sleep', '3600']);
-    await node.cri.startContainer(id);
-    expect((await node.untilState(id, 'CONTAINER_RUNNING')).state).toBe('CONTAINER_RUNNING');
+    const pod = await criNode().runPod('vmpod', await criNode().podConfig(name));
+    const id = await criNode().createContainer(pod, 'sleeper', ['sleep', '3600']);
+    await criNode().cri.startContainer(id);
+    expect((await criNode().untilState(id, 'CONTAINER_RUNNING')).state).toBe('CONTAINER_RUNNING');
     return { pod, id };
   }
 
   it.skipIf(known('shimKilled'))("kill -9 of the shim's server: containerd runs the shim's delete, the tasks end, the VM goes, the pod is removed", async () => {
     const { pod, id } = await sleeperPod('shim-killed');
-    const servers = await node.vmpodShimPids();
+    const servers = await criNode().vmpodShimPids();
     expect(servers).toHaveLength(1);
-    expect(await Sandbox.list({ stateDir: node.stateDir })).toHaveLength(1);
+    expect(await Sandbox.list({ stateDir: criNode().stateDir })).toHaveLength(1);
     process.kill(servers[0]!, 'SIGKILL');
 
-    const status = await node.untilState(id, 'CONTAINER_EXITED');
+    const status = await criNode().untilState(id, 'CONTAINER_EXITED');
     expect(status.state).toBe('CONTAINER_EXITED');
     expect(status.exitCode).not.toBe(0);
-    expect((await until(() => node.cri.podSandboxStatus(pod.id), (s) => s.state === 'SANDBOX_NOTREADY')).state).toBe('SANDBOX_NOTREADY');
+    expect((await until(() => criNode().cri.podSandboxStatus(pod.id), (s) => s.state === 'SANDBOX_NOTREADY')).state).toBe('SANDBOX_NOTREADY');
     // `delete` removed the VM once no task of the pod was left.
-    expect(await until(() => Sandbox.list({ stateDir: node.stateDir }), (list) => list.length === 0)).toEqual([]);
+    expect(await until(() => Sandbox.list({ stateDir: criNode().stateDir }), (list) => list.length === 0)).toEqual([]);
 
-    await node.removePod(pod.id);
-    expect(await node.settledLeftovers()).toEqual([]);
+    await criNode().removePod(pod.id);
+    expect(await criNode().settledLeftovers()).toEqual([]);
   });
 
   it.skipIf(known('qemuKilled'))("kill -9 of the pod's QEMU: its tasks exit 255, the shim keeps serving, removal leaves nothing", async () => {
     const { pod, id } = await sleeperPod('qemu-killed');
-    const [vm] = await Sandbox.list({ stateDir: node.stateDir });
+    const [vm] = await Sandbox.list({ stateDir: criNode().stateDir });
     expect(vm?.state).toBe('running');
-    const servers = await node.vmpodShimPids();
+    const servers = await criNode().vmpodShimPids();
     expect(servers).toHaveLength(1);
     process.kill(vm!.pid!, 'SIGKILL');
 
-    const status = await node.untilState(id, 'CONTAINER_EXITED');
+    const status = await criNode().untilState(id, 'CONTAINER_EXITED');
     expect({ state: status.state, exitCode: status.exitCode }).toEqual({ state: 'CONTAINER_EXITED', exitCode: 255 });
-    expect((await until(() => node.cri.podSandboxStatus(pod.id), (s) => s.state === 'SANDBOX_NOTREADY')).state).toBe('SANDBOX_NOTREADY');
+    expect((await until(() => criNode().cri.podSandboxStatus(pod.id), (s) => s.state === 'SANDBOX_NOTREADY')).state).toBe('SANDBOX_NOTREADY');
     // CRI deleted the exited tasks (as with runc); the containers stay until the pod is removed.
-    const containers = await node.ctd.ctr(['containers', 'ls', '--quiet'], { namespace: K8S_NAMESPACE });
+    const containers = await criNode().ctd.ctr(['containers', 'ls', '--quiet'], { namespace: K8S_NAMESPACE });
     expect(containers.stdout.split('\n')).toEqual(expect.arrayContaining([id, pod.id]));
-    expect((await node.ctd.ctr(['tasks', 'ls', '--quiet'], { namespace: K8S_NAMESPACE })).stdout.trim()).toBe('');
+    expect((await criNode().ctd.ctr(['tasks', 'ls', '--quiet'], { namespace: K8S_NAMESPACE })).stdout.trim()).toBe('');
     // Those deletes released the dead pod: its sandbox record is gone, and the server, with no
     // task left, went idle and exited (a delete that failed on the dead agent kept both).
-    expect((await until(() => Sandbox.list({ stateDir: node.stateDir }), (l) => l.length === 0)).map((s) => s.id)).toEqual([]);
-    expect(await until(() => node.vmpodShimPids(), (p) => p.length === 0)).toEqual([]);
+    expect((await until(() => Sandbox.list({ stateDir: criNode().stateDir }), (l) => l.length === 0)).map((s) => s.id)).toEqual([]);
+    expect(await until(() => criNode().vmpodShimPids(), (p) => p.length === 0)).toEqual([]);
 
-    await node.removePod(pod.id);
-    expect(await node.settledLeftovers()).toEqual([]);
+    await criNode().removePod(pod.id);
+    expect(await criNode().settledLeftovers()).toEqual([]);
   });
 
   it("a containerd restart: the pod's task still runs and answers; then removal leaves nothing", async () => {
     const { pod, id } = await sleeperPod('ctd-restart');
-    const servers = await node.vmpodShimPids();
+    const servers = await criNode().vmpodShimPids();
     expect(servers).toHaveLength(1);
-    const before = node.ctd.pid();
-    await node.ctd.restart();
-    expect(node.ctd.pid()).not.toBe(before);
+    const before = criNode().ctd.pid();
+    await criNode().ctd.restart();
+    expect(criNode().ctd.pid()).not.toBe(before);
 
     // The CRI plugin reloads its pods and containers, and reconnects to the shim.
-    const status = await until(() => node.cri.containerStatus(id).catch(() => undefined), (s) => s?.state === 'CONTAINER_RUNNING', 60_000);
+    const status = await until(() => criNode().cri.containerStatus(id).catch(() => undefined), (s) => s?.state === 'CONTAINER_RUNNING', 60_000);
     expect(status?.state).toBe('CONTAINER_RUNNING');
-    expect((await node.cri.podSandboxStatus(pod.id)).state).toBe('SANDBOX_READY');
-    const tasks = await node.ctd.ctr(['tasks', 'ls'], { namespace: K8S_NAMESPACE });
+    expect((await criNode().cri.podSandboxStatus(pod.id)).state).toBe('SANDBOX_READY');
+    const tasks = await criNode().ctd.ctr(['tasks', 'ls'], { namespace: K8S_NAMESPACE });
     expect(tasks.stdout).toMatch(new RegExp(`^${id}\\s+\\d+\\s+RUNNING`, 'mu'));
-    const sync = await node.cri.execSync(id, ['echo', 'still here'], 60);
+    const sync = await criNode().cri.execSync(id, ['echo', 'still here'], 60);
     expect({ stdout: sync.stdout.toString(), exitCode: sync.exitCode }).toEqual({ stdout: 'still here\n', exitCode: 0 });
-    expect(await node.vmpodShimPids()).toEqual(servers);
+    expect(await criNode().vmpodShimPids()).toEqual(servers);
 
-    await node.removePod(pod.id);
-    expect(await node.settledLeftovers()).toEqual([]);
+    await criNode().removePod(pod.id);
+    expect(await criNode().settledLeftovers()).toEqual([]);
   });
 });

@@ -20,6 +20,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 import { Sandbox } from '../../../src/sandbox/sandbox.js';
 import { packageRoot } from '../../../src/native.js';
 import { serverPaths } from '../../../src/shim/main.js';
@@ -308,4 +309,34 @@ export async function startCriNode(): Promise<CriNode> {
   }
 
   return { ctd: node, cri: client, dir, stateDir, bridge, subnet, podConfig, runPod, createContainer, untilState, removePod, vmpodShimPids, vmpodShimLog, leftovers, settledLeftovers, close };
+}
+
+/**
+ * A CRI node for the tests of one `describe`: started before them; containerd's and the shim's
+ * logs printed when a case fails; after them, nothing left (checked) and everything removed.
+ * Returns a getter for the node.
+ */
+export function useCriNode(): () => CriNode {
+  let node: CriNode | undefined;
+  beforeAll(async () => {
+    node = await startCriNode();
+  });
+  afterEach(async (context) => {
+    if (node === undefined || context.task.result?.state !== 'fail') return;
+    process.stderr.write(`--- containerd's log (tail)\n${node.ctd.log().slice(-6000)}\n--- the vmpod shim server's log (tail)\n${await node.vmpodShimLog()}\n`);
+  });
+  afterAll(async () => {
+    if (node === undefined) return;
+    const dirs = [node.dir, node.ctd.dir];
+    try {
+      expect(await node.settledLeftovers()).toEqual([]);
+    } finally {
+      await node.close();
+    }
+    for (const dir of dirs) expect(await fs.stat(dir).catch(() => undefined)).toBeUndefined();
+  });
+  return () => {
+    if (node === undefined) throw new Error('the CRI node is not started (useCriNode() outside a describe, or its start failed)');
+    return node;
+  };
 }
