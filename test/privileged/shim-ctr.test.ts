@@ -15,9 +15,9 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../src/sandbox/sandbox.js';
 import { serverPaths } from '../../src/shim/main.js';
-import { CTR, containerdSkipReason, startContainerd, type Containerd } from './helpers/containerd.js';
-import { SHIM_MAIN, vmpodShimSkipReason } from './helpers/cri-node.js';
-import { busyboxImage, imageSkipReason, removeTestImages } from './helpers/oci-images.js';
+import { CTR, containerdSkipReason, type Containerd } from './helpers/containerd.js';
+import { SHIM_MAIN, startShimContainerd, vmpodShimSkipReason } from './helpers/cri-node.js';
+import { imageSkipReason, removeTestImages } from './helpers/oci-images.js';
 import { vmpodRuntime } from './helpers/oci-runtimes.js';
 import { processesMentioning, runCommand } from './helpers/podman.js';
 
@@ -62,18 +62,7 @@ describe.skipIf(skip !== undefined)('containerd-shim-vmpod-v2 under ctr', () => 
 
   beforeAll(async () => {
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vmpod-shimctr-'));
-    stateDir = path.join(dir, 'state');
-    const binDir = path.join(dir, 'bin');
-    await fs.mkdir(stateDir, { mode: 0o700 });
-    await fs.mkdir(binDir, { mode: 0o700 });
-    await fs.symlink(SHIM_MAIN, path.join(binDir, 'containerd-shim-vmpod-v2'));
-    const env: Record<string, string> = { VMPOD_STATE_DIR: stateDir, VMPOD_SHIM_DIR: path.join(dir, 'shim') };
-    for (const name of ['VMPOD_GUEST_CACHE', 'VMPOD_IMAGE_DIR']) if (process.env[name] !== undefined) env[name] = process.env[name]!;
-    const image = await busyboxImage();
-    // The shim's link, and node for its #! line.
-    ctd = await startContainerd({ pathPrepend: [binDir, path.dirname(process.execPath)], env });
-    const imported = await ctd.ctr(['images', 'import', '--base-name', 'localhost/vmpod-test/busybox', image.ociArchive]);
-    expect(imported.code, imported.stderr).toBe(0);
+    ({ ctd, stateDir } = await startShimContainerd(dir));
     // Every event containerd publishes from now on, as ctr prints them (decoded).
     events = spawn(CTR, ['--address', ctd.address, 'events'], { stdio: ['ignore', 'pipe', 'pipe'] });
     events.stdout!.setEncoding('utf8').on('data', (d: string) => (eventText += d));

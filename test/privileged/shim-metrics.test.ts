@@ -11,9 +11,9 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../src/sandbox/sandbox.js';
 import { serverPaths } from '../../src/shim/main.js';
-import { containerdSkipReason, startContainerd, type Containerd } from './helpers/containerd.js';
-import { SHIM_MAIN, vmpodShimSkipReason } from './helpers/cri-node.js';
-import { busyboxImage, imageSkipReason, removeTestImages } from './helpers/oci-images.js';
+import { containerdSkipReason, type Containerd } from './helpers/containerd.js';
+import { startShimContainerd, vmpodShimSkipReason } from './helpers/cri-node.js';
+import { imageSkipReason, removeTestImages } from './helpers/oci-images.js';
 import { processesMentioning } from './helpers/podman.js';
 
 const skip = (await containerdSkipReason()) ?? (await imageSkipReason()) ?? (await vmpodShimSkipReason());
@@ -27,17 +27,7 @@ describe.skipIf(skip !== undefined)(`shim metrics through containerd${skip ? ` (
 
   beforeAll(async () => {
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vmpod-shimmetrics-'));
-    stateDir = path.join(dir, 'state');
-    const binDir = path.join(dir, 'bin');
-    await fs.mkdir(stateDir, { mode: 0o700 });
-    await fs.mkdir(binDir, { mode: 0o700 });
-    await fs.symlink(SHIM_MAIN, path.join(binDir, 'containerd-shim-vmpod-v2'));
-    const env: Record<string, string> = { VMPOD_STATE_DIR: stateDir, VMPOD_SHIM_DIR: path.join(dir, 'shim') };
-    for (const name of ['VMPOD_GUEST_CACHE', 'VMPOD_IMAGE_DIR']) if (process.env[name] !== undefined) env[name] = process.env[name]!;
-    const image = await busyboxImage();
-    ctd = await startContainerd({ pathPrepend: [binDir, path.dirname(process.execPath)], env });
-    const imported = await ctd.ctr(['images', 'import', '--base-name', 'localhost/vmpod-test/busybox', image.ociArchive]);
-    expect(imported.code, imported.stderr).toBe(0);
+    ({ ctd, stateDir } = await startShimContainerd(dir));
   });
 
   afterAll(async () => {

@@ -340,3 +340,30 @@ export function useCriNode(): () => CriNode {
     return node;
   };
 }
+
+/**
+ * A containerd of its own (CRI off) whose PATH finds the vmpod shim: folder DIR/state is the
+ * library's state directory (VMPOD_STATE_DIR), DIR/shim the shim servers' (VMPOD_SHIM_DIR); the
+ * guest and image caches of this process are passed on. The busybox test image is imported.
+ */
+export async function startShimContainerd(dir: string): Promise<{ ctd: Containerd; stateDir: string; shimDir: string }> {
+  const stateDir = path.join(dir, 'state');
+  const shimDir = path.join(dir, 'shim');
+  const binDir = path.join(dir, 'bin');
+  await fs.mkdir(stateDir, { mode: 0o700 });
+  await fs.mkdir(binDir, { mode: 0o700 });
+  await fs.symlink(SHIM_MAIN, path.join(binDir, 'containerd-shim-vmpod-v2'));
+  const env: Record<string, string> = { VMPOD_STATE_DIR: stateDir, VMPOD_SHIM_DIR: shimDir };
+  for (const name of ['VMPOD_GUEST_CACHE', 'VMPOD_IMAGE_DIR']) if (process.env[name] !== undefined) env[name] = process.env[name]!;
+  const image = await busyboxImage();
+  // The shim's link, and node for its #! line.
+  const ctd = await startContainerd({ pathPrepend: [binDir, path.dirname(process.execPath)], env });
+  try {
+    const imported = await ctd.ctr(['images', 'import', '--base-name', 'localhost/vmpod-test/busybox', image.ociArchive]);
+    expect(imported.code, imported.stderr).toBe(0);
+  } catch (error) {
+    await ctd.stop();
+    throw error;
+  }
+  return { ctd, stateDir, shimDir };
+}
