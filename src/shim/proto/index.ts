@@ -30,7 +30,6 @@ export const PROTO_FILES = [
   'events.proto',
   'events-service.proto',
   'cgroups.proto',
-  'cgroups-v1.proto',
 ] as const;
 
 /** The prefix of the JSON-encoded types containerd puts in an Any. */
